@@ -1,0 +1,72 @@
+"""The ``evmamba`` command line: ``preprocess | train | evaluate | stream | bench``.
+
+Each sub-command lives in its own module, imported only when it runs, so that ``evmamba --help`` stays fast
+and a broken optional dependency of one command does not break the others. A command module provides
+``configure(parser)`` (adds its arguments) and ``run(args) -> int`` (the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "preprocess": ("evmamba.datasets.preprocess", "bin a dataset into tokens and write one HDF5 file per split"),
+    "train": ("evmamba.train", "train a classifier from a YAML config"),
+    "evaluate": ("evmamba.evaluate", "evaluate a checkpoint on full test streams"),
+    "stream": ("evmamba.stream", "classify a live or replayed event stream token by token"),
+}
+
+# ``evmamba bench <name>``: name -> (module, one-line help)
+BENCHMARKS = {
+    "scan": ("evmamba.bench.scan", "reference selective scan on the CPU (elements/s)"),
+    "kernels": ("evmamba.bench.kernels", "Triton scan, backward and step against copy bandwidth (GPU)"),
+    "binning": ("evmamba.bench.binning", "numba binning against tonic's transforms (events/s)"),
+    "stream": ("evmamba.bench.stream", "the real-time loop on recorded streams (real-time factor, latency)"),
+}
+
+
+def _add_lazy(subparsers, name: str, module: str, help_text: str, argv_name: str) -> None:
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(_module=module)
+    # Only the chosen command's module is imported (to add its arguments); see main().
+    if argv_name == name:
+        importlib.import_module(module).configure(parser)
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evmamba", description=__doc__.splitlines()[0])
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"evmamba {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    first = argv[0] if argv else None
+    for name, (module, help_text) in COMMANDS.items():
+        _add_lazy(sub, name, module, help_text, first)
+    bench = sub.add_parser("bench", help="run a benchmark; prints a table and writes JSON")
+    bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    second = argv[1] if first == "bench" and len(argv) > 1 else None
+    for name, (module, help_text) in BENCHMARKS.items():
+        _add_lazy(bench_sub, name, module, help_text, second)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    module = getattr(args, "_module", None)
+    if module is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(importlib.import_module(module).run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""evmamba.datasets"""

@@ -1,0 +1,18 @@
+"""Selective-scan kernels: the discretization math, plain PyTorch references and Triton fast paths.
+
+This package imports nothing else of evmamba; only ``torch`` (and ``triton`` for the fast paths).
+"""
+
+from .discretization import DISCRETIZATIONS, discretize, event_decay_step, input_factor, input_step, transition
+from .scan_ref import linear_recurrence, selective_scan_ref
+
+__all__ = [
+    "DISCRETIZATIONS",
+    "discretize",
+    "event_decay_step",
+    "input_factor",
+    "input_step",
+    "linear_recurrence",
+    "selective_scan_ref",
+    "transition",
+]
