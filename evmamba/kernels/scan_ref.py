@@ -78,8 +78,9 @@ def selective_scan_ref(
 
     * ``dtB = softplus(delta + delta_bias)`` (no softplus when ``delta_softplus`` is false).
     * Event mode (``timesteps`` given): ``dtA = timesteps * softplus(rate)``; standard mode: ``dtA = dtB``.
-      ``rate`` is then still accepted and receives a zero gradient, so that a layer's rate parameter always
-      takes part in the graph.
+      Inputs a mode does not use get a zero gradient rather than none (``rate`` in standard mode; ``delta``
+      and ``delta_bias`` in event mode with ``dirac``), so that a layer's parameters always take part in the
+      graph.
     * ``lengths``: positions ``t >= lengths[b]`` are padding: the state is held (no decay, no input), the
       output there is zero and the final state is the state after the last valid position.
 
@@ -93,12 +94,17 @@ def selective_scan_ref(
     A_c, B_c, C_c = f(A), f(B), f(C)
 
     dtB = input_step(delta_c, None if delta_bias is None else f(delta_bias)[:, None], delta_softplus)
+    # Inputs that a mode does not use still get a (zero) gradient, so that every parameter of a layer takes
+    # part in the graph in every mode (data-parallel training needs no `find_unused_parameters`).
+    unused = []
     if timesteps is not None:
         dtA = event_decay_step(f(timesteps)[:, None, :], f(rate)[None, :, None])
+        if discretization == "dirac":  # Bbar = B: the input step is not used at all
+            unused.append(dtB)
     else:
         dtA = dtB
-        if rate is not None and rate.requires_grad:
-            dtA = dtA + 0.0 * rate.to(compute).sum()
+        if rate is not None:
+            unused.append(rate)
 
     if lengths is not None:
         valid = (torch.arange(L, device=u.device)[None, :] < lengths.to(u.device)[:, None]).to(compute)  # (B, L)
@@ -135,5 +141,8 @@ def selective_scan_ref(
         y = y * F.silu(z_c)
     if valid is not None:
         y = y * valid[:, None, :]
+    for t in unused:
+        if t.requires_grad:
+            y = y + 0.0 * t.sum().to(compute)
     y = y.to(u.dtype)
     return (y, h) if return_final_state else y
