@@ -1,7 +1,8 @@
 """Choose between the Triton fast paths and the PyTorch references.
 
-The fast paths serve CUDA tensors when Triton is importable; everything else (CPU tensors, no Triton, or
-``use_fast_path=False``) runs the references. Both have the same signatures and agree within tolerance.
+The Triton kernels serve CUDA tensors when Triton is importable; the numba scan serves float32/bfloat16 CPU
+tensors. Everything else (float64, ``use_fast_path=False``) runs the PyTorch references. All paths have the same
+signatures and agree within tolerance.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ def fast_path_available(t: torch.Tensor) -> bool:
     return True
 
 
+def cpu_fast_path_available(t: torch.Tensor) -> bool:
+    """Whether the numba scan can serve tensor ``t`` (a float32/bfloat16/float16 CPU tensor)."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
 def selective_scan(*args, use_fast_path: bool = True, **kwargs):
     """:func:`~evmamba.kernels.scan_ref.selective_scan_ref`'s contract, on the fastest available path."""
     u = args[0] if args else kwargs["u"]
@@ -30,6 +36,10 @@ def selective_scan(*args, use_fast_path: bool = True, **kwargs):
         from .triton_scan import selective_scan_triton
 
         return selective_scan_triton(*args, **kwargs)
+    if use_fast_path and cpu_fast_path_available(u):
+        from .cpu_scan import selective_scan_cpu
+
+        return selective_scan_cpu(*args, **kwargs)
     return selective_scan_ref(*args, **kwargs)
 
 
