@@ -1,4 +1,4 @@
-"""``evmamba bench scan``: throughput of the reference selective scan on the CPU.
+"""``evmamba bench scan``: throughput of the selective scan on the CPU, PyTorch reference and fused numba path.
 
 Reports elements per second, counting one element per ``(batch, channel, time, state)`` entry of the
 recurrence (``B * D * L * N`` per call), for the forward pass alone and for forward + backward.
@@ -13,6 +13,9 @@ import time
 import torch
 
 from ..kernels import selective_scan_ref
+from ..kernels.cpu_scan import selective_scan_cpu
+
+PATHS = {"reference": selective_scan_ref, "numba": selective_scan_cpu}
 from .common import format_table, write_json
 
 
@@ -23,6 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state", type=int, default=16, help="state size N")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--paths", nargs="+", choices=sorted(PATHS), default=sorted(PATHS))
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--json", default=None, help="write the results here")
 
@@ -53,18 +57,20 @@ def run(args: argparse.Namespace) -> int:
     b, d, L, n = (2, 32, 512, 16) if args.quick else (args.batch, args.dim, args.length, args.state)
     elements = b * d * L * n
     rows, results = [], []
-    for event in (True, False):
-        p = _problem(b, d, L, n, event, grad=False)
-        with torch.no_grad():
-            t_fwd = _time(lambda: selective_scan_ref(**p), args.repeats)
-        q = _problem(b, d, L, n, event, grad=True)
-        t_fb = _time(lambda: selective_scan_ref(**q).square().mean().backward(), max(1, args.repeats // 2))
-        mode = "event" if event else "standard"
-        for what, secs in (("forward", t_fwd), ("forward+backward", t_fb)):
-            rate = elements / secs
-            rows.append([mode, what, f"{secs * 1e3:.1f}", f"{rate / 1e6:.1f}"])
-            results.append({"mode": mode, "pass": what, "seconds": secs, "elements_per_s": rate})
-    print(f"reference selective scan, B={b} D={d} L={L} N={n}, {torch.get_num_threads()} torch threads")
-    print(format_table(["mode", "pass", "ms", "M elements/s"], rows))
+    for path in args.paths:
+        scan = PATHS[path]
+        for event in (True, False):
+            p = _problem(b, d, L, n, event, grad=False)
+            with torch.no_grad():
+                t_fwd = _time(lambda: scan(**p), args.repeats)
+            q = _problem(b, d, L, n, event, grad=True)
+            t_fb = _time(lambda: scan(**q).square().mean().backward(), max(1, args.repeats // 2))
+            mode = "event" if event else "standard"
+            for what, secs in (("forward", t_fwd), ("forward+backward", t_fb)):
+                rate = elements / secs
+                rows.append([path, mode, what, f"{secs * 1e3:.1f}", f"{rate / 1e6:.1f}"])
+                results.append({"path": path, "mode": mode, "pass": what, "seconds": secs, "elements_per_s": rate})
+    print(f"selective scan on the CPU, B={b} D={d} L={L} N={n}, {torch.get_num_threads()} torch threads")
+    print(format_table(["path", "mode", "pass", "ms", "M elements/s"], rows))
     write_json(args.json, {"benchmark": "scan", "shape": {"B": b, "D": d, "L": L, "N": n}, "results": results})
     return 0
