@@ -1,1 +1,68 @@
-"""evmamba.datasets"""
+"""evmamba.datasets: event-file readers and datasets that yield ``(events, label)`` pairs.
+
+* readers -- :func:`read_events` (any supported file, chosen by extension and header), one ``read_*``
+  function per format, :func:`write_events` (``.npy``/``.npz``/HDF5);
+* :class:`EventDataset` -- the interface (``len``, ``ds[i] -> (events, label)``, ``sensor_size``,
+  ``classes``, ``source(i)``, ``name``);
+* the staged real recordings -- :class:`NMNISTSmall`, :class:`PokerDVS`, :class:`DVSGestureSamples`;
+* your own files -- :class:`FolderDataset`;
+* tonic's datasets -- :class:`TonicDVSGesture`, :class:`TonicNMNIST`, :class:`TonicSHD`, :class:`TonicSSC`,
+  :class:`TonicPokerDVS`, :class:`TonicCIFAR10DVS`, :class:`TonicNCaltech101`;
+* :func:`build_dataset` -- any of them from a config section.
+
+Names are imported on first use, so ``import evmamba.datasets`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "data_root": "evmamba.datasets.paths",
+    "require_data": "evmamba.datasets.paths",
+    "read_events": "evmamba.datasets.readers",
+    "write_events": "evmamba.datasets.readers",
+    "detect_format": "evmamba.datasets.readers",
+    "FORMATS": "evmamba.datasets.readers",
+    "EXTENSIONS": "evmamba.datasets.readers",
+    "read_nmnist_bin": "evmamba.datasets.readers",
+    "read_aedat2_dvs128": "evmamba.datasets.readers",
+    "read_aedat4": "evmamba.datasets.readers",
+    "read_prophesee_evt2": "evmamba.datasets.readers",
+    "read_prophesee_evt3": "evmamba.datasets.readers",
+    "read_prophesee_dat": "evmamba.datasets.readers",
+    "read_kaer_td": "evmamba.datasets.readers",
+    "read_numpy": "evmamba.datasets.readers",
+    "read_hdf5_events": "evmamba.datasets.readers",
+    "EventDataset": "evmamba.datasets.base",
+    "EventFileDataset": "evmamba.datasets.base",
+    "NMNISTSmall": "evmamba.datasets.local",
+    "PokerDVS": "evmamba.datasets.local",
+    "DVSGestureSamples": "evmamba.datasets.local",
+    "FolderDataset": "evmamba.datasets.folder",
+    "DatasetFilesMissingError": "evmamba.datasets.tonic_datasets",
+    "TonicDVSGesture": "evmamba.datasets.tonic_datasets",
+    "TonicNMNIST": "evmamba.datasets.tonic_datasets",
+    "TonicSHD": "evmamba.datasets.tonic_datasets",
+    "TonicSSC": "evmamba.datasets.tonic_datasets",
+    "TonicPokerDVS": "evmamba.datasets.tonic_datasets",
+    "TonicCIFAR10DVS": "evmamba.datasets.tonic_datasets",
+    "TonicNCaltech101": "evmamba.datasets.tonic_datasets",
+    "build_dataset": "evmamba.datasets.registry",
+    "DATASET_NAMES": "evmamba.datasets.registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'evmamba.datasets' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,102 @@
+"""The dataset interface every evmamba dataset follows, and a base for datasets made of event files.
+
+A dataset is a :class:`~collections.abc.Sequence` of ``(events, label)`` pairs: ``events`` is a 1-D
+``EVENT_DTYPE`` array (x, y in pixels, t int64 µs sorted, p 0/1), ``label`` an ``int`` index into
+``classes``. It also tells its ``sensor_size`` ``(width, height, polarities)``, its ``name`` and, through
+``source(i)``, where sample ``i`` comes from (a path or an id, for error messages).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from evmamba.pipeline.events import SensorSize
+
+from .readers import read_events
+from .readers.common import check_policy
+
+
+class EventDataset(Sequence):
+    """Base class: subclasses set ``name``, ``sensor_size``, ``classes`` and ``labels`` and implement
+    :meth:`_load` (and :meth:`source` when the default ``"<name>[i]"`` is not informative)."""
+
+    name: str = "events"
+    sensor_size: SensorSize
+    classes: list[str]
+    #: Label index of every sample, known without reading the recordings (``len(labels) == len(self)``).
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _index(self, index) -> int:
+        """``index`` as a non-negative int; ``TypeError`` for non-integers, ``IndexError`` out of range."""
+        try:
+            i = operator.index(index)
+        except TypeError:
+            raise TypeError(f"{self.name}: sample index must be an integer; got {type(index).__name__}") from None
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"{self.name}: sample index {index} out of range for {n} samples")
+        return i
+
+    def __getitem__(self, index) -> tuple[np.ndarray, int]:
+        i = self._index(index)
+        return self._load(i), int(self.labels[i])
+
+    def _load(self, i: int) -> np.ndarray:
+        """The events of sample ``i`` (already range-checked)."""
+        raise NotImplementedError
+
+    def source(self, index) -> str:
+        """Where sample ``index`` comes from (a file path or an id), for messages."""
+        return f"{self.name}[{self._index(index)}]"
+
+    def class_counts(self) -> np.ndarray:
+        """Number of samples per class, shape ``(len(classes),)``, from the labels alone."""
+        return np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=len(self.classes))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, samples={len(self)}, classes={len(self.classes)}, "
+            f"sensor_size={self.sensor_size})"
+        )
+
+
+class EventFileDataset(EventDataset):
+    """A dataset whose samples are event files read with :func:`~evmamba.datasets.readers.read_events`.
+
+    ``paths`` and ``labels`` are parallel lists; ``format`` (``None``: detected per file) and
+    ``on_unsorted`` are passed to the reader, and every sample is checked against ``sensor_size``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        paths: Sequence[Path],
+        labels: Sequence[int],
+        classes: Sequence[str],
+        sensor_size: SensorSize,
+        format: str | None = None,
+        on_unsorted: str = "error",
+    ) -> None:
+        self.name = name
+        self.paths = [Path(p) for p in paths]
+        self.labels = [int(v) for v in labels]
+        self.classes = list(classes)
+        self.sensor_size = tuple(sensor_size)
+        self.format = format
+        self.on_unsorted = check_policy(on_unsorted, name)
+
+    def _load(self, i: int) -> np.ndarray:
+        events, _ = read_events(self.paths[i], self.sensor_size, self.format, on_unsorted=self.on_unsorted)
+        return events
+
+    def source(self, index) -> str:
+        return str(self.paths[self._index(index)])
