@@ -1,0 +1,221 @@
+"""Token datasets, batch collation with right padding, and a length-bucketing batch sampler.
+
+A *token dataset* is anything with ``len()`` and ``ds[i] -> (sequence, label)`` where ``sequence`` is a
+:class:`~evmamba.pipeline.binning.TokenSequence` (or anything with ``tokens``, ``counts`` and ``dt`` -- as
+attributes, mapping keys, or the first three items of a tuple). :class:`BinnedDataset` makes one from a
+dataset of raw event recordings; :func:`collate` turns a list of items into padded tensors for the model;
+:class:`LengthBucketSampler` groups items of similar length so that little of a batch is padding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from .augment import AugmentConfig, augment_events
+from .binning import BinningConfig, TokenSequence, _check_cfg, bin_events
+from .events import check_sensor_size
+
+EMPTY_POLICIES = ("error", "keep")
+
+
+@runtime_checkable
+class TokenDataset(Protocol):
+    """What :func:`collate` and the training loop need from a dataset."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[TokenSequence, int]: ...
+
+
+class BinnedDataset:
+    """A token dataset over a dataset of recordings: ``base[i] -> (events, label)`` becomes
+    ``(bin_events(augment(events)), label)``.
+
+    ``augment`` (training only) draws its randomness from a generator seeded with ``(seed, epoch, index)``,
+    so an epoch is reproducible and different epochs differ; call :meth:`set_epoch` at each epoch.
+    ``allow_hflip=False`` declares that left/right carries meaning for this dataset's labels.
+    ``empty`` says what an item with no tokens does: ``"error"`` raises ``ValueError`` naming the item,
+    ``"keep"`` returns the empty sequence (it collates to length 0).
+    """
+
+    def __init__(
+        self,
+        base,
+        sensor_size,
+        cfg: BinningConfig,
+        *,
+        augment: AugmentConfig | None = None,
+        allow_hflip: bool = True,
+        seed: int = 0,
+        empty: str = "error",
+        source: str = "dataset",
+    ) -> None:
+        if not hasattr(base, "__getitem__") or not hasattr(base, "__len__"):
+            raise TypeError(f"{source}: base must support len() and indexing; got {type(base).__name__}")
+        if augment is not None and not isinstance(augment, AugmentConfig):
+            raise TypeError(f"{source}: augment must be an AugmentConfig or None; got {type(augment).__name__}")
+        if empty not in EMPTY_POLICIES:
+            raise ValueError(f"{source}: argument 'empty' must be one of {EMPTY_POLICIES}; got {empty!r}")
+        self.base = base
+        self.sensor_size = check_sensor_size(sensor_size, f"{source}: sensor_size")
+        self.cfg = _check_cfg(cfg, source)
+        self.augment = augment if augment is not None and augment.active else None
+        self.allow_hflip = bool(allow_hflip)
+        self.seed = int(seed)
+        self.empty = empty
+        self.source = source
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of this epoch."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[TokenSequence, int]:
+        events, label = self.base[index]
+        where = f"{self.source}[{index}]"
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+            events = augment_events(events, self.sensor_size, self.augment, rng, allow_hflip=self.allow_hflip, source=where)
+        seq = bin_events(events, self.sensor_size, self.cfg, source=where)
+        if seq.num_tokens == 0 and self.empty == "error":
+            raise ValueError(f"{where}: the recording gives no tokens (empty, or everything was cropped or filtered)")
+        return seq, label
+
+
+def _field(seq: Any, name: str, position: int):
+    if isinstance(seq, Mapping):
+        return seq[name]
+    if hasattr(seq, name):
+        return getattr(seq, name)
+    return seq[position]
+
+
+def collate(batch: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
+    """Stack ``[(sequence, label), ...]`` into right-padded tensors.
+
+    Returns ``tokens`` (B, Lmax) int64, ``counts`` (B, Lmax) float32, ``dt`` (B, Lmax) float32 -- all 0 in
+    the padding -- and ``labels`` (B,) int64, ``lengths`` (B,) int64. ``Lmax`` is the longest sequence of
+    the batch (0 when all are empty). Raises ``TypeError``/``ValueError`` naming the item and field.
+    """
+    import torch
+
+    if not isinstance(batch, Sequence) or isinstance(batch, (str, bytes)) or len(batch) == 0:
+        raise ValueError(f"collate: batch must be a non-empty list of (sequence, label) items; got {batch!r:.80}")
+    columns = []
+    labels = np.empty(len(batch), np.int64)
+    for i, item in enumerate(batch):
+        try:
+            seq, label = item
+        except (TypeError, ValueError):
+            raise ValueError(f"collate: item {i} must be a (sequence, label) pair; got {type(item).__name__}") from None
+        try:
+            arrays = [np.asarray(_field(seq, name, pos)) for pos, name in enumerate(("tokens", "counts", "dt"))]
+        except (KeyError, IndexError, TypeError):
+            raise TypeError(f"collate: item {i} sequence needs tokens, counts and dt; got {type(seq).__name__}") from None
+        for name, a in zip(("tokens", "counts", "dt"), arrays):
+            if a.ndim != 1:
+                raise ValueError(f"collate: item {i} field '{name}' must be 1-D; got shape {a.shape}")
+            if a.shape[0] != arrays[0].shape[0]:
+                raise ValueError(
+                    f"collate: item {i} field '{name}' has length {a.shape[0]}, but 'tokens' has {arrays[0].shape[0]}"
+                )
+        if arrays[0].size and not np.issubdtype(arrays[0].dtype, np.integer):
+            raise TypeError(f"collate: item {i} field 'tokens' must hold integers; got dtype {arrays[0].dtype}")
+        if isinstance(label, torch.Tensor):
+            label = label.item() if label.numel() == 1 else label
+        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
+            raise TypeError(f"collate: item {i} field 'label' must be an integer; got {label!r}")
+        labels[i] = label
+        columns.append(arrays)
+    lengths = np.array([c[0].shape[0] for c in columns], dtype=np.int64)
+    lmax = int(lengths.max())
+    tokens = np.zeros((len(batch), lmax), np.int64)
+    counts = np.zeros((len(batch), lmax), np.float32)
+    dt = np.zeros((len(batch), lmax), np.float32)
+    for row, (tok, cnt, d) in enumerate(columns):
+        n = tok.shape[0]
+        tokens[row, :n] = tok
+        counts[row, :n] = cnt
+        dt[row, :n] = d
+    return {
+        "tokens": torch.from_numpy(tokens),
+        "counts": torch.from_numpy(counts),
+        "dt": torch.from_numpy(dt),
+        "labels": torch.from_numpy(labels),
+        "lengths": torch.from_numpy(lengths),
+    }
+
+
+class LengthBucketSampler:
+    """Batches of indices whose sequences have similar lengths; use as ``DataLoader(batch_sampler=...)``.
+
+    With ``shuffle``: the indices are shuffled, cut into pools of ``batch_size * pool_batches``, each pool is
+    sorted by length and cut into batches, and the batch order is shuffled -- all from a generator seeded
+    with ``(seed, epoch)``, so the same seed and epoch give the same batches (call :meth:`set_epoch`).
+    Without: batches of the length-sorted dataset, in order. Only the last batch can be smaller than
+    ``batch_size``, and ``drop_last`` drops it.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        pool_batches: int = 50,
+    ) -> None:
+        lengths = np.asarray(lengths)
+        if lengths.ndim != 1 or (lengths.size and not np.issubdtype(lengths.dtype, np.integer)):
+            raise ValueError(f"LengthBucketSampler: argument 'lengths' must be a 1-D sequence of integers; got {lengths.dtype} {lengths.shape}")
+        for name, v in (("batch_size", batch_size), ("pool_batches", pool_batches)):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"LengthBucketSampler: argument '{name}' must be an integer >= 1; got {v!r}")
+        self.lengths = lengths.astype(np.int64)
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.pool_batches = int(pool_batches)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n = self.lengths.size
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def batches(self) -> list[list[int]]:
+        """This epoch's batches (lists of dataset indices)."""
+        n = self.lengths.size
+        bs = self.batch_size
+        if not self.shuffle:
+            order = np.argsort(self.lengths, kind="stable")
+            out = [order[i:i + bs].tolist() for i in range(0, n, bs)]
+        else:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            perm = rng.permutation(n)
+            pool = bs * self.pool_batches  # a multiple of bs: only the very last batch can be short
+            out = []
+            for start in range(0, n, pool):
+                chunk = perm[start:start + pool]
+                chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+                out.extend(chunk[i:i + bs].tolist() for i in range(0, chunk.size, bs))
+            short = out.pop() if out and len(out[-1]) < bs else None
+            out = [out[i] for i in rng.permutation(len(out))]
+            if short is not None:
+                out.append(short)
+        if self.drop_last and out and len(out[-1]) < bs:
+            out.pop()
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
