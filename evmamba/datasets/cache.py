@@ -1,0 +1,653 @@
+"""Preprocessed token files: one HDF5 file per dataset split, named by a hash of what produced it.
+
+A cache file ``<cache_dir>/<dataset name>-<split>-<hash>.h5`` holds the binned tokens of every sample of
+one split, ragged, as concatenated arrays:
+
+==============  ================  =========================================================================
+dataset         shape, dtype      meaning
+==============  ================  =========================================================================
+``tokens``      (T,) int32        token ids of all samples, end to end
+``counts``      (T,) int32        events merged into each token
+``dt``          (T,) float32      gap to the previous token of the same sample (binning ``time_unit``)
+``t``           (T,) int64        time of each token's first event, µs
+``offsets``     (n + 1,) int64    sample i owns ``[offsets[i], offsets[i + 1])``; offsets[0] = 0
+``labels``      (n,) int64        class index of each sample
+``n_events``    (n,) int64        events in the sample before binning
+``source``      (n,) str          where each sample came from (file name or generator id)
+==============  ================  =========================================================================
+
+Attributes: ``format`` ("evmamba-tokens"), ``format_version``, ``config`` (JSON of the hashed dataset and
+binning sections), ``config_hash``, ``dataset``, ``split``, ``sensor_size``, ``vocab_size``, ``classes``
+(JSON list), ``n_samples``, ``n_done`` (samples written so far), ``n_empty`` and ``complete``, which is set
+last. The hash covers the resolved ``dataset`` and ``binning`` sections and the format version, so a changed
+config never serves stale tokens; it does not cover the recordings themselves (rebuild with ``force``
+after replacing data files).
+
+Empty samples (no event left after the binning's crops and filters) are **kept** with length 0, so sample
+``i`` of a cache is always sample ``i`` of the dataset, with its label and source; their number is the
+``n_empty`` attribute. :class:`TokenCache` can skip them (``drop_empty=True``) for training, where a
+sequence without tokens carries no information.
+
+Writing is atomic and resumable: samples are binned in blocks (in worker processes when ``workers > 1``),
+each finished block is appended to ``<name>.h5.partial`` and flushed, and the finished file is renamed into
+place. A run that stops part-way leaves the partial file; the next run with the same config continues after
+its last complete block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+import h5py
+import numpy as np
+
+from ..pipeline.binning import BinningConfig, TokenSequence, bin_events, vocab_size
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "SpreadSubset",
+    "TokenCache",
+    "build_cache",
+    "cache_key",
+    "cache_path",
+    "dataset_from_config",
+    "ensure_cache",
+    "inspect_cache",
+]
+
+FORMAT = "evmamba-tokens"
+FORMAT_VERSION = 1
+_ARRAYS = {"tokens": np.int32, "counts": np.int32, "dt": np.float32, "t": np.int64}
+_PER_SAMPLE = {"labels": np.int64, "n_events": np.int64}
+_CHUNK = 1 << 16  # HDF5 chunk length of the token arrays (elements)
+_ATTRS = (
+    "config", "config_hash", "dataset", "split", "sensor_size", "vocab_size", "classes",
+    "n_samples", "n_done", "n_empty", "complete",
+)
+
+
+# -- names and keys ---------------------------------------------------------------------------------------
+
+
+def _plain(section: Any, what: str) -> dict[str, Any]:
+    """A plain dict copy of a config section (an OmegaConf node or a mapping)."""
+    if hasattr(section, "_metadata") and hasattr(section, "_get_node"):
+        from omegaconf import OmegaConf
+
+        section = OmegaConf.to_container(section, resolve=True)
+    if not isinstance(section, Mapping):
+        raise ValueError(f"config: section '{what}' must be a mapping; got {type(section).__name__}")
+    return json.loads(json.dumps(dict(section), sort_keys=True))
+
+
+def _sections(cfg: Mapping) -> tuple[dict[str, Any], BinningConfig]:
+    """The resolved ``dataset`` section (must name the dataset) and the ``binning`` section as a config."""
+    if "dataset" not in cfg:
+        raise ValueError("config: missing section 'dataset' (with at least 'name')")
+    dataset = _plain(cfg["dataset"], "dataset")
+    name = dataset.get("name")
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\\0"):
+        raise ValueError(f"config: key 'dataset.name' must be a plain name; got {name!r}")
+    binning = BinningConfig.from_dict(_plain(cfg.get("binning") or {}, "binning"), source="config: section 'binning'")
+    return dataset, binning
+
+
+def cache_key(cfg: Mapping) -> tuple[str, dict[str, Any]]:
+    """``(hash, hashed_content)`` for a config with ``dataset`` and ``binning`` sections.
+
+    The content is ``{"format_version", "dataset", "binning"}`` with the binning section completed with its
+    defaults (so spelling a default out does not change the hash); the hash is the first 16 hex digits of
+    the SHA-256 of its canonical JSON. Other sections (``model``, ``train``, ``cache_dir``) do not count.
+    """
+    dataset, binning = _sections(cfg)
+    content = {"format_version": FORMAT_VERSION, "dataset": dataset, "binning": binning.to_dict()}
+    blob = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16], content
+
+
+def cache_path(cfg: Mapping, split: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """``<cache_dir>/<dataset name>-<split>-<hash>.h5``; ``cache_dir`` defaults to the config's ``cache_dir``
+    (itself ``cache``, relative to the working directory)."""
+    key, content = cache_key(cfg)
+    if not isinstance(split, str) or not split or any(c in split for c in "/\\\0"):
+        raise ValueError(f"cache_path: argument 'split' must be a plain name; got {split!r}")
+    folder = Path(cache_dir if cache_dir is not None else (cfg.get("cache_dir") or "cache"))
+    return folder / f"{content['dataset']['name']}-{split}-{key}.h5"
+
+
+# -- reading ----------------------------------------------------------------------------------------------
+
+
+def _attr_str(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _open_h5(path: Path, mode: str = "r") -> h5py.File:
+    try:
+        return h5py.File(path, mode)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such token cache file") from None
+        raise ValueError(
+            f"{path}: not a readable HDF5 file ({path.stat().st_size} bytes; truncated, corrupted or not HDF5): "
+            f"{exc}"
+        ) from None
+
+
+def _check_layout(f: h5py.File, path: Path, expected_hash: str | None, need_complete: bool) -> dict[str, Any]:
+    """Validate a token cache's attributes and array shapes; return its attributes as plain values."""
+    try:
+        return _check_layout_unguarded(f, path, expected_hash, need_complete)
+    except OSError as exc:  # damage inside the file, found while reading offsets
+        raise ValueError(f"{path}: damaged token cache: {exc}") from None
+
+
+def _check_layout_unguarded(
+    f: h5py.File, path: Path, expected_hash: str | None, need_complete: bool
+) -> dict[str, Any]:
+    a = f.attrs
+    fmt = _attr_str(a.get("format", ""))
+    if fmt != FORMAT:
+        raise ValueError(
+            f"{path}: not an evmamba token cache (attribute 'format' is {fmt!r}, expected {FORMAT!r}); "
+            "was it written by another program?"
+        )
+    version = int(a.get("format_version", -1))
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: token cache format version {version}; this evmamba reads version {FORMAT_VERSION}")
+    if need_complete and not bool(a.get("complete", False)):
+        raise ValueError(
+            f"{path}: incomplete token cache ({int(a.get('n_done', 0))} of {int(a.get('n_samples', 0))} samples "
+            "written; the run that wrote it was interrupted). Run `evmamba preprocess` again to finish it."
+        )
+    key = _attr_str(a.get("config_hash", ""))
+    if expected_hash is not None and key != expected_hash:
+        raise ValueError(
+            f"{path}: token cache was made from a different config (hash {key}, expected {expected_hash})"
+        )
+    missing = [k for k in _ATTRS if k not in a]
+    if missing:
+        raise ValueError(f"{path}: token cache lacks attribute(s) {missing}")
+    missing = [k for k in (*_ARRAYS, *_PER_SAMPLE, "offsets", "source") if k not in f]
+    if missing:
+        raise ValueError(f"{path}: token cache lacks dataset(s) {missing}")
+    n = int(a["n_done"]) if not need_complete else int(a["n_samples"])
+    if need_complete and int(a["n_done"]) != n:
+        raise ValueError(f"{path}: token cache marked complete with {int(a['n_done'])} of {n} samples written")
+    offsets = f["offsets"]
+    if offsets.shape[0] < n + 1:
+        raise ValueError(f"{path}: dataset 'offsets' has {offsets.shape[0]} entries; {n + 1} expected")
+    for k in (*_PER_SAMPLE, "source"):
+        if f[k].shape[0] < n:
+            raise ValueError(f"{path}: dataset '{k}' has {f[k].shape[0]} entries; {n} expected")
+    off = offsets[: n + 1]
+    total = int(off[-1])
+    if off[0] != 0 or (n and np.any(np.diff(off) < 0)):
+        raise ValueError(f"{path}: dataset 'offsets' must start at 0 and never decrease")
+    for k in _ARRAYS:
+        if f[k].shape[0] < total:
+            raise ValueError(f"{path}: dataset '{k}' has {f[k].shape[0]} entries; offsets need {total}")
+    return {
+        "config": json.loads(_attr_str(a["config"])),
+        "config_hash": key,
+        "dataset": _attr_str(a["dataset"]),
+        "split": _attr_str(a["split"]),
+        "sensor_size": tuple(int(v) for v in a["sensor_size"]),
+        "vocab_size": int(a["vocab_size"]),
+        "classes": tuple(json.loads(_attr_str(a["classes"]))),
+        "n_samples": int(a["n_samples"]),
+        "n_done": int(a["n_done"]),
+        "n_empty": int(a["n_empty"]),
+        "n_tokens": total,
+        "complete": bool(a.get("complete", False)),
+    }
+
+
+def inspect_cache(path: str | os.PathLike, expected_hash: str | None = None) -> dict[str, Any]:
+    """Check that ``path`` is a complete token cache (and, if given, made with config hash ``expected_hash``).
+
+    Reads only attributes and offsets. Returns the attributes as plain values (``config``, ``config_hash``,
+    ``dataset``, ``split``, ``sensor_size``, ``vocab_size``, ``classes``, ``n_samples``, ``n_empty``,
+    ``n_tokens``, ...). Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file
+    and the problem for a truncated, foreign, incomplete or mismatched one.
+    """
+    path = Path(path)
+    with _open_h5(path) as f:
+        return _check_layout(f, path, expected_hash, need_complete=True)
+
+
+class TokenCache(Sequence):
+    """A token cache file as a sequence: ``cache[i] -> (TokenSequence, label)``.
+
+    Args:
+        path: an HDF5 file written by :func:`build_cache` / :func:`ensure_cache`.
+        expected_hash: if given, the file must have been made from a config with this hash
+            (see :func:`cache_key`).
+        in_memory: load all arrays at open (fast random access; memory ~20 bytes per token). When False,
+            each item is read from the file; the file handle is reopened in each process that reads
+            (safe with ``torch.utils.data.DataLoader`` workers).
+        drop_empty: index only the samples that have at least one token.
+
+    Attributes: ``path``, ``sensor_size``, ``vocab_size``, ``classes``, ``config`` (dict), ``config_hash``,
+    ``dataset``, ``split``, ``labels`` ((len,) int64), ``lengths`` ((len,) int64 tokens per sample),
+    ``indices`` (positions in the file of the samples served), ``n_empty`` (empty samples in the file).
+    Opening raises ``ValueError`` naming the file for a truncated, foreign, incomplete or mismatched file.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        expected_hash: str | None = None,
+        in_memory: bool = True,
+        drop_empty: bool = False,
+    ):
+        self.path = Path(path)
+        with _open_h5(self.path) as f:
+            info = _check_layout(f, self.path, expected_hash, need_complete=True)
+            n = info["n_samples"]
+            try:
+                self._offsets = f["offsets"][: n + 1].astype(np.int64)
+                all_labels = f["labels"][:n].astype(np.int64)
+                self._arrays = {k: f[k][: info["n_tokens"]] for k in _ARRAYS} if in_memory else None
+            except OSError as exc:
+                raise ValueError(f"{self.path}: damaged token cache: {exc}") from None
+        if all_labels.size and (all_labels.min() < 0 or all_labels.max() >= len(info["classes"])):
+            raise ValueError(f"{self.path}: dataset 'labels' holds values outside 0..{len(info['classes']) - 1}")
+        if self._arrays is not None and info["n_tokens"]:
+            tokens = self._arrays["tokens"]
+            if tokens.min() < 0 or tokens.max() >= info["vocab_size"]:
+                raise ValueError(f"{self.path}: dataset 'tokens' holds ids outside 0..{info['vocab_size'] - 1}")
+        self._sources: list[str] | None = None
+        self.info = info
+        self.config = info["config"]
+        self.config_hash = info["config_hash"]
+        self.dataset = info["dataset"]
+        self.split = info["split"]
+        self.sensor_size = info["sensor_size"]
+        self.vocab_size = info["vocab_size"]
+        self.classes = info["classes"]
+        self.n_empty = info["n_empty"]
+        all_lengths = np.diff(self._offsets)
+        self.indices = np.flatnonzero(all_lengths > 0) if drop_empty else np.arange(n)
+        self.labels = all_labels[self.indices]
+        self.lengths = all_lengths[self.indices]
+        self._file: h5py.File | None = None
+        self._file_pid: int | None = None
+        self._datasets: dict[str, h5py.Dataset] | None = None
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def _h5(self) -> dict[str, h5py.Dataset]:
+        # One handle per process: HDF5 handles must not cross a fork. The dataset objects are kept, as
+        # looking them up by name costs more than reading a sample.
+        if self._file is None or self._file_pid != os.getpid():
+            self._file = h5py.File(self.path, "r")
+            self._file_pid = os.getpid()
+            self._datasets = {k: self._file[k] for k in _ARRAYS}
+        return self._datasets
+
+    def __getitem__(self, i: int) -> tuple[TokenSequence, int]:
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"{self.path}: index must be an int; got {type(i).__name__}")
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"{self.path}: index {i} out of range for {n} samples")
+        j = int(self.indices[i])
+        lo, hi = int(self._offsets[j]), int(self._offsets[j + 1])
+        src = self._arrays if self._arrays is not None else self._h5()
+        seq = TokenSequence(*(np.asarray(src[k][lo:hi]) for k in _ARRAYS))
+        return seq, int(self.labels[i])
+
+    def source(self, i: int) -> str:
+        """Where sample ``i`` came from (as the dataset named it)."""
+        if self._sources is None:
+            with h5py.File(self.path, "r") as f:
+                self._sources = [_attr_str(s) for s in f["source"][: self.info["n_samples"]]]
+        return self._sources[int(self.indices[i])]
+
+    def close(self) -> None:
+        """Close the file handle of a lazily reading cache (it reopens on the next access)."""
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+        self._file = None
+        self._datasets = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_file"] = None
+        state["_file_pid"] = None
+        state["_datasets"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return f"TokenCache({str(self.path)!r}, samples={len(self)}, vocab_size={self.vocab_size})"
+
+
+# -- writing ----------------------------------------------------------------------------------------------
+
+
+def _check_count(name: str, value, source: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{source}: argument '{name}' must be an int >= 1; got {value!r}")
+
+
+# The dataset and binning config of a worker process (set once by the pool initializer).
+_WORKER_STATE: tuple[Any, BinningConfig] | None = None
+
+
+def _init_worker(dataset, binning: BinningConfig) -> None:
+    global _WORKER_STATE
+    _WORKER_STATE = (dataset, binning)
+
+
+def _bin_block(indices: Sequence[int]) -> dict[str, Any]:
+    """Read and bin the samples ``indices`` of the worker's dataset; arrays concatenated in index order."""
+    dataset, binning = _WORKER_STATE  # type: ignore[misc]
+    seqs, labels, sources, n_events = [], [], [], []
+    for i in indices:
+        events, label = dataset[i]
+        src = dataset.source(i)
+        seqs.append(bin_events(events, dataset.sensor_size, binning, source=src))
+        labels.append(int(label))
+        sources.append(src)
+        n_events.append(int(events.shape[0]))
+    cat = TokenSequence.concatenate(seqs)
+    return {
+        **{k: getattr(cat, k) for k in _ARRAYS},
+        "lengths": np.array([s.num_tokens for s in seqs], np.int64),
+        "labels": np.array(labels, np.int64),
+        "n_events": np.array(n_events, np.int64),
+        "source": sources,
+    }
+
+
+def _new_partial(path: Path, dataset, binning: BinningConfig, content: dict, key: str, split: str) -> None:
+    w, h, p = (int(v) for v in dataset.sensor_size)
+    with h5py.File(path, "w") as f:
+        for k, dt in _ARRAYS.items():
+            f.create_dataset(k, shape=(0,), maxshape=(None,), dtype=dt, chunks=(_CHUNK,))
+        for k, dt in _PER_SAMPLE.items():
+            f.create_dataset(k, shape=(0,), maxshape=(None,), dtype=dt, chunks=(4096,))
+        f.create_dataset("offsets", data=np.zeros(1, np.int64), maxshape=(None,), chunks=(4096,))
+        f.create_dataset("source", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(4096,))
+        a = f.attrs
+        a["format"] = FORMAT
+        a["format_version"] = FORMAT_VERSION
+        a["config"] = json.dumps(content, sort_keys=True)
+        a["config_hash"] = key
+        a["dataset"] = content["dataset"]["name"]
+        a["split"] = split
+        a["sensor_size"] = np.array([w, h, p], np.int64)
+        a["vocab_size"] = int(vocab_size((w, h, p), binning))
+        a["classes"] = json.dumps([str(c) for c in dataset.classes])
+        a["n_samples"] = len(dataset)
+        a["n_done"] = 0
+        a["n_empty"] = 0
+        a["complete"] = False
+
+
+def _resume_point(path: Path, key: str, n_samples: int) -> int | None:
+    """Samples already written to a partial file made with config ``key``; None if it cannot be continued."""
+    try:
+        with _open_h5(path, "r+") as f:
+            info = _check_layout(f, path, key, need_complete=False)
+            if info["n_samples"] != n_samples:
+                return None
+            n = info["n_done"]
+            total = int(f["offsets"][n])
+            # A block may have been appended in part before the run stopped: cut back to the last commit.
+            for k in _ARRAYS:
+                f[k].resize((total,))
+            for k in (*_PER_SAMPLE, "source"):
+                f[k].resize((n,))
+            f["offsets"].resize((n + 1,))
+            f.attrs["n_empty"] = int(np.count_nonzero(np.diff(f["offsets"][:]) == 0))
+            return n
+    except (ValueError, OSError, KeyError) as exc:
+        print(f"cannot continue {path} ({exc}); starting over", file=sys.stderr)
+        return None
+
+
+def _append_block(f: h5py.File, block: dict[str, Any]) -> None:
+    """Append one block of samples, then advance ``n_done`` (the commit point) and flush."""
+    n0 = int(f.attrs["n_done"])
+    total0 = int(f["offsets"][n0])
+    m = block["labels"].shape[0]
+    size = block["tokens"].shape[0]
+    for k in _ARRAYS:
+        f[k].resize((total0 + size,))
+        f[k][total0:] = block[k]
+    for k in _PER_SAMPLE:
+        f[k].resize((n0 + m,))
+        f[k][n0:] = block[k]
+    f["source"].resize((n0 + m,))
+    f["source"][n0:] = block["source"]
+    f["offsets"].resize((n0 + m + 1,))
+    f["offsets"][n0 + 1 :] = total0 + np.cumsum(block["lengths"])
+    f.attrs["n_empty"] = int(f.attrs["n_empty"]) + int(np.count_nonzero(block["lengths"] == 0))
+    f.attrs["n_done"] = n0 + m
+    f.flush()
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path):
+    """Serialise builders of the same file (two runs started together wait for each other)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX: no lock
+        yield
+        return
+    lock = path.with_name(f".{path.name}.lock")  # hidden: it stays behind, empty
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _pool_context():
+    # fork starts workers in milliseconds and shares the compiled numba code; spawn elsewhere.
+    methods = mp.get_all_start_methods()
+    return mp.get_context("fork" if sys.platform.startswith("linux") and "fork" in methods else "spawn")
+
+
+def build_cache(
+    dataset,
+    cfg: Mapping,
+    path: str | os.PathLike,
+    *,
+    split: str,
+    workers: int = 1,
+    block_size: int = 64,
+    progress: bool = True,
+    resume: bool = True,
+) -> Path:
+    """Bin every sample of ``dataset`` and write the token cache ``path`` (atomically, resumably).
+
+    Args:
+        dataset: an event dataset: ``len()``, ``[i] -> (events, label)``, ``source(i)``, ``sensor_size``,
+            ``classes``; picklable when ``workers > 1`` on platforms without ``fork``.
+        cfg: a config with ``dataset`` and ``binning`` sections (hashed into the file, see :func:`cache_key`).
+        path: the final file; ``<path>.partial`` holds the work in progress.
+        split: the split's name, recorded in the file.
+        workers: processes that read and bin samples (1 = in this process).
+        block_size: samples per block, the unit of work and of resumption.
+        progress: show a tqdm progress bar (on stderr).
+        resume: continue a partial file of the same config; False starts over.
+
+    Returns ``path``.
+    """
+    path = Path(path)
+    _check_count("workers", workers, "build_cache")
+    _check_count("block_size", block_size, "build_cache")
+    missing = [a for a in ("__len__", "__getitem__", "source", "sensor_size", "classes") if not hasattr(dataset, a)]
+    if missing:
+        raise TypeError(f"build_cache: argument 'dataset' ({type(dataset).__name__}) lacks {missing}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(path):
+        _build_locked(dataset, cfg, path, split, workers, block_size, progress, resume)
+    return path
+
+
+def _build_locked(
+    dataset, cfg, path: Path, split: str, workers: int, block_size: int, progress: bool, resume: bool
+) -> None:
+    key, content = cache_key(cfg)
+    _, binning = _sections(cfg)
+    n = len(dataset)
+    partial = path.with_name(path.name + ".partial")
+    start = _resume_point(partial, key, n) if (resume and partial.exists()) else None
+    if start:
+        print(f"continuing {partial} after {start} of {n} samples", file=sys.stderr)
+    if start is None:
+        _new_partial(partial, dataset, binning, content, key, split)
+        start = 0
+    blocks = [range(b, min(b + block_size, n)) for b in range(start, n, block_size)]
+    desc = f"{content['dataset']['name']} {split}"
+    _write_blocks(partial, dataset, binning, blocks, n, start, workers, progress, desc)
+    with h5py.File(partial, "r+") as f:
+        f.attrs["complete"] = True  # last: a file without it is never taken for a finished one
+    os.replace(partial, path)
+
+
+def _write_blocks(partial: Path, dataset, binning, blocks, n, start, workers, progress, desc) -> None:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, initial=start, desc=desc, unit="sample", disable=not progress, leave=False)
+    pool = None
+    _init_worker(dataset, binning)
+    try:
+        # The first block is always binned here: a broken dataset fails with a plain traceback, and the
+        # forked workers inherit the compiled (or cache-loaded) numba kernels instead of each loading them.
+        if blocks:
+            first = _bin_block(blocks[0])
+        if workers > 1 and len(blocks) > 2:
+            pool = _pool_context().Pool(
+                min(workers, len(blocks) - 1), initializer=_init_worker, initargs=(dataset, binning)
+            )
+            rest = pool.imap(_bin_block, blocks[1:])
+        else:
+            rest = map(_bin_block, blocks[1:])
+        # Results arrive in block order whatever the number of workers, so the file is the same.
+        with h5py.File(partial, "r+") as f:
+            for block in itertools.chain([first] if blocks else [], rest):
+                _append_block(f, block)
+                bar.update(block["labels"].shape[0])
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+class SpreadSubset:
+    """``n`` samples of an event dataset spread over all of it: one from each of ``n`` equal stretches.
+
+    The dataset's index range is cut into ``n`` consecutive stretches and one sample is drawn from each
+    (a fixed generator, so the subset is always the same). The first ``n`` would lose whole classes of
+    datasets listed by class (file names such as ``cl_..``, ``di_..``), and a fixed stride would lose them
+    in datasets whose labels cycle (``i % 5``). Keeps ``sensor_size``, ``classes``, ``name`` and
+    ``source(i)`` of the base dataset.
+    """
+
+    def __init__(self, base, n: int, source: str = "SpreadSubset"):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"{source}: must be an int >= 1; got {n!r}")
+        self.base = base
+        total = len(base)
+        m = min(int(n), total)
+        edges = np.arange(m + 1, dtype=np.int64) * total // max(m, 1)
+        offsets = np.random.default_rng(0).random(m)
+        self.indices = edges[:-1] + (offsets * (edges[1:] - edges[:-1])).astype(np.int64)
+        self.sensor_size = base.sensor_size
+        self.classes = base.classes
+        self.name = getattr(base, "name", type(base).__name__)
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def __getitem__(self, i: int):
+        return self.base[int(self.indices[i])]
+
+    def source(self, i: int) -> str:
+        return self.base.source(int(self.indices[i]))
+
+
+# -- the entry point for training --------------------------------------------------------------------------
+
+DatasetFactory = Callable[[Mapping, str], Any]
+
+
+def _default_factory(dataset_cfg: Mapping, split: str):
+    from .registry import build_dataset
+
+    return build_dataset(dataset_cfg, split)
+
+
+def dataset_from_config(dataset_cfg: Mapping, split: str, make_dataset: DatasetFactory | None = None):
+    """The event dataset a ``dataset`` section describes, exactly as the token cache sees it.
+
+    ``make_dataset(section, split)`` builds it (default: the dataset registry); a ``max_samples`` key is
+    taken out of the section first and applied with :class:`SpreadSubset`, so that position ``i`` of the
+    result is sample ``i`` of the cache.
+    """
+    section = _plain(dataset_cfg, "dataset")
+    limit = section.pop("max_samples", None)
+    dataset = (make_dataset or _default_factory)(section, split)
+    if limit is not None:
+        dataset = SpreadSubset(dataset, limit, source="config: key 'dataset.max_samples'")
+    return dataset
+
+
+def ensure_cache(
+    cfg: Mapping,
+    split: str,
+    workers: int = 1,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    make_dataset: DatasetFactory | None = None,
+    block_size: int = 64,
+) -> Path:
+    """The token cache of ``split`` for ``cfg``, built first if it does not exist (or ``force``).
+
+    ``cfg`` is a resolved config with ``dataset`` and ``binning`` sections (other sections are ignored);
+    the file is :func:`cache_path`. A ``dataset.max_samples`` key keeps that many samples of each split,
+    spread over it (:class:`SpreadSubset`), for quick runs. An existing file is checked
+    (:func:`inspect_cache`); a damaged one raises ``ValueError`` naming it (rebuild with ``force=True``).
+    ``make_dataset(dataset_section, split)`` builds the event dataset (default: the dataset registry).
+    ``workers``, ``progress`` and ``block_size`` are as for :func:`build_cache`.
+    """
+    path = cache_path(cfg, split, cache_dir)
+    key, _ = cache_key(cfg)
+    _check_count("workers", workers, "ensure_cache")
+    _check_count("block_size", block_size, "ensure_cache")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Under the lock, so that a second run started at the same time waits and then finds the file.
+    with _build_lock(path):
+        if path.exists() and not force:
+            try:
+                inspect_cache(path, expected_hash=key)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (delete the file or rebuild it with --force)") from None
+            return path
+        dataset = dataset_from_config(_sections(cfg)[0], split, make_dataset)
+        _build_locked(dataset, cfg, path, split, workers, block_size, progress, resume=not force)
+    return path
