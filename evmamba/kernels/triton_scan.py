@@ -1,0 +1,371 @@
+"""Selective scan on the Triton kernels: launchers, autograd wiring and :func:`selective_scan_triton`.
+
+:func:`selective_scan_triton` has the signature and contract of
+:func:`~evmamba.kernels.scan_ref.selective_scan_ref` (without ``chunk_size``): same shapes, the same
+``lengths`` semantics, zero (not ``None``) gradients for inputs a mode does not use. Inputs may have any
+strides (the kernels take strides; Triton specialises unit strides, so contiguous axes load vectorised).
+``float64`` inputs are served by the reference (the kernels compute in float32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .discretization import check_discretization
+from .scan_ref import selective_scan_ref
+from .triton_primitives import INTERPRETING, METHOD_CODES
+from .triton_scan_kernels import scan_bwd_kernel, scan_fwd_kernel
+
+#: Time steps per chunk. The backward recomputes one chunk from the state saved at its start, so the
+#: saved states take ``1 / CHUNK`` of the memory of all ``(B, D, L, N)`` states.
+CHUNK = 8
+
+#: Tests may set this to force ``tl.associative_scan`` under the interpreter (slow: one element per call).
+FORCE_NATIVE_SCAN = False
+
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Tile shape of one program: ``BLOCK_D`` channels, ``T`` steps, ``N_pad = N2 * N1`` states."""
+
+    T: int
+    block_d: int
+    n1: int
+    n2: int
+    num_warps: int
+
+
+#: Tile overrides for the forward and the backward kernel (``None``: :func:`launch_config`'s choice). The
+#: benchmark's tile sweep sets them; both must use the same ``T``.
+CONFIG_OVERRIDES: dict[str, LaunchConfig | None] = {"fwd": None, "bwd": None}
+
+
+def launch_config(dim: int, n: int, kind: str = "fwd") -> LaunchConfig:
+    """Tile for ``dim`` channels and ``n`` states, for the ``"fwd"`` or ``"bwd"`` kernel.
+
+    Each thread holds ``N2 x T`` elements of the 4-D tile; the ``N1 x BLOCK_D`` rest lies across the threads.
+    Chosen by measurement on an H200 at ``(16, 256, 8192, 16)`` (docs/benchmarks.md): ``N1 = 4, N2 = 4`` (32
+    elements per thread); the forward runs 4 warps (32 channels) per program; the backward, with many more
+    live tiles and cross-channel sums, one warp (8 channels), which needs no cross-warp reductions or barriers.
+    Larger ``N`` widens ``N1`` so that the per-thread tile stays the same size.
+    """
+    override = CONFIG_OVERRIDES.get(kind)
+    if override is not None:
+        return override
+    n_pad = _next_pow2(max(1, n))
+    n1 = min(n_pad, max(4, n_pad // 4))
+    n2 = n_pad // n1
+    if INTERPRETING:
+        # Small blocks exercise several channel blocks (and their partial sums) at test sizes.
+        return LaunchConfig(T=CHUNK, block_d=min(16, _next_pow2(dim)), n1=n1, n2=n2, num_warps=1)
+    num_warps = 4 if kind == "fwd" else 1
+    lanes_d = max(1, 32 // n1)
+    return LaunchConfig(T=CHUNK, block_d=lanes_d * num_warps, n1=n1, n2=n2, num_warps=num_warps)
+
+
+# ------------------------------------------------------------------------------------ validation
+def _check_tensor(name: str, t, shape: tuple, device, floating: bool = True) -> None:
+    where = "selective_scan_triton"
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{where}: {name} must be a torch.Tensor of shape {shape}; got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{where}: {name} must have shape {tuple(shape)}; got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{where}: {name} is on {t.device} but u is on {device}")
+    if floating and t.dtype not in _FLOATS + (torch.float64,):
+        raise TypeError(f"{where}: {name} must be float32, bfloat16 or float16; got {t.dtype}")
+
+
+def _validate(u, delta, A, B, C, D, z, delta_bias, timesteps, rate, discretization, initial_state, lengths):
+    where = "selective_scan_triton"
+    if not isinstance(u, torch.Tensor) or u.dim() != 3:
+        got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+        raise ValueError(f"{where}: u must be a tensor of shape (B, D, L); got {got}")
+    if not INTERPRETING and not u.is_cuda:
+        raise ValueError(f"{where}: u must be a CUDA tensor (the Triton kernels run on the GPU); got {u.device}")
+    check_discretization(discretization)
+    batch, dim, L = u.shape
+    if not isinstance(A, torch.Tensor) or A.dim() != 2 or A.shape[0] != dim:
+        got = tuple(A.shape) if isinstance(A, torch.Tensor) else type(A).__name__
+        raise ValueError(f"{where}: A must have shape (D, N) = ({dim}, N); got {got}")
+    n = A.shape[1]
+    dev = u.device
+    _check_tensor("u", u, (batch, dim, L), dev)
+    _check_tensor("delta", delta, (batch, dim, L), dev)
+    _check_tensor("A", A, (dim, n), dev)
+    _check_tensor("B", B, (batch, n, L), dev)
+    _check_tensor("C", C, (batch, n, L), dev)
+    for name, t, shape in (("D", D, (dim,)), ("z", z, (batch, dim, L)), ("delta_bias", delta_bias, (dim,)),
+                           ("initial_state", initial_state, (batch, dim, n))):
+        if t is not None:
+            _check_tensor(name, t, shape, dev)
+    if timesteps is not None:
+        _check_tensor("timesteps", timesteps, (batch, L), dev)
+        if rate is None:
+            raise ValueError(f"{where}: rate (D,) is required with timesteps (event mode); got None")
+    if rate is not None:
+        _check_tensor("rate", rate, (dim,), dev)
+    if lengths is not None:
+        _check_tensor("lengths", lengths, (batch,), dev, floating=False)
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise TypeError(f"{where}: lengths must be an integer tensor; got {lengths.dtype}")
+
+
+# --------------------------------------------------------------------------------------- launchers
+def _strides3(t):
+    """``(batch, row, time)`` strides, zeros for a missing tensor."""
+    return (0, 0, 0) if t is None else tuple(t.stride())
+
+
+def _dummy(ref: torch.Tensor) -> torch.Tensor:
+    return torch.empty(1, device=ref.device, dtype=torch.float32)
+
+
+def _alloc(*shape: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """Every buffer a kernel writes comes from here (tests fill them with NaN to catch unwritten elements)."""
+    return torch.empty(*shape, dtype=dtype, device=device)
+
+
+def _alloc_like(t: torch.Tensor) -> torch.Tensor:
+    """Output buffer with ``t``'s shape, dtype and strides (``empty_like`` keeps a dense tensor's layout)."""
+    return torch.empty_like(t, memory_format=torch.preserve_format)
+
+
+#: Warps per multiprocessor that the segment split aims for, per kernel. The kernels' register use lets
+#: about 8 warps be resident; the backward gains from a second wave (measured: 2.71 -> 2.47 ms at 8 -> 16).
+TARGET_WARPS_PER_SM = {"fwd": 8, "bwd": 16}
+#: A segment is at least this many chunks long, so its carry (a few loads per state) stays negligible.
+MIN_CHUNKS_PER_SEGMENT = 16
+#: Tests may set this to force the number of chunks per segment.
+CHUNKS_PER_SEGMENT_OVERRIDE: int | None = None
+
+
+def segment_plan(batch: int, dim: int, L: int, cfg: LaunchConfig, device: torch.device,
+                 kind: str = "fwd") -> tuple[int, int]:
+    """``(n_segs, chunks_per_seg)``: how many parallel segments the sequence is cut into.
+
+    Rows x channel blocks give ``batch * ceil(dim / block_d)`` programs; when that is too few to keep
+    ``TARGET_WARPS_PER_SM`` warps on every multiprocessor, the time axis supplies the rest.
+    """
+    n_chunks = _cdiv(L, cfg.T)
+    if CHUNKS_PER_SEGMENT_OVERRIDE is not None:
+        per_seg = CHUNKS_PER_SEGMENT_OVERRIDE
+    elif INTERPRETING:
+        per_seg = MIN_CHUNKS_PER_SEGMENT
+    else:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        programs = batch * _cdiv(dim, cfg.block_d)
+        want = _cdiv(sms * TARGET_WARPS_PER_SM[kind], cfg.num_warps)
+        n_segs = max(1, min(_cdiv(want, programs), n_chunks // MIN_CHUNKS_PER_SEGMENT))
+        per_seg = _cdiv(n_chunks, n_segs)
+    per_seg = max(1, per_seg)
+    return _cdiv(n_chunks, per_seg), per_seg
+
+
+def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, timesteps, rate, method, initial_state,
+                 lengths, want_final: bool, save_states: bool):
+    """Launch the forward kernel (after its carry pass when the sequence is split into segments).
+    Returns ``(y, final_state or None, chunk_states or None)``."""
+    batch, dim, L = u.shape
+    n = A.shape[1]
+    cfg = launch_config(dim, n, "fwd")
+    n_chunks = _cdiv(L, cfg.T)
+    n_segs, per_seg = segment_plan(batch, dim, L, cfg, u.device, "fwd")
+    dev = u.device
+    y = _alloc_like(u)
+    hT = _alloc(batch, dim, n, device=dev, dtype=torch.float32) if want_final else _dummy(u)
+    states = _alloc(batch, n_chunks, dim, n, device=dev, dtype=torch.float32) if save_states else _dummy(u)
+    if n_segs > 1:
+        seg_E = _alloc(batch, n_segs, dim, n, device=dev, dtype=torch.float32)
+        seg_P = _alloc(batch, n_segs, dim, n, device=dev, dtype=torch.float32)
+    else:
+        seg_E = seg_P = _dummy(u)
+    event = timesteps is not None
+    d = _dummy(u)
+    args = (
+        u, delta, A, B, C, d if D is None else D, d if z is None else z, d if delta_bias is None else delta_bias,
+        d if timesteps is None else timesteps, d if rate is None else rate,
+        d if initial_state is None else initial_state, d if lengths is None else lengths,
+        y, hT, states, seg_E, seg_P,
+        L, dim, n, n_chunks, per_seg, n_segs,
+        *u.stride(), *delta.stride(), *_strides3(z), *B.stride(), *C.stride(),
+        *((0, 0) if timesteps is None else timesteps.stride()), *y.stride(), *A.stride(),
+        *((0, 0, 0) if initial_state is None else initial_state.stride()),
+    )
+    flags = dict(
+        T=cfg.T, BLOCK_D=cfg.block_d, N1=cfg.n1, N2=cfg.n2,
+        METHOD=METHOD_CODES[method], EVENT=event, SOFTPLUS=bool(delta_softplus),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        HAS_H0=initial_state is not None, HAS_LEN=lengths is not None,
+        NATIVE=(not INTERPRETING) or FORCE_NATIVE_SCAN, FAST=not INTERPRETING, num_warps=cfg.num_warps,
+    )
+    n_dblocks = _cdiv(dim, cfg.block_d)
+    if n_segs > 1:
+        # The last segment's carry is never used.
+        scan_fwd_kernel[(n_dblocks, batch, n_segs - 1)](
+            *args, SAVE_STATES=False, WRITE_FINAL=False, CARRY_ONLY=True, **flags)
+    scan_fwd_kernel[(n_dblocks, batch, n_segs)](
+        *args, SAVE_STATES=save_states, WRITE_FINAL=want_final, CARRY_ONLY=False, **flags)
+    return y, (hT if want_final else None), (states if save_states else None)
+
+
+def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, timesteps, rate, method,
+                  lengths, states):
+    """Launch the backward kernel (after its carry pass when split into segments) and reduce its partial sums.
+    Returns gradients in the inputs' dtypes: ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dtimesteps, drate,
+    dinitial_state)`` (the last in float32)."""
+    batch, dim, L = u.shape
+    n = A.shape[1]
+    cfg = launch_config(dim, n, "bwd")
+    if cfg.T != CHUNK:
+        raise ValueError(f"scan_backward: the backward tile must use T = {CHUNK} (the saved states); got {cfg.T}")
+    n_chunks = _cdiv(L, cfg.T)
+    n_dblocks = _cdiv(dim, cfg.block_d)
+    n_segs, per_seg = segment_plan(batch, dim, L, cfg, u.device, "bwd")
+    dev = u.device
+    f32 = dict(device=dev, dtype=torch.float32)
+    event = timesteps is not None
+    needs_delta = not (event and method == "dirac")
+
+    du = _alloc(batch, dim, L, device=dev, dtype=u.dtype)
+    ddelta = (_alloc(batch, dim, L, device=dev, dtype=delta.dtype) if needs_delta
+              else torch.zeros(batch, dim, L, device=dev, dtype=delta.dtype))
+    dz = _alloc(batch, dim, L, device=dev, dtype=z.dtype) if z is not None else _dummy(u)
+    dB_part = _alloc(n_dblocks, batch, n, L, **f32)
+    dC_part = _alloc(n_dblocks, batch, n, L, **f32)
+    dts_part = _alloc(n_dblocks, batch, L, **f32) if event else _dummy(u)
+    dA_part = _alloc(n_segs, batch, dim, n, **f32)
+    dD_part = _alloc(n_segs, batch, dim, **f32) if D is not None else _dummy(u)
+    # Without a bias (or when delta is unused) nothing writes it and its gradient is zero.
+    dbias_part = (_alloc(n_segs, batch, dim, **f32) if needs_delta and delta_bias is not None
+                  else torch.zeros(n_segs, batch, dim, **f32))
+    drate_part = _alloc(n_segs, batch, dim, **f32) if event else _dummy(u)
+    dh0 = _alloc(batch, dim, n, **f32)
+    if n_segs > 1:
+        seg_W = _alloc(batch, n_segs, dim, n, **f32)
+        seg_P = _alloc(batch, n_segs, dim, n, **f32)
+    else:
+        seg_W = seg_P = _dummy(u)
+    d = _dummy(u)
+
+    def args(seg_offset: int) -> tuple:
+        return (
+            u, delta, A, B, C, d if D is None else D, d if z is None else z,
+            d if delta_bias is None else delta_bias, d if timesteps is None else timesteps,
+            d if rate is None else rate, d if lengths is None else lengths,
+            states, dy, d if dhT is None else dhT, seg_P, seg_W,
+            du, ddelta, dz, dB_part, dC_part, dts_part, dA_part, dD_part, dbias_part, drate_part, dh0,
+            L, dim, n, n_chunks, per_seg, n_segs, batch, seg_offset,
+            *u.stride(), *delta.stride(), *_strides3(z), *B.stride(), *C.stride(),
+            *((0, 0) if timesteps is None else timesteps.stride()), *dy.stride(), *A.stride(),
+        )
+
+    flags = dict(
+        T=cfg.T, BLOCK_D=cfg.block_d, N1=cfg.n1, N2=cfg.n2,
+        METHOD=METHOD_CODES[method], EVENT=event, SOFTPLUS=bool(delta_softplus),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        HAS_LEN=lengths is not None, HAS_DHT=dhT is not None,
+        NATIVE=(not INTERPRETING) or FORCE_NATIVE_SCAN, FAST=not INTERPRETING, num_warps=cfg.num_warps,
+    )
+    if n_segs > 1:
+        # Segments 1..S-1 send messages; segment 0 would send to nothing before it.
+        scan_bwd_kernel[(n_dblocks, batch, n_segs - 1)](*args(1), CARRY_ONLY=True, **flags)
+    scan_bwd_kernel[(n_dblocks, batch, n_segs)](*args(0), CARRY_ONLY=False, **flags)
+    dB = dB_part.sum(0).to(B.dtype)
+    dC = dC_part.sum(0).to(C.dtype)
+    dA = dA_part.sum((0, 1)).to(A.dtype)
+    dD = None if D is None else dD_part.sum((0, 1)).to(D.dtype)
+    dbias = None if delta_bias is None else dbias_part.sum((0, 1)).to(delta_bias.dtype)
+    dts = dts_part.sum(0).to(timesteps.dtype) if event else None
+    drate = drate_part.sum((0, 1)).to(rate.dtype) if event else None
+    return du, ddelta, dA, dB, dC, dD, (dz if z is not None else None), dbias, dts, drate, dh0
+
+
+# ----------------------------------------------------------------------------------------- autograd
+class SelectiveScanFunction(torch.autograd.Function):
+    """Differentiable selective scan on the Triton kernels (see :func:`selective_scan_triton`)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, timesteps, rate, initial_state, lengths,
+                delta_softplus, method):
+        y, hT, states = scan_forward(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, timesteps, rate, method, initial_state, lengths,
+            want_final=True, save_states=True,
+        )
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, timesteps, rate, lengths, states)
+        ctx.delta_softplus = delta_softplus
+        ctx.method = method
+        ctx.h0_dtype = None if initial_state is None else initial_state.dtype
+        ctx.set_materialize_grads(False)
+        return y, hT
+
+    @staticmethod
+    def backward(ctx, dy, dhT):
+        u, delta, A, B, C, D, z, delta_bias, timesteps, rate, lengths, states = ctx.saved_tensors
+        if dy is None:
+            dy = torch.zeros_like(u)
+        du, ddelta, dA, dB, dC, dD, dz, dbias, dts, drate, dh0 = scan_backward(
+            dy, dhT, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, timesteps, rate, ctx.method,
+            lengths, states,
+        )
+        if rate is not None and drate is None:  # standard mode: the rate takes part with a zero gradient
+            drate = torch.zeros_like(rate)
+        if delta_bias is not None and dbias is None:
+            dbias = torch.zeros_like(delta_bias)
+        g = ctx.needs_input_grad
+        pick = lambda i, t: t if g[i] else None  # noqa: E731
+        return (pick(0, du), pick(1, ddelta), pick(2, dA), pick(3, dB), pick(4, dC), pick(5, dD), pick(6, dz),
+                pick(7, dbias), pick(8, dts), pick(9, drate), pick(10, None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype)),
+                None, None, None)
+
+
+def selective_scan_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    timesteps: torch.Tensor | None = None,
+    rate: torch.Tensor | None = None,
+    discretization: str = "mamba",
+    initial_state: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    return_final_state: bool = False,
+):
+    """Selective scan on the Triton kernels; the contract of :func:`~evmamba.kernels.scan_ref.selective_scan_ref`.
+
+    Shapes (any strides): ``u``, ``delta``, ``z``: ``(B, D, L)``; ``A``: ``(D, N)``; ``B``, ``C``:
+    ``(B, N, L)``; ``D``, ``delta_bias``, ``rate``: ``(D,)``; ``timesteps``: ``(B, L)``; ``initial_state``:
+    ``(B, D, N)``; ``lengths``: ``(B,)`` integers. Returns ``y`` ``(B, D, L)`` in ``u``'s dtype (strides like
+    ``u``), and with ``return_final_state`` the final state ``(B, D, N)`` in float32. Activations may be
+    float32, bfloat16 or float16; all arithmetic and the state are float32.
+    """
+    _validate(u, delta, A, B, C, D, z, delta_bias, timesteps, rate, discretization, initial_state, lengths)
+    if u.dtype == torch.float64:
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, timesteps, rate,
+                                  discretization, initial_state, lengths, return_final_state)
+    inputs = (u, delta, A, B, C, D, z, delta_bias, timesteps, rate, initial_state)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        y, hT = SelectiveScanFunction.apply(u, delta, A, B, C, D, z, delta_bias, timesteps, rate, initial_state,
+                                            lengths, bool(delta_softplus), discretization)
+    else:
+        y, hT, _ = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, timesteps, rate,
+                                discretization, initial_state, lengths, want_final=return_final_state,
+                                save_states=False)
+    return (y, hT) if return_final_state else y

@@ -1,0 +1,218 @@
+"""The Triton selective scan (forward and backward) against the PyTorch reference in float64.
+
+On a machine with a CUDA GPU the kernels are compiled and checked at larger shapes (and a 2**20-step
+sequence); without one they run on Triton's CPU interpreter (set up in conftest.py) at small shapes.
+Every output buffer starts as NaN, so an element a kernel never writes cannot pass.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from evmamba.kernels import DISCRETIZATIONS, selective_scan_ref  # noqa: E402
+from evmamba.kernels import triton_scan  # noqa: E402
+from evmamba.kernels.triton_scan import selective_scan_triton  # noqa: E402
+from evmamba.model import Mamba  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "timesteps", "rate", "initial_state")
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    """Every buffer the kernels write starts as NaN."""
+    nan = float("nan")
+    monkeypatch.setattr(
+        triton_scan, "_alloc", lambda *shape, dtype, device: torch.full(shape, nan, dtype=dtype, device=device)
+    )
+    monkeypatch.setattr(triton_scan, "_alloc_like", lambda t: torch.full_like(t, nan))
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    assert torch.isfinite(a).all(), "non-finite values"
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def problem(batch, dim, L, N, event, with_z, with_h0, seed, dtype=torch.float32):
+    """Fresh random inputs (dtype for the activations; A, D, biases, rate stay float32 as in the layer)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    p = dict(
+        u=r(batch, dim, L).to(dtype),
+        delta=(r(batch, dim, L) * 0.7).to(dtype),
+        A=-(torch.rand(dim, N, generator=g) * 3 + 0.05),
+        B=r(batch, N, L).to(dtype),
+        C=r(batch, N, L).to(dtype),
+        D=r(dim),
+        z=r(batch, dim, L).to(dtype) if with_z else None,
+        delta_bias=r(dim) * 0.5,
+        timesteps=torch.rand(batch, L, generator=g) * 3 if event else None,
+        rate=r(dim),
+        initial_state=r(batch, dim, N) if with_h0 else None,
+    )
+    return {k: None if v is None else v.to(DEVICE) for k, v in p.items()}
+
+
+def leaves(p, dtype=None):
+    return {k: None if v is None else (v.double() if dtype == torch.float64 else v.clone()).requires_grad_()
+            for k, v in p.items()}
+
+
+def run_and_compare(p, disc, lengths, tol_y, tol_g):
+    p64, p32 = leaves(p, torch.float64), leaves(p)
+    y_ref, h_ref = selective_scan_ref(**p64, discretization=disc, lengths=lengths, return_final_state=True)
+    y, h = selective_scan_triton(**p32, discretization=disc, lengths=lengths, return_final_state=True)
+    assert y.dtype == p["u"].dtype and y.shape == y_ref.shape
+    assert h.dtype == torch.float32 and h.shape == h_ref.shape
+    assert rel(y, y_ref) < tol_y, f"y: {rel(y, y_ref):.2e}"
+    assert rel(h, h_ref) < tol_y, f"final state: {rel(h, h_ref):.2e}"
+
+    g = torch.Generator().manual_seed(7)
+    dy = torch.randn(y.shape, generator=g).to(DEVICE)
+    dh = torch.randn(h.shape, generator=g).to(DEVICE)
+    ((y_ref * dy.double()).sum() + (h_ref * dh.double()).sum()).backward()
+    ((y.float() * dy).sum() + (h * dh).sum()).backward()
+    for name in NAMES:
+        ref, got = p64[name], p32[name]
+        if ref is None:
+            continue
+        assert got.grad is not None, f"{name}: no gradient"
+        assert got.grad.dtype == got.dtype and got.grad.shape == got.shape
+        if ref.grad is None or float(ref.grad.norm()) == 0.0:
+            # Inputs a mode does not use take part with an exact zero gradient.
+            assert torch.equal(got.grad, torch.zeros_like(got.grad)), f"{name}: expected a zero gradient"
+        else:
+            assert rel(got.grad, ref.grad) < tol_g, f"{name}: gradient error {rel(got.grad, ref.grad):.2e}"
+
+
+if CUDA:
+    CASES = [
+        # (batch, dim, L, N, with_z, with_h0, lengths)
+        (2, 256, 4099, 16, True, True, [4099, 1234]),
+        (1, 64, 1, 16, True, False, None),
+        (3, 100, 777, 4, False, True, [0, 777, 5]),
+    ]
+else:
+    CASES = [
+        (2, 5, 1, 4, True, True, None),
+        (1, 24, 37, 16, False, False, None),
+        (2, 32, 67, 4, True, False, [67, 0]),
+        (2, 13, 300, 16, True, True, [300, 123]),
+    ]
+
+
+@pytest.mark.parametrize("disc", DISCRETIZATIONS)
+@pytest.mark.parametrize("event", [False, True], ids=["standard", "event"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}D{c[1]}L{c[2]}N{c[3]}")
+def test_float32_matches_reference(disc, event, case):
+    batch, dim, L, N, with_z, with_h0, lengths = case
+    p = problem(batch, dim, L, N, event, with_z, with_h0, seed=hash((disc, event, L)) % 10_000)
+    lengths = None if lengths is None else torch.tensor(lengths, device=DEVICE)
+    run_and_compare(p, disc, lengths, tol_y=1e-5, tol_g=1e-4)
+
+
+@pytest.mark.parametrize("disc", DISCRETIZATIONS)
+@pytest.mark.parametrize("event", [False, True], ids=["standard", "event"])
+def test_bfloat16_matches_reference(disc, event):
+    shape = (2, 64, 1000, 16) if CUDA else (2, 12, 45, 16)
+    p = problem(*shape, event, True, True, seed=11, dtype=torch.bfloat16)
+    lengths = torch.tensor([shape[2], shape[2] // 3], device=DEVICE)
+    run_and_compare(p, disc, lengths, tol_y=1e-2, tol_g=1e-2)
+
+
+def test_strided_inputs_as_the_layer_passes_them():
+    """u/delta/z as (B, D, L) views of (B, L, D) storage; B/C as views of one (B, L, R + 2N) projection."""
+    batch, dim, L, N, R = (2, 96, 500, 16, 6) if CUDA else (2, 20, 41, 16, 3)
+    g = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=g).to(DEVICE)  # noqa: E731
+    u, delta, z = (r(batch, L, dim).transpose(1, 2) for _ in range(3))
+    x_dbl = r(batch, L, R + 2 * N)
+    Bm, Cm = x_dbl[..., R:R + N].transpose(1, 2), x_dbl[..., R + N:].transpose(1, 2)
+    A = -(torch.rand(dim, N, generator=g) * 3 + 0.05).to(DEVICE)
+    kw = dict(D=r(dim), z=z, delta_bias=r(dim), timesteps=torch.rand(batch, L, generator=g).to(DEVICE),
+              rate=r(dim), discretization="zoh", return_final_state=True)
+    y, h = selective_scan_triton(u, delta, A, Bm, Cm, **kw)
+    c = lambda t: t.contiguous()  # noqa: E731
+    y_c, h_c = selective_scan_triton(c(u), c(delta), A, c(Bm), c(Cm), **{**kw, "z": c(z)})
+    d = lambda t: t.double()  # noqa: E731
+    y_ref, h_ref = selective_scan_ref(d(u), d(delta), d(A), d(Bm), d(Cm), **{
+        k: d(v) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
+    assert rel(y, y_ref) < 1e-5 and rel(h, h_ref) < 1e-5
+    assert rel(y, y_c) < 1e-6 and rel(h, h_c) < 1e-6
+
+
+@pytest.mark.skipif(CUDA, reason="the GPU always runs the associative-scan path")
+def test_associative_scan_path_under_the_interpreter(monkeypatch):
+    """The GPU's tl.associative_scan formulation (forward, flipped reverse and shift scans), on a tiny case."""
+    monkeypatch.setattr(triton_scan, "FORCE_NATIVE_SCAN", True)
+    p = problem(1, 8, 19, 4, True, True, True, seed=5)
+    run_and_compare(p, "bilinear", torch.tensor([15]), tol_y=1e-5, tol_g=1e-4)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (2**20 steps are too slow for the interpreter)")
+def test_million_step_sequence():
+    """L = 2**20 at B = 1, D = 256: the full run agrees with a run split in two with the state carried
+    (to rounding: the two runs cut the sequence into different parallel segments), and its last 512 steps
+    equal the float64 reference started from that state."""
+    L, tail = 2**20, 512
+    p = problem(1, 256, L, 16, True, True, False, seed=13)
+    y, h = selective_scan_triton(**p, discretization="mamba", return_final_state=True)
+    assert torch.isfinite(y).all() and torch.isfinite(h).all()
+    head = {k: v[..., : L - tail] if k in ("u", "delta", "B", "C", "z", "timesteps") else v for k, v in p.items()}
+    y_head, h_mid = selective_scan_triton(**head, discretization="mamba", return_final_state=True)
+    assert rel(y[..., : L - tail], y_head) < 1e-5
+    last = {k: v[..., L - tail:] if k in ("u", "delta", "B", "C", "z", "timesteps") else v for k, v in p.items()}
+    last = {k: None if v is None else v.double() for k, v in last.items()}
+    last["initial_state"] = h_mid.double()
+    y_ref, h_ref = selective_scan_ref(**last, discretization="mamba", return_final_state=True)
+    assert rel(y[..., L - tail:], y_ref) < 1e-5 and rel(h, h_ref) < 1e-5
+
+
+def test_invalid_inputs_name_the_argument():
+    p = problem(1, 8, 10, 4, True, True, False, seed=1)
+    bad_B = {**p, "B": p["B"][:, :3]}
+    with pytest.raises(ValueError, match="B must have shape"):
+        selective_scan_triton(**bad_B)
+    with pytest.raises(ValueError, match="rate"):
+        selective_scan_triton(**{**p, "rate": None})
+    with pytest.raises(TypeError, match="lengths must be an integer"):
+        selective_scan_triton(**p, lengths=torch.ones(1, device=DEVICE))
+    with pytest.raises(ValueError, match="discretization"):
+        selective_scan_triton(**p, discretization="euler")
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cpu_tensors_are_refused_on_a_gpu_machine():
+    p = problem(1, 8, 10, 4, False, False, False, seed=1)
+    with pytest.raises(ValueError, match="CUDA tensor"):
+        selective_scan_triton(**{k: None if v is None else v.cpu() for k, v in p.items()})
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("disc", DISCRETIZATIONS)
+@pytest.mark.parametrize("event", [False, True], ids=["standard", "event"])
+def test_mamba_fast_path_equals_reference_path(disc, event):
+    torch.manual_seed(0)
+    fast = Mamba(64, d_state=16, discretization=disc, use_fast_path=True).to(DEVICE)
+    slow = Mamba(64, d_state=16, discretization=disc, use_fast_path=False).to(DEVICE)
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(3, 300, 64, device=DEVICE)
+    ts = torch.rand(3, 300, device=DEVICE) * 2 if event else None
+    lengths = torch.tensor([300, 17, 150], device=DEVICE)
+    y_fast = fast(x, integration_timesteps=ts, lengths=lengths)
+    y_slow = slow(x, integration_timesteps=ts, lengths=lengths)
+    assert rel(y_fast, y_slow) < 1e-4
+    g = torch.randn_like(y_fast)
+    (y_fast * g).sum().backward()
+    (y_slow * g).sum().backward()
+    for (name, pf), (_, ps) in zip(fast.named_parameters(), slow.named_parameters()):
+        assert pf.grad is not None, name
+        if float(ps.grad.norm()) == 0.0:
+            assert float(pf.grad.norm()) == 0.0, name
+        else:
+            assert rel(pf.grad, ps.grad) < 1e-3, f"{name}: {rel(pf.grad, ps.grad):.2e}"
