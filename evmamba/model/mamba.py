@@ -220,8 +220,9 @@ class Mamba(nn.Module):
                 raise ValueError(f"{name} must have shape ({batch}, 1) or ({batch},) in step(); got {tuple(ts.shape)}")
         elif ts.dim() != 2 or tuple(ts.shape) != (batch, seqlen):
             raise ValueError(f"{name} must have shape (B, L) = ({batch}, {seqlen}); got {tuple(ts.shape)}")
-        # A CUDA graph cannot synchronise; values are checked whenever the stream is not being captured.
-        if not (ts.is_cuda and torch.cuda.is_current_stream_capturing()):
+        # Checking values reads them on the host. forward() does it once per sequence; step() does it only for
+        # CPU tensors, since on a GPU it would synchronise every token (and cannot run inside a CUDA graph).
+        if not (ts.is_cuda and seqlen is None):
             if not bool(torch.isfinite(ts).all()):
                 raise ValueError(f"{name} must be finite; got NaN or inf")
             if bool((ts < 0).any()):
@@ -342,8 +343,9 @@ class Mamba(nn.Module):
     def step(self, x, inference_cache, integration_timesteps=None, **kwargs):
         """One element: ``x`` ``(B, 1, d_model)`` -> ``((B, 1, d_model), inference_cache)``.
 
-        ``integration_timesteps``: ``(B, 1)`` or ``(B,)`` (event mode when given). The cache is updated in
-        place and returned; ``seqlen_offset`` advances by one. Extra keyword arguments are ignored.
+        ``integration_timesteps``: ``(B, 1)`` or ``(B,)`` (event mode when given); their values are checked
+        for CPU tensors only (a check on the GPU would synchronise every token). The cache is updated in place
+        and returned; ``seqlen_offset`` advances by one. Extra keyword arguments are ignored.
         """
         self._check_hidden(x, "x", seq_len_one=True)
         batch = x.shape[0]
