@@ -107,6 +107,10 @@ def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, 
         b = i // n_groups
         grp = i % n_groups
         hs = np.empty((chunk + 1, N), dtype=np.float64)
+        # Abar and Bbar / B of each step of the chunk, kept from the recomputation so that the reverse sweep
+        # needs no transcendental function.
+        abar_buf = np.empty((chunk, N), dtype=np.float64)
+        fac_buf = np.empty((chunk, N), dtype=np.float64)
         g = np.empty(N, dtype=np.float64)
         dA_acc = np.empty(N, dtype=np.float64)
         valid_len = lengths[b]
@@ -135,8 +139,11 @@ def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, 
                     dtA = ts[b, t] * sp_rate[d] if event else dtB
                     for n in range(N):
                         a_n = A[d, n]
-                        hs[k + 1, n] = (_transition(dtA * a_n, method) * hs[k, n]
-                                        + _factor(dtB, a_n, method) * Bm[b, t, n] * uv)
+                        abar = _transition(dtA * a_n, method)
+                        fac = _factor(dtB, a_n, method)
+                        abar_buf[k, n] = abar
+                        fac_buf[k, n] = fac
+                        hs[k + 1, n] = abar * hs[k, n] + fac * Bm[b, t, n] * uv
                 for t in range(t1 - 1, t0 - 1, -1):
                     if t >= valid_len:
                         # Padding: y = 0 and the state is held, so nothing flows but g itself.
@@ -168,8 +175,8 @@ def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, 
                     for n in range(N):
                         a_n = A[d, n]
                         x = dtA * a_n
-                        abar = _transition(x, method)
-                        fac = _factor(dtB, a_n, method)
+                        abar = abar_buf[k, n]
+                        fac = fac_buf[k, n]
                         bv = Bm[b, t, n]
                         gn = g[n] + ds * Cm[b, t, n]  # dL/dh_t, all paths
                         dC_p[b, grp, t, n] += ds * hs[k + 1, n]
@@ -190,12 +197,13 @@ def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, 
                             ddtB += df
                         elif method == 1:
                             xb = dtB * a_n
-                            ddtB += df * math.exp(xb)
+                            e1 = fac * a_n  # expm1(dtB A), since fac = expm1(dtB A) / A
+                            ddtB += df * (1.0 + e1)
                             # d/dA [expm1(dtB A) / A] = dtB^2 * phi(dtB A), phi(x) = (x e^x - expm1(x)) / x^2
                             if abs(xb) < 1e-2:
                                 phi = 0.5 + xb * (1.0 / 3.0 + xb * (0.125 + xb / 30.0))
                             else:
-                                phi = (xb * math.exp(xb) - math.expm1(xb)) / (xb * xb)
+                                phi = (xb * (1.0 + e1) - e1) / (xb * xb)
                             dA_acc[n] += df * dtB * dtB * phi
                         elif method == 2:
                             w = 1.0 - 0.5 * dtB * a_n
