@@ -93,6 +93,28 @@ def test_bfloat16_step(event):
     assert rel(y, y_ref) < 1e-2 and rel(ssm, ssm64) < 1e-2
 
 
+@pytest.mark.parametrize("case", [CASES[0], CASES[-1]], ids=["one-block", "two-pass"])
+def test_a_log_in_the_kernel_matches_a_given(case):
+    """The layer passes A_log and the kernel forms A = -exp(A_log); same result as passing A (and the reference)."""
+    batch, di, n, rank, k, conv_bias = case
+    w, g = weights(di, n, rank, k, conv_bias, True, seed=11)
+    a_log = (torch.rand(di, n, generator=g) * 4 - 2).to(DEVICE)
+    conv, ssm = torch.randn(batch, di, k, generator=g).to(DEVICE), torch.randn(batch, di, n, generator=g).to(DEVICE)
+    conv2, ssm2 = conv.clone(), ssm.clone()
+    conv64, ssm64 = conv.double(), ssm.double()
+    xz = torch.randn(batch, 2 * di, generator=g).to(DEVICE)
+    ts = (torch.rand(batch, generator=g) * 3).to(DEVICE)
+    rest = {key: v for key, v in w.items() if key != "A"}
+    y_log = mamba_step_triton(xz, conv, ssm, A=None, timesteps=ts, discretization="zoh", A_log=a_log, **rest)
+    y_a = mamba_step_triton(xz, conv2, ssm2, timesteps=ts, discretization="zoh", A=-torch.exp(a_log), **rest)
+    y_ref = mamba_step_ref(xz.double(), conv64, ssm64, A=None, timesteps=ts.double(), discretization="zoh",
+                           A_log=a_log.double(), **{key: None if v is None else v.double() for key, v in rest.items()})
+    assert rel(y_log, y_a) < 1e-5 and rel(ssm, ssm2) < 1e-5
+    assert rel(y_log, y_ref) < 1e-5 and rel(ssm, ssm64) < 1e-5
+    with pytest.raises(ValueError, match="exactly one of A and A_log"):
+        mamba_step_triton(xz, conv, ssm, timesteps=ts, discretization="zoh", A_log=a_log, A=-torch.exp(a_log), **rest)
+
+
 def test_invalid_inputs_name_the_argument():
     w, g = weights(8, 4, 2, 4, True, True, seed=1)
     conv = torch.zeros(2, 8, 4, device=DEVICE)

@@ -21,11 +21,12 @@ def mamba_step_ref(
     x_proj_weight: torch.Tensor,
     dt_proj_weight: torch.Tensor,
     dt_bias: torch.Tensor,
-    A: torch.Tensor,
+    A: torch.Tensor | None,
     D: torch.Tensor,
     timesteps: torch.Tensor | None = None,
     rate: torch.Tensor | None = None,
     discretization: str = "mamba",
+    A_log: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Advance one element; returns ``y`` ``(B, Di)`` in ``xz``'s dtype.
 
@@ -34,9 +35,12 @@ def mamba_step_ref(
     ``ssm_state``: ``(B, Di, N)``; updated in place (computed in float32 whatever its storage dtype).
     ``conv_weight``: ``(Di, K)``; ``conv_bias``: ``(Di,)`` or ``None``.
     ``x_proj_weight``: ``(R + 2N, Di)``; ``dt_proj_weight``: ``(Di, R)``; ``dt_bias``: ``(Di,)``.
-    ``A``: ``(Di, N)`` (negative); ``D``: ``(Di,)``.
+    ``A``: ``(Di, N)`` (negative), or ``None`` with ``A_log`` ``(Di, N)`` given instead (``A = -exp(A_log)``,
+    the layer's parameter; the fused kernel then computes ``A`` itself); ``D``: ``(Di,)``.
     ``timesteps``: ``(B,)`` event-mode time step of this element (``None``: standard mode); ``rate``: ``(Di,)``.
     """
+    if A_log is not None:
+        A = -torch.exp(A_log.float())
     dtype = xz.dtype
     di = conv_state.shape[1]
     n = A.shape[1]

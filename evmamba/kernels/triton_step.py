@@ -58,6 +58,7 @@ def mamba_step_kernel(
     s_y_b, s_y_d,
     BLOCK: tl.constexpr, KP: tl.constexpr, NP: tl.constexpr, RP: tl.constexpr,
     METHOD: tl.constexpr, EVENT: tl.constexpr, HAS_CBIAS: tl.constexpr, FAST: tl.constexpr,
+    A_IS_LOG: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     k = tl.arange(0, KP)
@@ -121,6 +122,8 @@ def mamba_step_kernel(
         else:
             dtA = dtB
         A = tl.load(A_ptr + d[:, None] * s_A_d + n[None, :] * s_A_n, mask=m_dn, other=-1.0).to(tl.float32)
+        if A_IS_LOG:  # A_log given: -exp here saves the layer two launches per step
+            A = -tl.exp(A)
         abar = transition(dtA[:, None], A, A * 1.4426950408889634, METHOD, FAST)
         if METHOD == 3:
             bx = xc[:, None] * acc_B[None, :]
@@ -149,6 +152,7 @@ def mamba_step_one_block_kernel(
     s_y_b, s_y_d,
     BLOCK: tl.constexpr, KP: tl.constexpr, NP: tl.constexpr, RP: tl.constexpr,
     METHOD: tl.constexpr, EVENT: tl.constexpr, HAS_CBIAS: tl.constexpr, FAST: tl.constexpr,
+    A_IS_LOG: tl.constexpr,
 ):
     """The same step when all channels fit one block (``Di <= BLOCK``): every load is issued before the first
     arithmetic, the convolved input stays in registers, and there is no second pass or barrier. At batch 1
@@ -180,6 +184,8 @@ def mamba_step_one_block_kernel(
                  other=0.0).to(tl.float32)
     dt_bias = tl.load(dtb_ptr + d, mask=md, other=0.0).to(tl.float32)
     A = tl.load(A_ptr + d[:, None] * s_A_d + n[None, :] * s_A_n, mask=m_dn, other=-1.0).to(tl.float32)
+    if A_IS_LOG:  # A_log given: -exp here saves the layer two launches per step
+        A = -tl.exp(A)
     Dv = tl.load(D_ptr + d, mask=md, other=0.0).to(tl.float32)
     hp = ssm_ptr + b * s_ss_b + d[:, None] * s_ss_d + n[None, :] * s_ss_n
     h_old = tl.load(hp, mask=m_dn, other=0.0).to(tl.float32)
@@ -243,18 +249,20 @@ def mamba_step_triton(
     x_proj_weight: torch.Tensor,
     dt_proj_weight: torch.Tensor,
     dt_bias: torch.Tensor,
-    A: torch.Tensor,
+    A: torch.Tensor | None,
     D: torch.Tensor,
     timesteps: torch.Tensor | None = None,
     rate: torch.Tensor | None = None,
     discretization: str = "mamba",
+    A_log: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One fused step; the contract of :func:`~evmamba.kernels.step_ref.mamba_step_ref`.
 
     ``xz`` ``(B, 2*Di)``; ``conv_state`` ``(B, Di, K)`` and ``ssm_state`` ``(B, Di, N)`` are updated in place
     (the state is computed in float32 whatever its storage dtype); ``conv_weight`` ``(Di, K)``; ``conv_bias``
     ``(Di,)`` or ``None``; ``x_proj_weight`` ``(R + 2N, Di)``; ``dt_proj_weight`` ``(Di, R)``; ``dt_bias``,
-    ``D``, ``rate`` ``(Di,)``; ``A`` ``(Di, N)``; ``timesteps`` ``(B,)`` (event mode) or ``None``.
+    ``D``, ``rate`` ``(Di,)``; ``A`` ``(Di, N)``, or ``None`` and ``A_log`` ``(Di, N)`` (the kernel then takes
+    ``A = -exp(A_log)`` itself); ``timesteps`` ``(B,)`` (event mode) or ``None``.
     Returns ``y`` ``(B, Di)`` in ``xz``'s dtype. ``float64`` inputs are served by the reference.
 
     Inputs are checked for shapes and devices only (no values), so the call is safe inside CUDA-graph capture.
@@ -270,9 +278,14 @@ def mamba_step_triton(
         got = tuple(conv_state.shape) if isinstance(conv_state, torch.Tensor) else type(conv_state).__name__
         raise ValueError(f"{where}: conv_state must be a tensor of shape (B, Di, K); got {got}")
     batch, di, kk = conv_state.shape
+    if (A is None) == (A_log is None):
+        raise ValueError(f"{where}: give exactly one of A and A_log")
+    a_is_log = A is None
+    if a_is_log:
+        A = A_log
     if not isinstance(A, torch.Tensor) or A.dim() != 2 or A.shape[0] != di:
         got = tuple(A.shape) if isinstance(A, torch.Tensor) else type(A).__name__
-        raise ValueError(f"{where}: A must have shape (Di, N) = ({di}, N); got {got}")
+        raise ValueError(f"{where}: {'A_log' if a_is_log else 'A'} must have shape (Di, N) = ({di}, N); got {got}")
     n = A.shape[1]
     if not isinstance(dt_proj_weight, torch.Tensor) or dt_proj_weight.dim() != 2 or dt_proj_weight.shape[0] != di:
         got = tuple(dt_proj_weight.shape) if isinstance(dt_proj_weight, torch.Tensor) else type(dt_proj_weight).__name__
@@ -295,7 +308,8 @@ def mamba_step_triton(
         _check("rate", rate, (di,), dev)
     if xz.dtype == torch.float64:
         return mamba_step_ref(xz, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-                              dt_bias, A, D, timesteps, rate, discretization)
+                              dt_bias, None if a_is_log else A, D, timesteps, rate, discretization,
+                              A_log=A if a_is_log else None)
 
     y = _alloc(batch, di, device=dev, dtype=xz.dtype)
     dummy = torch.empty(1, device=dev, dtype=torch.float32)
@@ -309,7 +323,7 @@ def mamba_step_triton(
     flags = dict(
         KP=_next_pow2(kk), NP=_next_pow2(n), RP=_next_pow2(rank),
         METHOD=METHOD_CODES[discretization], EVENT=timesteps is not None, HAS_CBIAS=conv_bias is not None,
-        FAST=not INTERPRETING,
+        FAST=not INTERPRETING, A_IS_LOG=a_is_log,
     )
     if _next_pow2(di) <= MAX_ONE_BLOCK:
         block = _next_pow2(di)

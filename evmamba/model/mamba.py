@@ -367,11 +367,12 @@ class Mamba(nn.Module):
             self.x_proj.weight,
             self.dt_proj.weight,
             self.dt_proj.bias,
-            -torch.exp(self.A_log.float()),
+            None,
             self.D,
             timesteps=timesteps,
             rate=self.dtA_proj.bias,
             discretization=self.discretization,
+            A_log=self.A_log,
             use_fast_path=self.use_fast_path,
         )
         cache["seqlen_offset"] += 1
