@@ -1,0 +1,269 @@
+"""``evmamba train``: train a classifier from a YAML config.
+
+    evmamba train [--config synthetic] [key.sub=value ...] [--out DIR] [--resume RUN_DIR_OR_CKPT]
+    torchrun --nproc_per_node 4 -m evmamba train --config dvsgesture      # one process per GPU (DDP)
+
+The run folder (``--out``, default ``runs/<config>-<date>-<time>``) receives the resolved ``config.yaml``,
+``metrics.csv`` and ``metrics.jsonl``, ``curves.png``, ``last.pt`` (full training state, written after every
+epoch), ``best.pt`` (best validation accuracy, when there is a validation split), ``epoch_NNN.pt`` (with
+``train.save_every``) and ``model.pt``: the weights of the selected model -- best on validation if there is
+a validation split, else the last -- for ``evmamba evaluate`` and streaming. ``--resume`` continues from a
+full checkpoint exactly where the run stopped, with the config saved in it (``key=value`` overrides still
+apply, e.g. ``train.epochs=N`` for more). The last line printed is the test accuracy of the selected model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import load_config, save_config, to_container
+from .training import distributed as ddp
+from .training.checkpoint import export_model, find_checkpoint, load_checkpoint, save_checkpoint
+from .training.data import build_data, make_loader, model_type, section, steps_per_epoch
+from .training.metrics import MetricsLogger
+from .training.models import build_model, evaluate_loader, forward_loss, to_device
+from .training.optim import build_optimizer, build_scheduler
+from .training.plots import plot_training_curves
+from .training.reproducibility import rng_state, seed_everything, set_rng_state
+
+DEFAULT_CONFIG = "synthetic"
+
+# The ``train`` section's keys and their defaults.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 10,
+    "batch_size": 32,
+    "eval_batch_size": None,  # None: 2 * batch_size
+    "lr": 2e-3,
+    "weight_decay": 0.05,
+    "ssm_lr_scale": 1.0,
+    "decay_embeddings": False,
+    "betas": [0.9, 0.999],
+    "eps": 1e-8,
+    "warmup_epochs": 0.5,
+    "warmup_steps": None,
+    "min_lr_ratio": 0.05,
+    "grad_clip": 1.0,
+    "grad_accum": 1,
+    "label_smoothing": 0.0,
+    "seed": 0,
+    "device": "auto",
+    "amp": "bf16",  # bf16 autocast on CUDA; CPU always runs fp32
+    "workers": 0,  # DataLoader worker processes
+    "preprocess_workers": None,  # None: CPU count, at most 8
+    "val_fraction": 0.0,  # hold out this share of the training split for validation (and best.pt)
+    "val_split": None,  # or validate on this split of the dataset (e.g. SSC's "valid")
+    "max_tokens": None,  # random crop of training sequences (tokens); None = whole sequences
+    "allow_hflip": True,  # whether augment.hflip_p may flip this dataset
+    "test_every": 1,  # evaluate the test split every N epochs (and always after the last); 0 = only at the end
+    "log_every": 20,  # optimizer steps between JSONL step records
+    "save_every": 0,  # also keep epoch_NNN.pt every N epochs (0 = only last.pt and best.pt)
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"config name in configs/ or a YAML path (default {DEFAULT_CONFIG})")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. train.epochs=3")
+    parser.add_argument("--out", default=None, help="run folder (default runs/<config>-<date>-<time>)")
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR_OR_CKPT", help="continue from a run folder's last.pt or a checkpoint")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:K (default: train.device)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def train_settings(cfg) -> dict[str, Any]:
+    """The ``train`` section completed with :data:`TRAIN_DEFAULTS`; ``ValueError`` for unknown keys."""
+    given = section(cfg, "train")
+    unknown = sorted(set(given) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise ValueError(f"config: unknown key(s) {['train.' + k for k in unknown]}; known: {sorted(TRAIN_DEFAULTS)}")
+    tc = {**TRAIN_DEFAULTS, **given}
+    for key in ("epochs", "batch_size", "grad_accum"):
+        if isinstance(tc[key], bool) or not isinstance(tc[key], int) or tc[key] < 1:
+            raise ValueError(f"config: key 'train.{key}' must be a positive int; got {tc[key]!r}")
+    tc["eval_batch_size"] = tc["eval_batch_size"] or 2 * tc["batch_size"]
+    return tc
+
+
+def _carry_best(source: Path, run_dir: Path, best: dict[str, Any]) -> None:
+    """Resuming into a new folder: bring along the source run's best.pt if it is the resumed run's best."""
+    src, dst = source / "best.pt", run_dir / "best.pt"
+    if best["epoch"] > 0 and src.is_file() and src.resolve() != dst.resolve():
+        ckpt = load_checkpoint(src)
+        if ckpt["epoch"] == best["epoch"]:
+            save_checkpoint({k: v for k, v in ckpt.items() if k not in ("format", "version")}, dst)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return train(args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"evmamba train: {exc}", file=sys.stderr)
+        return 1
+
+
+def train(args: argparse.Namespace) -> int:
+    # ---- config, run folder, process group
+    resumed = None
+    if args.resume:
+        ckpt_path = find_checkpoint(args.resume, "last.pt")
+        resumed = load_checkpoint(ckpt_path, need_training_state=True)
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.merge(OmegaConf.create(resumed["config"]), OmegaConf.from_dotlist(list(args.overrides)))
+        run_dir = Path(args.out) if args.out else ckpt_path.parent
+    else:
+        cfg = load_config(args.config, args.overrides)
+        stem = Path(str(args.config)).stem
+        run_dir = Path(args.out) if args.out else Path("runs") / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    tc = train_settings(cfg)
+    info = ddp.setup(args.device or tc["device"])
+    device, main = info.device, info.is_main
+    progress = main and not args.no_progress
+    seed_everything(int(tc["seed"]))
+
+    # ---- data, model, optimizer
+    data = build_data(cfg, info, progress=progress)
+    model = build_model(cfg, data.info).to(device)
+    workers = int(tc["workers"])
+    train_loader, train_batches = make_loader(data.train, data.lengths["train"], tc["batch_size"], data.collate,
+                                              shuffle=True, seed=tc["seed"], info=info, workers=workers)
+    eval_loader = lambda ds, key: make_loader(ds, data.lengths[key], tc["eval_batch_size"], data.collate,  # noqa: E731
+                                              shuffle=False, seed=0, info=info, workers=workers, even=False)[0]
+    val_loader = eval_loader(data.val, "val") if data.val is not None else None
+    test_loader = eval_loader(data.test, "test")
+    optimizer = build_optimizer(model, tc)
+    accum, epochs = tc["grad_accum"], tc["epochs"]
+    scheduler = build_scheduler(optimizer, tc, steps_per_epoch(len(train_loader), accum), epochs)
+    start_epoch, step, best = 0, 0, {"metric": "val_accuracy", "value": -1.0, "epoch": 0}
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        set_rng_state(resumed["rng"])
+        start_epoch, step = int(resumed["epoch"]), int(resumed["step"])
+        best = resumed.get("best") or best
+    if start_epoch >= epochs:
+        raise ValueError(f"{ckpt_path}: the run already has its {epochs} epochs; resume with train.epochs=N for more")
+    net = ddp.wrap(model, info)
+
+    logger = None
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        logger = MetricsLogger(run_dir, resume_epoch=start_epoch if resumed is not None else None)
+        if resumed is not None:
+            _carry_best(ckpt_path.parent, run_dir, best)
+        n_params = sum(p.numel() for p in model.parameters())
+        sizes = f"{len(data.train)} train" + (f" / {len(data.val)} val" if data.val is not None else "") + f" / {len(data.test)} test"
+        print(f"{section(cfg, 'dataset').get('name')}: {sizes} samples, {data.info.n_classes} classes; "
+              f"{type(model).__name__} with {n_params:,} parameters on {device}"
+              f"{f' x {info.world_size} processes' if info.enabled else ''}; run folder {run_dir}"
+              f"{f' (resumed after epoch {start_epoch})' if resumed is not None else ''}", flush=True)
+
+    def checkpoint_state(epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "model": model.state_dict(), "model_type": model_type(cfg), "model_config": model.config,
+            "data": data.info.to_dict(), "config": to_container(cfg), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch, "step": step,
+            "best": dict(best), "metrics": metrics,
+        }
+
+    def evaluate(loader) -> tuple[float, float, int]:
+        loss, correct, n = ddp.all_reduce_sum(list(evaluate_loader(net, loader, device, tc["amp"]).values()), info)
+        return loss / max(n, 1), correct / max(n, 1), int(n)
+
+    # ---- the loop
+    from tqdm.auto import tqdm
+
+    test_acc, test_n, selected_test = math.nan, 0, None
+    for epoch in range(start_epoch, epochs):
+        train_batches.set_epoch(epoch)
+        if hasattr(data.train, "set_epoch"):
+            data.train.set_epoch(epoch)
+        net.train()
+        t0 = time.perf_counter()
+        loss_sum, correct_sum, seen, tokens, norm_sum, n_updates = 0.0, 0, 0, 0, 0.0, 0
+        bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=False)
+        optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(train_loader):
+            batch = to_device(batch, device)
+            update = (i + 1) % accum == 0 or i + 1 == len(train_loader)
+            # Gradients are averaged over processes only on the micro-batch that ends an accumulation.
+            sync = contextlib.nullcontext() if (update or not info.enabled) else net.no_sync()
+            with sync:
+                loss, correct, b = forward_loss(net, batch, device, tc["amp"], tc["label_smoothing"])
+                (loss / accum).backward()
+            if update:
+                clip = tc["grad_clip"] or math.inf
+                norm_sum += float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step, n_updates = step + 1, n_updates + 1
+            loss_sum, correct_sum, seen = loss_sum + float(loss.detach()) * b, correct_sum + int(correct), seen + b
+            tokens += int(batch["lengths"].sum()) if "lengths" in batch else 0
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct_sum / seen:.3f}")
+            if main and update and step % tc["log_every"] == 0:
+                logger.log_step({"epoch": epoch + 1, "step": step, "loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0]})
+        bar.close()
+        seconds = time.perf_counter() - t0
+        loss_sum, correct_sum, seen, tokens = ddp.all_reduce_sum([loss_sum, correct_sum, seen, tokens], info)
+
+        row: dict[str, Any] = {
+            "epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
+            "train_loss": loss_sum / seen, "train_accuracy": correct_sum / seen,
+            "grad_norm": norm_sum / max(n_updates, 1), "epoch_seconds": seconds,
+            "samples_per_second": seen / seconds, "tokens_per_second": tokens / seconds,
+        }
+        if val_loader is not None:
+            row["val_loss"], row["val_accuracy"], _ = evaluate(val_loader)
+        last = epoch + 1 == epochs
+        if last or (tc["test_every"] and (epoch + 1) % tc["test_every"] == 0):
+            row["test_loss"], test_acc, test_n = evaluate(test_loader)
+            row["test_accuracy"] = test_acc
+        improved = val_loader is not None and row["val_accuracy"] > best["value"]
+        if improved:
+            best = {"metric": "val_accuracy", "value": row["val_accuracy"], "epoch": epoch + 1}
+            selected_test = row.get("test_accuracy")  # None: not measured at this epoch
+        if main:
+            logger.log_epoch(row)
+            plot_training_curves(logger.epochs, run_dir / "curves.png")
+            state = checkpoint_state(epoch + 1, row)
+            save_checkpoint(state, run_dir / "last.pt")
+            if improved:
+                save_checkpoint(state, run_dir / "best.pt")
+            if tc["save_every"] and (epoch + 1) % tc["save_every"] == 0:
+                save_checkpoint(state, run_dir / f"epoch_{epoch + 1:03d}.pt")
+            parts = [f"epoch {epoch + 1}/{epochs}", f"loss {row['train_loss']:.4f}", f"train acc {row['train_accuracy']:.4f}"]
+            parts += [f"{k.replace('_accuracy', '')} acc {row[k]:.4f}" for k in ("val_accuracy", "test_accuracy") if k in row]
+            parts.append(f"{seconds:.1f} s")
+            print(", ".join(parts), flush=True)
+        ddp.barrier(info)
+
+    # ---- the selected model: best on validation when its checkpoint is at hand, else the last
+    selected, what = None, "last epoch"
+    if val_loader is not None and best["epoch"] > 0 and (run_dir / "best.pt").is_file():
+        candidate = load_checkpoint(run_dir / "best.pt")
+        if candidate["epoch"] == best["epoch"]:  # not a stale file from another run
+            selected, what = candidate, f"best validation epoch {best['epoch']}"
+    if selected is not None and best["epoch"] != epochs:
+        if selected_test is None:  # the test split was not evaluated at that epoch
+            model.load_state_dict(selected["model"])
+            _, selected_test, test_n = evaluate(test_loader)
+        test_acc = selected_test
+    if main:
+        export_model(selected or load_checkpoint(run_dir / "last.pt"), run_dir / "model.pt")
+        logger.close()
+        print(f"test accuracy: {test_acc:.4f} ({round(test_acc * test_n)}/{test_n} samples, {what}; "
+              f"model saved to {run_dir / 'model.pt'})", flush=True)
+    ddp.cleanup(info)
+    return 0

@@ -1,0 +1,402 @@
+"""Datasets and loaders for training and evaluation, from a resolved config.
+
+Token models (``model.type: event_mamba``) read the HDF5 token cache of each split (built on first use by
+:func:`evmamba.datasets.cache.ensure_cache`). With an active ``augment`` section, training items are instead
+made on the fly from the raw recordings (augment, then bin) by
+:class:`evmamba.pipeline.batching.BinnedDataset`. ``train.max_tokens`` crops long training sequences to a
+random window. Frame models (``model.type: frame_resnet``) turn raw recordings into event-count frames with
+:func:`evmamba.pipeline.frames.to_frames` (bit-identical to ``tonic.transforms.ToFrame``).
+
+Validation: ``train.val_split`` names a split of the dataset to validate on (SSC's ``valid``); otherwise
+``train.val_fraction > 0`` holds out that fraction of the training split, stratified by class
+(:func:`evmamba.datasets.splits.stratified_holdout`). The test split is never used to choose anything.
+
+Every random choice is a function of ``(seed, epoch, index)``, so an epoch's data are the same whether or
+not the run was resumed, and whatever the number of loader workers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from ..pipeline.binning import BinningConfig, TokenSequence, vocab_size as binning_vocab_size
+from .distributed import DistInfo, barrier
+from .reproducibility import worker_init
+
+TOKEN_MODEL = "event_mamba"
+FRAME_MODEL = "frame_resnet"
+
+
+def model_type(cfg: Mapping) -> str:
+    """``model.type`` of a config (default ``event_mamba``); ``ValueError`` for an unknown one."""
+    kind = (cfg.get("model") or {}).get("type", TOKEN_MODEL)
+    if kind not in (TOKEN_MODEL, FRAME_MODEL):
+        raise ValueError(f"config: key 'model.type' must be {TOKEN_MODEL!r} or {FRAME_MODEL!r}; got {kind!r}")
+    return kind
+
+
+def section(cfg: Mapping, name: str) -> dict[str, Any]:
+    """A config section as a plain dict (empty when absent)."""
+    value = cfg.get(name)
+    if value is None:
+        return {}
+    if hasattr(value, "_metadata"):
+        from omegaconf import OmegaConf
+
+        value = OmegaConf.to_container(value, resolve=True)
+    if not isinstance(value, Mapping):
+        raise ValueError(f"config: section '{name}' must be a mapping; got {type(value).__name__}")
+    return dict(value)
+
+
+@dataclass
+class DataInfo:
+    """What a model needs to know about the data (stored in checkpoints as a plain dict)."""
+
+    kind: str
+    n_classes: int
+    classes: list[str]
+    sensor_size: list[int]
+    vocab_size: int | None = None
+    grid: list[int] | None = None
+    n_time_bins: int | None = None
+    frame_size: list[int] | None = None  # (W, H, P) of the frames after downsampling
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DataInfo":
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+
+
+def token_grid(sensor_size, binning: BinningConfig) -> list[int]:
+    """``(W', H', P)`` of the token ids (DESIGN §5)."""
+    w, h, p = (int(v) for v in sensor_size)
+    k = binning.downsample
+    return [-(-w // k), -(-h // k), p if binning.polarity else 1]
+
+
+# ------------------------------------------------------------------------------------------ wrappers
+class IndexedSubset:
+    """``dataset[indices[i]]`` as item ``i``; passes :meth:`set_epoch` through."""
+
+    def __init__(self, dataset, indices):
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def __getitem__(self, i):
+        return self.dataset[int(self.indices[i])]
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+
+class TokenCrop:
+    """Crop each item's token sequence to a random window of at most ``max_tokens`` (training only); the
+    window is drawn from ``(seed, epoch, index)``."""
+
+    def __init__(self, dataset, max_tokens: int, seed: int):
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"config: key 'train.max_tokens' must be a positive int or null; got {max_tokens!r}")
+        self.dataset, self.max_tokens, self.seed, self.epoch = dataset, max_tokens, int(seed), 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, i):
+        seq, label = self.dataset[i]
+        n = seq.num_tokens
+        if n <= self.max_tokens:
+            return seq, label
+        start = int(np.random.default_rng([self.seed, self.epoch, int(i), 1]).integers(0, n - self.max_tokens + 1))
+        return TokenSequence(*(a[start:start + self.max_tokens] for a in seq)), label
+
+
+class FrameDataset:
+    """Recordings -> ``(frames (T, P, H, W) int16, label)`` with ``T = n_time_bins`` equal time slices.
+
+    ``downsample`` k maps pixel x to ``x // k`` (as the token binner does). ``augment`` (an
+    :class:`~evmamba.pipeline.augment.AugmentConfig`, training only) is applied to the events first, with a
+    generator seeded by ``(seed, epoch, index)``. Without augmentation, frames are kept in memory after
+    the first access when ``memoize``.
+    """
+
+    def __init__(self, base, n_time_bins: int, downsample: int = 1, augment=None, seed: int = 0,
+                 allow_hflip: bool = True, memoize: bool = True):
+        from ..pipeline.events import check_sensor_size
+
+        if isinstance(n_time_bins, bool) or not isinstance(n_time_bins, int) or n_time_bins < 1:
+            raise ValueError(f"config: key 'frames.n_time_bins' must be a positive int; got {n_time_bins!r}")
+        if isinstance(downsample, bool) or not isinstance(downsample, int) or downsample < 1:
+            raise ValueError(f"config: key 'frames.downsample' must be a positive int; got {downsample!r}")
+        self.base = base
+        self.sensor_size = check_sensor_size(base.sensor_size, "frames: sensor_size")
+        w, h, p = self.sensor_size
+        self.k = downsample
+        self.frame_size = (-(-w // downsample), -(-h // downsample), p)
+        self.n_time_bins = n_time_bins
+        self.augment = augment if augment is not None and augment.active else None
+        self.seed, self.epoch, self.allow_hflip = int(seed), 0, bool(allow_hflip)
+        self.memo: dict[int, tuple[np.ndarray, int]] | None = {} if memoize and self.augment is None else None
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def frames(self, events: np.ndarray, source: str = "events") -> np.ndarray:
+        """``(T, P, H', W')`` int16 counts of one recording (all zeros for an empty one)."""
+        from ..pipeline.frames import to_frames
+
+        if self.k > 1:
+            events = events.copy()
+            events["x"] //= self.k
+            events["y"] //= self.k
+        return to_frames(events, self.frame_size, n_time_bins=self.n_time_bins, source=source)
+
+    def __getitem__(self, i):
+        i = int(i)
+        if self.memo is not None and i in self.memo:
+            return self.memo[i]
+        events, label = self.base[i]
+        if self.augment is not None:
+            from ..pipeline.augment import augment_events
+
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            events = augment_events(events, self.sensor_size, self.augment, rng, allow_hflip=self.allow_hflip,
+                                    source=f"frames[{i}]")
+        item = self.frames(events, source=f"frames[{i}]"), int(label)
+        if self.memo is not None:
+            self.memo[i] = item
+        return item
+
+
+def collate_frames(batch) -> dict[str, torch.Tensor]:
+    """``[(frames (T, P, H, W), label), ...]`` -> ``frames`` (B, T, P, H, W) int16, ``labels`` (B,) int64."""
+    frames = torch.from_numpy(np.stack([np.asarray(f) for f, _ in batch]))
+    labels = torch.tensor([int(lab) for _, lab in batch], dtype=torch.long)
+    return {"frames": frames, "labels": labels}
+
+
+# ------------------------------------------------------------------------------------------ samplers
+class ShardedBatches:
+    """A :class:`~evmamba.pipeline.batching.LengthBucketSampler`'s batches, dealt round-robin to ``world``
+    processes. ``even``: every process gets the same number of batches (the remainder is dropped; needed in
+    training, where DDP synchronises every step)."""
+
+    def __init__(self, sampler, rank: int = 0, world: int = 1, even: bool = True):
+        self.sampler, self.rank, self.world, self.even = sampler, rank, world, even
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def _mine(self, batches):
+        if self.world == 1:
+            return batches
+        if self.even:
+            batches = batches[: len(batches) // self.world * self.world]
+        return batches[self.rank::self.world]
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        if self.world == 1:
+            return n
+        return n // self.world if self.even else len(range(self.rank, n, self.world))
+
+    def __iter__(self):
+        return iter(self._mine(self.sampler.batches()))
+
+
+# ------------------------------------------------------------------------------------------ building
+@dataclass
+class Data:
+    """Datasets, their lengths (for bucketing) and the collate function of one run."""
+
+    info: DataInfo
+    train: Any
+    test: Any
+    val: Any = None
+    lengths: dict[str, np.ndarray] = field(default_factory=dict)
+    collate: Callable = None  # type: ignore[assignment]
+
+
+def _build_dataset(dataset_cfg: Mapping, split: str):
+    from ..datasets.registry import build_dataset
+
+    return build_dataset(dataset_cfg, split)
+
+
+def _ensure_cache(cfg, split: str, info: DistInfo, workers: int, progress: bool):
+    """The split's token cache path; rank 0 builds it while the other processes wait."""
+    from ..datasets.cache import ensure_cache
+
+    path = None
+    if info.is_main:
+        path = ensure_cache(cfg, split, workers, progress=progress)
+    barrier(info)
+    if not info.is_main:
+        path = ensure_cache(cfg, split, workers, progress=False)
+    return path
+
+
+def _holdout(keys, labels, fraction: float, seed: int) -> np.ndarray:
+    from ..datasets.splits import stratified_holdout
+
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"config: key 'train.val_fraction' must lie in [0, 1); got {fraction}")
+    if fraction == 0.0:
+        return np.zeros(len(keys), dtype=bool)
+    return stratified_holdout(list(keys), list(labels), fraction, seed)
+
+
+def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True, test_split: str = "test",
+               progress: bool = True) -> Data:
+    """Datasets of a run: token caches or frame datasets of the ``train`` split (with ``val`` held out of it
+    when ``train.val_fraction > 0``; skipped when ``train`` is false, as evaluation needs only the test
+    split) and of ``test_split`` (served as ``Data.test``)."""
+    from ..pipeline.augment import AugmentConfig
+    from ..pipeline.batching import BinnedDataset, collate
+
+    info = info or DistInfo()
+    train_cfg = section(cfg, "train")
+    seed = int(train_cfg.get("seed", 0))
+    workers = train_cfg.get("preprocess_workers") or min(8, os.cpu_count() or 1)
+    augment = AugmentConfig.from_dict(section(cfg, "augment"), source="config: section 'augment'")
+    val_fraction = float(train_cfg.get("val_fraction", 0.0))
+    val_split = train_cfg.get("val_split")
+    if val_split is not None and val_fraction > 0:
+        raise ValueError("config: give either 'train.val_split' or 'train.val_fraction', not both")
+    kind = model_type(cfg)
+    data: dict[str, Any] = {}
+    lengths: dict[str, np.ndarray] = {}
+    splits = {"train": "train", "test": test_split} if train else {"test": test_split}
+    if train and val_split is not None:
+        splits["val"] = str(val_split)
+
+    if kind == TOKEN_MODEL:
+        from ..datasets.cache import TokenCache
+
+        binning = BinningConfig.from_dict(section(cfg, "binning"), source="config: section 'binning'")
+        caches = {key: TokenCache(_ensure_cache(cfg, s, info, workers, progress), in_memory=True)
+                  for key, s in splits.items()}
+        ref = next(iter(caches.values()))
+        meta = DataInfo(
+            kind=kind, n_classes=len(ref.classes), classes=[str(c) for c in ref.classes],
+            sensor_size=[int(v) for v in ref.sensor_size], vocab_size=int(ref.vocab_size),
+            grid=token_grid(ref.sensor_size, binning),
+        )
+        if binning_vocab_size(tuple(meta.sensor_size), binning) != meta.vocab_size:
+            raise ValueError(f"{ref.path}: vocabulary {meta.vocab_size} does not match the binning config")
+        if "train" in caches:
+            cache = caches["train"]
+            keys = [cache.source(i) for i in range(len(cache))]
+            held = _holdout(keys, cache.labels, val_fraction, seed)
+            nonempty = cache.lengths > 0  # a sequence without tokens teaches nothing
+            train_idx = np.flatnonzero(~held & nonempty)
+            val_idx = np.flatnonzero(held & nonempty)
+            if augment.active:
+                base = _build_dataset(section(cfg, "dataset"), "train")
+                binned = BinnedDataset(base, base.sensor_size, binning, augment=augment, seed=seed,
+                                       allow_hflip=bool(train_cfg.get("allow_hflip", True)), empty="keep",
+                                       source=f"{section(cfg, 'dataset').get('name')} train")
+                # Cache positions are dataset positions (the cache keeps empty samples).
+                train_ds = IndexedSubset(binned, cache.indices[train_idx])
+            else:
+                train_ds = IndexedSubset(cache, train_idx)
+            max_tokens = train_cfg.get("max_tokens")
+            if max_tokens is not None:
+                train_ds = TokenCrop(train_ds, max_tokens, seed)
+                lengths["train"] = np.minimum(cache.lengths[train_idx], max_tokens)
+            else:
+                lengths["train"] = cache.lengths[train_idx]
+            data["train"] = train_ds
+            if len(val_idx):
+                data["val"] = IndexedSubset(cache, val_idx)
+                lengths["val"] = cache.lengths[val_idx]
+        if "val" in caches:
+            data["val"] = caches["val"]
+            lengths["val"] = caches["val"].lengths
+        if "test" in caches:
+            data["test"] = caches["test"]
+            lengths["test"] = caches["test"].lengths
+        result = Data(info=meta, train=data.get("train"), test=data.get("test"), val=data.get("val"),
+                      lengths=lengths, collate=collate)
+        return result
+
+    # Frame models: recordings -> frames.
+    frames_cfg = section(cfg, "frames")
+    unknown = sorted(set(frames_cfg) - {"n_time_bins", "downsample", "memoize"})
+    if unknown:
+        raise ValueError(f"config: unknown key(s) {['frames.' + k for k in unknown]}")
+    n_bins = frames_cfg.get("n_time_bins", 8)
+    k = frames_cfg.get("downsample", 1)
+    memo = bool(frames_cfg.get("memoize", True))
+    bases = {key: _build_dataset(section(cfg, "dataset"), s) for key, s in splits.items()}
+    ref = next(iter(bases.values()))
+    probe = FrameDataset(ref, n_bins, k)
+    meta = DataInfo(kind=kind, n_classes=len(ref.classes), classes=[str(c) for c in ref.classes],
+                    sensor_size=[int(v) for v in ref.sensor_size], n_time_bins=n_bins,
+                    frame_size=list(probe.frame_size))
+    if "train" in bases:
+        base = bases["train"]
+        keys = [base.source(i) for i in range(len(base))]
+        held = _holdout(keys, base.labels, val_fraction, seed)
+        train_idx, val_idx = np.flatnonzero(~held), np.flatnonzero(held)
+        train_frames = FrameDataset(base, n_bins, k, augment=augment, seed=seed, memoize=memo,
+                                    allow_hflip=bool(train_cfg.get("allow_hflip", True)))
+        data["train"] = IndexedSubset(train_frames, train_idx)
+        lengths["train"] = np.zeros(len(train_idx), np.int64)
+        if len(val_idx):
+            data["val"] = IndexedSubset(FrameDataset(base, n_bins, k, memoize=memo), val_idx)
+            lengths["val"] = np.zeros(len(val_idx), np.int64)
+    if "val" in bases:
+        data["val"] = FrameDataset(bases["val"], n_bins, k, memoize=memo)
+        lengths["val"] = np.zeros(len(bases["val"]), np.int64)
+    if "test" in bases:
+        data["test"] = FrameDataset(bases["test"], n_bins, k, memoize=memo)
+        lengths["test"] = np.zeros(len(bases["test"]), np.int64)
+    return Data(info=meta, train=data.get("train"), test=data.get("test"), val=data.get("val"),
+                lengths=lengths, collate=collate_frames)
+
+
+def make_loader(dataset, lengths: np.ndarray, batch_size: int, collate: Callable, *, shuffle: bool, seed: int,
+                info: DistInfo | None = None, workers: int = 0, even: bool = True):
+    """A ``DataLoader`` over length-bucketed batches (shuffled per epoch from ``(seed, epoch)`` when
+    ``shuffle``), sharded over processes. Returns ``(loader, batch_sampler)``; call
+    ``batch_sampler.set_epoch(e)`` (and the dataset's ``set_epoch``) before each epoch."""
+    from ..pipeline.batching import LengthBucketSampler
+
+    info = info or DistInfo()
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"config: batch size must be a positive int; got {batch_size!r}")
+    sampler = ShardedBatches(
+        LengthBucketSampler(lengths, batch_size, shuffle=shuffle, seed=seed), info.rank, info.world_size, even
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=int(workers),
+        worker_init_fn=worker_init if workers else None, pin_memory=info.device.type == "cuda",
+        persistent_workers=False,
+    )
+    return loader, sampler
+
+
+def steps_per_epoch(n_batches: int, grad_accum: int) -> int:
+    """Optimizer steps in an epoch of ``n_batches`` micro-batches."""
+    return max(1, math.ceil(n_batches / grad_accum))

@@ -1,0 +1,90 @@
+"""Building models from a config or a checkpoint, and feeding them a batch.
+
+``model.type: event_mamba`` -> :class:`~evmamba.model.classifier.EventClassifier` over tokens;
+``model.type: frame_resnet`` -> :class:`~evmamba.model.frame_resnet.FrameResNet` over event-count frames.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from ..model.classifier import EventClassifier
+from .data import FRAME_MODEL, TOKEN_MODEL, DataInfo, model_type, section
+
+
+def build_model(cfg: Mapping, info: DataInfo) -> torch.nn.Module:
+    """A freshly initialised model for the config's ``model`` section and the data described by ``info``."""
+    kind = model_type(cfg)
+    model_cfg = section(cfg, "model")
+    if kind == TOKEN_MODEL:
+        return EventClassifier.from_config(model_cfg, info.vocab_size, info.n_classes, grid=info.grid)
+    from ..model.frame_resnet import FrameResNet  # torchvision takes a second to import: only when needed
+
+    return FrameResNet.from_config(model_cfg, info.n_time_bins, info.frame_size[2], info.n_classes)
+
+
+def model_from_checkpoint(ckpt: Mapping[str, Any]) -> tuple[torch.nn.Module, DataInfo]:
+    """Rebuild the model stored in a checkpoint (see :mod:`.checkpoint`) and load its weights."""
+    info = DataInfo.from_dict(ckpt["data"])
+    kwargs = dict(ckpt["model_config"])
+    if ckpt["model_type"] == TOKEN_MODEL:
+        vocab, n_classes = kwargs.pop("vocab_size"), kwargs.pop("n_classes")
+        model: torch.nn.Module = EventClassifier(vocab, n_classes, **kwargs)
+    elif ckpt["model_type"] == FRAME_MODEL:
+        from ..model.frame_resnet import FrameResNet
+
+        model = FrameResNet(**kwargs)
+    else:
+        raise ValueError(f"checkpoint: unknown model_type {ckpt['model_type']!r}")
+    model.load_state_dict(ckpt["model"])
+    return model, info
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    non_blocking = device.type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
+
+
+def forward_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of a collated batch: token batches (``tokens``, ``dt``, ``counts``, ``lengths``) or frame
+    batches (``frames``)."""
+    if "frames" in batch:
+        return model(batch["frames"])
+    return model(batch["tokens"], batch["dt"], batch["counts"], batch["lengths"])
+
+
+def autocast(device: torch.device, amp: str):
+    """bf16 autocast on CUDA when ``amp == "bf16"``; a no-op context otherwise (CPU runs in fp32)."""
+    if amp not in ("bf16", "none"):
+        raise ValueError(f"config: key 'train.amp' must be 'bf16' or 'none'; got {amp!r}")
+    enabled = amp == "bf16" and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def forward_loss(model, batch, device: torch.device, amp: str = "none", label_smoothing: float = 0.0):
+    """``(mean cross-entropy, correct predictions, batch size)`` of one batch (already on ``device``)."""
+    with autocast(device, amp):
+        logits = forward_batch(model, batch)
+    logits = logits.float()
+    loss = F.cross_entropy(logits, batch["labels"], label_smoothing=label_smoothing)
+    correct = (logits.argmax(-1) == batch["labels"]).sum()
+    return loss, correct, batch["labels"].shape[0]
+
+
+@torch.no_grad()
+def evaluate_loader(model, loader, device: torch.device, amp: str = "none") -> dict[str, float]:
+    """Summed ``loss``, ``correct`` and sample count ``n`` over a loader (this process's share)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for batch in loader:
+        batch = to_device(batch, device)
+        loss, c, b = forward_loss(model, batch, device, amp)
+        loss_sum += float(loss) * b
+        correct += int(c)
+        n += b
+    model.train(was_training)
+    return {"loss": loss_sum, "correct": float(correct), "n": float(n)}
