@@ -1,0 +1,293 @@
+"""``evmamba bench stream``: the real-time loop on the ten DVS Gesture trials (real-time factor, latency).
+
+    evmamba bench stream [--checkpoint checkpoints/dvsgesture.pt] [--device cpu|cuda] [--quick] [--json PATH]
+
+**CPU** (batch 1, the loop of ``evmamba stream`` with the compiled step), per trial:
+
+* ``--speed max``: events, tokens, compute time (binning, step, decisions; wall clock and the loop thread's
+  CPU time), ``real_time_factor`` = recording duration / compute time (also per CPU-second), and the
+  step's share in µs per token;
+* real time (``--speed 1``): token latency p50 / p99 / max, from the moment a token's releasing slice
+  was due to its logits;
+* the step alone: the trial's tokens through :class:`~evmamba.streaming.fast_step.FastStepper` in one call
+  (best of three), µs per token.
+
+Plus µs per token of the step alone for a few model sizes (random weights, the densest trial's tokens)
+and of the classifier's PyTorch ``step`` (one token per call) for comparison.
+
+**GPU** (``--device cuda``): the fused Triton step captured in a CUDA graph
+(:class:`~evmamba.streaming.gpu_step.GraphStepper`): per-token latency at batch 1 (copy in, replay,
+copy out, synchronise), µs per token when a trial's tokens are replayed back to back, the loop's
+real-time factor at ``--speed max``, and aggregate events/s of 1 024 concurrent streams in lockstep.
+
+``--quick``: trials 1 and 5 only, one real-time replay, fewer model sizes and GPU steps.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .common import format_table, write_json
+
+DEFAULT_CHECKPOINT = "checkpoints/dvsgesture.pt"
+TRIALS = [f"{i}.bs2" for i in range(1, 11)]
+# (d_model, n_layers, d_state) for the step-only table; the first is the default DVS model.
+MODEL_SIZES = [(32, 2, 16), (16, 2, 8), (32, 4, 16), (64, 2, 16), (64, 4, 16)]
+
+
+def configure(parser) -> None:
+    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"the model (default {DEFAULT_CHECKPOINT})")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu (default) or cuda")
+    parser.add_argument("--quick", action="store_true", help="two trials, one real-time replay")
+    parser.add_argument("--streams", type=int, default=1024, help="concurrent streams on the GPU (default 1024)")
+    parser.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON")
+
+
+def _trials(quick: bool):
+    from ..datasets.paths import data_root
+    from ..streaming.sources import file_recordings
+
+    folder = data_root() / "dvsgesture_slayer_bs2"
+    names = ["1.bs2", "5.bs2"] if quick else TRIALS
+    paths = [folder / n for n in names]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: DVS Gesture trial not found (set $EVMAMBA_DATA)")
+    return file_recordings(paths, (128, 128, 2))
+
+
+def _run_loop(stepper, sm, rec, speed: float) -> dict:
+    from ..streaming.loop import LoopConfig, StreamLoop
+    from ..streaming.sources import RecordingSource
+
+    loop = StreamLoop(stepper, sm.binning, sm.sensor_size, sm.classes, LoopConfig(speed=speed, predictions=False))
+    return loop.run(RecordingSource([rec], sm.sensor_size)).to_dict()
+
+
+def _step_alone(stepper, seq, repeats: int = 3) -> tuple[float, float]:
+    """Best µs per token of one call over a whole token sequence: ``(wall clock, thread CPU time)``."""
+    best, best_cpu = math.inf, math.inf
+    for _ in range(repeats):
+        stepper.reset()
+        t0, c0 = time.perf_counter(), time.thread_time()
+        stepper.run(seq.tokens, seq.dt, seq.counts, copy=False, check=False)
+        best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, time.thread_time() - c0)
+    stepper.reset()
+    n = max(seq.num_tokens, 1)
+    return best / n * 1e6, best_cpu / n * 1e6
+
+
+def _torch_step_us(model, seq, n: int = 200) -> float:
+    import torch
+
+    torch.set_num_threads(1)
+    cache = model.allocate_inference_cache(1)
+    tok = torch.from_numpy(seq.tokens[:n].astype(np.int64))
+    dt = torch.from_numpy(seq.dt[:n])
+    cnt = torch.from_numpy(seq.counts[:n].astype(np.float32))
+    with torch.no_grad():
+        for i in range(10):
+            model.step(tok[i:i + 1], dt[i:i + 1], cache, cnt[i:i + 1])
+        t0 = time.perf_counter()
+        for i in range(n):
+            model.step(tok[i:i + 1], dt[i:i + 1], cache, cnt[i:i + 1])
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def bench_cpu(sm, recs, quick: bool) -> dict:
+    from tqdm import tqdm
+
+    from ..model.classifier import EventClassifier
+    from ..pipeline.binning import bin_events, vocab_size
+    from ..stream import warm_up
+    from ..streaming.fast_step import FastStepper
+
+    stepper = FastStepper(sm.model)
+    warm_up(stepper, sm.binning, sm.sensor_size)
+    rows = []
+    densest = None
+    for i, rec in enumerate(tqdm(recs, desc="trials", unit="trial", file=sys.stderr)):
+        fast = _run_loop(stepper, sm, rec, math.inf)
+        live = _run_loop(stepper, sm, rec, 1.0) if (not quick or i == len(recs) - 1) else None
+        seq = bin_events(rec.load(), sm.sensor_size, sm.binning)
+        if densest is None or seq.num_tokens > densest.num_tokens:
+            densest = seq
+        rows.append({
+            "trial": Path(rec.name).name, "events": fast["events"], "tokens": fast["tokens"],
+            "duration_s": fast["duration_s"], "compute_s": fast["compute_s"], "compute_cpu_s": fast["compute_cpu_s"],
+            "real_time_factor": fast["real_time_factor"], "real_time_factor_cpu": fast["real_time_factor_cpu"],
+            "events_per_s": fast["events_per_s"], "loop_step_us_per_token": fast["us_per_token_step"],
+            **dict(zip(("step_alone_us_per_token", "step_alone_us_per_token_cpu"), _step_alone(stepper, seq))),
+            "latency_us_p50": live["latency_us_p50"] if live else None,
+            "latency_us_p99": live["latency_us_p99"] if live else None,
+            "latency_us_max": live["latency_us_max"] if live else None,
+            "realtime_compute_s": live["compute_s"] if live else None,
+            "final_class": (fast["per_recording"][0]["final"] or {}).get("class"),
+        })
+    sizes = []
+    cfg = dict(sm.model.config)
+    vocab, n_classes = vocab_size(sm.sensor_size, sm.binning), sm.model.n_classes
+    for d, n_layers, n_state in (MODEL_SIZES[:3] if quick else MODEL_SIZES):
+        kw = {k: v for k, v in cfg.items() if k not in ("vocab_size", "n_classes", "d_model", "n_layers", "d_state")}
+        if kw.get("pool_stride") not in (None, 1) and not isinstance(kw.get("pool_stride"), int):
+            kw["pool_stride"] = None  # a per-layer list does not fit other depths
+        model = EventClassifier(vocab, n_classes, d_model=d, n_layers=n_layers, d_state=n_state, **kw).eval()
+        st = FastStepper(model)
+        st.run(densest.tokens[:4], densest.dt[:4], densest.counts[:4])
+        us, us_cpu = _step_alone(st, densest)
+        sizes.append({"d_model": d, "n_layers": n_layers, "d_state": n_state,
+                      "parameters": sum(p.numel() for p in model.parameters()),
+                      "step_us_per_token": us, "step_us_per_token_cpu": us_cpu, "densest_trial_step_s": us * densest.num_tokens / 1e6,
+                      "densest_trial_rtf_step_only": 1.45 / (us * densest.num_tokens / 1e6)})
+    torch_us = _torch_step_us(sm.model, densest)
+    return {"trials": rows, "model_sizes": sizes, "torch_step_us_per_token": torch_us,
+            "densest_tokens": densest.num_tokens}
+
+
+def bench_gpu(sm, recs, quick: bool, n_streams: int) -> dict:
+    """GPU figures (see the module docstring). Each part runs on its own: a failure is recorded under
+    ``errors`` and the other parts still run."""
+    import traceback
+
+    import torch
+
+    from ..pipeline.binning import bin_events
+    from ..streaming import concurrent
+    from ..streaming.gpu_step import GraphStepper
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device")
+    out: dict = {"device_name": torch.cuda.get_device_name(0), "errors": {}}
+    seqs = [bin_events(r.load(), sm.sensor_size, sm.binning) for r in recs]
+    densest = max(seqs, key=lambda s: s.num_tokens)
+
+    def attempt(name, fn):
+        try:
+            t0 = time.perf_counter()
+            fn()
+            out[f"{name}_seconds"] = time.perf_counter() - t0
+        except Exception as exc:  # noqa: BLE001 - recorded; the other parts still run
+            out["errors"][name] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+
+    state: dict = {}
+
+    def batch1():
+        from ..stream import warm_up
+
+        g1 = state["g1"] = GraphStepper(sm.model, 1, device="cuda")
+        warm_up(g1, sm.binning, sm.sensor_size)
+        n_lat = min(densest.num_tokens, 2000 if quick else 5000)
+        g1.token_latencies(densest.tokens[:200], densest.dt[:200], densest.counts[:200])  # warm
+        g1.reset()
+        lat = g1.token_latencies(densest.tokens[:n_lat], densest.dt[:n_lat], densest.counts[:n_lat]) * 1e6
+        out.update(batch1_latency_us_p50=float(np.percentile(lat, 50)),
+                   batch1_latency_us_p99=float(np.percentile(lat, 99)), batch1_latency_us_max=float(lat.max()),
+                   batch1_latency_tokens=int(n_lat))
+        g1.reset()
+        t0 = time.perf_counter()
+        g1.run_batch(densest.tokens[None], densest.dt[None], densest.counts[None], copy_out=False)
+        out["batch1_back_to_back_us_per_token"] = (time.perf_counter() - t0) / densest.num_tokens * 1e6
+        g1.reset()
+
+    def loop():
+        rec = recs[-1] if quick else recs[4]  # 5.bs2, the densest trial
+        res = _run_loop(state["g1"], sm, rec, math.inf)
+        out.update(loop_trial=Path(rec.name).name, loop_real_time_factor=res["real_time_factor"],
+                   loop_compute_s=res["compute_s"], loop_tokens=res["tokens"], loop_events=res["events"])
+
+    def many():
+        binned, bin_s = concurrent.bin_recordings(recs, sm.sensor_size, sm.binning)
+        gb = GraphStepper(sm.model, n_streams, device="cuda", block=256)
+        concurrent.run_gpu(gb, binned, n_streams, max_steps=256)  # warm
+        res = concurrent.run_gpu(gb, binned, n_streams, max_steps=1024 if quick else 4096)
+        res.pop("per_stream")
+        out["streams"] = res
+        out["streams_binning_s"] = bin_s
+
+    attempt("batch1", batch1)
+    if "g1" in state:
+        attempt("loop", loop)
+        del state["g1"]
+    attempt("streams", many)
+    return out
+
+
+def run(args) -> int:
+    from ..streaming.loading import load_stream_model
+
+    try:
+        sm = load_stream_model(args.checkpoint)
+        recs = _trials(args.quick)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"evmamba bench stream: {exc}", file=sys.stderr)
+        return 1
+    load = _load()
+    record = {"benchmark": "stream", "checkpoint": sm.path, "binning": sm.binning.to_dict(),
+              "model": {k: v for k, v in sm.model.config.items()},
+              "parameters": sum(p.numel() for p in sm.model.parameters()), "quick": bool(args.quick),
+              "load_average_before": load}
+    if args.device == "cpu":
+        res = bench_cpu(sm, recs, args.quick)
+        record.update(res)
+        rows = [[r["trial"], r["events"], r["tokens"], r["compute_s"], r["real_time_factor"], r["real_time_factor_cpu"],
+                 r["loop_step_us_per_token"], r["step_alone_us_per_token"], r["step_alone_us_per_token_cpu"],
+                 "-" if r["latency_us_p50"] is None else r["latency_us_p50"],
+                 "-" if r["latency_us_p99"] is None else r["latency_us_p99"],
+                 "-" if r["latency_us_max"] is None else r["latency_us_max"]] for r in res["trials"]]
+        print(format_table(["trial", "events", "tokens", "compute s", "RTF", "RTF (CPU)", "loop step µs/tok",
+                            "step alone µs/tok", "(CPU)", "lat p50 µs", "lat p99 µs", "lat max µs"], rows))
+        print()
+        print(format_table(["d_model", "layers", "d_state", "params", "step µs/token", "(CPU)", "densest trial s",
+                            "RTF (step only)"],
+                           [[s["d_model"], s["n_layers"], s["d_state"], s["parameters"], s["step_us_per_token"],
+                             s["step_us_per_token_cpu"], s["densest_trial_step_s"], s["densest_trial_rtf_step_only"]]
+                            for s in res["model_sizes"]]))
+        rtfs = [r["real_time_factor"] for r in res["trials"]]
+        record["min_real_time_factor"] = min(rtfs)
+        record["min_real_time_factor_cpu"] = min(r["real_time_factor_cpu"] for r in res["trials"])
+        record["median_step_alone_us_per_token"] = statistics.median(r["step_alone_us_per_token"] for r in res["trials"])
+        record["median_step_alone_us_per_token_cpu"] = statistics.median(
+            r["step_alone_us_per_token_cpu"] for r in res["trials"])
+        print(f"\nreal-time factor: min {min(rtfs):.2f} (CPU time {record['min_real_time_factor_cpu']:.2f}) over "
+              f"{len(rtfs)} trials; step alone {record['median_step_alone_us_per_token']:.2f} µs/token (median; "
+              f"CPU time {record['median_step_alone_us_per_token_cpu']:.2f}); "
+              f"PyTorch step {res['torch_step_us_per_token']:.0f} µs/token")
+    else:
+        res = bench_gpu(sm, recs, args.quick, args.streams)
+        record["gpu"] = res
+        s = res.get("streams") or {}
+        get = lambda d, k: d.get(k, "-") if d.get(k) is not None else "-"  # noqa: E731
+        print(format_table(["measure", "value"], [
+            ["device", res["device_name"]],
+            ["batch-1 token latency p50 (µs)", get(res, "batch1_latency_us_p50")],
+            ["batch-1 token latency p99 (µs)", get(res, "batch1_latency_us_p99")],
+            ["batch-1 token latency max (µs)", get(res, "batch1_latency_us_max")],
+            ["batch-1 back-to-back (µs/token)", get(res, "batch1_back_to_back_us_per_token")],
+            [f"loop RTF at --speed max ({res.get('loop_trial', '-')})", get(res, "loop_real_time_factor")],
+            [f"{s.get('streams', args.streams)} streams: events/s", get(s, "events_per_s")],
+            [f"{s.get('streams', args.streams)} streams: tokens/s", get(s, "tokens_per_s")],
+        ]))
+        if res["errors"]:
+            print(f"errors: {res['errors']}", file=sys.stderr)
+    record["load_average_after"] = _load()
+    write_json(args.json, record)
+    return 0
+
+
+def _load():
+    try:
+        import os
+
+        return os.getloadavg()[0]
+    except OSError:  # pragma: no cover
+        return None
+
+
+__all__ = ["bench_cpu", "bench_gpu", "configure", "run"]

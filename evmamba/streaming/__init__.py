@@ -1,0 +1,50 @@
+"""evmamba.streaming: the real-time loop -- events in, a decision available at any moment.
+
+* :mod:`.sources` -- event files, dataset samples, stdin and UDP (:mod:`.protocol`: the wire formats);
+* :mod:`.pacing` -- replay in real time, N times faster, or as fast as possible;
+* :mod:`.backlog` -- the bounded input queue and its policies (block, drop oldest, coarser bins via
+  :mod:`.coarsen`);
+* :mod:`.fast_step` -- the classifier step compiled for the CPU; :mod:`.gpu_step` -- the fused step in a
+  CUDA graph; :mod:`.concurrent` -- many streams at once;
+* :mod:`.decisions`, :mod:`.summary` -- early and final decisions, latency and throughput figures;
+* :mod:`.loop` -- :class:`StreamLoop`, which ties them together (``evmamba stream``).
+
+Names are imported on first use, so that importing the package stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "StreamLoop": "evmamba.streaming.loop",
+    "LoopConfig": "evmamba.streaming.loop",
+    "JsonLines": "evmamba.streaming.loop",
+    "LiveView": "evmamba.streaming.loop",
+    "FastStepper": "evmamba.streaming.fast_step",
+    "export_weights": "evmamba.streaming.fast_step",
+    "GraphStepper": "evmamba.streaming.gpu_step",
+    "EventQueue": "evmamba.streaming.backlog",
+    "POLICIES": "evmamba.streaming.backlog",
+    "Pacer": "evmamba.streaming.pacing",
+    "parse_speed": "evmamba.streaming.pacing",
+    "Chunk": "evmamba.streaming.sources",
+    "Recording": "evmamba.streaming.sources",
+    "RecordingSource": "evmamba.streaming.sources",
+    "ByteStreamSource": "evmamba.streaming.sources",
+    "UdpSource": "evmamba.streaming.sources",
+    "DecisionTracker": "evmamba.streaming.decisions",
+    "StreamSummary": "evmamba.streaming.summary",
+    "load_stream_model": "evmamba.streaming.loading",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'evmamba.streaming' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
