@@ -103,7 +103,8 @@ def test_downsample_to_a_target_size_equals_tonic(recording):
     assert ours["x"].max() < 10 and ours["y"].max() < 13
 
 
-@pytest.mark.parametrize("kwargs", [dict(time_window=10), dict(time_window=10, overlap=5), dict(n_event_bins=2)])
+@pytest.mark.parametrize("kwargs", [dict(time_window=10), dict(time_window=10, overlap=5), dict(n_event_bins=2),
+                                    dict(event_count=3)])
 @pytest.mark.parametrize(
     "field, value, message",
     [("x", 7, "field 'x' has value 7"), ("y", 3, "field 'y' has value 3"), ("t", 1, "field 't' is not sorted")],
@@ -114,3 +115,16 @@ def test_invalid_events_inside_or_outside_the_frames_raise(kwargs, field, value,
     ev[field][index] = value  # with 10 µs windows, event 4 is in the last frame and event 5 in none
     with pytest.raises(ValueError, match=f"cam1: {message}"):
         to_frames(ev, (4, 2, 2), source="cam1", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(time_window=10), dict(n_event_bins=2)])
+def test_bad_first_or_last_timestamps_raise_before_any_frame_is_made(kwargs):
+    ev = make_events(np.arange(6) % 4, np.zeros(6), [0, 10, 20, 30, 40, 55], np.zeros(6))
+    bad = ev.copy()
+    bad["t"][0] = -5
+    with pytest.raises(ValueError, match="cam1: field 't' has a negative timestamp -5"):
+        to_frames(bad, (4, 2, 2), source="cam1", **kwargs)
+    bad = ev.copy()
+    bad["t"][0] = 2**60  # would ask for 2**57 frames of 10 µs if the slicing trusted it
+    with pytest.raises(ValueError, match="cam1: field 't' is not sorted: event 1"):
+        to_frames(bad, (4, 2, 2), source="cam1", **kwargs)
