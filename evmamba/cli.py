@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
+
+# ``key.sub=value`` config overrides (``train.epochs=3``, ``model.pool_stride=[4,1]``)
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 # name -> (module, one-line help)
 COMMANDS = {
@@ -56,7 +60,14 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    # Overrides may come before, between or after the options (argparse alone takes one unbroken run of
+    # positionals); any other leftover is an error, as with parse_args.
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list):
+        args.overrides += [a for a in extra if _OVERRIDE.match(a)]
+        extra = [a for a in extra if not _OVERRIDE.match(a)]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     module = getattr(args, "_module", None)
     if module is None:
         parser.print_help()
