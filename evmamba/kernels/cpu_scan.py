@@ -19,7 +19,8 @@ import numba as nb
 import numpy as np
 import torch
 
-METHOD_CODES = {"mamba": 0, "zoh": 1, "bilinear": 2, "dirac": 3}
+from .discretization import METHOD_CODES
+
 CHECKPOINT_EVERY = 64  # time steps between saved states for the backward's recomputation
 
 

@@ -31,6 +31,9 @@ import torch.nn.functional as F
 
 DISCRETIZATIONS = ("mamba", "zoh", "bilinear", "dirac")
 
+#: The integer each compiled path (Triton, numba) switches on, by discretization name.
+METHOD_CODES = {name: code for code, name in enumerate(DISCRETIZATIONS)}
+
 
 def check_discretization(name: object, argument: str = "discretization") -> str:
     """Return ``name`` if it is a known discretization, else raise ``ValueError``/``TypeError`` naming it."""

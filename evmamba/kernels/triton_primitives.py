@@ -20,7 +20,11 @@ import triton.language as tl
 #: True when Triton runs kernels on the CPU interpreter (read once, like Triton itself does at decoration).
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
-METHOD_CODES = {"mamba": 0, "zoh": 1, "bilinear": 2, "dirac": 3}
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= ``n`` (1 for ``n <= 1``): Triton block shapes must be powers of two."""
+    return 1 << max(0, (n - 1).bit_length())
+
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453

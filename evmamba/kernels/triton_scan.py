@@ -15,7 +15,8 @@ import torch
 
 from .discretization import check_discretization
 from .scan_ref import selective_scan_ref
-from .triton_primitives import INTERPRETING, METHOD_CODES
+from .discretization import METHOD_CODES
+from .triton_primitives import INTERPRETING, next_pow2
 from .triton_scan_kernels import scan_bwd_kernel, scan_fwd_kernel
 
 #: Time steps per chunk. The backward recomputes one chunk from the state saved at its start, so the
@@ -26,10 +27,6 @@ CHUNK = 8
 FORCE_NATIVE_SCAN = False
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -64,12 +61,12 @@ def launch_config(dim: int, n: int, kind: str = "fwd") -> LaunchConfig:
     override = CONFIG_OVERRIDES.get(kind)
     if override is not None:
         return override
-    n_pad = _next_pow2(max(1, n))
+    n_pad = next_pow2(max(1, n))
     n1 = min(n_pad, max(4, n_pad // 4))
     n2 = n_pad // n1
     if INTERPRETING:
         # Small blocks exercise several channel blocks (and their partial sums) at test sizes.
-        return LaunchConfig(T=CHUNK, block_d=min(16, _next_pow2(dim)), n1=n1, n2=n2, num_warps=1)
+        return LaunchConfig(T=CHUNK, block_d=min(16, next_pow2(dim)), n1=n1, n2=n2, num_warps=1)
     num_warps = 4 if kind == "fwd" else 1
     lanes_d = max(1, 32 // n1)
     return LaunchConfig(T=CHUNK, block_d=lanes_d * num_warps, n1=n1, n2=n2, num_warps=num_warps)

@@ -18,13 +18,10 @@ import triton.language as tl
 
 from .discretization import check_discretization
 from .step_ref import mamba_step_ref
-from .triton_primitives import INTERPRETING, METHOD_CODES, input_factor, sigmoid, softplus, transition
+from .discretization import METHOD_CODES
+from .triton_primitives import INTERPRETING, input_factor, next_pow2, sigmoid, softplus, transition
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 @triton.jit
@@ -321,12 +318,12 @@ def mamba_step_triton(
         *dt_proj_weight.stride(), *A.stride(), *y.stride(),
     )
     flags = dict(
-        KP=_next_pow2(kk), NP=_next_pow2(n), RP=_next_pow2(rank),
+        KP=next_pow2(kk), NP=next_pow2(n), RP=next_pow2(rank),
         METHOD=METHOD_CODES[discretization], EVENT=timesteps is not None, HAS_CBIAS=conv_bias is not None,
         FAST=not INTERPRETING, A_IS_LOG=a_is_log,
     )
-    if _next_pow2(di) <= MAX_ONE_BLOCK:
-        block = _next_pow2(di)
+    if next_pow2(di) <= MAX_ONE_BLOCK:
+        block = next_pow2(di)
         # One thread per 32 channels' worth of tile rows: 512 channels on 8 warps spill registers.
         mamba_step_one_block_kernel[(batch,)](*args, BLOCK=block, num_warps=min(16, max(4, block // 32)), **flags)
     else:

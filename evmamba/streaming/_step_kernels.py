@@ -14,7 +14,7 @@ hot spot; :func:`fexp` and :func:`fexpm1` are branch-free float32 versions that 
 ``expf`` does not), accurate to a few units in the last place, i.e. well inside the 1e-5 agreement required
 with :meth:`~evmamba.model.classifier.EventClassifier.step`.
 
-The formulas are those of :mod:`evmamba.kernels.discretization` (codes in :data:`METHOD_CODES`).
+The formulas are those of :mod:`evmamba.kernels.discretization` (codes in its :data:`~evmamba.kernels.discretization.METHOD_CODES`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from numba import njit
 # a division by zero give inf/nan instead of raising, which keeps divisions inside vectorised loops.
 _JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
-# Discretization names -> the codes the kernel switches on.
-METHOD_CODES = {"mamba": 0, "zoh": 1, "bilinear": 2, "dirac": 3}
 READOUT_CODES = {"mean": 0, "last": 1, "dt_mean": 2}
 NORM_CODES = {"rms": 0, "layer": 1}
 EMBED_CODES = {"table": 0, "factorised": 1}

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..kernels.discretization import METHOD_CODES
 from . import _step_kernels as K
 
 
@@ -128,7 +129,7 @@ def export_weights(model) -> FastWeights:
         np.int64(norm_kind), np.float32(eps), norm_w, norm_b, _f32(fn.weight), fnorm_b,
         _f32(model.head.weight).T.copy(), _f32(model.head.bias), stage_start, strides,
         np.int64(K.READOUT_CODES[model.readout_kind]), np.float32(model.dt_eps), np.int64(model.event_mode),
-        np.int64(K.METHOD_CODES[first.discretization]),
+        np.int64(METHOD_CODES[first.discretization]),
     )
     return FastWeights(embed, layer_arrays, head, model.n_classes, model.vocab_size, d, e, n, kc, r, len(strides))
 
@@ -257,7 +258,7 @@ def discretize_np(dta: np.ndarray, dtb: np.ndarray, a: np.ndarray, method: str) 
     dta, dtb, a = np.broadcast_arrays(*(np.asarray(v, np.float32) for v in (dta, dtb, a)))
     abar = np.empty(dta.shape, np.float32)
     fac = np.empty(dta.shape, np.float32)
-    K.discretize_into(dta.ravel().copy(), dtb.ravel().copy(), a.ravel().copy(), K.METHOD_CODES[method],
+    K.discretize_into(dta.ravel().copy(), dtb.ravel().copy(), a.ravel().copy(), METHOD_CODES[method],
                       abar.reshape(-1), fac.reshape(-1))
     return abar, fac
 
