@@ -10,6 +10,7 @@ from evmamba.kernels import DISCRETIZATIONS, selective_scan_ref
 from evmamba.kernels import cpu_scan
 from evmamba.kernels.cpu_scan import selective_scan_cpu
 from evmamba.model import Mamba
+from seeds import stable_seed
 
 
 @pytest.fixture(autouse=True)
@@ -49,14 +50,15 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}D{c[1]}L{c[2]}N{c[3]}")
 def test_matches_reference(disc, event, case):
     batch, dim, L, N, with_z, with_h0, lengths = case
-    p = problem(batch, dim, L, N, event, with_z, with_h0, seed=hash((disc, event, L)) % 1000)
+    seed = stable_seed(disc, event, case)
+    p = problem(batch, dim, L, N, event, with_z, with_h0, seed=seed)
     lengths = None if lengths is None else torch.tensor(lengths)
     p64 = {k: None if v is None else v.double().requires_grad_() for k, v in p.items()}
     p32 = {k: None if v is None else v.clone().requires_grad_() for k, v in p.items()}
     y_ref, h_ref = selective_scan_ref(**p64, discretization=disc, lengths=lengths, return_final_state=True)
     y, h = selective_scan_cpu(**p32, discretization=disc, lengths=lengths, return_final_state=True)
     assert y.dtype == torch.float32 and h.shape == h_ref.shape
-    assert rel(y, y_ref) < 1e-5 and rel(h, h_ref) < 1e-5
+    assert rel(y, y_ref) < 1e-5 and rel(h, h_ref) < 1e-5, f"seed {seed}"
 
     gy, gh = torch.randn_like(y_ref), torch.randn_like(h_ref)
     ((y_ref * gy).sum() + (h_ref * gh).sum()).backward()
@@ -67,9 +69,9 @@ def test_matches_reference(disc, event, case):
         got = p32[name].grad
         assert got is not None, name
         if ref_t.grad.norm() == 0:
-            assert not got.any(), name
+            assert not got.any(), f"{name} (seed {seed})"
         else:
-            assert rel(got, ref_t.grad) < 1e-4, name
+            assert rel(got, ref_t.grad) < 1e-4, f"{name}: {rel(got, ref_t.grad):.2e} (seed {seed})"
 
 
 def test_bf16_inputs():

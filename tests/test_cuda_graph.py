@@ -9,6 +9,7 @@ from evmamba.model import Mamba
 from evmamba.model.cuda_graph import CudaGraphStep
 
 CUDA = torch.cuda.is_available()
+pytestmark = pytest.mark.gpu  # CUDA-graph capture (the eager fallback is checked on the CPU too)
 
 
 def make_stack(device, event):

@@ -104,7 +104,11 @@ def test_udp_stream_stopped_with_ctrl_c_prints_the_summary(checkpoint, tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "evmamba", "stream", "--checkpoint", str(checkpoint), "--source",
                              f"udp://127.0.0.1:{port}", "--json", str(out), "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            # A background job's children start with SIGINT ignored; a user's terminal
+                            # delivers it, so restore the default before Python starts (it then raises
+                            # KeyboardInterrupt as at a terminal).
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stderr.readline()  # printed once the socket listens
         assert "reading udp://" in line, line

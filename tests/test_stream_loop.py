@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import _thread
 import math
+import signal
 import threading
 import time
 
@@ -227,7 +228,16 @@ def test_coarse_merge_equals_binning_with_the_wider_bin():
 
 
 # ---------------------------------------------------------------------------------------------- Ctrl-C
-def test_ctrl_c_stops_the_loop_and_keeps_the_summary():
+@pytest.fixture
+def python_handles_sigint():
+    """SIGINT raises KeyboardInterrupt during the test, also where the suite runs as a background job (whose
+    SIGINT is ignored, which makes ``_thread.interrupt_main`` do nothing)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_the_loop_and_keeps_the_summary(python_handles_sigint):
     ev = synthetic_stream(2_000_000)
     timer = threading.Timer(0.3, _thread.interrupt_main)  # what Ctrl-C does: KeyboardInterrupt in the main thread
     records: list = []
@@ -237,7 +247,8 @@ def test_ctrl_c_stops_the_loop_and_keeps_the_summary():
     finally:
         timer.cancel()
     assert summary.interrupted
-    assert 0 < summary.events < ev.size and summary.wall_s < 1.5
+    duration_s = (int(ev["t"][-1]) - int(ev["t"][0])) / 1e6
+    assert 0 < summary.events < ev.size and summary.wall_s < duration_s  # stopped before the stream's end
     assert [r["type"] for r in records if r["type"] == "final"] == ["final"]  # the partial recording's decision
     assert summary.to_dict()["interrupted"] is True
 

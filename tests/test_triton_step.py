@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
+pytestmark = pytest.mark.gpu  # the Triton step: compiled on a GPU, on the interpreter elsewhere
+
 from evmamba.kernels import DISCRETIZATIONS, mamba_step_ref  # noqa: E402
 from evmamba.kernels import triton_step  # noqa: E402
 from evmamba.kernels.triton_step import mamba_step_triton  # noqa: E402
 from evmamba.model import Mamba  # noqa: E402
+from seeds import stable_seed  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -60,7 +65,8 @@ else:
 def test_steps_match_reference(disc, event, case):
     """Three successive steps: outputs, the shifted conv state and the SSM state, all updated in place."""
     batch, di, n, rank, k, conv_bias = case
-    w, g = weights(di, n, rank, k, conv_bias, event, seed=hash((disc, event, di)) % 10_000)
+    seed = stable_seed(disc, event, case)
+    w, g = weights(di, n, rank, k, conv_bias, event, seed=seed)
     conv = torch.randn(batch, di, k, generator=g).to(DEVICE)
     ssm = torch.randn(batch, di, n, generator=g).to(DEVICE)
     conv64, ssm64 = conv.double(), ssm.double()
@@ -72,9 +78,9 @@ def test_steps_match_reference(disc, event, case):
         y_ref = mamba_step_ref(xz.double(), conv64, ssm64, timesteps=None if ts is None else ts.double(),
                                discretization=disc, **w64)
         assert y.dtype == xz.dtype
-        assert rel(y, y_ref) < 1e-5, f"y {rel(y, y_ref):.2e}"
-        assert torch.equal(conv, conv64.float()), "conv state"
-        assert rel(ssm, ssm64) < 1e-5, f"state {rel(ssm, ssm64):.2e}"
+        assert rel(y, y_ref) < 1e-5, f"y {rel(y, y_ref):.2e} (seed {seed})"
+        assert torch.equal(conv, conv64.float()), f"conv state (seed {seed})"
+        assert rel(ssm, ssm64) < 1e-5, f"state {rel(ssm, ssm64):.2e} (seed {seed})"
 
 
 @pytest.mark.parametrize("event", [False, True], ids=["standard", "event"])
@@ -146,3 +152,58 @@ def test_mamba_step_fast_path_equals_reference_path(disc, event):
             assert rel(yf, ys) < 1e-4
     assert rel(cf["lrnn_state"], cs["lrnn_state"]) < 1e-4
     assert torch.equal(cf["conv_state"], cs["conv_state"])
+
+
+@pytest.mark.parametrize("disc", DISCRETIZATIONS)
+@pytest.mark.parametrize("case", [CASES[1], CASES[-1]], ids=["one-block", "two-pass"])
+def test_strided_vectors_are_read_with_their_strides(disc, case):
+    """Time steps taken as a column of a (B, L) tensor (as a layer stepping through a sequence passes them) and
+    parameter vectors that are views with a stride: each stream must read its own time step and every channel
+    its own parameter (a kernel that assumes unit strides reads another stream's value)."""
+    batch, di, n, rank, k, conv_bias = case
+    batch = max(batch, 3)
+    seed = 101
+    w, g = weights(di, n, rank, k, conv_bias, True, seed=seed)
+    wide = {key: torch.stack([v, torch.full_like(v, 1e3)], dim=-1)[..., 0]
+            for key, v in w.items() if v is not None and v.dim() == 1}
+    w_strided = {**w, **wide}
+    assert all(v.stride() == (2,) for v in wide.values())
+    conv, ssm = torch.randn(batch, di, k, generator=g).to(DEVICE), torch.randn(batch, di, n, generator=g).to(DEVICE)
+    conv64, ssm64 = conv.double(), ssm.double()
+    w64 = {key: None if v is None else v.double() for key, v in w.items()}
+    steps = (torch.rand(batch, 5, generator=g) * 3).to(DEVICE)  # distinct per stream and position
+    for t in range(steps.shape[1]):
+        xz = torch.randn(batch, 2 * di, generator=g).to(DEVICE)
+        ts = steps[:, t]
+        assert ts.stride() == (5,)
+        y = mamba_step_triton(xz, conv, ssm, timesteps=ts, discretization=disc, **w_strided)
+        y_ref = mamba_step_ref(xz.double(), conv64, ssm64, timesteps=ts.double(), discretization=disc, **w64)
+        err = rel(y, y_ref)
+        assert err < 1e-5, f"step {t}: y {err:.2e} (seed {seed})"
+        assert rel(ssm, ssm64) < 1e-5, f"step {t}: state (seed {seed})"
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("disc", DISCRETIZATIONS)
+@pytest.mark.parametrize("event", [False, True], ids=["standard", "event"])
+@pytest.mark.parametrize("batch,seqlen", [(2, 64), (7, 1000), (64, 4096)], ids=lambda v: str(v))
+def test_layer_steps_equal_float64_forward(disc, event, batch, seqlen):
+    """A layer stepped one element at a time on the fused path equals the float64 reference forward, with a
+    distinct time step per stream and position (time steps given alternately as (B,) and (B, 1) columns)."""
+    seed = stable_seed(disc, event, batch, seqlen)
+    torch.manual_seed(seed)
+    layer = Mamba(32, d_state=16, discretization=disc).to(DEVICE).eval()
+    ref = copy.deepcopy(layer).double()
+    ref.use_fast_path = False
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    x = torch.randn(batch, seqlen, 32, device=DEVICE, generator=g)
+    ts = torch.rand(batch, seqlen, device=DEVICE, generator=g) * 0.1 if event else None
+    with torch.no_grad():
+        y_ref = ref(x.double(), None if ts is None else ts.double())
+        cache = layer.allocate_inference_cache(batch, seqlen)
+        ys = []
+        for t in range(seqlen):
+            step_ts = None if ts is None else (ts[:, t] if t % 2 else ts[:, t:t + 1])
+            ys.append(layer.step(x[:, t:t + 1], cache, step_ts)[0])
+    err = rel(torch.cat(ys, dim=1), y_ref)
+    assert err < 1e-4, f"relative error {err:.2e} (seed {seed})"

@@ -357,6 +357,8 @@ def selective_scan_triton(
     if u.dtype == torch.float64:
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, timesteps, rate,
                                   discretization, initial_state, lengths, return_final_state)
+    # The kernels read the (D,) and (B,) vectors with unit stride; a strided view is copied (D elements).
+    D, delta_bias, rate, lengths = (None if v is None else v.contiguous() for v in (D, delta_bias, rate, lengths))
     inputs = (u, delta, A, B, C, D, z, delta_bias, timesteps, rate, initial_state)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
         y, hT = SelectiveScanFunction.apply(u, delta, A, B, C, D, z, delta_bias, timesteps, rate, initial_state,

@@ -25,11 +25,11 @@ _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @triton.jit
-def _load_bias(ptr, d, md, HAS: tl.constexpr):
+def _load_bias(ptr, offsets, md, HAS: tl.constexpr):
     if HAS:
-        return tl.load(ptr + d, mask=md, other=0.0).to(tl.float32)
+        return tl.load(ptr + offsets, mask=md, other=0.0).to(tl.float32)
     else:
-        return tl.zeros(d.shape, tl.float32)
+        return tl.zeros(offsets.shape, tl.float32)
 
 
 @triton.jit
@@ -53,6 +53,7 @@ def mamba_step_kernel(
     s_dtw_d, s_dtw_r,
     s_A_d, s_A_n,
     s_y_b, s_y_d,
+    s_ts_b, s_cb_d, s_dtb_d, s_D_d, s_rate_d,
     BLOCK: tl.constexpr, KP: tl.constexpr, NP: tl.constexpr, RP: tl.constexpr,
     METHOD: tl.constexpr, EVENT: tl.constexpr, HAS_CBIAS: tl.constexpr, FAST: tl.constexpr,
     A_IS_LOG: tl.constexpr,
@@ -80,7 +81,7 @@ def mamba_step_kernel(
         window = tl.where(k[None, :] == K - 1, x[:, None], old)
         tl.store(conv_ptr + b * s_cs_b + d[:, None] * s_cs_d + k[None, :] * s_cs_k, window, mask=m_dk)
         w = tl.load(cw_ptr + d[:, None] * s_cw_d + k[None, :] * s_cw_k, mask=m_dk, other=0.0).to(tl.float32)
-        cb = _load_bias(cb_ptr, d, md, HAS_CBIAS)
+        cb = _load_bias(cb_ptr, d * s_cb_d, md, HAS_CBIAS)
         xc = _conv_silu(window.to(conv_ptr.dtype.element_ty).to(tl.float32), w, cb, HAS_CBIAS, FAST)
         xc = tl.where(md, xc, 0.0)
         w_dt = tl.load(xw_ptr + r[:, None] * s_xw_j + d[None, :] * s_xw_d, mask=mr[:, None] & md[None, :], other=0.0)
@@ -96,7 +97,7 @@ def mamba_step_kernel(
     tl.debug_barrier()
 
     if EVENT:
-        ts = tl.load(ts_ptr + b).to(tl.float32)
+        ts = tl.load(ts_ptr + b * s_ts_b).to(tl.float32)
     # ---- pass 2: dt, discretization, state update, output
     for d0 in range(0, DI, BLOCK):
         d = d0 + tl.arange(0, BLOCK)
@@ -106,16 +107,16 @@ def mamba_step_kernel(
         window = tl.load(conv_ptr + b * s_cs_b + d[:, None] * s_cs_d + k[None, :] * s_cs_k, mask=m_dk,
                          other=0.0).to(tl.float32)
         w = tl.load(cw_ptr + d[:, None] * s_cw_d + k[None, :] * s_cw_k, mask=m_dk, other=0.0).to(tl.float32)
-        cb = _load_bias(cb_ptr, d, md, HAS_CBIAS)
+        cb = _load_bias(cb_ptr, d * s_cb_d, md, HAS_CBIAS)
         xc = _conv_silu(window, w, cb, HAS_CBIAS, FAST)
         z = tl.load(xz_ptr + b * s_xz_b + (DI + d) * s_xz_d, mask=md, other=0.0).to(tl.float32)
 
         w2 = tl.load(dtw_ptr + d[:, None] * s_dtw_d + r[None, :] * s_dtw_r, mask=md[:, None] & mr[None, :],
                      other=0.0).to(tl.float32)
-        dt = tl.sum(w2 * acc_dt[None, :], axis=1) + tl.load(dtb_ptr + d, mask=md, other=0.0).to(tl.float32)
+        dt = tl.sum(w2 * acc_dt[None, :], axis=1) + tl.load(dtb_ptr + d * s_dtb_d, mask=md, other=0.0).to(tl.float32)
         dtB = softplus(dt, FAST)
         if EVENT:
-            dtA = ts * softplus(tl.load(rate_ptr + d, mask=md, other=0.0).to(tl.float32), FAST)
+            dtA = ts * softplus(tl.load(rate_ptr + d * s_rate_d, mask=md, other=0.0).to(tl.float32), FAST)
         else:
             dtA = dtB
         A = tl.load(A_ptr + d[:, None] * s_A_d + n[None, :] * s_A_n, mask=m_dn, other=-1.0).to(tl.float32)
@@ -130,7 +131,7 @@ def mamba_step_kernel(
         hp = ssm_ptr + b * s_ss_b + d[:, None] * s_ss_d + n[None, :] * s_ss_n
         h = abar * tl.load(hp, mask=m_dn, other=0.0).to(tl.float32) + bx
         tl.store(hp, h, mask=m_dn)
-        y = tl.sum(h * acc_C[None, :], axis=1) + tl.load(D_ptr + d, mask=md, other=0.0).to(tl.float32) * xc
+        y = tl.sum(h * acc_C[None, :], axis=1) + tl.load(D_ptr + d * s_D_d, mask=md, other=0.0).to(tl.float32) * xc
         y = y * (z * sigmoid(z, FAST))
         tl.store(y_ptr + b * s_y_b + d * s_y_d, y, mask=md)
 
@@ -147,6 +148,7 @@ def mamba_step_one_block_kernel(
     s_dtw_d, s_dtw_r,
     s_A_d, s_A_n,
     s_y_b, s_y_d,
+    s_ts_b, s_cb_d, s_dtb_d, s_D_d, s_rate_d,
     BLOCK: tl.constexpr, KP: tl.constexpr, NP: tl.constexpr, RP: tl.constexpr,
     METHOD: tl.constexpr, EVENT: tl.constexpr, HAS_CBIAS: tl.constexpr, FAST: tl.constexpr,
     A_IS_LOG: tl.constexpr,
@@ -171,7 +173,7 @@ def mamba_step_one_block_kernel(
     x = tl.load(xz_ptr + b * s_xz_b + d * s_xz_d, mask=md, other=0.0)
     z = tl.load(xz_ptr + b * s_xz_b + (DI + d) * s_xz_d, mask=md, other=0.0).to(tl.float32)
     w = tl.load(cw_ptr + d[:, None] * s_cw_d + k[None, :] * s_cw_k, mask=m_dk, other=0.0).to(tl.float32)
-    cb = _load_bias(cb_ptr, d, md, HAS_CBIAS)
+    cb = _load_bias(cb_ptr, d * s_cb_d, md, HAS_CBIAS)
     w_dt = tl.load(xw_ptr + r[:, None] * s_xw_j + d[None, :] * s_xw_d, mask=mr[:, None] & md[None, :], other=0.0)
     w_B = tl.load(xw_ptr + (R + n[:, None]) * s_xw_j + d[None, :] * s_xw_d, mask=mn[:, None] & md[None, :],
                   other=0.0)
@@ -179,16 +181,16 @@ def mamba_step_one_block_kernel(
                   other=0.0)
     w2 = tl.load(dtw_ptr + d[:, None] * s_dtw_d + r[None, :] * s_dtw_r, mask=md[:, None] & mr[None, :],
                  other=0.0).to(tl.float32)
-    dt_bias = tl.load(dtb_ptr + d, mask=md, other=0.0).to(tl.float32)
+    dt_bias = tl.load(dtb_ptr + d * s_dtb_d, mask=md, other=0.0).to(tl.float32)
     A = tl.load(A_ptr + d[:, None] * s_A_d + n[None, :] * s_A_n, mask=m_dn, other=-1.0).to(tl.float32)
     if A_IS_LOG:  # A_log given: -exp here saves the layer two launches per step
         A = -tl.exp(A)
-    Dv = tl.load(D_ptr + d, mask=md, other=0.0).to(tl.float32)
+    Dv = tl.load(D_ptr + d * s_D_d, mask=md, other=0.0).to(tl.float32)
     hp = ssm_ptr + b * s_ss_b + d[:, None] * s_ss_d + n[None, :] * s_ss_n
     h_old = tl.load(hp, mask=m_dn, other=0.0).to(tl.float32)
     if EVENT:
-        ts = tl.load(ts_ptr + b).to(tl.float32)
-        rate = tl.load(rate_ptr + d, mask=md, other=0.0).to(tl.float32)
+        ts = tl.load(ts_ptr + b * s_ts_b).to(tl.float32)
+        rate = tl.load(rate_ptr + d * s_rate_d, mask=md, other=0.0).to(tl.float32)
 
     # Shift the window, store it, and convolve the stored (state-dtype) values, as the reference does.
     window = tl.where(k[None, :] == K - 1, x[:, None].to(old.dtype), old)
@@ -316,6 +318,9 @@ def mamba_step_triton(
         di, n, rank, kk,
         *xz.stride(), *conv_state.stride(), *ssm_state.stride(), *conv_weight.stride(), *x_proj_weight.stride(),
         *dt_proj_weight.stride(), *A.stride(), *y.stride(),
+        # Vectors are read with their strides too: a time step taken as a column of a (B, L) tensor has
+        # stride L, and reading it as contiguous gives each stream another stream's value.
+        *(0 if v is None else v.stride(0) for v in (timesteps, conv_bias, dt_bias, D, rate)),
     )
     flags = dict(
         KP=next_pow2(kk), NP=next_pow2(n), RP=next_pow2(rank),
