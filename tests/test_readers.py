@@ -38,8 +38,11 @@ FORMAT_SAMPLES = [
     ("tonic_test_data/sample_ncars.dat", read_prophesee_dat, "prophesee_dat", 2009, (78, 42, 2), 0.100),
     ("expelliarmus_sample_files/dat_test_NCARS.dat", read_prophesee_dat, "prophesee_dat", 4407, None, 0.100),
     ("expelliarmus_sample_files/evt2_sample.raw", read_prophesee_evt2, "evt2", 539_481, (640, 480, 2), 0.050),
-    ("expelliarmus_sample_files/evt3_sample.raw", read_prophesee_evt3, "evt3", 219_596, (1280, 720, 2), 0.054),
-    ("expelliarmus_sample_files/evt3_test_pedestrians.raw", read_prophesee_evt3, "evt3", 5000, (1280, 720, 2), 0.090),
+    # EVT 3.0 durations per Prophesee's specification (8,801 and 45,210 µs first to last event); expelliarmus
+    # 1.1 stretched them to 53,857 and 90,266 µs by miscounting time carries.
+    ("expelliarmus_sample_files/evt3_sample.raw", read_prophesee_evt3, "evt3", 219_596, (1280, 720, 2), 0.008801),
+    ("expelliarmus_sample_files/evt3_test_pedestrians.raw", read_prophesee_evt3, "evt3", 5000, (1280, 720, 2),
+     0.045210),
     ("dvs128_aedat2_recordings/alex_walking_again.aedat", read_aedat2_dvs128, "aedat2_dvs128", 19_182, (128, 128, 2),
      6.9),
     ("dvs128_aedat2_recordings/neal_walking.aedat", read_aedat2_dvs128, "aedat2_dvs128", 70_304, (128, 128, 2), 9.2),

@@ -8,9 +8,9 @@ extension                     format name          reader
 ``.bin``, ``.bs2``            ``nmnist_bin``       :func:`read_nmnist_bin` (5-byte ATIS events)
 ``.aedat`` (``#!AER-DAT2``)   ``aedat2_dvs128``    :func:`read_aedat2_dvs128` (jAER DVS128)
 ``.aedat4``, ``.aedat`` (v4)  ``aedat4``           :func:`read_aedat4` (``aedat`` package)
-``.raw`` (``% evt 2.0``)      ``evt2``             :func:`read_prophesee_evt2` (``expelliarmus``)
-``.raw`` (``% evt 3.0``)      ``evt3``             :func:`read_prophesee_evt3` (``expelliarmus``)
-``.dat`` with a ``%`` header  ``prophesee_dat``    :func:`read_prophesee_dat` (``expelliarmus``)
+``.raw`` (``% evt 2.0``)      ``evt2``             :func:`read_prophesee_evt2` (our EVT 2.0 decoder)
+``.raw`` (``% evt 3.0``)      ``evt3``             :func:`read_prophesee_evt3` (our EVT 3.0 decoder)
+``.dat`` with a ``%`` header  ``prophesee_dat``    :func:`read_prophesee_dat` (64-bit CD records)
 ``.dat`` without a header     ``kaer_td``          :func:`read_kaer_td` (64-bit kAER words)
 ``.npy``, ``.npz``            ``numpy``            :func:`read_numpy`
 ``.h5``, ``.hdf5``            ``hdf5``             :func:`read_hdf5_events`
