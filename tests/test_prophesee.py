@@ -173,6 +173,7 @@ def test_evt2_round_trip_with_wraps_triggers_and_unknown_words():
     assert (stats.time_wraps, stats.time_backwards) == (2, 0)
     assert (stats.ext_triggers, stats.others, stats.continued, stats.unknown) == (2, 1, 2, 1)
     assert stats.before_time == 0 and stats.unplaced == 0
+    assert (stats.backward_steps, stats.max_x, stats.max_y) == (0, ev["x"].max(), ev["y"].max())
 
 
 def test_evt2_events_before_the_first_time_high_are_dropped_and_a_cut_last_word_is_left():
@@ -255,6 +256,7 @@ def test_evt3_round_trip_with_vectors_wraps_triggers_and_unknown_words():
     assert (stats.time_wraps, stats.time_backwards) == (2, 0)
     assert (stats.ext_triggers, stats.others, stats.continued, stats.unknown) == (2, 2, 2, 1)
     assert stats.before_time == 0 and stats.unplaced == 0
+    assert (stats.backward_steps, stats.max_x, stats.max_y) == (0, 2047, 2047)
 
 
 def test_evt3_time_low_decrease_is_not_a_carry():
@@ -288,7 +290,7 @@ def test_evt3_small_time_high_decrease_is_reported_not_taken_for_a_wrap(tmp_path
              evt3_word(0x8, 9), evt3_word(0x2, 2), evt3_word(0x8, 10), evt3_word(0x2, 3)]
     got, stats = decode_evt3(as_bytes(words, "<u2"))
     assert got["t"].tolist() == [10 * 4096, 9 * 4096, 10 * 4096]
-    assert stats.time_backwards == 1 and stats.time_wraps == 0
+    assert stats.time_backwards == 1 and stats.time_wraps == 0 and stats.backward_steps == 1
     path = write_raw(tmp_path / "reordered.raw", ["evt 3.0", "geometry 16x16"], as_bytes(words, "<u2"))
     with pytest.raises(ValueError, match=r"reordered\.raw.*field 't' is not sorted"):
         read_prophesee_evt3(path)
@@ -304,6 +306,8 @@ def test_evt3_file_round_trip_geometry_truncation_and_unknown_words(tmp_path):
     got, size = read_events(path)
     assert size == (2048, 2048, 2)
     same_events(got, ev)
+    with pytest.raises(ValueError, match=r"hd\.raw.*field 'p' has value 1"):  # a one-polarity sensor was asked for
+        read_events(path, sensor_size=(2048, 2048, 1))
     # cut mid-word: the reader refuses the file, naming it; the decoder still gives every whole word's events
     cut = write_raw(tmp_path / "cut.raw", header, payload + b"\x42")
     with pytest.raises(ValueError, match=r"cut\.raw.*truncated evt3 file.*decode_evt3"):
@@ -385,3 +389,39 @@ def test_staged_recordings_have_their_documented_timing(name, reader, count, siz
     _, stats = (decode_evt3 if name.startswith("evt3") else decode_evt2)(data[start:])
     assert stats.events == count and stats.trailing_bytes == 0
     assert stats.unknown == stats.before_time == stats.unplaced == stats.time_backwards == 0
+
+
+# -- the reader benchmark's inputs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["evt2", "evt3"])
+def test_bench_enlarged_recording_is_a_valid_longer_stream(tmp_path, encoding):
+    from evmamba.bench.readers import SAMPLES, enlarge
+
+    src = require_data("format_samples", "expelliarmus_sample_files", SAMPLES[encoding])
+    ev, size = read_events(src)
+    data, _ = enlarge(src.read_bytes(), encoding, 3)
+    path = tmp_path / "big.raw"
+    path.write_bytes(data)
+    big, big_size = read_events(path)  # sorted and inside the sensor, or this raises
+    assert big_size == size and big.size == 3 * ev.size
+    for k in range(3):
+        part = big[k * ev.size : (k + 1) * ev.size]
+        for field in "xyp":
+            assert np.array_equal(part[field], ev[field])
+        shift = part["t"] - ev["t"]
+        assert (shift == shift[0]).all() and shift[0] >= 0  # each copy is the recording moved on in time
+
+
+def test_bench_readers_command_writes_json(tmp_path):
+    import json
+
+    from evmamba.cli import main
+
+    out = tmp_path / "readers.json"
+    assert main(["bench", "readers", "--events", "300000", "--repeats", "1", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "readers"
+    assert record["evt2_read_events_per_s"] > 0 and record["evt3_read_events_per_s"] > 0
+    inputs = {r["input"] for r in record["results"]}
+    assert {"evt2_sample.raw (as staged)", "evt3_sample.raw (as staged)"} <= inputs

@@ -69,7 +69,9 @@ class EvtStats:
     a wrap (reordered data: the times then go backwards there); ``ext_triggers``, ``others``, ``continued``:
     words of those types, skipped; ``unknown``: words of a reserved type, skipped; ``before_time``: events
     dropped because no TIME_HIGH had come yet; ``unplaced``: EVT 3.0 events dropped because no EVT_ADDR_Y (or,
-    for vectors, no VECT_BASE_X) had come yet.
+    for vectors, no VECT_BASE_X) had come yet. Of the events returned: ``backward_steps``, how many are earlier
+    than the event before them (0 for a sorted stream); ``max_x``, ``max_y``, their largest coordinates (-1
+    when there are none).
     """
 
     events: int
@@ -84,6 +86,9 @@ class EvtStats:
     unknown: int
     before_time: int
     unplaced: int
+    backward_steps: int
+    max_x: int
+    max_y: int
 
 
 def _as_bytes(data, what: str) -> np.ndarray:
@@ -108,14 +113,16 @@ def _decode(data, encoding: str, source: str) -> tuple[np.ndarray, EvtStats]:
     words = raw[: n_words * size].view(dtype)
     if not words.dtype.isnative:  # big-endian hosts only: the compiled loops read native integers
         words = words.astype(words.dtype.newbyteorder("="))
-    loop = k.decode_evt2_words if encoding == "evt2" else k.decode_evt3_words
-    counts = loop(words, np.empty(0, dtype=EVENT_DTYPE), False)
-    out = np.empty(int(counts[k.C_EVENTS]), dtype=EVENT_DTYPE)
-    filled = loop(words, out, True)
-    if filled[k.C_EVENTS] != out.size:  # pragma: no cover - one function does both walks
-        raise RuntimeError(f"{source}: the {encoding} decoder counted {out.size} events but wrote {int(filled[k.C_EVENTS])}")
+    if encoding == "evt2":
+        bound, walk = k.evt2_event_bound(words), k.decode_evt2_words
+    else:
+        bound, walk = k.evt3_event_bound(words), k.decode_evt3_words
+    out = np.empty(bound + k.SLACK, dtype=EVENT_DTYPE)
+    n, counts = walk(words, out)
+    # The bound is exact unless events were dropped (no time base or row yet); past a few, give the memory back.
+    out = out[:n] if n >= 0.9 * bound else out[:n].copy()
     stats = EvtStats(
-        events=out.size,
+        events=int(n),
         words=n_words,
         trailing_bytes=trailing,
         time_high=int(counts[k.C_TIME_HIGH]),
@@ -127,6 +134,9 @@ def _decode(data, encoding: str, source: str) -> tuple[np.ndarray, EvtStats]:
         unknown=int(counts[k.C_UNKNOWN]),
         before_time=int(counts[k.C_BEFORE_TIME]),
         unplaced=int(counts[k.C_UNPLACED]),
+        backward_steps=int(counts[k.C_BACKWARD_STEPS]),
+        max_x=int(counts[k.C_MAX_X]),
+        max_y=int(counts[k.C_MAX_Y]),
     )
     return out, stats
 

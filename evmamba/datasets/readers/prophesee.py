@@ -127,6 +127,11 @@ def _read_raw(p: Path, encoding: str, sensor_size, on_unsorted: str, allow_empty
             f"{source}: skipped {stats.unknown} of {stats.words} {encoding} words of a reserved type", stacklevel=3
         )
     size = resolve_sensor_size(events, sensor_size, _header_geometry(fields), source)
+    w, h, npol = size
+    if events.size and stats.backward_steps == 0 and stats.max_x < w and stats.max_y < h and npol == 2:
+        # The decoder has checked on the way what finish_events would check in another pass: times in
+        # order, coordinates inside the sensor (t >= 0 and p in {0, 1} hold by construction).
+        return events, size
     return finish_events(events, size, source, on_unsorted, allow_empty), size
 
 
