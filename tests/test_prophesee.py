@@ -326,6 +326,16 @@ def test_evt3_file_round_trip_geometry_truncation_and_unknown_words(tmp_path):
     same_events(got, ev)
 
 
+def test_headers_longer_than_the_first_read_are_parsed_whole(tmp_path):
+    ev = evt3_events()
+    # ~100 KiB of header lines: longer than the reader's first read, with a line cut by it
+    header = ["evt 3.0", "geometry 2048x2048"] + [f"comment {i:05d} " + "x" * 90 for i in range(1000)] + ["end"]
+    path = write_raw(tmp_path / "long.raw", header, as_bytes(encode_evt3(ev), "<u2"))
+    got, size = read_events(path)
+    assert size == (2048, 2048, 2)
+    same_events(got, ev)
+
+
 def test_decoders_reject_wrong_input_types():
     with pytest.raises(TypeError, match="bytes or a 1-D uint8 array"):
         decode_evt3(np.zeros(4, dtype=np.uint16))

@@ -34,7 +34,14 @@ from .arrays import events_from_fields, events_from_structured, read_hdf5_events
 from .common import UNSORTED_POLICIES, check_path
 from .kaer import read_kaer_td
 from .nmnist import NMNIST_SENSOR, read_nmnist_bin
-from .prophesee import raw_encoding, read_prophesee_dat, read_prophesee_evt2, read_prophesee_evt3, read_prophesee_header
+from .prophesee import (
+    raw_encoding,
+    read_prophesee_dat,
+    read_prophesee_evt2,
+    read_prophesee_evt3,
+    read_prophesee_file_header,
+    read_prophesee_header,
+)
 
 READERS = {
     "nmnist_bin": read_nmnist_bin,
@@ -87,9 +94,7 @@ def detect_format(path) -> str:
     if suffix == ".raw":
         if not head.startswith(b"%"):
             raise ValueError(f"{p}: not a Prophesee .raw file (no '%' text header)")
-        with open(p, "rb") as fh:
-            head = fh.read(1 << 16)  # headers are a few hundred bytes; this bound keeps detection cheap
-        fields, _ = read_prophesee_header(head, str(p))
+        fields, _ = read_prophesee_file_header(p)
         enc = raw_encoding(fields)
         if enc in ("evt2", "evt3"):
             return enc

@@ -96,6 +96,35 @@ def _header_geometry(fields: dict[str, str]) -> SensorSize | None:
     return None
 
 
+def _header_from(fh, source: str) -> tuple[dict[str, str], int]:
+    """Read the ``%`` lines at the start of the open binary file ``fh``; leave it at the first data byte."""
+    lines = []
+    while fh.peek(1)[:1] == b"%":
+        line = fh.readline()
+        lines.append(line)
+        if not line.endswith(b"\n") or line[1:].strip().lower() == b"end":
+            break
+    return read_prophesee_header(b"".join(lines), source)
+
+
+def read_prophesee_file_header(path) -> tuple[dict[str, str], int]:
+    """:func:`read_prophesee_header` of a file, reading only its header lines, whatever their length."""
+    p = check_path(path)
+    with open(p, "rb") as fh:
+        return _header_from(fh, str(p))
+
+
+def _read_file(p: Path, source: str) -> tuple[dict[str, str], np.ndarray]:
+    """``(header fields, the bytes after the header as a uint8 array)`` of a Prophesee file.
+
+    The data goes from the file straight into the array: one copy, where ``read_bytes`` and an array view
+    of it would make two.
+    """
+    with open(p, "rb") as fh:
+        fields, _ = _header_from(fh, source)
+        return fields, np.fromfile(fh, dtype=np.uint8)
+
+
 def _check_raw_header(fields: dict[str, str], encoding: str, source: str) -> None:
     found = raw_encoding(fields)
     if found is None:
@@ -107,10 +136,9 @@ def _check_raw_header(fields: dict[str, str], encoding: str, source: str) -> Non
 def _read_raw(p: Path, encoding: str, sensor_size, on_unsorted: str, allow_empty: bool) -> tuple[np.ndarray, SensorSize]:
     source = str(p)
     check_policy(on_unsorted, source)
-    data = p.read_bytes()
-    fields, start = read_prophesee_header(data, source)
+    fields, body = _read_file(p, source)
     _check_raw_header(fields, encoding, source)
-    n_bytes = len(data) - start
+    n_bytes = body.size
     word = WORD_BYTES[encoding]
     if n_bytes % word:
         decoder = _DECODERS[encoding].__name__
@@ -119,7 +147,7 @@ def _read_raw(p: Path, encoding: str, sensor_size, on_unsorted: str, allow_empty
             f"{word}-byte words (cut while writing? evmamba.datasets.readers.evt.{decoder} decodes the whole "
             "words of the data after the header)"
         )
-    events, stats = _DECODERS[encoding](memoryview(data)[start:], source)
+    events, stats = _DECODERS[encoding](body, source)
     if stats.unknown:
         # Reserved word types do not come from a camera: say so (corrupt data, or a newer format revision),
         # but keep the events, which do not depend on those words.
@@ -138,24 +166,22 @@ def _read_raw(p: Path, encoding: str, sensor_size, on_unsorted: str, allow_empty
 def _read_dat(p: Path, sensor_size, on_unsorted: str, allow_empty: bool) -> tuple[np.ndarray, SensorSize]:
     source = str(p)
     check_policy(on_unsorted, source)
-    data = p.read_bytes()
-    fields, start = read_prophesee_header(data, source)
-    if len(data) - start < 2:
+    fields, body = _read_file(p, source)
+    if body.size < 2:
         raise ValueError(f"{source}: truncated DAT file: no event type/size bytes after the header")
-    ev_type, ev_size = data[start], data[start + 1]
+    ev_type, ev_size = int(body[0]), int(body[1])
     if ev_type not in _DAT_CD_TYPES or ev_size != _DAT_RECORD.itemsize:
         raise ValueError(
             f"{source}: DAT event type {ev_type:#x} with {ev_size}-byte records is not a CD (change "
             "detection) event file"
         )
-    start += 2
-    n_bytes = len(data) - start
+    n_bytes = body.size - 2
     if n_bytes % _DAT_RECORD.itemsize:
         raise ValueError(
             f"{source}: truncated prophesee_dat file: {n_bytes} bytes after the header is not a multiple of "
             f"{_DAT_RECORD.itemsize}-byte records"
         )
-    rec = np.frombuffer(data, dtype=_DAT_RECORD, offset=start)
+    rec = body[2:].view(_DAT_RECORD)
     word = rec["data"]
     pol = word >> 28
     if pol.size and int(pol.max()) > 1:
