@@ -1,10 +1,11 @@
 """Compiled word loops behind :mod:`evmamba.datasets.readers.evt` (Prophesee EVT 2.0 and EVT 3.0).
 
 Both formats are stateful: a CD word carries only the low bits of its timestamp (EVT 2.0) or only what
-changed since the previous word (EVT 3.0), so the words are walked in order. Two passes: a cheap,
-branch-free upper bound on the number of events (each CD word is at most one event, each vector word at
-most one per set bit: an event dropped for lack of a time base or row only makes the bound loose), then the
-stateful walk that writes them.
+changed since the previous word (EVT 3.0), so the words are walked in order, into an output sized by an
+upper bound on the number of events: the number of words for EVT 2.0 (a word is at most one event), a
+cheap branch-free count for EVT 3.0 (:func:`evt3_event_bound`: each EVT_ADDR_X is at most one event, each
+vector word at most one per set bit; an event dropped for lack of a time base or row only makes the bound
+loose).
 
 The walks write every candidate event before knowing whether to keep it, and advance the output index only
 for the ones kept: a data-dependent branch per word costs more than a discarded 13-byte store, because the
@@ -68,15 +69,6 @@ EVT3_HALF_BITS = 12
 
 
 @njit(cache=True, nogil=True)
-def evt2_event_bound(words):
-    """Number of CD_OFF / CD_ON words: an upper bound on the events of an EVT 2.0 stream."""
-    n = 0
-    for i in range(words.size):
-        n += np.int64(words[i]) < (np.int64(2) << 28)  # types 0x0 and 0x1
-    return n
-
-
-@njit(cache=True, nogil=True)
 def decode_evt2_words(words, out):
     """Walk EVT 2.0 words (``uint32``, host order) and write the CD events to ``out``.
 
@@ -85,7 +77,7 @@ def decode_evt2_words(words, out):
     is a reordering in the data, counted in ``C_TIME_BACKWARDS`` and left for the caller's sort policy, since
     calling it a wrap would push every later event 4.8 hours ahead. CD words before the first TIME_HIGH have
     no time base: they are dropped and counted (``C_BEFORE_TIME``). ``out`` holds at least
-    ``evt2_event_bound(words) + SLACK`` events.
+    ``words.size + SLACK`` events.
     """
     counts = np.zeros(N_COUNTERS, dtype=np.int64)
     half_range = np.int64(1) << (EVT2_HIGH_BITS - 1)

@@ -114,7 +114,9 @@ def _decode(data, encoding: str, source: str) -> tuple[np.ndarray, EvtStats]:
     if not words.dtype.isnative:  # big-endian hosts only: the compiled loops read native integers
         words = words.astype(words.dtype.newbyteorder("="))
     if encoding == "evt2":
-        bound, walk = k.evt2_event_bound(words), k.decode_evt2_words
+        # At most one event per word, and nearly every word is a CD event: no counting pass. The slots of
+        # the other words are never written, so their pages are never touched.
+        bound, walk = words.size, k.decode_evt2_words
     else:
         bound, walk = k.evt3_event_bound(words), k.decode_evt3_words
     out = np.empty(bound + k.SLACK, dtype=EVENT_DTYPE)
