@@ -96,7 +96,7 @@ def _as_bytes(data, what: str) -> np.ndarray:
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8 or data.ndim != 1:
             raise TypeError(f"{what}: expected bytes or a 1-D uint8 array; got an array of {data.dtype} with shape {data.shape}")
-        return data
+        return np.ascontiguousarray(data)  # the words are a view of these bytes
     if isinstance(data, (bytes, bytearray, memoryview)):
         return np.frombuffer(data, dtype=np.uint8)
     raise TypeError(f"{what}: expected bytes or a 1-D uint8 array; got {type(data).__name__}")
