@@ -38,8 +38,11 @@ FORMAT_SAMPLES = [
     ("tonic_test_data/sample_ncars.dat", read_prophesee_dat, "prophesee_dat", 2009, (78, 42, 2), 0.100),
     ("expelliarmus_sample_files/dat_test_NCARS.dat", read_prophesee_dat, "prophesee_dat", 4407, None, 0.100),
     ("expelliarmus_sample_files/evt2_sample.raw", read_prophesee_evt2, "evt2", 539_481, (640, 480, 2), 0.050),
-    ("expelliarmus_sample_files/evt3_sample.raw", read_prophesee_evt3, "evt3", 219_596, (1280, 720, 2), 0.054),
-    ("expelliarmus_sample_files/evt3_test_pedestrians.raw", read_prophesee_evt3, "evt3", 5000, (1280, 720, 2), 0.090),
+    # EVT 3.0 durations per Prophesee's specification (8,801 and 45,210 µs first to last event); expelliarmus
+    # 1.1 stretched them to 53,857 and 90,266 µs by miscounting time carries.
+    ("expelliarmus_sample_files/evt3_sample.raw", read_prophesee_evt3, "evt3", 219_596, (1280, 720, 2), 0.008801),
+    ("expelliarmus_sample_files/evt3_test_pedestrians.raw", read_prophesee_evt3, "evt3", 5000, (1280, 720, 2),
+     0.045210),
     ("dvs128_aedat2_recordings/alex_walking_again.aedat", read_aedat2_dvs128, "aedat2_dvs128", 19_182, (128, 128, 2),
      6.9),
     ("dvs128_aedat2_recordings/neal_walking.aedat", read_aedat2_dvs128, "aedat2_dvs128", 70_304, (128, 128, 2), 9.2),
@@ -144,6 +147,59 @@ def test_all_poker_recordings_match_provenance():
         assert ev["x"].max() <= 32 and ev["y"].max() <= 34
     assert (min(counts), int(np.median(counts)), max(counts)) == (369, 2512, 5387)
     assert 4.6 <= min(durations) and max(durations) <= 31.8  # 4.7-31.7 ms
+
+
+def write_dvs128_aedat2(path, x, y, t, on, special=()):
+    """An AEDAT 2.0 file in jAER's DVS128 layout: address = y << 8 | x << 1 | OFF bit, big-endian (a, t) pairs;
+    the indices in ``special`` get bit 15 (external input events, not pixels)."""
+    a = (np.asarray(y, np.int64) << 8) | (np.asarray(x, np.int64) << 1) | (1 - np.asarray(on, np.int64))
+    a[list(special)] |= 1 << 15
+    rec = np.empty(len(a), dtype=[("a", ">u4"), ("t", ">u4")])
+    rec["a"], rec["t"] = a, t
+    head = b"#!AER-DAT2.0\r\n# AEChip: ch.unizh.ini.jaer.chip.retina.DVS128\r\n"
+    path.write_bytes(head + rec.tobytes())
+    return path
+
+
+def test_flip_x_mirrors_a_hand_made_dvs128_file_as_jaer_does(tmp_path):
+    x, y, t, on = [0, 5, 64, 127, 9], [0, 127, 3, 60, 9], [10, 20, 30, 40, 50], [1, 0, 1, 0, 1]
+    path = write_dvs128_aedat2(tmp_path / "hand.aedat", x, y, t, on, special=[4])
+    plain, size = read_events(path)
+    assert size == (128, 128, 2)
+    assert plain["x"].tolist() == [0, 5, 64, 127] and plain["y"].tolist() == [0, 127, 3, 60]
+    jaer, size = read_events(path, flip_x=True)
+    assert size == (128, 128, 2)
+    assert jaer["x"].tolist() == [127, 122, 63, 0]  # jAER: x = 127 - field
+    for field in "ytp":
+        assert np.array_equal(jaer[field], plain[field])
+    assert jaer["p"].tolist() == [1, 0, 1, 0] and jaer["t"].tolist() == [10, 20, 30, 40]
+
+
+def test_flip_x_on_a_poker_dvs_recording(tmp_path):
+    path = require_data("poker_dvs", "Cards", "pips_aedat", "cl_60.aedat")
+    plain, _ = read_aedat2_dvs128(path)
+    jaer, size = read_aedat2_dvs128(path, flip_x=True)
+    assert size == (128, 128, 2)
+    assert np.array_equal(jaer["x"].astype(int), 127 - plain["x"].astype(int))
+    for field in "ytp":
+        assert np.array_equal(jaer[field], plain[field])
+    # the 32x32 crop sits in the left columns of the array; mirrored, it sits in the right ones
+    assert plain["x"].max() <= 32 and jaer["x"].min() >= 95
+    assert np.array_equal(read_events(path, flip_x=True)[0], jaer)
+    # so the 35x35 frame used for the crop cannot hold the mirrored events
+    with pytest.raises(ValueError, match=r"cl_60\.aedat.*field 'x' has value 1\d\d .*outside the sensor size"):
+        read_events(path, (35, 35, 2), flip_x=True)
+
+
+def test_flip_x_is_refused_for_other_formats_and_non_bools():
+    path = sample_path("tonic_test_data/sample_nmnist.bin")
+    with pytest.raises(ValueError, match=r"sample_nmnist\.bin.*flip_x.*'aedat2_dvs128'.*'nmnist_bin'"):
+        read_events(path, flip_x=True)
+    assert read_events(path, flip_x=False)[0].size == 4325
+    with pytest.raises(TypeError, match=r"flip_x must be True or False; got 'yes'"):
+        read_events(path, flip_x="yes")
+    with pytest.raises(TypeError, match=r"flip_x must be True or False; got 1"):
+        read_aedat2_dvs128(sample_path("dvs128_aedat2_recordings/alex_walking_again.aedat"), flip_x=1)
 
 
 def test_aedat_extension_is_dispatched_by_header(tmp_path):

@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from .common import format_table, write_json
+from .common import format_table, load_average as _load, time_calls as _time, write_json
 
 SENSOR = (128, 128, 2)
 HEADLINE_TOKENS = "tokens k=1"
@@ -120,18 +118,6 @@ def _as_tonic(events: np.ndarray) -> np.ndarray:
 
 
 # -- timing ---------------------------------------------------------------------------------------------
-
-
-def _time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
-    """(median wall seconds, median thread-CPU seconds) of ``repeats`` calls after one warm-up call."""
-    fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        c0, w0 = time.thread_time(), time.perf_counter()
-        fn()
-        wall.append(time.perf_counter() - w0)
-        cpu.append(time.thread_time() - c0)
-    return statistics.median(wall), statistics.median(cpu)
 
 
 def _time_many(fn: Callable[[np.ndarray], Any], inputs: list[np.ndarray], repeats: int) -> tuple[float, float]:
@@ -262,13 +248,6 @@ def _bench_input(name: str, recordings: list[np.ndarray], repeats: int, tonic_de
     ours_row = _row(results, name, "denoise 10ms", "evmamba", n, ours_t, identical=True)
     ours_row["speedup_vs_tonic"] = ours_row["events_per_s"] / tonic_row["events_per_s"]
     ours_row["speedup_vs_tonic_cpu"] = ours_row["events_per_s_cpu"] / tonic_row["events_per_s_cpu"]
-
-
-def _load() -> float:
-    try:
-        return os.getloadavg()[0]
-    except OSError:  # pragma: no cover - not on Linux
-        return float("nan")
 
 
 def run(args) -> int:

@@ -1,4 +1,4 @@
-"""Shared output helpers for the benchmarks: a plain-text table and a JSON record with the machine."""
+"""Shared helpers for the benchmarks: steady-state timing, a plain-text table and a JSON record with the machine."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import datetime as _dt
 import json
 import os
 import platform
+import statistics
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 
 def machine_info() -> dict[str, Any]:
@@ -57,3 +59,27 @@ def write_json(path: str | os.PathLike | None, record: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=2, default=float) + "\n")
     os.replace(tmp, path)
+
+
+def time_calls(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """(median wall seconds, median thread-CPU seconds) of ``repeats`` calls of ``fn`` after one warm-up call.
+
+    On a shared machine other processes take turns on the cores; the thread's CPU time is what the calls
+    themselves consumed, so it is the steadier of the two.
+    """
+    fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        c0, w0 = time.thread_time(), time.perf_counter()
+        fn()
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.thread_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def load_average() -> float:
+    """The 1-minute load average (NaN where the platform has none)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # pragma: no cover - not on Linux
+        return float("nan")

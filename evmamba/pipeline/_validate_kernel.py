@@ -41,3 +41,20 @@ def first_bad_event(ev, t_lower, width, height, npol):
             return 5, i
         prev = e.t
     return 0, -1
+
+
+@njit(cache=True, nogil=True)
+def backward_steps(t):
+    """``(count, index)``: how many times ``t[i + 1] < t[i]``, and the first such ``i`` (-1 if none).
+
+    One pass without the temporaries of ``np.diff(t) < 0`` (an int64 and a bool array as long as ``t``).
+    """
+    count = 0
+    for i in range(t.size - 1):
+        count += t[i + 1] < t[i]
+    if count == 0:
+        return 0, -1
+    for i in range(t.size - 1):
+        if t[i + 1] < t[i]:
+            return count, i
+    return count, -1  # pragma: no cover - count > 0 means the loop found one

@@ -1,10 +1,14 @@
 """AEDAT files: 2.0 from a DVS128 (jAER) and 4.0 (DV / iniVation, decoded by the ``aedat`` package).
 
 AEDAT 2.0 is a text header of ``#`` lines (the first is ``#!AER-DAT2.0``) followed by big-endian pairs of
-32-bit address and 32-bit timestamp (µs). For the DVS128 the address holds, in jAER's convention,
+32-bit address and 32-bit timestamp (µs). For the DVS128 the address holds, in jAER's bit layout,
 the polarity in bit 0 (1 = OFF), x in bits 1-7 and y in bits 8-14; bit 15 marks special (external
 input) events, which are not pixel events and are dropped. tonic 1.7's ``read_dvs_128`` cannot be used:
 it fails on the 3-value header tuple and takes x and y from the wrong bits.
+
+x is the address field as stored. jAER's own DVS128 extractor mirrors it (x = 127 - field), so jAER shows
+a recording left-right flipped with respect to what this reader returns; ``flip_x=True`` gives jAER's view.
+The kAER ``_td.dat`` copies of POKER-DVS use the unmirrored x, like this reader's default.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from evmamba.pipeline.events import SensorSize
 from .common import check_path, check_policy, finish_events, pack_events, resolve_sensor_size, unwrap_u32_time
 
 DVS128_SENSOR: SensorSize = (128, 128, 2)
+# jAER mirrors x about the DVS128's 128 columns: x = DVS128_MIRROR - field.
+DVS128_MIRROR = DVS128_SENSOR[0] - 1
 _AEDAT_MAGIC = b"#!AER-DAT"
 _SPECIAL_EVENT_BIT = 1 << 15
 # Chip class names written by jAER for the DVS128 (Tmpdiff128 is the older name of the same sensor).
@@ -44,6 +50,7 @@ def read_aedat2_dvs128(
     *,
     on_unsorted: str = "error",
     allow_empty: bool = False,
+    flip_x: bool = False,
 ) -> tuple[np.ndarray, SensorSize]:
     """Read an AEDAT 2.0 recording from a DVS128 (jAER address layout, see the module docstring).
 
@@ -51,13 +58,19 @@ def read_aedat2_dvs128(
     p = ``1 - (a & 1)`` (1 = ON) and t in µs (32-bit counter wrap-arounds are unwrapped). The sensor size is
     ``sensor_size`` when given (e.g. POKER-DVS crops use (35, 35, 2)), else the DVS128's (128, 128, 2).
 
+    ``flip_x=True`` mirrors x as jAER's DVS128 extractor does: x = 127 - ``((a >> 1) & 0x7F)``, about the
+    full 128-column array whatever ``sensor_size`` is. A crop that sits at the left of the array (POKER-DVS:
+    x <= 32) then lands at its right (x >= 95) and needs the full (128, 128, 2) sensor, the default.
+
     Raises ``ValueError`` naming the file for a missing or non-2.x ``#!AER-DAT`` header, a truncated event
     block, a header naming another chip, addresses that use bits above 15, unsorted times (see
-    ``on_unsorted``) or events outside ``sensor_size``.
+    ``on_unsorted``) or events outside ``sensor_size``; ``TypeError`` when ``flip_x`` is not a bool.
     """
     p = check_path(path)
     source = str(p)
     check_policy(on_unsorted, source)
+    if not isinstance(flip_x, (bool, np.bool_)):
+        raise TypeError(f"{source}: flip_x must be True or False; got {flip_x!r}")
     data = p.read_bytes()
     version, start, lines = _aedat2_header(data, source)
     if not version.startswith("2"):
@@ -86,7 +99,10 @@ def read_aedat2_dvs128(
     pixel = (addr & _SPECIAL_EVENT_BIT) == 0
     if not pixel.all():
         addr, t = addr[pixel], t[pixel]
-    events = pack_events((addr >> 1) & 0x7F, (addr >> 8) & 0x7F, t, 1 - (addr & 1))
+    x = (addr >> 1) & 0x7F
+    if flip_x:
+        x = DVS128_MIRROR - x
+    events = pack_events(x, (addr >> 8) & 0x7F, t, 1 - (addr & 1))
     size = resolve_sensor_size(events, sensor_size, DVS128_SENSOR, source)
     return finish_events(events, size, source, on_unsorted, allow_empty), size
 

@@ -91,15 +91,16 @@ def finish_events(
         return events
     t = events["t"]
     if events.size > 1:
-        backwards = np.diff(t) < 0
-        if backwards.any():
+        from evmamba.pipeline._validate_kernel import backward_steps  # deferred: imports numba
+
+        n_back, i = backward_steps(t)
+        if n_back:
             if on_unsorted == "sort":
                 events = events[np.argsort(t, kind="stable")]
             else:
-                i = int(np.argmax(backwards))
                 raise ValueError(
                     f"{source}: field 't' is not sorted: event {i + 1} has t={int(t[i + 1])} µs after "
-                    f"t={int(t[i])} µs ({int(backwards.sum())} backward steps); pass on_unsorted='sort' to "
+                    f"t={int(t[i])} µs ({int(n_back)} backward steps); pass on_unsorted='sort' to "
                     "sort the events by time"
                 )
     return validate_events(events, sensor_size, source)

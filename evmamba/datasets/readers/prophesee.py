@@ -1,9 +1,10 @@
-"""Prophesee files: EVT 2.0 and EVT 3.0 ``.raw`` and the older ``.dat``, decoded by ``expelliarmus``.
+"""Prophesee files: EVT 2.0 and EVT 3.0 ``.raw`` and the older ``.dat``, decoded by evmamba itself.
 
-All three start with a text header of ``% key value`` lines. expelliarmus decodes the binary part; this
-module parses the header itself (for the format and the sensor geometry) and checks the file before handing
-it over, because expelliarmus does not stop on a header without an end and returns nothing for a file
-without events.
+All three start with a text header of ``% key value`` lines, parsed here for the format and the sensor
+geometry. The EVT words are decoded by :mod:`.evt` (written from Prophesee's specifications); a DAT file
+of CD events is, after the header, one byte of event type, one byte of event size (8), then one 64-bit
+little-endian record per event: t (µs) in the low 32 bits, then x in bits 32-45, y in bits 46-59 and the
+polarity in bits 60-63.
 
 Sensor size, in order: ``sensor_size`` when given; the header's geometry (``% geometry WxH``,
 ``% format EVT3;height=H;width=W`` or ``% Width``/``% Height`` lines); the sensor of the camera named by
@@ -13,13 +14,15 @@ Sensor size, in order: ``sensor_size`` when given; the header's geometry (``% ge
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from evmamba.pipeline.events import SensorSize
 
-from .common import check_path, check_policy, finish_events, pack_events, resolve_sensor_size
+from .common import check_path, check_policy, finish_events, pack_events, resolve_sensor_size, unwrap_u32_time
+from .evt import WORD_BYTES, decode_evt2, decode_evt3
 
 # plugin_name prefix -> (width, height); longest prefixes first so that "gen41" wins over "gen4".
 _PLUGIN_SENSORS = (
@@ -29,10 +32,11 @@ _PLUGIN_SENSORS = (
     ("hal_plugin_gen31", (640, 480)),
     ("hal_plugin_gen3", (640, 480)),
 )
-# Bytes per word after the header: EVT 2.0 packs an event in 32 bits, EVT 3.0 uses 16-bit words,
-# DAT stores one 64-bit record per event after a 2-byte (event type, event size) preamble.
-_WORD_BYTES = {"evt2": 4, "evt3": 2, "prophesee_dat": 8}
+# DAT stores one 64-bit record per event after a 2-byte (event type, event size) preamble. Event type 0x00
+# is "Event2d" (ATIS, e.g. N-CARS) and 0x0C "EventCD"; both use the record layout of the module docstring.
+_DAT_RECORD = np.dtype([("t", "<u4"), ("data", "<u4")])
 _DAT_CD_TYPES = (0x00, 0x0C)
+_DECODERS = {"evt2": decode_evt2, "evt3": decode_evt3}
 
 
 def read_prophesee_header(data: bytes, source: str) -> tuple[dict[str, str], int]:
@@ -92,56 +96,100 @@ def _header_geometry(fields: dict[str, str]) -> SensorSize | None:
     return None
 
 
-def _read_with_expelliarmus(
-    p: Path,
-    encoding: str,
-    sensor_size,
-    on_unsorted: str,
-    allow_empty: bool,
-) -> tuple[np.ndarray, SensorSize]:
+def _header_from(fh, source: str) -> tuple[dict[str, str], int]:
+    """Read the ``%`` lines at the start of the open binary file ``fh``; leave it at the first data byte."""
+    lines = []
+    while fh.peek(1)[:1] == b"%":
+        line = fh.readline()
+        lines.append(line)
+        if not line.endswith(b"\n") or line[1:].strip().lower() == b"end":
+            break
+    return read_prophesee_header(b"".join(lines), source)
+
+
+def read_prophesee_file_header(path) -> tuple[dict[str, str], int]:
+    """:func:`read_prophesee_header` of a file, reading only its header lines, whatever their length."""
+    p = check_path(path)
+    with open(p, "rb") as fh:
+        return _header_from(fh, str(p))
+
+
+def _read_file(p: Path, source: str) -> tuple[dict[str, str], np.ndarray]:
+    """``(header fields, the bytes after the header as a uint8 array)`` of a Prophesee file.
+
+    The data goes from the file straight into the array: one copy, where ``read_bytes`` and an array view
+    of it would make two.
+    """
+    with open(p, "rb") as fh:
+        fields, _ = _header_from(fh, source)
+        return fields, np.fromfile(fh, dtype=np.uint8)
+
+
+def _check_raw_header(fields: dict[str, str], encoding: str, source: str) -> None:
+    found = raw_encoding(fields)
+    if found is None:
+        raise ValueError(f"{source}: the header names no event format ('% evt' or '% format' line)")
+    if found != encoding:
+        raise ValueError(f"{source}: the header says {found}, not {encoding}")
+
+
+def _read_raw(p: Path, encoding: str, sensor_size, on_unsorted: str, allow_empty: bool) -> tuple[np.ndarray, SensorSize]:
     source = str(p)
     check_policy(on_unsorted, source)
-    data = p.read_bytes()
-    fields, start = read_prophesee_header(data, source)
-    if encoding == "prophesee_dat":
-        if len(data) - start < 2:
-            raise ValueError(f"{source}: truncated DAT file: no event type/size bytes after the header")
-        ev_type, ev_size = data[start], data[start + 1]
-        if ev_type not in _DAT_CD_TYPES or ev_size != 8:
-            raise ValueError(
-                f"{source}: DAT event type {ev_type:#x} with {ev_size}-byte records is not a CD (change "
-                "detection) event file"
-            )
-        start += 2
-    else:
-        found = raw_encoding(fields)
-        if found is None:
-            raise ValueError(f"{source}: the header names no event format ('% evt' or '% format' line)")
-        if found != encoding:
-            raise ValueError(f"{source}: the header says {found}, not {encoding}")
-    n_bytes = len(data) - start
-    word = _WORD_BYTES[encoding]
+    fields, body = _read_file(p, source)
+    _check_raw_header(fields, encoding, source)
+    n_bytes = body.size
+    word = WORD_BYTES[encoding]
     if n_bytes % word:
+        decoder = _DECODERS[encoding].__name__
         raise ValueError(
             f"{source}: truncated {encoding} file: {n_bytes} bytes after the header is not a multiple of "
-            f"{word}-byte words"
+            f"{word}-byte words (cut while writing? evmamba.datasets.readers.evt.{decoder} decodes the whole "
+            "words of the data after the header)"
         )
-    if n_bytes == 0:
-        events = pack_events([], [], [], [])
-    else:
-        from expelliarmus import Wizard  # deferred: only needed for these formats
+    events, stats = _DECODERS[encoding](body, source)
+    if stats.unknown:
+        # Reserved word types do not come from a camera: say so (corrupt data, or a newer format revision),
+        # but keep the events, which do not depend on those words.
+        warnings.warn(
+            f"{source}: skipped {stats.unknown} of {stats.words} {encoding} words of a reserved type", stacklevel=3
+        )
+    size = resolve_sensor_size(events, sensor_size, _header_geometry(fields), source)
+    w, h, npol = size
+    if events.size and stats.backward_steps == 0 and stats.max_x < w and stats.max_y < h and npol == 2:
+        # The decoder has checked on the way what finish_events would check in another pass: times in
+        # order, coordinates inside the sensor (t >= 0 and p in {0, 1} hold by construction).
+        return events, size
+    return finish_events(events, size, source, on_unsorted, allow_empty), size
 
-        wizard_encoding = "dat" if encoding == "prophesee_dat" else encoding
-        raw = Wizard(encoding=wizard_encoding).read(p)
-        if raw is None:
-            raise ValueError(f"{source}: expelliarmus decoded no events from this {encoding} file (corrupt?)")
-        for field in ("x", "y", "t"):
-            if raw.size and int(raw[field].min()) < 0:
-                low = int(raw[field].min())
-                raise ValueError(f"{source}: field '{field}' has a negative value {low} (corrupt file?)")
-        if raw.size and int(raw["p"].max()) > 1:
-            raise ValueError(f"{source}: field 'p' has value {int(raw['p'].max())}, expected 0 or 1 (corrupt file?)")
-        events = pack_events(raw["x"], raw["y"], raw["t"], raw["p"])
+
+def _read_dat(p: Path, sensor_size, on_unsorted: str, allow_empty: bool) -> tuple[np.ndarray, SensorSize]:
+    source = str(p)
+    check_policy(on_unsorted, source)
+    fields, body = _read_file(p, source)
+    if body.size < 2:
+        raise ValueError(f"{source}: truncated DAT file: no event type/size bytes after the header")
+    ev_type, ev_size = int(body[0]), int(body[1])
+    if ev_type not in _DAT_CD_TYPES or ev_size != _DAT_RECORD.itemsize:
+        raise ValueError(
+            f"{source}: DAT event type {ev_type:#x} with {ev_size}-byte records is not a CD (change "
+            "detection) event file"
+        )
+    n_bytes = body.size - 2
+    if n_bytes % _DAT_RECORD.itemsize:
+        raise ValueError(
+            f"{source}: truncated prophesee_dat file: {n_bytes} bytes after the header is not a multiple of "
+            f"{_DAT_RECORD.itemsize}-byte records"
+        )
+    rec = body[2:].view(_DAT_RECORD)
+    word = rec["data"]
+    pol = word >> 28
+    if pol.size and int(pol.max()) > 1:
+        i = int(np.argmax(pol > 1))
+        raise ValueError(
+            f"{source}: field 'p' of event {i} has value {int(pol[i])}, expected 0 or 1 (corrupt file?)"
+        )
+    events = pack_events(word & 0x3FFF, (word >> 14) & 0x3FFF, unwrap_u32_time(rec["t"]), pol)
     size = resolve_sensor_size(events, sensor_size, _header_geometry(fields), source)
     return finish_events(events, size, source, on_unsorted, allow_empty), size
 
@@ -155,10 +203,13 @@ def read_prophesee_evt2(
 ) -> tuple[np.ndarray, SensorSize]:
     """Read a Prophesee EVT 2.0 ``.raw`` file; returns ``(events, sensor_size)`` (sensor: module docstring).
 
-    Raises ``ValueError`` naming the file when the header is missing, names another format or the data is
-    truncated, for unsorted times (see ``on_unsorted``) and for events outside ``sensor_size``.
+    Decoded by :func:`~evmamba.datasets.readers.evt.decode_evt2`: t in µs from the sensor's 34-bit clock
+    (wrap-arounds counted), p = 1 for CD_ON; trigger and extension words are skipped. Raises ``ValueError``
+    naming the file when the header is missing or names another format, the data is truncated (a partial
+    last word), for unsorted times (see ``on_unsorted``) and for events
+    outside ``sensor_size`` (naming the field and the value). Warns when a few reserved words were skipped.
     """
-    return _read_with_expelliarmus(check_path(path), "evt2", sensor_size, on_unsorted, allow_empty)
+    return _read_raw(check_path(path), "evt2", sensor_size, on_unsorted, allow_empty)
 
 
 def read_prophesee_evt3(
@@ -170,9 +221,11 @@ def read_prophesee_evt3(
 ) -> tuple[np.ndarray, SensorSize]:
     """Read a Prophesee EVT 3.0 ``.raw`` file; returns ``(events, sensor_size)`` (sensor: module docstring).
 
-    Raises ``ValueError`` as :func:`read_prophesee_evt2` does.
+    Decoded by :func:`~evmamba.datasets.readers.evt.decode_evt3`: t in µs from the 24-bit time base
+    (TIME_HIGH bits 12-23, TIME_LOW bits 0-11, wrap-arounds counted), vectors expanded. Raises
+    ``ValueError`` as :func:`read_prophesee_evt2` does.
     """
-    return _read_with_expelliarmus(check_path(path), "evt3", sensor_size, on_unsorted, allow_empty)
+    return _read_raw(check_path(path), "evt3", sensor_size, on_unsorted, allow_empty)
 
 
 def read_prophesee_dat(
@@ -184,9 +237,10 @@ def read_prophesee_dat(
 ) -> tuple[np.ndarray, SensorSize]:
     """Read a Prophesee ``.dat`` file of CD events; returns ``(events, sensor_size)``.
 
-    Old DAT files (e.g. N-CARS) have no geometry in the header; their sensor size is then inferred from the
-    largest coordinates + 1. Raises ``ValueError`` naming the file when the header is missing, the event
-    type is not CD, the data is truncated, for unsorted times (see ``on_unsorted``) and for events outside
+    Record layout: module docstring; 32-bit time wrap-arounds are unwrapped. Old DAT files (e.g. N-CARS)
+    have no geometry in the header; their sensor size is then inferred from the largest coordinates + 1.
+    Raises ``ValueError`` naming the file when the header is missing, the event type is not CD, the data is
+    truncated, a polarity is not 0 or 1, for unsorted times (see ``on_unsorted``) and for events outside
     ``sensor_size``.
     """
-    return _read_with_expelliarmus(check_path(path), "prophesee_dat", sensor_size, on_unsorted, allow_empty)
+    return _read_dat(check_path(path), sensor_size, on_unsorted, allow_empty)
