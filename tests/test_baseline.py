@@ -12,8 +12,14 @@ import yaml
 from evmamba.cli import main
 from evmamba.config import load_config
 from evmamba.datasets.readers import write_events
-from evmamba.evaluation.histograms import (HistogramSettings, cell_grid, coarsen_time, count_histogram, default_cell,
-                                           feature_vectors)
+from evmamba.evaluation.histograms import (
+    HistogramSettings,
+    cell_grid,
+    coarsen_time,
+    count_histogram,
+    default_cell,
+    feature_vectors,
+)
 from evmamba.evaluation.neighbours import knn_vote, nearest_neighbours
 from evmamba.evaluation.nn_baseline import BaselineOptions, run_baseline
 from evmamba.pipeline.events import make_events
@@ -158,7 +164,7 @@ def folder_config(tmp_path: Path, root: Path, sensor, **train) -> Path:
 
 def test_classes_that_differ_only_in_where_events_are_are_all_found(tmp_path):
     rng = np.random.default_rng(4)
-    make = lambda xs, n: [random_events(rng, 400, xs, (0, 34)) for _ in range(n)]  # noqa: E731
+    make = lambda xs, n: [random_events(rng, 400, xs, (0, 34)) for _ in range(n)]
     write_folder(tmp_path / "d", {
         "train": {"left": make((0, 17), 12), "right": make((17, 34), 12)},
         "test": {"left": make((0, 17), 7), "right": make((17, 34), 5)},

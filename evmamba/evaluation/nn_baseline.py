@@ -18,13 +18,21 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from .histograms import DEFAULT_MAX_CELLS, HistogramSettings, cell_grid, coarsen_time, count_histogram, \
-    default_cell, feature_vectors
+from .histograms import (
+    DEFAULT_MAX_CELLS,
+    HistogramSettings,
+    cell_grid,
+    coarsen_time,
+    count_histogram,
+    default_cell,
+    feature_vectors,
+)
 from .neighbours import BLOCK_BYTES, knn_vote, nearest_neighbours
 
 # The selection grid. Cell sizes are given as the largest number of spatial cells they may make
@@ -81,7 +89,7 @@ class _Role:
     rows: np.ndarray
     labels: np.ndarray
 
-    def nonempty(self) -> "_Role":
+    def nonempty(self) -> _Role:
         keep = self.source.n_events[self.rows] > 0
         return _Role(self.source, self.rows[keep], self.labels[keep])
 
@@ -135,7 +143,7 @@ def _compute_counts(sources: list[_Source], sensor_size, cells: list[int], time_
     """Fill every source's ``counts`` and ``n_events``: one read of each recording, a progress bar."""
     from tqdm.auto import tqdm
 
-    w, h, n_pol = sensor_size
+    n_pol = sensor_size[2]
     total = sum(int(s.positions.size) for s in sources)
     with tqdm(total=total, desc="histograms", unit="rec", disable=not progress, leave=False) as bar:
         for src in sources:
