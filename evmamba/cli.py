@@ -1,4 +1,4 @@
-"""The ``evmamba`` command line: ``preprocess | train | evaluate | stream | bench``.
+"""The ``evmamba`` command line: ``preprocess | train | evaluate | baseline | stream | bench``.
 
 Each sub-command lives in its own module, imported only when it runs, so that ``evmamba --help`` stays fast
 and a broken optional dependency of one command does not break the others. A command module provides
@@ -20,6 +20,7 @@ COMMANDS = {
     "preprocess": ("evmamba.datasets.preprocess", "bin a dataset into tokens and write one HDF5 file per split"),
     "train": ("evmamba.train", "train a classifier from a YAML config"),
     "evaluate": ("evmamba.evaluate", "evaluate a checkpoint on full test streams"),
+    "baseline": ("evmamba.baseline", "nearest-neighbour accuracy on event-count histograms, for any config"),
     "stream": ("evmamba.stream", "classify a live or replayed event stream token by token"),
 }
 

@@ -266,6 +266,57 @@ def _holdout(keys, labels, fraction: float, seed: int) -> np.ndarray:
     return stratified_holdout(list(keys), list(labels), fraction, seed)
 
 
+def _split_plan(cfg: Mapping, train: bool, test_split: str) -> tuple[dict[str, str], float, int]:
+    """``({"train": "train", "val": ..., "test": test_split}, val_fraction, seed)``: which split of the dataset
+    serves each role (``val`` only with ``train.val_split``; ``train`` and ``val`` only when ``train``)."""
+    train_cfg = section(cfg, "train")
+    seed = int(train_cfg.get("seed", 0))
+    val_fraction = float(train_cfg.get("val_fraction", 0.0))
+    val_split = train_cfg.get("val_split")
+    if val_split is not None and val_fraction > 0:
+        raise ValueError("config: give either 'train.val_split' or 'train.val_fraction', not both")
+    splits = {"train": "train", "test": test_split} if train else {"test": test_split}
+    if train and val_split is not None:
+        splits["val"] = str(val_split)
+    return splits, val_fraction, seed
+
+
+@dataclass
+class RecordingSplit:
+    """The recordings of one role (``train``, ``val`` or ``test``): positions ``indices`` (int64) of ``dataset``
+    (an :class:`~evmamba.datasets.base.EventDataset`)."""
+
+    dataset: Any
+    indices: np.ndarray
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.dataset.labels, dtype=np.int64)[self.indices]
+
+
+def recording_splits(cfg: Mapping, *, train: bool = True, test_split: str = "test") -> dict[str, RecordingSplit]:
+    """The raw recordings of each role of a run, split exactly as training splits them: ``train`` (the train
+    split minus the held-out part), ``val`` (``train.val_split``, or the ``train.val_fraction`` held out of
+    the train split, stratified by class and seeded by ``train.seed``; absent when neither is set) and
+    ``test`` (``test_split``). ``train`` false gives only ``test``. Frame models read their data through this;
+    token models hold out the same recordings (the held-out mask depends only on the recordings' sources,
+    labels and seed) and drop those without tokens."""
+    splits, val_fraction, seed = _split_plan(cfg, train, test_split)
+    bases = {key: _build_dataset(section(cfg, "dataset"), s) for key, s in splits.items()}
+    out: dict[str, RecordingSplit] = {}
+    if "train" in bases:
+        base = bases["train"]
+        keys = [base.source(i) for i in range(len(base))]
+        held = _holdout(keys, base.labels, val_fraction, seed)
+        out["train"] = RecordingSplit(base, np.flatnonzero(~held))
+        if held.any():
+            out["val"] = RecordingSplit(base, np.flatnonzero(held))
+    for key in ("val", "test"):
+        if key in bases:
+            out[key] = RecordingSplit(bases[key], np.arange(len(bases[key]), dtype=np.int64))
+    return out
+
+
 def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True, test_split: str = "test",
                progress: bool = True) -> Data:
     """Datasets of a run: token caches or frame datasets of the ``train`` split (with ``val`` held out of it
@@ -276,19 +327,12 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
 
     info = info or DistInfo()
     train_cfg = section(cfg, "train")
-    seed = int(train_cfg.get("seed", 0))
     workers = train_cfg.get("preprocess_workers") or min(8, os.cpu_count() or 1)
     augment = AugmentConfig.from_dict(section(cfg, "augment"), source="config: section 'augment'")
-    val_fraction = float(train_cfg.get("val_fraction", 0.0))
-    val_split = train_cfg.get("val_split")
-    if val_split is not None and val_fraction > 0:
-        raise ValueError("config: give either 'train.val_split' or 'train.val_fraction', not both")
+    splits, val_fraction, seed = _split_plan(cfg, train, test_split)
     kind = model_type(cfg)
     data: dict[str, Any] = {}
     lengths: dict[str, np.ndarray] = {}
-    splits = {"train": "train", "test": test_split} if train else {"test": test_split}
-    if train and val_split is not None:
-        splits["val"] = str(val_split)
 
     if kind == TOKEN_MODEL:
         from ..datasets.cache import TokenCache
@@ -348,30 +392,21 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
     n_bins = frames_cfg.get("n_time_bins", 8)
     k = frames_cfg.get("downsample", 1)
     memo = bool(frames_cfg.get("memoize", True))
-    bases = {key: _build_dataset(section(cfg, "dataset"), s) for key, s in splits.items()}
-    ref = next(iter(bases.values()))
+    parts = recording_splits(cfg, train=train, test_split=test_split)
+    ref = next(iter(parts.values())).dataset
     probe = FrameDataset(ref, n_bins, k)
     meta = DataInfo(kind=kind, n_classes=len(ref.classes), classes=[str(c) for c in ref.classes],
                     sensor_size=[int(v) for v in ref.sensor_size], n_time_bins=n_bins,
                     frame_size=list(probe.frame_size))
-    if "train" in bases:
-        base = bases["train"]
-        keys = [base.source(i) for i in range(len(base))]
-        held = _holdout(keys, base.labels, val_fraction, seed)
-        train_idx, val_idx = np.flatnonzero(~held), np.flatnonzero(held)
-        train_frames = FrameDataset(base, n_bins, k, augment=augment, seed=seed, memoize=memo,
-                                    allow_hflip=bool(train_cfg.get("allow_hflip", True)))
-        data["train"] = IndexedSubset(train_frames, train_idx)
-        lengths["train"] = np.zeros(len(train_idx), np.int64)
-        if len(val_idx):
-            data["val"] = IndexedSubset(FrameDataset(base, n_bins, k, memoize=memo), val_idx)
-            lengths["val"] = np.zeros(len(val_idx), np.int64)
-    if "val" in bases:
-        data["val"] = FrameDataset(bases["val"], n_bins, k, memoize=memo)
-        lengths["val"] = np.zeros(len(bases["val"]), np.int64)
-    if "test" in bases:
-        data["test"] = FrameDataset(bases["test"], n_bins, k, memoize=memo)
-        lengths["test"] = np.zeros(len(bases["test"]), np.int64)
+    for key, part in parts.items():
+        if key == "train":
+            frames = FrameDataset(part.dataset, n_bins, k, augment=augment, seed=seed, memoize=memo,
+                                  allow_hflip=bool(train_cfg.get("allow_hflip", True)))
+        else:
+            frames = FrameDataset(part.dataset, n_bins, k, memoize=memo)
+        whole = np.array_equal(part.indices, np.arange(len(part.dataset)))
+        data[key] = frames if key != "train" and whole else IndexedSubset(frames, part.indices)
+        lengths[key] = np.zeros(len(part.indices), np.int64)
     return Data(info=meta, train=data.get("train"), test=data.get("test"), val=data.get("val"),
                 lengths=lengths, collate=collate_frames)
 
