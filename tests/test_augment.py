@@ -8,13 +8,29 @@ import pytest
 from evmamba.datasets.paths import data_root
 from evmamba.pipeline import (
     AugmentConfig,
+    EventMixDataset,
+    add_noise,
+    affine_events,
     augment_events,
+    collate,
+    drop_box,
     drop_events,
+    drop_time_window,
     flip_horizontal,
+    flip_polarity,
     make_events,
+    mix_events,
+    random_affine,
+    random_drop_area,
+    random_drop_time,
     random_time_crop,
+    random_time_stretch,
     random_translate,
+    rotate_events,
+    scale_events,
+    soft_label,
     spatial_jitter,
+    time_stretch,
     to_event_array,
     validate_events,
 )
@@ -93,24 +109,6 @@ def test_augment_config_validation_names_the_key():
 # ------------------------------------------------------------------------------------------------------
 # Hand-made events: each augmentation against what its definition gives, worked out by hand.
 # ------------------------------------------------------------------------------------------------------
-from evmamba.pipeline import (  # noqa: E402
-    EventMixDataset,
-    add_noise,
-    affine_events,
-    collate,
-    drop_box,
-    drop_time_window,
-    flip_polarity,
-    mix_events,
-    random_affine,
-    random_drop_area,
-    random_drop_time,
-    random_time_stretch,
-    rotate_events,
-    scale_events,
-    soft_label,
-    time_stretch,
-)
 
 SPIKES = (16, 1, 2)  # a 1-D sensor: 16 channels, two "polarities"
 
@@ -400,10 +398,10 @@ def test_spike_sensors_shift_channels_and_refuse_rotation():
 
 
 # ------------------------------------------------------------------------------ config and the chain
-ALL_ON = dict(time_crop_us=80_000, time_stretch=[0.8, 1.25], drop_time_fraction=0.1, drop_time_windows=2,
-              drop_rate=0.05, max_shift=2, max_rotation_deg=15, scale=[0.9, 1.1], affine_center="random",
-              jitter_sigma=0.3, hflip_p=0.5, drop_area_fraction=0.05, polarity_flip_p=0.02, noise_rate_hz=2.0,
-              mix_p=0.5, mix_mode="region", mix_ratio=[0.2, 0.4], mix_replace=True)
+ALL_ON = {"time_crop_us": 80_000, "time_stretch": [0.8, 1.25], "drop_time_fraction": 0.1, "drop_time_windows": 2,
+          "drop_rate": 0.05, "max_shift": 2, "max_rotation_deg": 15, "scale": [0.9, 1.1], "affine_center": "random",
+          "jitter_sigma": 0.3, "hflip_p": 0.5, "drop_area_fraction": 0.05, "polarity_flip_p": 0.02,
+          "noise_rate_hz": 2.0, "mix_p": 0.5, "mix_mode": "region", "mix_ratio": [0.2, 0.4], "mix_replace": True}
 
 
 def test_augment_config_new_keys_validate_and_default_to_off():
@@ -537,7 +535,8 @@ def test_a_tiny_epoch_trains_with_every_augmentation_and_mixing_on(tmp_path, kin
         cfg = _tiny_config(tmp_path, {"type": "frame_resnet", "widths": [8], "blocks": [1]}, {"frames": {"n_time_bins": 2}})
     out = tmp_path / "run"
     assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
-    row = list(csv.DictReader(open(out / "metrics.csv")))[-1]
+    with open(out / "metrics.csv") as fh:
+        row = list(csv.DictReader(fh))[-1]
     assert float(row["train_loss"]) > 0 and 0 <= float(row["train_accuracy"]) <= 1 and row["val_accuracy"]
     # The training items are mixed and carry soft labels into the batch; validation items do not.
     from evmamba.config import load_config

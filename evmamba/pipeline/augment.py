@@ -201,7 +201,7 @@ def random_drop_time(events: np.ndarray, fraction: float, rng, n_windows: int = 
         return events.copy()
     t0 = int(events["t"][0])
     duration = int(events["t"][-1]) - t0 + 1
-    length = int(math.floor(fraction * duration / n_windows + 0.5))
+    length = math.floor(fraction * duration / n_windows + 0.5)
     starts = rng.integers(t0, t0 + duration - length, size=n_windows, endpoint=True)
     if length == 0:
         return events.copy()
@@ -252,10 +252,10 @@ def random_box(sensor_size, fraction: float, rng) -> tuple[int, int, int, int]:
     ``round(fraction * W)`` channels), at a uniform random position on the sensor."""
     w, h, _ = sensor_size
     if _is_1d(sensor_size):
-        bw, bh = int(math.floor(fraction * w + 0.5)), 1
+        bw, bh = math.floor(fraction * w + 0.5), 1
     else:
         side = math.sqrt(fraction)
-        bw, bh = int(math.floor(side * w + 0.5)), int(math.floor(side * h + 0.5))
+        bw, bh = math.floor(side * w + 0.5), math.floor(side * h + 0.5)
     x0 = int(rng.integers(0, w - bw, endpoint=True))
     y0 = int(rng.integers(0, h - bh, endpoint=True))
     return x0, y0, x0 + bw, y0 + bh
@@ -458,7 +458,7 @@ def add_noise(events: np.ndarray, sensor_size, rng, *, rate_hz: float = 0.0, fra
     if rate_hz:
         n = int(rng.poisson(rate_hz * w * h * (t1 - t0) / 1e6))
     else:
-        n = int(math.floor(fraction * events.size + 0.5))
+        n = math.floor(fraction * events.size + 0.5)
     noise = np.empty(n, dtype=events.dtype)
     noise["t"] = np.sort(rng.integers(t0, t1, size=n, endpoint=True))
     noise["x"] = rng.integers(0, w, size=n)

@@ -76,7 +76,7 @@ def mix_events(a: np.ndarray, b: np.ndarray, sensor_size, rng, *, mode: str = "s
             duration = max(int(v[1]) for v in both) - t0 + 1
         else:
             t0, duration = 0, 1
-        length = int(math.floor(r * duration + 0.5))
+        length = math.floor(r * duration + 0.5)
         start = int(rng.integers(t0, t0 + duration - length, endpoint=True))
         take_b = (b["t"] >= start) & (b["t"] < start + length)
         in_a = (a["t"] >= start) & (a["t"] < start + length)
