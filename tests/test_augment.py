@@ -1,4 +1,5 @@
-"""Training augmentations: what each one does to a real recording, and that a seed reproduces it."""
+"""Training augmentations: what each one does to a real recording and to hand-made events (values worked out
+by hand), that a seed reproduces it, mixing with soft labels, and one tiny training epoch with all of them on."""
 
 from __future__ import annotations
 
