@@ -17,6 +17,7 @@ import numpy as np
 from .augment import AugmentConfig, augment_events
 from .binning import BinningConfig, TokenSequence, _check_cfg, bin_events
 from .events import check_sensor_size
+from .mixing import as_soft_label
 
 EMPTY_POLICIES = ("error", "keep")
 
@@ -70,8 +71,11 @@ class BinnedDataset:
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation draws of this epoch."""
+        """Select the augmentation draws of this epoch (and of ``base``, when it draws too: an
+        :class:`~evmamba.pipeline.mixing.EventMixDataset`)."""
         self.epoch = int(epoch)
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -101,7 +105,10 @@ def collate(batch: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
 
     Returns ``tokens`` (B, Lmax) int64, ``counts`` (B, Lmax) float32, ``dt`` (B, Lmax) float32 -- all 0 in
     the padding -- and ``labels`` (B,) int64, ``lengths`` (B,) int64. ``Lmax`` is the longest sequence of
-    the batch (0 when all are empty). Raises ``TypeError``/``ValueError`` naming the item and field.
+    the batch (0 when all are empty). Labels are integers, or, for mixed samples
+    (:class:`~evmamba.pipeline.mixing.EventMixDataset`), soft labels -- float vectors of class weights --
+    for every item of the batch: they come as ``soft_labels`` (B, C) float32, and ``labels`` is then their
+    argmax. Raises ``TypeError``/``ValueError`` naming the item and field.
     """
     import torch
 
@@ -109,6 +116,7 @@ def collate(batch: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
         raise ValueError(f"collate: batch must be a non-empty list of (sequence, label) items; got {batch!r:.80}")
     columns = []
     labels = np.empty(len(batch), np.int64)
+    soft: list[np.ndarray] = []
     for i, item in enumerate(batch):
         try:
             seq, label = item
@@ -127,11 +135,7 @@ def collate(batch: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
                 )
         if arrays[0].size and not np.issubdtype(arrays[0].dtype, np.integer):
             raise TypeError(f"collate: item {i} field 'tokens' must hold integers; got dtype {arrays[0].dtype}")
-        if isinstance(label, torch.Tensor):
-            label = label.item() if label.numel() == 1 else label
-        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
-            raise TypeError(f"collate: item {i} field 'label' must be an integer; got {label!r}")
-        labels[i] = label
+        labels[i] = _label(label, i, soft)
         columns.append(arrays)
     lengths = np.array([c[0].shape[0] for c in columns], dtype=np.int64)
     lmax = int(lengths.max())
@@ -143,13 +147,44 @@ def collate(batch: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
         tokens[row, :n] = tok
         counts[row, :n] = cnt
         dt[row, :n] = d
-    return {
+    out = {
         "tokens": torch.from_numpy(tokens),
         "counts": torch.from_numpy(counts),
         "dt": torch.from_numpy(dt),
         "labels": torch.from_numpy(labels),
         "lengths": torch.from_numpy(lengths),
     }
+    if soft:
+        out["soft_labels"] = stack_soft_labels(soft, len(batch), "collate")
+    return out
+
+
+def _label(label, i: int, soft: list) -> int:
+    """The integer label of item ``i``; a soft label is appended to ``soft`` and its argmax returned."""
+    import torch
+
+    vector = as_soft_label(label, f"collate: item {i} field 'label'")
+    if vector is not None:
+        soft.append(vector)
+        return int(np.argmax(vector))
+    if isinstance(label, torch.Tensor):
+        label = label.item() if label.numel() == 1 else label
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
+        raise TypeError(f"collate: item {i} field 'label' must be an integer or a soft label; got {label!r}")
+    return int(label)
+
+
+def stack_soft_labels(soft: Sequence[np.ndarray], batch_size: int, source: str):
+    """``(B, C)`` float32 tensor of the soft labels of a batch; every item must have one, of one length."""
+    import torch
+
+    if len(soft) != batch_size:
+        raise ValueError(f"{source}: {len(soft)} of {batch_size} items have soft (mixed) labels; a batch takes "
+                         "integer labels or soft labels, not both")
+    widths = {v.shape[0] for v in soft}
+    if len(widths) != 1:
+        raise ValueError(f"{source}: soft labels of different lengths {sorted(widths)} in one batch")
+    return torch.from_numpy(np.stack(soft))
 
 
 class LengthBucketSampler:

@@ -3,9 +3,13 @@
 Token models (``model.type: event_mamba``) read the HDF5 token cache of each split (built on first use by
 :func:`evmamba.datasets.cache.ensure_cache`). With an active ``augment`` section, training items are instead
 made on the fly from the raw recordings (augment, then bin) by
-:class:`evmamba.pipeline.batching.BinnedDataset`. ``train.max_tokens`` crops long training sequences to a
-random window. Frame models (``model.type: frame_resnet``) turn raw recordings into event-count frames with
-:func:`evmamba.pipeline.frames.to_frames` (bit-identical to ``tonic.transforms.ToFrame``).
+:class:`evmamba.pipeline.batching.BinnedDataset`; with mixing on (``augment.mix_p > 0``),
+:class:`evmamba.pipeline.mixing.EventMixDataset` augments each recording, mixes it with a partner drawn from
+the training items (never from the validation hold-out) and gives it a soft label, which the collate
+functions pass on as ``soft_labels``. ``train.max_tokens`` crops long training sequences to a random
+window. Frame models (``model.type: frame_resnet``) turn raw recordings into event-count frames with
+:func:`evmamba.pipeline.frames.to_frames` (bit-identical to ``tonic.transforms.ToFrame``); mixing works
+for them the same way.
 
 Validation: ``train.val_split`` names a split of the dataset to validate on (SSC's ``valid``); otherwise
 ``train.val_fraction > 0`` holds out that fraction of the training split, stratified by class
@@ -134,7 +138,8 @@ class FrameDataset:
     ``downsample`` k maps pixel x to ``x // k`` (as the token binner does). ``augment`` (an
     :class:`~evmamba.pipeline.augment.AugmentConfig`, training only) is applied to the events first, with a
     generator seeded by ``(seed, epoch, index)``. Without augmentation, frames are kept in memory after
-    the first access when ``memoize``.
+    the first access when ``memoize``. A ``base`` that gives soft labels (an
+    :class:`~evmamba.pipeline.mixing.EventMixDataset`) passes them on, and :meth:`set_epoch` reaches it.
     """
 
     def __init__(self, base, n_time_bins: int, downsample: int = 1, augment=None, seed: int = 0,
@@ -160,6 +165,8 @@ class FrameDataset:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
 
     def frames(self, events: np.ndarray, source: str = "events") -> np.ndarray:
         """``(T, P, H', W')`` int16 counts of one recording (all zeros for an empty one)."""
@@ -182,15 +189,24 @@ class FrameDataset:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             events = augment_events(events, self.sensor_size, self.augment, rng, allow_hflip=self.allow_hflip,
                                     source=f"frames[{i}]")
-        item = self.frames(events, source=f"frames[{i}]"), int(label)
+        item = self.frames(events, source=f"frames[{i}]"), label if isinstance(label, np.ndarray) else int(label)
         if self.memo is not None:
             self.memo[i] = item
         return item
 
 
 def collate_frames(batch) -> dict[str, torch.Tensor]:
-    """``[(frames (T, P, H, W), label), ...]`` -> ``frames`` (B, T, P, H, W) int16, ``labels`` (B,) int64."""
+    """``[(frames (T, P, H, W), label), ...]`` -> ``frames`` (B, T, P, H, W) int16, ``labels`` (B,) int64;
+    with soft labels (mixed samples) also ``soft_labels`` (B, C) float32, and ``labels`` is their argmax."""
+    from ..pipeline.batching import stack_soft_labels
+    from ..pipeline.mixing import as_soft_label
+
     frames = torch.from_numpy(np.stack([np.asarray(f) for f, _ in batch]))
+    soft = [v for i, (_, lab) in enumerate(batch)
+            if (v := as_soft_label(lab, f"collate_frames: item {i} label")) is not None]
+    if soft:
+        out_soft = stack_soft_labels(soft, len(batch), "collate_frames")
+        return {"frames": frames, "labels": out_soft.argmax(-1), "soft_labels": out_soft}
     labels = torch.tensor([int(lab) for _, lab in batch], dtype=torch.long)
     return {"frames": frames, "labels": labels}
 
@@ -324,6 +340,7 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
     split) and of ``test_split`` (served as ``Data.test``)."""
     from ..pipeline.augment import AugmentConfig
     from ..pipeline.batching import BinnedDataset, collate
+    from ..pipeline.mixing import EventMixDataset
 
     info = info or DistInfo()
     train_cfg = section(cfg, "train")
@@ -348,6 +365,7 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
         )
         if binning_vocab_size(tuple(meta.sensor_size), binning) != meta.vocab_size:
             raise ValueError(f"{ref.path}: vocabulary {meta.vocab_size} does not match the binning config")
+        augment.check_sensor(meta.sensor_size, "config: section 'augment'")
         if "train" in caches:
             cache = caches["train"]
             keys = [cache.source(i) for i in range(len(cache))]
@@ -357,9 +375,16 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
             val_idx = np.flatnonzero(held & nonempty)
             if augment.active:
                 base = _build_dataset(section(cfg, "dataset"), "train")
-                binned = BinnedDataset(base, base.sensor_size, binning, augment=augment, seed=seed,
-                                       allow_hflip=bool(train_cfg.get("allow_hflip", True)), empty="keep",
-                                       source=f"{section(cfg, 'dataset').get('name')} train")
+                allow_hflip = bool(train_cfg.get("allow_hflip", True))
+                where = f"{section(cfg, 'dataset').get('name')} train"
+                per_item = augment
+                if augment.mixing:  # augment each sample, then mix; partners are training items only
+                    base = EventMixDataset(base, base.sensor_size, augment, partners=cache.indices[train_idx],
+                                           n_classes=meta.n_classes, seed=seed, allow_hflip=allow_hflip,
+                                           source=where)
+                    per_item = None
+                binned = BinnedDataset(base, base.sensor_size, binning, augment=per_item, seed=seed,
+                                       allow_hflip=allow_hflip, empty="keep", source=where)
                 # Cache positions are dataset positions (the cache keeps empty samples).
                 train_ds = IndexedSubset(binned, cache.indices[train_idx])
             else:
@@ -398,10 +423,17 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
     meta = DataInfo(kind=kind, n_classes=len(ref.classes), classes=[str(c) for c in ref.classes],
                     sensor_size=[int(v) for v in ref.sensor_size], n_time_bins=n_bins,
                     frame_size=list(probe.frame_size))
+    augment.check_sensor(meta.sensor_size, "config: section 'augment'")
+    allow_hflip = bool(train_cfg.get("allow_hflip", True))
     for key, part in parts.items():
-        if key == "train":
+        if key == "train" and augment.mixing:  # augment each sample, then mix; partners are training items only
+            mixed = EventMixDataset(part.dataset, part.dataset.sensor_size, augment, partners=part.indices,
+                                    n_classes=meta.n_classes, seed=seed, allow_hflip=allow_hflip,
+                                    source=f"{section(cfg, 'dataset').get('name')} train")
+            frames = FrameDataset(mixed, n_bins, k, seed=seed, memoize=False)
+        elif key == "train":
             frames = FrameDataset(part.dataset, n_bins, k, augment=augment, seed=seed, memoize=memo,
-                                  allow_hflip=bool(train_cfg.get("allow_hflip", True)))
+                                  allow_hflip=allow_hflip)
         else:
             frames = FrameDataset(part.dataset, n_bins, k, memoize=memo)
         whole = np.array_equal(part.indices, np.arange(len(part.dataset)))

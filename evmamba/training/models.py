@@ -65,11 +65,15 @@ def autocast(device: torch.device, amp: str):
 
 
 def forward_loss(model, batch, device: torch.device, amp: str = "none", label_smoothing: float = 0.0):
-    """``(mean cross-entropy, correct predictions, batch size)`` of one batch (already on ``device``)."""
+    """``(mean cross-entropy, correct predictions, batch size)`` of one batch (already on ``device``).
+
+    A batch with ``soft_labels`` (B, C) (mixed training samples) is scored by cross-entropy against those
+    soft targets, and its accuracy by its ``labels``, the argmax of the soft labels."""
     with autocast(device, amp):
         logits = forward_batch(model, batch)
     logits = logits.float()
-    loss = F.cross_entropy(logits, batch["labels"], label_smoothing=label_smoothing)
+    target = batch["soft_labels"].float() if "soft_labels" in batch else batch["labels"]
+    loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
     correct = (logits.argmax(-1) == batch["labels"]).sum()
     return loss, correct, batch["labels"].shape[0]
 
