@@ -108,7 +108,7 @@ class ProbabilityPanel:
         else:
             p = self.probs[r]
             c = int(p.argmax())
-            d.text((6, 5), f"decision: {_fit(self.classes[c], 26)}  {p[c]:.2f}", fill=TEXT, font=f)
+            d.text((6, 5), f"decision: {_fit(self.classes[c], 34)}  {p[c]:.2f}", fill=TEXT, font=f)
             top = np.lexsort((np.arange(p.size), -p))[: self.top_k]
             bar_x0, bar_x1 = 128, self.width - 44
             for i, k in enumerate(top):
