@@ -97,7 +97,12 @@ def dataset_record(config: str, overrides: list[str], splits: list[str] | None, 
     if not splits:
         val = section(cfg, "train").get("val_split")
         splits = ["train", *([str(val)] if val else []), "test"]
-    record: dict[str, Any] = {"kind": "dataset", "config": str(find_config(config)), "dataset": ds_cfg.get("name"),
+    where = find_config(config).resolve()
+    try:
+        where = where.relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass  # outside the current folder: keep the absolute path
+    record: dict[str, Any] = {"kind": "dataset", "config": str(where), "dataset": ds_cfg.get("name"),
                               "sensor_size": None, "classes": None, "splits": {}}
     for split in splits:
         ds = build_dataset(ds_cfg, split)
