@@ -22,6 +22,7 @@ from .bench.common import format_table, write_json
 from .config import load_config
 
 DEFAULT_CONFIG = "synthetic"
+EXAMPLE = "evmamba baseline --config nmnist_small --json baseline.json"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -1,8 +1,10 @@
-"""The ``evmamba`` command line: ``preprocess | train | evaluate | baseline | stream | bench``.
+"""The evmamba command line: preprocess | train | evaluate | baseline | stream | info | view | bench.
 
 Each sub-command lives in its own module, imported only when it runs, so that ``evmamba --help`` stays fast
 and a broken optional dependency of one command does not break the others. A command module provides
-``configure(parser)`` (adds its arguments) and ``run(args) -> int`` (the exit status).
+``configure(parser)`` (adds its arguments), ``run(args) -> int`` (the exit status) and ``EXAMPLE`` (one
+command line, shown at the end of its ``--help``); it may provide ``DESCRIPTION``, plain text shown under
+the usage line. Help texts are plain text: they are printed as written, without reStructuredText markup.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ COMMANDS = {
     "evaluate": ("evmamba.evaluate", "evaluate a checkpoint on full test streams"),
     "baseline": ("evmamba.baseline", "nearest-neighbour accuracy on event-count histograms, for any config"),
     "stream": ("evmamba.stream", "classify a live or replayed event stream token by token"),
+    "info": ("evmamba.info", "describe event files or a dataset: counts, duration, rates, polarity, classes"),
+    "view": ("evmamba.view", "render a recording as event frames (GIF, MP4, PNG), with class probabilities"),
 }
 
-# ``evmamba bench <name>``: name -> (module, one-line help)
+# evmamba bench <name>: name -> (module, one-line help)
 BENCHMARKS = {
     "scan": ("evmamba.bench.scan", "reference selective scan on the CPU (elements/s)"),
     "kernels": ("evmamba.bench.kernels", "Triton scan, backward and step against copy bandwidth (GPU)"),
@@ -34,16 +38,35 @@ BENCHMARKS = {
 }
 
 
+DESCRIPTION = ("evmamba classifies event-camera recordings and spike data with selective state-space (Mamba)\n"
+               "layers: read and look at recordings, bin them into tokens, train, evaluate and stream.\n"
+               "'evmamba COMMAND --help' describes a command.")
+EXAMPLE = "evmamba train --config nmnist_small train.epochs=20"
+BENCH_HELP = "run a benchmark; prints a table and writes JSON"
+BENCH_EXAMPLE = "evmamba bench binning --quick --json binning.json"
+
+
+def _example(text: str | None) -> str | None:
+    return None if not text else f"example:\n  {text}"
+
+
 def _add_lazy(subparsers, name: str, module: str, help_text: str, argv_name: str) -> None:
-    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    parser = subparsers.add_parser(name, help=help_text, description=help_text,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.set_defaults(_module=module)
-    # Only the chosen command's module is imported (to add its arguments); see main().
+    # Only the chosen command's module is imported (to add its arguments and help texts); see main().
     if argv_name == name:
-        importlib.import_module(module).configure(parser)
+        mod = importlib.import_module(module)
+        mod.configure(parser)
+        extra = getattr(mod, "DESCRIPTION", None)
+        if extra:
+            parser.description = f"{help_text}\n\n{extra.strip()}"
+        parser.epilog = _example(getattr(mod, "EXAMPLE", None))
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evmamba", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="evmamba", description=DESCRIPTION, epilog=_example(EXAMPLE),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"evmamba {__version__}")
@@ -51,7 +74,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     first = argv[0] if argv else None
     for name, (module, help_text) in COMMANDS.items():
         _add_lazy(sub, name, module, help_text, first)
-    bench = sub.add_parser("bench", help="run a benchmark; prints a table and writes JSON")
+    bench = sub.add_parser("bench", help=BENCH_HELP, description=BENCH_HELP, epilog=_example(BENCH_EXAMPLE),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     second = argv[1] if first == "bench" and len(argv) > 1 else None
     for name, (module, help_text) in BENCHMARKS.items():

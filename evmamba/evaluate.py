@@ -39,6 +39,8 @@ from .training.plots import plot_confusion, plot_online_curve
 
 FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 11))
 
+EXAMPLE = "evmamba evaluate --checkpoint checkpoints/nmnist_small.pt --json eval.json"
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a .pt file or a run folder (its model.pt)")

@@ -34,6 +34,9 @@ import numpy as np
 from .streaming.backlog import POLICIES
 from .streaming.pacing import parse_speed
 
+EXAMPLE = ("evmamba stream --checkpoint checkpoints/dvsgesture.pt "
+           "--source ../shared/data/dvsgesture_slayer_bs2/5.bs2 --speed max --live")
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a .pt checkpoint or a run folder (its model.pt)")

@@ -37,6 +37,8 @@ from .training.reproducibility import rng_state, seed_everything, set_rng_state
 
 DEFAULT_CONFIG = "synthetic"
 
+EXAMPLE = "evmamba train --config nmnist_small train.epochs=20 --out runs/nmnist_small"
+
 # The ``train`` section's keys and their defaults.
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 10,

@@ -24,3 +24,20 @@ def test_unknown_arguments_are_still_errors(monkeypatch, capsys):
         cli.main(["train", "--config", "synthetic", "--epochs", "3"])
     assert exc.value.code == 2
     assert "unrecognized arguments: --epochs" in capsys.readouterr().err
+
+
+HELP_PAGES = [[]] + [[c] for c in cli.COMMANDS] + [["bench"]] + [["bench", b] for b in cli.BENCHMARKS]
+
+
+@pytest.mark.parametrize("argv", HELP_PAGES, ids=[" ".join(a) or "evmamba" for a in HELP_PAGES])
+def test_every_help_page_is_plain_text_and_ends_with_one_example(capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*argv, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for markup in ("``", ":class:", ":func:", ":mod:", ":meth:", ":data:"):
+        assert markup not in text, markup
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert lines[-2] == "example:"
+    assert lines[-1].startswith("  evmamba ") and lines[-1].split()[1:1 + len(argv)] == argv
+    assert sum(ln == "example:" for ln in lines) == 1

@@ -34,6 +34,7 @@ import numpy as np
 from .common import format_table, load_average as _load, time_calls as _time, write_json
 
 SENSOR = (128, 128, 2)
+EXAMPLE = "evmamba bench binning --quick --json binning.json"
 HEADLINE_TOKENS = "tokens k=1"
 HEADLINE_BINNED = "tokens k=2 bin=5ms"  # the binning section of configs/synthetic.yaml
 TOKEN_CONFIGS = {

@@ -38,6 +38,7 @@ TARGETS = {
     ("fwd", (16, 256, 8192, 16), "bfloat16", "event"): 0.3,
 }
 STEP_TARGETS_US = {("eager", 1, 128): 30.0, ("graph", 1, 128): 10.0}
+EXAMPLE = "evmamba bench kernels --quick --json kernels.json   # on a CUDA GPU"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -37,6 +37,8 @@ SAMPLES = {"evt2": "evt2_sample.raw", "evt3": "evt3_sample.raw"}
 _TIME_HIGH = {"evt2": ("<u4", 28, 0x8, 0xFFFFFFF), "evt3": ("<u2", 12, 0x8, 0xFFF)}
 
 
+EXAMPLE = "evmamba bench readers --json readers.json"
+
 def configure(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="about 2 M events per enlarged input, fewer repeats")
     parser.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON")

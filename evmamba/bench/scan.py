@@ -18,15 +18,18 @@ from ..kernels.cpu_scan import selective_scan_cpu
 PATHS = {"reference": selective_scan_ref, "numba": selective_scan_cpu}
 from .common import format_table, write_json
 
+EXAMPLE = "evmamba bench scan --quick"
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=8, help="batch size B (default 8)")
     parser.add_argument("--dim", type=int, default=256, help="channels D (d_inner)")
-    parser.add_argument("--length", type=int, default=4096)
+    parser.add_argument("--length", type=int, default=4096, help="sequence length L (default 4096)")
     parser.add_argument("--state", type=int, default=16, help="state size N")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--paths", nargs="+", choices=sorted(PATHS), default=sorted(PATHS))
+    parser.add_argument("--paths", nargs="+", choices=sorted(PATHS), default=sorted(PATHS),
+                        help="implementations to time (default: all)")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--json", default=None, help="write the results here")
 

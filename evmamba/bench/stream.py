@@ -36,6 +36,7 @@ import numpy as np
 from .common import format_table, write_json
 
 DEFAULT_CHECKPOINT = "checkpoints/dvsgesture.pt"
+EXAMPLE = "evmamba bench stream --quick --json stream.json"
 TRIALS = [f"{i}.bs2" for i in range(1, 11)]
 # (d_model, n_layers, d_state) for the step-only table; the first is the default DVS model.
 MODEL_SIZES = [(32, 2, 16), (16, 2, 8), (32, 4, 16), (64, 2, 16), (64, 4, 16)]

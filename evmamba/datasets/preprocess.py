@@ -18,6 +18,8 @@ import time
 from ..config import load_config
 from .cache import cache_path, ensure_cache, inspect_cache
 
+EXAMPLE = "evmamba preprocess --config nmnist_small --workers 2"
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="config name in configs/ (e.g. nmnist_small) or a YAML path")

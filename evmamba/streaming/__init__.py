@@ -7,6 +7,8 @@
 * :mod:`.fast_step` -- the classifier step compiled for the CPU; :mod:`.gpu_step` -- the fused step in a
   CUDA graph; :mod:`.concurrent` -- many streams at once;
 * :mod:`.decisions`, :mod:`.summary` -- early and final decisions, latency and throughput figures;
+* :mod:`.liveview` -- the terminal view of ``--live``; :mod:`.probabilities` -- a whole recording's
+  logits over time through the same binning and step (``evmamba view``);
 * :mod:`.loop` -- :class:`StreamLoop`, which ties them together (``evmamba stream``).
 
 Names are imported on first use, so that importing the package stays cheap.
@@ -20,7 +22,7 @@ _EXPORTS = {
     "StreamLoop": "evmamba.streaming.loop",
     "LoopConfig": "evmamba.streaming.loop",
     "JsonLines": "evmamba.streaming.loop",
-    "LiveView": "evmamba.streaming.loop",
+    "LiveView": "evmamba.streaming.liveview",
     "FastStepper": "evmamba.streaming.fast_step",
     "export_weights": "evmamba.streaming.fast_step",
     "GraphStepper": "evmamba.streaming.gpu_step",
@@ -36,6 +38,8 @@ _EXPORTS = {
     "DecisionTracker": "evmamba.streaming.decisions",
     "StreamSummary": "evmamba.streaming.summary",
     "load_stream_model": "evmamba.streaming.loading",
+    "logits_over_time": "evmamba.streaming.probabilities",
+    "LogitsOverTime": "evmamba.streaming.probabilities",
 }
 
 __all__ = sorted(_EXPORTS)

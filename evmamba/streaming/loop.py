@@ -26,7 +26,6 @@ written, and the binner, the classifier state and the decision tracker are reset
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from ..pipeline.binning import TIME_UNITS_US, BinningConfig, StreamingBinner, To
 from .backlog import EventQueue
 from .coarsen import Coarsener
 from .decisions import DecisionTracker, softmax
+from .liveview import LiveView
 from .pacing import Pacer
 from .sources import Chunk, Source
 from .summary import RecordingResult, StreamSummary
@@ -100,33 +100,6 @@ def _jsonable(v):
     if isinstance(v, (np.floating,)):
         return float(v)
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
-
-
-class LiveView:
-    """One status line on a terminal (``\\r``-updated, at most ``hz`` times a second)."""
-
-    def __init__(self, classes, stream: TextIO = sys.stderr, hz: float = 10.0):
-        self.classes, self.stream, self.period = list(classes), stream, 1.0 / hz
-        self._last = 0.0
-
-    def update(self, name: str, t_us: int, probs: np.ndarray, events: int, queue: int, force: bool = False) -> None:
-        now = time.perf_counter()
-        if not force and now - self._last < self.period:
-            return
-        self._last = now
-        order = np.argsort(probs)[::-1][:3]
-        top = "  ".join(f"{self._name(int(c))} {probs[c]:.2f}" for c in order)
-        bar = "#" * int(round(20 * float(probs[order[0]])))
-        line = f"\r{name[-28:]:<28} t={t_us / 1e6:7.3f}s  [{bar:<20}] {top}  ev {events:,}  queue {queue:,}"
-        self.stream.write(line[:160].ljust(160))
-        self.stream.flush()
-
-    def _name(self, c: int) -> str:
-        return str(self.classes[c]) if c < len(self.classes) else str(c)
-
-    def close(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
 
 
 @dataclass
