@@ -34,7 +34,8 @@ from .config import load_config
 from .training.checkpoint import find_checkpoint, load_checkpoint
 from .training.data import FRAME_MODEL, build_data, make_loader, section
 from .training.distributed import DistInfo
-from .training.models import model_from_checkpoint, to_device
+from .training.models import check_same_data, model_from_checkpoint, to_device
+from .training.sections import check_config
 from .training.plots import plot_confusion, plot_online_curve
 
 FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 11))
@@ -50,6 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="streams per batch (default 16)")
     parser.add_argument("--max-chunk", type=int, default=65536, help="tokens per stream and chunk (default 65536)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
+    parser.add_argument("--force", action="store_true", help="rebuild the token cache even if up to date")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -137,6 +139,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         from omegaconf import OmegaConf
 
         cfg = OmegaConf.merge(OmegaConf.create(ckpt["config"]), OmegaConf.from_dotlist(list(args.overrides)))
+    check_config(cfg)
     device = _device(args.device)
     model, info = model_from_checkpoint(ckpt)
     model.to(device).eval()
@@ -145,11 +148,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"{ckpt_path}: holds a {ckpt['model_type']!r} model but the config's model.type differs")
     progress = not args.no_progress
     start = time.perf_counter()
-    data = build_data(cfg, DistInfo(device=device), train=False, test_split=args.split, progress=progress)
-    for key in ("n_classes", "vocab_size", "n_time_bins", "frame_size"):
-        mine, theirs = getattr(info, key), getattr(data.info, key)
-        if mine is not None and theirs is not None and list(np.atleast_1d(mine)) != list(np.atleast_1d(theirs)):
-            raise ValueError(f"{ckpt_path}: the model was trained with {key}={mine}, but the data give {theirs}")
+    data = build_data(cfg, DistInfo(device=device), train=False, test_split=args.split, progress=progress,
+                      force=bool(getattr(args, "force", False)))
+    check_same_data(ckpt["data"], data.info, ckpt_path)
     if ckpt["model_type"] == FRAME_MODEL:
         preds, labels = _frame_predictions(model, data.test, device, args.batch_size, progress)
     else:
