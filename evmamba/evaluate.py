@@ -1,10 +1,11 @@
 """``evmamba evaluate``: a checkpoint's accuracy on full test streams, per class, and as events arrive.
 
-    evmamba evaluate --checkpoint RUN_DIR_OR_PT [--config NAME] [key.sub=value ...] [--json PATH] [--out DIR]
+    evmamba evaluate --checkpoint RUN_DIR_OR_PT [--config NAME] [key.sub=value ...] [--json PATH] [--out DIR] [--force]
 
 The model comes from the checkpoint (``model.pt``, ``best.pt`` or ``last.pt``; a run folder means its
 ``model.pt``); the data from ``--config`` with overrides, or else from the config saved in the checkpoint.
-Streams are never truncated: token models run each batch through the classifier's inference cache in
+The config is checked whole first, and data whose classes or sensor size differ from the checkpoint's are
+refused, naming both. ``--force`` rebuilds the token cache. Streams are never truncated: token models run each batch through the classifier's inference cache in
 chunks of at most ``--max-chunk`` tokens, so memory stays bounded however long a recording is.
 
 Outputs (in ``--out``, default ``<checkpoint folder>/eval-<split>``): ``confusion.png``, ``online.png`` and

@@ -44,7 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-us", type=int, default=1000, help="replay slice in µs of stream time (default 1000)")
     parser.add_argument("--udp-format", choices=("evmamba", "jaer"), default="evmamba", help="datagram format (default evmamba)")
     parser.add_argument("--max-packet", type=int, default=65507,
-                        help="largest accepted packet in bytes, UDP datagram or stdin packet (default 65507)")
+                        help="largest accepted packet in bytes, UDP datagram (at most 65507) or stdin packet (default 65507)")
     parser.add_argument("--idle-end-s", type=float, default=None, help="UDP: this much silence ends a recording")
     parser.add_argument("--policy", choices=POLICIES, default="block", help="when compute falls behind (default block)")
     parser.add_argument("--queue-events", type=int, default=1 << 20, help="input queue capacity in events (default 1048576)")

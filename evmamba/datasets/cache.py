@@ -146,6 +146,10 @@ def cache_path(
     if dataset is None:
         dataset = dataset_from_config(_sections(cfg)[0], split, make_dataset)
     key, content = cache_key(cfg, dataset)
+    return _file_name(cfg, split, cache_dir, key, content)
+
+
+def _file_name(cfg: Mapping, split: str, cache_dir, key: str, content: dict) -> Path:
     folder = Path(cache_dir if cache_dir is not None else (cfg.get("cache_dir") or "cache"))
     return folder / f"{content['dataset']['name']}-{split}-{key}.h5"
 
@@ -609,9 +613,11 @@ def update_cache(
     """:func:`ensure_cache`, also telling whether the file was (re)built: ``(path, built)``."""
     _check_count("workers", workers, "ensure_cache")
     _check_count("block_size", block_size, "ensure_cache")
+    if not isinstance(split, str) or not split or any(c in split for c in "/\\\0"):
+        raise ValueError(f"ensure_cache: argument 'split' must be a plain name; got {split!r}")
     dataset = dataset_from_config(_sections(cfg)[0], split, make_dataset)
-    path = cache_path(cfg, split, cache_dir, dataset=dataset)
-    key, content = cache_key(cfg, dataset)
+    key, content = cache_key(cfg, dataset)  # the data's fingerprint, taken once
+    path = _file_name(cfg, split, cache_dir, key, content)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Under the lock, so that a second run started at the same time waits and then finds the file.
     with _build_lock(path):

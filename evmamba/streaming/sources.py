@@ -216,9 +216,13 @@ class _LiveChecker:
         return Chunk(events, None, new_recording=new, end=end, recording=self.name, arrival=arrival)
 
 
-def _check_max_packet(max_packet, source: str) -> None:
-    if isinstance(max_packet, bool) or not isinstance(max_packet, int) or not 16 <= max_packet <= protocol.MAX_DATAGRAM:
-        raise ValueError(f"{source}: max_packet must be an int in [16, {protocol.MAX_DATAGRAM}] bytes; got {max_packet!r}")
+#: The largest packet limit a byte stream accepts (stdin packets may exceed a datagram's 65 507 bytes).
+MAX_STREAM_PACKET = 1 << 30
+
+
+def _check_max_packet(max_packet, source: str, upper: int) -> None:
+    if isinstance(max_packet, bool) or not isinstance(max_packet, int) or not 16 <= max_packet <= upper:
+        raise ValueError(f"{source}: max_packet must be an int in [16, {upper}] bytes; got {max_packet!r}")
 
 
 class ByteStreamSource(Source):
@@ -226,8 +230,9 @@ class ByteStreamSource(Source):
 
     A bad header makes the reader scan forward to the next magic (the skipped stretch counts once as
     ``garbage``). A header that announces more than ``max_packet`` bytes -- the same limit as for UDP
-    datagrams -- counts as ``oversized`` and the reader resynchronises on the next magic too, so a corrupt
-    count never makes it wait for (and buffer) bytes that are not coming. A stream that ends inside a
+    datagrams, by default; up to :data:`MAX_STREAM_PACKET` here -- counts as ``oversized`` and the reader
+    resynchronises on the next magic too, so a corrupt count never makes it wait for (and buffer) bytes
+    that are not coming. A stream that ends inside a
     packet counts ``short`` and ``truncated_bytes``. The END flag ends a recording; the end of the stream
     ends the last one.
     """
@@ -237,7 +242,7 @@ class ByteStreamSource(Source):
     def __init__(self, stream, sensor_size: SensorSize, name: str = "stdin", read_size: int = 1 << 16,
                  max_packet: int = protocol.MAX_DATAGRAM):
         super().__init__()
-        _check_max_packet(max_packet, name)
+        _check_max_packet(max_packet, name, MAX_STREAM_PACKET)
         self.stream = stream
         self.name = name
         self.read_size = read_size
@@ -318,7 +323,7 @@ class UdpSource(Source):
         super().__init__()
         if fmt not in ("evmamba", "jaer"):
             raise ValueError(f"udp source: format must be 'evmamba' or 'jaer'; got {fmt!r}")
-        _check_max_packet(max_packet, "udp source")
+        _check_max_packet(max_packet, "udp source", protocol.MAX_DATAGRAM)
         self.fmt, self.max_packet, self.idle_end_s = fmt, max_packet, idle_end_s
         self.name = f"udp://{host}:{port}"
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
