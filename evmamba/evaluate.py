@@ -36,8 +36,8 @@ from .training.checkpoint import find_checkpoint, load_checkpoint
 from .training.data import FRAME_MODEL, build_data, make_loader, section
 from .training.distributed import DistInfo
 from .training.models import check_same_data, model_from_checkpoint, to_device
-from .training.sections import check_config
 from .training.plots import plot_confusion, plot_online_curve
+from .training.sections import check_config
 
 FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 11))
 

@@ -273,7 +273,7 @@ def test_folder_sensor_size_is_inferred_over_every_split_on_first_use(tmp_path):
     (tmp_path / "test" / "a" / "bad.npy").write_bytes(b"not numpy")
     lazy = FolderDataset(tmp_path, split="train")
     with pytest.raises(ValueError, match="bad.npy"):
-        lazy.sensor_size
+        _ = lazy.sensor_size
 
 
 def test_max_samples_is_understood_by_the_one_builder():

@@ -221,7 +221,7 @@ def test_max_samples_is_understood_by_every_path(tmp_path):
     frames = build_data(frames_cfg, progress=False)
     assert len(frames.train) == 7 and len(frames.test) == 7
     recs, sensor, classes = sample_recordings(cfg["dataset"], "test", [0, 11])
-    assert len(recs) == 2 and tuple(sensor) == (32, 32, 2)
+    assert len(recs) == 2 and tuple(sensor) == (32, 32, 2) and len(classes) == 5
     with pytest.raises(ValueError, match="outside"):
         sample_recordings(cfg["dataset"], "test", [12])
 

@@ -56,7 +56,7 @@ def _load_failure(path: Path, exc: Exception) -> str:
     if size == 0:
         return "not a checkpoint: the file is empty (truncated while being written or copied?)"
     # torch.save writes a zip archive (b"PK\x03\x04"); its legacy format and plain pickles start with b"\x80".
-    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
         return f"not a checkpoint: the file is not in PyTorch's checkpoint format ({size} bytes, starting {head!r})"
     if isinstance(exc, pickle.UnpicklingError):
         return (

@@ -89,7 +89,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     """
     if not isinstance(cfg, Mapping) and not hasattr(cfg, "keys"):
         raise TypeError(f"config: expected a mapping of sections; got {type(cfg).__name__}")
-    unknown = sorted(str(k) for k in cfg.keys() if k not in SECTIONS)
+    unknown = sorted(str(k) for k in cfg if k not in SECTIONS)
     if unknown:
         hints = []
         for name in unknown:
