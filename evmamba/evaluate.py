@@ -1,10 +1,11 @@
 """``evmamba evaluate``: a checkpoint's accuracy on full test streams, per class, and as events arrive.
 
-    evmamba evaluate --checkpoint RUN_DIR_OR_PT [--config NAME] [key.sub=value ...] [--json PATH] [--out DIR]
+    evmamba evaluate --checkpoint RUN_DIR_OR_PT [--config NAME] [key.sub=value ...] [--json PATH] [--out DIR] [--force]
 
 The model comes from the checkpoint (``model.pt``, ``best.pt`` or ``last.pt``; a run folder means its
 ``model.pt``); the data from ``--config`` with overrides, or else from the config saved in the checkpoint.
-Streams are never truncated: token models run each batch through the classifier's inference cache in
+The config is checked whole first, and data whose classes or sensor size differ from the checkpoint's are
+refused, naming both. ``--force`` rebuilds the token cache. Streams are never truncated: token models run each batch through the classifier's inference cache in
 chunks of at most ``--max-chunk`` tokens, so memory stays bounded however long a recording is.
 
 Outputs (in ``--out``, default ``<checkpoint folder>/eval-<split>``): ``confusion.png``, ``online.png`` and
@@ -34,8 +35,9 @@ from .config import load_config
 from .training.checkpoint import find_checkpoint, load_checkpoint
 from .training.data import FRAME_MODEL, build_data, make_loader, section
 from .training.distributed import DistInfo
-from .training.models import model_from_checkpoint, to_device
+from .training.models import check_same_data, model_from_checkpoint, to_device
 from .training.plots import plot_confusion, plot_online_curve
+from .training.sections import check_config
 
 FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 11))
 
@@ -52,6 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="streams per batch (default 16)")
     parser.add_argument("--max-chunk", type=int, default=65536, help="tokens per stream and chunk (default 65536)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
+    parser.add_argument("--force", action="store_true", help="rebuild the token cache even if up to date")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -139,6 +142,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         from omegaconf import OmegaConf
 
         cfg = OmegaConf.merge(OmegaConf.create(ckpt["config"]), OmegaConf.from_dotlist(list(args.overrides)))
+    check_config(cfg)
     device = _device(args.device)
     model, info = model_from_checkpoint(ckpt)
     model.to(device).eval()
@@ -147,11 +151,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"{ckpt_path}: holds a {ckpt['model_type']!r} model but the config's model.type differs")
     progress = not args.no_progress
     start = time.perf_counter()
-    data = build_data(cfg, DistInfo(device=device), train=False, test_split=args.split, progress=progress)
-    for key in ("n_classes", "vocab_size", "n_time_bins", "frame_size"):
-        mine, theirs = getattr(info, key), getattr(data.info, key)
-        if mine is not None and theirs is not None and list(np.atleast_1d(mine)) != list(np.atleast_1d(theirs)):
-            raise ValueError(f"{ckpt_path}: the model was trained with {key}={mine}, but the data give {theirs}")
+    data = build_data(cfg, DistInfo(device=device), train=False, test_split=args.split, progress=progress,
+                      force=bool(getattr(args, "force", False)))
+    check_same_data(ckpt["data"], data.info, ckpt_path)
     if ckpt["model_type"] == FRAME_MODEL:
         preds, labels = _frame_predictions(model, data.test, device, args.batch_size, progress)
     else:

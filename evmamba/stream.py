@@ -14,8 +14,8 @@ Recordings are replayed in real time by default (``--speed 1``), ``N`` times fas
 fast as possible (``--speed max``); live sources are never paced. Standard output receives JSON lines:
 ``prediction`` (every ``--report-every-ms`` of stream time), ``early`` (the early decision), ``final``
 (each recording's decision) and, last, ``summary``. The summary is also printed to standard error and,
-with ``--json PATH``, written there with the machine's description. Ctrl-C stops the loop and still
-prints and writes the summary.
+with ``--json PATH``, written there with the machine's description. Ctrl-C or SIGTERM stops the loop and
+still prints and writes the summary (exit status 130 or 143).
 
 ``--streams N`` runs N concurrent streams of the given recordings as fast as possible (throughput mode:
 final decisions and aggregate events/s only). ``--device cuda`` runs the classifier's fused step in a
@@ -46,7 +46,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speed", default="1", help="replay speed: 1 (real time), a factor, or max (default 1)")
     parser.add_argument("--chunk-us", type=int, default=1000, help="replay slice in µs of stream time (default 1000)")
     parser.add_argument("--udp-format", choices=("evmamba", "jaer"), default="evmamba", help="datagram format (default evmamba)")
-    parser.add_argument("--max-packet", type=int, default=65507, help="largest accepted datagram in bytes (default 65507)")
+    parser.add_argument("--max-packet", type=int, default=65507,
+                        help="largest accepted packet in bytes, UDP datagram (at most 65507) or stdin packet (default 65507)")
     parser.add_argument("--idle-end-s", type=float, default=None, help="UDP: this much silence ends a recording")
     parser.add_argument("--policy", choices=POLICIES, default="block", help="when compute falls behind (default block)")
     parser.add_argument("--queue-events", type=int, default=1 << 20, help="input queue capacity in events (default 1048576)")
@@ -97,7 +98,7 @@ def build_source(specs: list[str], sm, args):
     if live:
         spec = live[0]
         if spec == "-":
-            return S.ByteStreamSource(sys.stdin.buffer, sm.sensor_size, name="stdin")
+            return S.ByteStreamSource(sys.stdin.buffer, sm.sensor_size, name="stdin", max_packet=args.max_packet)
         host, port = S.parse_udp(spec)
         return S.UdpSource(host, port, sm.sensor_size, fmt=args.udp_format, max_packet=args.max_packet,
                            idle_end_s=args.idle_end_s)
@@ -105,9 +106,12 @@ def build_source(specs: list[str], sm, args):
     for spec in specs:
         if spec.startswith("sample:"):
             split, indices = _parse_samples(spec, args.split)
-            recs, sensor, _ = S.sample_recordings(sm.config.get("dataset") or {}, split, indices)
+            recs, sensor, classes = S.sample_recordings(sm.config.get("dataset") or {}, split, indices)
             if tuple(sensor) != tuple(sm.sensor_size):
                 raise ValueError(f"--source {spec!r}: the dataset's sensor {sensor} differs from the model's {sm.sensor_size}")
+            if [str(c) for c in classes] != list(sm.classes):
+                raise ValueError(f"--source {spec!r}: the dataset's classes {[str(c) for c in classes]} differ from the "
+                                 f"model's {list(sm.classes)} ({sm.path}); labels would be scored against other classes")
             recordings += recs
         else:
             recordings += S.file_recordings([spec], sm.sensor_size)
@@ -142,7 +146,41 @@ def _device(name: str, streams: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- main
+class _Terminate:
+    """While active, SIGTERM (``kill``, a service manager, ``docker stop``) stops the command as Ctrl-C does,
+    so the loop still prints and writes its summary; ``received`` tells which of the two it was."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "_Terminate":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
 def stream(args: argparse.Namespace) -> int:
+    with _Terminate() as term:
+        code = _stream(args)
+    # 128 + signal number, as a shell reports a process ended by that signal: 130 for Ctrl-C, 143 for SIGTERM.
+    return 143 if (code == 130 and term.received) else code
+
+
+def _stream(args: argparse.Namespace) -> int:
     from .bench.common import write_json
     from .streaming.loading import load_stream_model
     from .streaming.summary import format_summary

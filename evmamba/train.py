@@ -1,6 +1,6 @@
 """``evmamba train``: train a classifier from a YAML config.
 
-    evmamba train [--config synthetic] [key.sub=value ...] [--out DIR] [--resume RUN_DIR_OR_CKPT]
+    evmamba train [--config synthetic] [key.sub=value ...] [--out DIR] [--resume RUN_DIR_OR_CKPT] [--force]
     torchrun --nproc_per_node 4 -m evmamba train --config dvsgesture      # one process per GPU (DDP)
 
 The run folder (``--out``, default ``runs/<config>-<date>-<time>``) receives the resolved ``config.yaml``,
@@ -9,7 +9,12 @@ epoch), ``best.pt`` (best validation accuracy, when there is a validation split)
 ``train.save_every``) and ``model.pt``: the weights of the selected model -- best on validation if there is
 a validation split, else the last -- for ``evmamba evaluate`` and streaming. ``--resume`` continues from a
 full checkpoint exactly where the run stopped, with the config saved in it (``key=value`` overrides still
-apply, e.g. ``train.epochs=N`` for more). The last line printed is the test accuracy of the selected model.
+apply, e.g. ``train.epochs=N`` for more; the data must still have the checkpoint's classes and sensor
+size). The last line printed is the test accuracy of the selected model.
+
+The whole config is checked first: an unknown section or key, or a value of the wrong kind, is an error
+naming it. Token caches are built on first use and rebuilt when the data change; ``--force`` rebuilds
+them regardless.
 """
 
 from __future__ import annotations
@@ -30,45 +35,16 @@ from .training import distributed as ddp
 from .training.checkpoint import export_model, find_checkpoint, load_checkpoint, save_checkpoint
 from .training.data import build_data, make_loader, model_type, section, steps_per_epoch
 from .training.metrics import MetricsLogger
-from .training.models import build_model, evaluate_loader, forward_loss, to_device
+from .training.models import build_model, check_same_data, evaluate_loader, forward_loss, to_device
 from .training.optim import build_optimizer, build_scheduler
 from .training.plots import plot_training_curves
 from .training.reproducibility import rng_state, seed_everything, set_rng_state
+from .training.sections import check_config
+from .training.settings import TRAIN_DEFAULTS, train_settings  # noqa: F401  (TRAIN_DEFAULTS: for importers)
 
 DEFAULT_CONFIG = "synthetic"
 
 EXAMPLE = "evmamba train --config nmnist_small train.epochs=20 --out runs/nmnist_small"
-
-# The ``train`` section's keys and their defaults.
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "epochs": 10,
-    "batch_size": 32,
-    "eval_batch_size": None,  # None: 2 * batch_size
-    "lr": 2e-3,
-    "weight_decay": 0.05,
-    "ssm_lr_scale": 1.0,
-    "decay_embeddings": False,
-    "betas": [0.9, 0.999],
-    "eps": 1e-8,
-    "warmup_epochs": 0.5,
-    "warmup_steps": None,
-    "min_lr_ratio": 0.05,
-    "grad_clip": 1.0,
-    "grad_accum": 1,
-    "label_smoothing": 0.0,
-    "seed": 0,
-    "device": "auto",
-    "amp": "bf16",  # bf16 autocast on CUDA; CPU always runs fp32
-    "workers": 0,  # DataLoader worker processes
-    "preprocess_workers": None,  # None: CPU count, at most 8
-    "val_fraction": 0.0,  # hold out this share of the training split for validation (and best.pt)
-    "val_split": None,  # or validate on this split of the dataset (e.g. SSC's "valid")
-    "max_tokens": None,  # random crop of training sequences (tokens); None = whole sequences
-    "allow_hflip": True,  # whether augment.hflip_p may flip this dataset
-    "test_every": 1,  # evaluate the test split every N epochs (and always after the last); 0 = only at the end
-    "log_every": 20,  # optimizer steps between JSONL step records
-    "save_every": 0,  # also keep epoch_NNN.pt every N epochs (0 = only last.pt and best.pt)
-}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -77,21 +53,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="run folder (default runs/<config>-<date>-<time>)")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR_OR_CKPT", help="continue from a run folder's last.pt or a checkpoint")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:K (default: train.device)")
+    parser.add_argument("--force", action="store_true", help="rebuild the token caches even if up to date")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def train_settings(cfg) -> dict[str, Any]:
-    """The ``train`` section completed with :data:`TRAIN_DEFAULTS`; ``ValueError`` for unknown keys."""
-    given = section(cfg, "train")
-    unknown = sorted(set(given) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise ValueError(f"config: unknown key(s) {['train.' + k for k in unknown]}; known: {sorted(TRAIN_DEFAULTS)}")
-    tc = {**TRAIN_DEFAULTS, **given}
-    for key in ("epochs", "batch_size", "grad_accum"):
-        if isinstance(tc[key], bool) or not isinstance(tc[key], int) or tc[key] < 1:
-            raise ValueError(f"config: key 'train.{key}' must be a positive int; got {tc[key]!r}")
-    tc["eval_batch_size"] = tc["eval_batch_size"] or 2 * tc["batch_size"]
-    return tc
 
 
 def _carry_best(source: Path, run_dir: Path, best: dict[str, Any]) -> None:
@@ -125,6 +88,7 @@ def train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         stem = Path(str(args.config)).stem
         run_dir = Path(args.out) if args.out else Path("runs") / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    check_config(cfg)  # every section and key, before any work
     tc = train_settings(cfg)
     info = ddp.setup(args.device or tc["device"])
     device, main = info.device, info.is_main
@@ -132,7 +96,9 @@ def train(args: argparse.Namespace) -> int:
     seed_everything(int(tc["seed"]))
 
     # ---- data, model, optimizer
-    data = build_data(cfg, info, progress=progress)
+    data = build_data(cfg, info, progress=progress, force=bool(getattr(args, "force", False)))
+    if resumed is not None:
+        check_same_data(resumed["data"], data.info, ckpt_path)
     model = build_model(cfg, data.info).to(device)
     workers = int(tc["workers"])
     train_loader, train_batches = make_loader(data.train, data.lengths["train"], tc["batch_size"], data.collate,

@@ -124,6 +124,14 @@ def test_empty_sequence_gives_the_head_bias():
     assert torch.allclose(out[1], model.head.bias)
 
 
+@pytest.mark.parametrize("readout", ["mean", "last", "dt_mean"])
+def test_zero_length_batch_gives_the_head_bias(readout):
+    model = make_model(readout=readout)
+    with torch.no_grad():
+        out = model(torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0))
+    assert out.shape == (2, model.n_classes) and torch.allclose(out, model.head.bias.expand(2, -1))
+
+
 def test_order_of_events_matters():
     # The same tokens in reverse order must be told apart (a bag of tokens would not be).
     model = make_model("mean")

@@ -219,6 +219,71 @@ def test_folder_dataset_csv_with_integer_labels_and_errors(tmp_path):
         FolderDataset(tmp_path / "empty")
 
 
+def test_folder_classes_are_decided_over_every_split(tmp_path):
+    # train/ has an empty class folder and test/ lacks class "b": both splits still share a, b, c.
+    for split, classes in (("train", ("a", "b")), ("test", ("a", "c"))):
+        for cls in classes:
+            write_events(tmp_path / split / cls / "r.npy", make_recording(1, 8, 8))
+    (tmp_path / "train" / "c").mkdir()
+    train, test = FolderDataset(tmp_path, split="train"), FolderDataset(tmp_path, split="test")
+    assert train.classes == test.classes == ["a", "b", "c"]
+    assert train.labels == [0, 1] and test.labels == [0, 2]
+    # The same from a CSV whose test rows lack a class.
+    for k in range(4):
+        write_events(tmp_path / "flat" / f"s{k}.npy", make_recording(k, 8, 8))
+    (tmp_path / "flat" / "labels.csv").write_text(
+        "file,label,split\ns0.npy,wave,train\ns1.npy,clap,train\ns2.npy,roll,train\ns3.npy,wave,test\n"
+    )
+    csv_test = FolderDataset(tmp_path / "flat", labels_csv="labels.csv", split="test")
+    assert csv_test.classes == ["clap", "roll", "wave"] and csv_test.labels == [2]
+
+
+def test_folder_labels_differing_only_in_case_are_one_class_with_a_warning(tmp_path):
+    for k in range(4):
+        write_events(tmp_path / f"s{k}.npy", make_recording(k, 8, 8))
+    (tmp_path / "labels.csv").write_text(
+        "file,label,split\ns0.npy,Wave,train\ns1.npy,clap,train\ns2.npy,wave,test\ns3.npy,Clap,test\n"
+    )
+    with pytest.warns(UserWarning) as caught:
+        test = FolderDataset(tmp_path, labels_csv="labels.csv", split="test")
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2 and "labels.csv" in messages[0]
+    assert "['Clap', 'clap'] differ only in upper/lower case" in messages[0] and "'Clap'" in messages[0]
+    assert "['Wave', 'wave'] differ only in upper/lower case" in messages[1]
+    with pytest.warns(UserWarning, match="differ only in upper/lower case"):
+        train = FolderDataset(tmp_path, labels_csv="labels.csv", split="train")
+    assert train.classes == test.classes == ["Clap", "Wave"]
+    assert train.labels == [1, 0] and test.labels == [1, 0]
+    # Class folders too: train/Wave and test/wave are one class.
+    write_events(tmp_path / "tree" / "train" / "Wave" / "r.npy", make_recording(1, 8, 8))
+    write_events(tmp_path / "tree" / "test" / "wave" / "r.npy", make_recording(2, 8, 8))
+    write_events(tmp_path / "tree" / "test" / "clap" / "r.npy", make_recording(3, 8, 8))
+    with pytest.warns(UserWarning, match="differ only in upper/lower case"):
+        tree_test = FolderDataset(tmp_path / "tree", split="test")
+    assert tree_test.classes == ["Wave", "clap"] and tree_test.labels == [1, 0]
+
+
+def test_folder_sensor_size_is_inferred_over_every_split_on_first_use(tmp_path):
+    write_events(tmp_path / "train" / "a" / "r.npy", make_recording(1, 10, 6))
+    write_events(tmp_path / "test" / "a" / "r.npy", make_recording(2, 30, 20))
+    train = FolderDataset(tmp_path, split="train")
+    assert train.sensor_size == FolderDataset(tmp_path, split="test").sensor_size == (30, 20, 2)
+    assert train.declared_sensor_size is None
+    # Built before any file is read: a broken recording shows up when the size (or the sample) is needed.
+    (tmp_path / "test" / "a" / "bad.npy").write_bytes(b"not numpy")
+    lazy = FolderDataset(tmp_path, split="train")
+    with pytest.raises(ValueError, match="bad.npy"):
+        _ = lazy.sensor_size
+
+
+def test_max_samples_is_understood_by_the_one_builder():
+    full = build_dataset({"name": "synthetic", "n_samples": {"train": 20, "test": 5}}, "train")
+    small = build_dataset({"name": "synthetic", "n_samples": {"train": 20, "test": 5}, "max_samples": 6}, "train")
+    assert len(small) == 6 and small.classes == full.classes and small.sensor_size == full.sensor_size
+    assert small.labels == [int(full.labels[i]) for i in small.indices]
+    assert small.source(0) == full.source(int(small.indices[0]))
+
+
 # -- registry -------------------------------------------------------------------------------------------------
 
 

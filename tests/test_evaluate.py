@@ -15,7 +15,7 @@ from evmamba.config import load_config
 from evmamba.datasets.cache import TokenCache, ensure_cache
 from evmamba.evaluate import FRACTIONS, prefix_ends
 from evmamba.pipeline.batching import collate
-from evmamba.training.checkpoint import load_checkpoint
+from evmamba.training.checkpoint import load_checkpoint, save_checkpoint
 from evmamba.training.models import model_from_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -94,6 +94,19 @@ def test_mismatched_config_is_refused(trained, capsys):
     code = main(["evaluate", "--checkpoint", str(folder / "run"), "--config", str(cfg), "binning.downsample=4",
                  "--no-progress", "--out", str(folder / "bad")])
     assert code == 1 and "vocab_size" in capsys.readouterr().err
+
+
+def test_data_with_other_classes_than_the_checkpoint_is_refused(trained, tmp_path, capsys):
+    folder, _ = trained
+    ckpt = load_checkpoint(folder / "run" / "model.pt")
+    classes = list(ckpt["data"]["classes"])
+    # Same number of classes, other order: every class index would mean another class.
+    ckpt["data"]["classes"] = classes[::-1]
+    save_checkpoint({k: v for k, v in ckpt.items() if k not in ("format", "version")}, tmp_path / "other.pt")
+    code = main(["evaluate", "--checkpoint", str(tmp_path / "other.pt"), "--no-progress", "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert code == 1 and "other.pt" in err
+    assert str(classes[::-1]) in err and str(classes) in err
 
 
 def test_frame_model_evaluates_with_the_same_command(tmp_path):

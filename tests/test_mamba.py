@@ -275,3 +275,19 @@ def test_bad_lengths_and_cache():
         layer(x, inference_cache={"conv_state": torch.zeros(1)})
     with pytest.raises(ValueError, match=r"\(B, 1, 16\)"):
         layer.step(x, layer.allocate_inference_cache(2, 5))
+
+
+@pytest.mark.parametrize("event_mode", [False, True])
+def test_zero_length_input_gives_an_empty_output_and_keeps_the_cache(event_mode):
+    torch.manual_seed(0)
+    layer = Mamba(8, d_state=4)
+    x = torch.randn(2, 0, 8)
+    ts = torch.zeros(2, 0) if event_mode else None
+    assert layer(x, ts).shape == (2, 0, 8)
+    assert layer(x, ts, lengths=torch.zeros(2, dtype=torch.long)).shape == (2, 0, 8)
+    cache = layer.allocate_inference_cache(2, 0)
+    layer(torch.randn(2, 3, 8), torch.rand(2, 3) if event_mode else None, inference_cache=cache)
+    before = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in cache.items()}
+    assert layer(x, ts, inference_cache=cache).shape == (2, 0, 8)
+    for key, value in before.items():
+        assert torch.equal(cache[key], value) if isinstance(value, torch.Tensor) else cache[key] == value

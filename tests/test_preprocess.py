@@ -171,19 +171,22 @@ def test_changed_binning_builds_a_new_file_never_serves_stale_tokens(tmp_path):
 
 
 def test_existing_cache_is_reused_not_rebuilt(tmp_path):
-    calls = []
+    reads = []
 
     def factory(section, split):
-        calls.append(split)
-        return synthetic_factory(section, split)
+        # The dataset is built each time (its fingerprint names the file); its samples are read only to bin.
+        rec = Recording(synthetic_factory(section, split))
+        reads.append(rec.seen)
+        return rec
 
     cfg = syn_cfg(tmp_path)
     p1 = ensure_cache(cfg, "test", progress=False, make_dataset=factory)
     mtime = p1.stat().st_mtime_ns
     p2 = ensure_cache(cfg, "test", progress=False, make_dataset=factory)
-    assert p1 == p2 and calls == ["test"] and p2.stat().st_mtime_ns == mtime
+    assert p1 == p2 and p2.stat().st_mtime_ns == mtime
+    assert reads[0] == list(range(10)) and reads[1] == []
     ensure_cache(cfg, "test", progress=False, make_dataset=factory, force=True)
-    assert calls == ["test", "test"]
+    assert reads[2] == list(range(10))
 
 
 @pytest.fixture()
@@ -253,7 +256,7 @@ class Recording:
 
     def __init__(self, base, fail_at=None):
         self.base, self.fail_at, self.seen = base, fail_at, []
-        self.sensor_size, self.classes = base.sensor_size, base.classes
+        self.sensor_size, self.classes, self.labels = base.sensor_size, base.classes, base.labels
 
     def __len__(self):
         return len(self.base)
@@ -423,3 +426,74 @@ def test_preprocess_command_writes_one_file_per_split(tmp_path, capsys):
     assert "up to date" in capsys.readouterr().out
     assert cli_main(["preprocess", "--config", str(cfg_file), "binning.bin_us=-5", "--cache-dir", str(out)]) == 1
     assert "bin_us" in capsys.readouterr().err
+
+
+# -- the cache key covers the data (issue 12) ------------------------------------------------------------------
+
+
+def write_labelled_folder(root, labels):
+    """Tiny ``.npy`` recordings ``r<k>.npy`` (8x8 sensor) and a ``labels.csv`` listing them with ``labels``."""
+    from evmamba.datasets.readers import write_events
+    from evmamba.pipeline.events import make_events
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["file,label"]
+    for k, label in enumerate(labels):
+        rng = np.random.default_rng(k)
+        t = np.sort(rng.integers(0, 20_000, 50))
+        write_events(root / f"r{k}.npy", make_events(rng.integers(0, 8, 50), rng.integers(0, 8, 50), t,
+                                                     rng.integers(0, 2, 50)))
+        rows.append(f"r{k}.npy,{label}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+
+
+def folder_cfg(root, cache):
+    return {"dataset": {"name": "folder", "root": str(root), "labels_csv": "labels.csv", "sensor_size": [8, 8, 2]},
+            "binning": {"bin_us": 1000}, "cache_dir": str(cache)}
+
+
+def test_relabelled_dropped_or_replaced_recordings_never_serve_the_old_cache(tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    write_labelled_folder(data, ["a", "b", "a", "c"])
+    cfg = folder_cfg(data, cache)
+    first = TokenCache(ensure_cache(cfg, "all", progress=False))
+    assert list(first.classes) == ["a", "b", "c"] and first.labels.tolist() == [0, 1, 0, 2]
+
+    # Relabel one row: new labels, not the old cache.
+    (data / "labels.csv").write_text("file,label\nr0.npy,a\nr1.npy,b\nr2.npy,b\nr3.npy,c\n")
+    relabelled = TokenCache(ensure_cache(cfg, "all", progress=False))
+    assert relabelled.path != first.path and relabelled.labels.tolist() == [0, 1, 1, 2]
+
+    # Drop class c and delete its recording.
+    (data / "r3.npy").unlink()
+    (data / "labels.csv").write_text("file,label\nr0.npy,a\nr1.npy,b\nr2.npy,b\n")
+    dropped = TokenCache(ensure_cache(cfg, "all", progress=False))
+    assert len(dropped) == 3 and list(dropped.classes) == ["a", "b"]
+
+    # Replace a recording with other events: the tokens follow the file.
+    from evmamba.datasets.readers import read_events, write_events
+
+    events, _ = read_events(data / "r1.npy")
+    write_events(data / "r1.npy", events[:10])
+    replaced = TokenCache(ensure_cache(cfg, "all", progress=False))
+    assert replaced.path != dropped.path and replaced[1][0].counts.sum() == 10
+    assert replaced.info["config"]["data"]["n_samples"] == 3  # what the key covered is in the file
+
+
+def test_preprocess_rebuilds_after_relabelling_and_train_takes_force(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_labelled_folder(data, ["a", "b", "a", "b"])
+    cfg_file = tmp_path / "folder.yaml"
+    cfg_file.write_text(json.dumps(folder_cfg(data, tmp_path / "cache")))
+    argv = ["preprocess", "--config", str(cfg_file), "--splits", "all", "--no-progress", "--workers", "1"]
+    assert cli_main(argv) == 0 and "written" in capsys.readouterr().out
+    assert cli_main(argv) == 0 and "up to date" in capsys.readouterr().out
+    (data / "labels.csv").write_text("file,label\nr0.npy,b\nr1.npy,b\nr2.npy,a\nr3.npy,b\n")
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "written" in out and "up to date" not in out
+    # The error text about a damaged cache names --force, and `evmamba train` has it.
+    from evmamba.cli import build_parser
+
+    args = build_parser(["train"]).parse_args(["train", "--force"])
+    assert args.force is True

@@ -96,6 +96,58 @@ def test_stdin_packets_and_a_stream_cut_off_inside_a_packet(checkpoint):
     assert [f["events"] for f in finals] == [15000, 4000]
 
 
+def test_stdin_header_with_a_corrupt_count_does_not_swallow_the_packets_after_it(checkpoint):
+    from evmamba.datasets.readers import read_events
+
+    ev, _ = read_events(trial("2.bs2"))
+    ev = ev[:12000]
+    corrupt = protocol.HEADER.pack(protocol.MAGIC, protocol.VERSION, 0, 0, 0, 0x7FFFFFFF)
+    data = corrupt + b"".join(protocol.encode_packets(ev, max_events=1000, end=True, seq0=1))
+    code, stdout, stderr = evmamba("stream", "--checkpoint", checkpoint, "--source", "-", "--no-predictions",
+                                   stdin=data)
+    assert code == 0, stderr
+    records = lines(stdout)
+    summary = records[-1]
+    assert summary["source"]["oversized"] == 1 and summary["source"]["garbage"] == 0
+    assert summary["events"] == 12000  # every packet after the bad header was classified
+    assert [rec["events"] for rec in records if rec["type"] == "final"] == [12000]
+
+
+def default_signals():
+    """In the child: default SIGINT and SIGTERM handling (a background job starts with SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_sigterm_stops_the_stream_like_ctrl_c_and_writes_the_summary(checkpoint, tmp_path):
+    out = tmp_path / "term.json"
+    proc = subprocess.Popen([sys.executable, "-m", "evmamba", "stream", "--checkpoint", str(checkpoint), "--source",
+                             "-", "--json", str(out), "--quiet"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=default_signals)
+    try:
+        line = proc.stderr.readline().decode()  # printed once the loop is about to read
+        assert "reading stdin" in line, line
+        rng = np.random.default_rng(1)
+        from evmamba.pipeline.events import make_events
+
+        ev = make_events(rng.integers(0, 128, 2000), rng.integers(0, 128, 2000), np.arange(2000) * 10,
+                         rng.integers(0, 2, 2000))
+        proc.stdin.write(b"".join(protocol.encode_packets(ev, max_events=100, end=False)))
+        proc.stdin.flush()  # stdin stays open: a live pipe
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = stderr.decode()
+    assert proc.returncode == 143, stderr
+    assert "real-time factor" in stderr
+    summary = json.loads(Path(out).read_text())
+    assert summary["interrupted"] is True and summary["events"] <= 2000
+
+
 def test_udp_stream_stopped_with_ctrl_c_prints_the_summary(checkpoint, tmp_path):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -104,11 +156,7 @@ def test_udp_stream_stopped_with_ctrl_c_prints_the_summary(checkpoint, tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "evmamba", "stream", "--checkpoint", str(checkpoint), "--source",
                              f"udp://127.0.0.1:{port}", "--json", str(out), "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            # A background job's children start with SIGINT ignored; a user's terminal
-                            # delivers it, so restore the default before Python starts (it then raises
-                            # KeyboardInterrupt as at a terminal).
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=default_signals)
     try:
         line = proc.stderr.readline()  # printed once the socket listens
         assert "reading udp://" in line, line

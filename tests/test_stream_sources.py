@@ -181,6 +181,61 @@ def test_byte_stream_resyncs_after_garbage_and_counts_a_truncated_tail():
     assert src.stats.packets == 3
 
 
+class LivePipe:
+    """A byte stream that hands out ``data`` in ``size``-byte pieces and then, like a pipe whose writer is
+    still there, has nothing more: reading past the end fails the test instead of blocking."""
+
+    def __init__(self, data: bytes, size: int = 4096):
+        self.data, self.size, self.pos = data, size, 0
+
+    def read1(self, n):
+        if self.pos >= len(self.data):
+            raise AssertionError("the reader waited for bytes that were never sent")
+        piece = self.data[self.pos:self.pos + min(n, self.size)]
+        self.pos += len(piece)
+        return piece
+
+
+def corrupt_header(count=0xFFFFFFFF, seq=7):
+    """A valid-looking header whose event count is absurd (a flipped bit, a foreign writer)."""
+    return protocol.HEADER.pack(protocol.MAGIC, protocol.VERSION, 0, 0, seq, count)
+
+
+@pytest.mark.parametrize("junk", [b"", bytes(range(40))])
+def test_byte_stream_resyncs_after_a_header_with_a_corrupt_count(junk):
+    packets = [events(200, 1000 * k, seed=k) for k in range(20)]
+    data = corrupt_header() + junk + b"".join(
+        protocol.encode_packet(ev, k, end=k == len(packets) - 1) for k, ev in enumerate(packets))
+    src = ByteStreamSource(LivePipe(data), SENSOR)
+    chunks = []
+    for chunk in src:  # on a live pipe: every packet arrives without waiting for the announced 55 GB
+        chunks.append(chunk)
+        if chunk.end:
+            break
+    np.testing.assert_array_equal(np.concatenate([c.events for c in chunks]), np.concatenate(packets))
+    assert src.stats.oversized == 1 and src.stats.garbage == 0 and src.stats.packets == 20
+
+
+def test_every_source_bounds_the_announced_count_by_max_packet():
+    max_packet = protocol.HEADER_SIZE + 13 * 50
+    # A byte stream: a header announcing 51 events (one too many) is malformed; the next packet is read.
+    ok = events(50, 0, 1)
+    bad = protocol.encode_packet(events(51, 0, 2), 0)
+    src = ByteStreamSource(io.BytesIO(bad + protocol.encode_packet(ok, 1)), SENSOR, max_packet=max_packet)
+    got = [c for c in src if c.n_events]
+    np.testing.assert_array_equal(np.concatenate([c.events for c in got]), ok)
+    assert src.stats.oversized == 1
+    # UDP: the same header in a datagram is oversized too (not merely short).
+    udp = UdpSource("127.0.0.1", 0, SENSOR, max_packet=max_packet)
+    th = send_later(udp.address, [corrupt_header(), protocol.encode_packet(ok, 2, end=True)])
+    chunks = collect(udp)
+    th.join()
+    np.testing.assert_array_equal(np.concatenate([c.events for c in chunks]), ok)
+    assert (udp.stats.oversized, udp.stats.short) == (1, 0)
+    with pytest.raises(ValueError, match="max_packet"):
+        ByteStreamSource(io.BytesIO(b""), SENSOR, max_packet=8)
+
+
 # ---------------------------------------------------------------------------------------------- replay
 def test_replay_slices_of_a_real_recording_cover_it_exactly():
     path = real_recording()

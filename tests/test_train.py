@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -111,6 +112,26 @@ def test_checkpoints_load_with_weights_only(run_dir, tmp_path):
     torch.save({"format": "evmamba-checkpoint", "version": 1, "payload": Path("x")}, bad)
     with pytest.raises(ValueError, match="bad.pt"):
         load_checkpoint(bad)
+
+
+def test_unloadable_checkpoints_say_why_and_never_suggest_unsafe_loading(run_dir, tmp_path):
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"format": "evmamba-checkpoint", "version": 1, "payload": Path("x")}, pickled)
+    truncated = tmp_path / "truncated.pt"
+    data = (run_dir / "model.pt").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    expected = {pickled: "not a safe checkpoint", truncated: "truncated or damaged", empty: "empty",
+                text: "not in PyTorch's checkpoint format"}
+    for path, reason in expected.items():
+        with pytest.raises(ValueError) as info:
+            load_checkpoint(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: ") and reason in message, message
+        assert "weights_only" not in message and "trust" not in message, message
     with pytest.raises(ValueError, match="lacks"):
         load_checkpoint(run_dir / "model.pt", need_training_state=True)
 
@@ -149,6 +170,86 @@ def test_config_errors_are_reported(tmp_path, capsys):
     assert "train.epochz" in capsys.readouterr().err
     assert main(["train", "--config", str(cfg), "model.readout=max", "--out", str(tmp_path / "r")]) == 1
     assert "readout" in capsys.readouterr().err
+
+
+def test_unknown_sections_and_keys_and_bad_values_are_named_before_any_work(tmp_path, capsys):
+    cfg = tiny_config(tmp_path)
+    out = tmp_path / "never"
+    assert main(["train", "--config", str(cfg), "trian.epochs=3", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "unknown section(s) 'trian' (did you mean 'train'?)" in err and "'dataset'" in err
+    assert main(["train", "--config", str(cfg), "train.lr=abc", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "config: key 'train.lr' must be a number" in err and "got 'abc'" in err
+    assert main(["train", "--config", str(cfg), "model.d_modle=8", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "model.d_modle" in err and "d_model" in err
+    assert not out.exists() and not (tmp_path / "cache").exists()  # refused before any data or run folder
+    # preprocess reads only the data sections but checks the whole config.
+    assert main(["preprocess", "--config", str(cfg), "train.epoch=3", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "train.epoch" in err and "epochs" in err
+
+
+def test_train_force_rebuilds_the_token_caches(tmp_path):
+    cfg = tiny_config(tmp_path, train={"epochs": 1, "val_fraction": 0.0})
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    caches = sorted((tmp_path / "cache").glob("*.h5"))
+    before = [p.stat().st_mtime_ns for p in caches]
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "b"), "--no-progress", "--force"]) == 0
+    assert sorted((tmp_path / "cache").glob("*.h5")) == caches
+    assert all(p.stat().st_mtime_ns != t for p, t in zip(caches, before))
+
+
+def test_max_samples_is_understood_by_every_path(tmp_path):
+    """Token caches, the augmentation path, frame models and stream sample: sources build the same subset."""
+    import yaml as _yaml
+
+    from evmamba.config import load_config
+    from evmamba.datasets.registry import build_dataset
+    from evmamba.streaming.sources import sample_recordings
+    from evmamba.training.data import build_data
+
+    cfg = load_config(tiny_config(tmp_path, dataset={"max_samples": 12}, augment={"drop_rate": 0.1},
+                                  train={"val_fraction": 0.0}))
+    tokens = build_data(cfg, progress=False)  # the augmentation path reads raw recordings
+    assert len(tokens.train) == 12 and len(tokens.test) == 12
+    subset = build_dataset(cfg["dataset"], "train")
+    assert [tokens.train[i][1] for i in range(12)] == subset.labels  # the cache's samples, augmented
+    frames_cfg = _yaml.safe_load(tiny_config(tmp_path, dataset={"max_samples": 7}, train={"val_fraction": 0.0}).read_text())
+    frames_cfg["model"] = {"type": "frame_resnet", "widths": [8], "blocks": [1]}
+    frames = build_data(frames_cfg, progress=False)
+    assert len(frames.train) == 7 and len(frames.test) == 7
+    recs, sensor, classes = sample_recordings(cfg["dataset"], "test", [0, 11])
+    assert len(recs) == 2 and tuple(sensor) == (32, 32, 2) and len(classes) == 5
+    with pytest.raises(ValueError, match="outside"):
+        sample_recordings(cfg["dataset"], "test", [12])
+
+
+def test_an_empty_class_folder_in_train_keeps_every_class_index(tmp_path):
+    """train/ has an empty class folder, test/ lacks a class: one class list, training and testing work."""
+    from evmamba.datasets.readers import write_events
+    from evmamba.pipeline.events import make_events
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    layout = {"train": {"a": 6, "b": 6, "c": 0, "d": 6}, "test": {"a": 2, "c": 2, "d": 2}}
+    for split, classes in layout.items():
+        for cls, n in classes.items():
+            (root / split / cls).mkdir(parents=True)
+            for k in range(n):
+                t = np.sort(rng.integers(0, 30_000, 80))
+                write_events(root / split / cls / f"r{k}.npy",
+                             make_events(rng.integers(0, 16, 80), rng.integers(0, 16, 80), t, rng.integers(0, 2, 80)))
+    cfg = tiny_config(tmp_path, train={"epochs": 1, "val_fraction": 0.0, "batch_size": 6})
+    data = yaml.safe_load(cfg.read_text())
+    data["dataset"] = {"name": "folder", "root": str(root)}  # sensor size inferred over both splits
+    data["model"] = {"d_model": 8, "n_layers": 1, "d_state": 4}
+    cfg.write_text(yaml.safe_dump(data))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    ckpt = load_checkpoint(out / "model.pt")
+    assert ckpt["data"]["classes"] == ["a", "b", "c", "d"] and ckpt["data"]["sensor_size"] == [16, 16, 2]
 
 
 def test_frame_baseline_trains_with_the_same_command(tmp_path):

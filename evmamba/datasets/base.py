@@ -58,6 +58,11 @@ class EventDataset(Sequence):
         """Where sample ``index`` comes from (a file path or an id), for messages."""
         return f"{self.name}[{self._index(index)}]"
 
+    def data_files(self) -> list[Path]:
+        """Files the samples are read from that are not themselves a sample's :meth:`source` (e.g. one HDF5
+        file holding every sample); their sizes and times enter the token cache's key."""
+        return []
+
     def class_counts(self) -> np.ndarray:
         """Number of samples per class, shape ``(len(classes),)``, from the labels alone."""
         return np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=len(self.classes))
@@ -90,7 +95,8 @@ class EventFileDataset(EventDataset):
         self.paths = [Path(p) for p in paths]
         self.labels = [int(v) for v in labels]
         self.classes = list(classes)
-        self.sensor_size = tuple(sensor_size)
+        # None only for subclasses that infer the size on first use (FolderDataset).
+        self.sensor_size = None if sensor_size is None else tuple(sensor_size)
         self.format = format
         self.on_unsorted = check_policy(on_unsorted, name)
 

@@ -17,11 +17,14 @@ dataset         shape, dtype      meaning
 ==============  ================  =========================================================================
 
 Attributes: ``format`` ("evmamba-tokens"), ``format_version``, ``config`` (JSON of the hashed dataset and
-binning sections), ``config_hash``, ``dataset``, ``split``, ``sensor_size``, ``vocab_size``, ``classes``
-(JSON list), ``n_samples``, ``n_done`` (samples written so far), ``n_empty`` and ``complete``, which is set
-last. The hash covers the resolved ``dataset`` and ``binning`` sections and the format version, so a changed
-config never serves stale tokens; it does not cover the recordings themselves (rebuild with ``force``
-after replacing data files).
+binning sections and of the data's fingerprint), ``config_hash``, ``dataset``, ``split``, ``sensor_size``,
+``vocab_size``, ``classes`` (JSON list), ``n_samples``, ``n_done`` (samples written so far), ``n_empty`` and
+``complete``, which is set last. The hash covers what decides the file's content: the resolved ``dataset``
+and ``binning`` sections, the format version and the data themselves -- every sample's source and label, the
+class names, the sensor size and the size and modification time of every recording
+(:func:`~evmamba.datasets.fingerprint.dataset_fingerprint`). A changed config, a relabelled, added,
+removed or replaced recording therefore gives a new file and never serves stale tokens. ``force``
+rebuilds a file regardless (after an edit that keeps a file's size and time stamp).
 
 Empty samples (no event left after the binning's crops and filters) are **kept** with length 0, so sample
 ``i`` of a cache is always sample ``i`` of the dataset, with its label and source; their number is the
@@ -51,6 +54,8 @@ import h5py
 import numpy as np
 
 from ..pipeline.binning import BinningConfig, TokenSequence, bin_events, vocab_size
+from .fingerprint import dataset_fingerprint
+from .subset import SpreadSubset
 
 __all__ = [
     "FORMAT",
@@ -63,6 +68,7 @@ __all__ = [
     "dataset_from_config",
     "ensure_cache",
     "inspect_cache",
+    "update_cache",
 ]
 
 FORMAT = "evmamba-tokens"
@@ -74,6 +80,10 @@ _ATTRS = (
     "config", "config_hash", "dataset", "split", "sensor_size", "vocab_size", "classes",
     "n_samples", "n_done", "n_empty", "complete",
 )
+
+
+#: ``make_dataset(dataset_section, split) -> dataset``: replaces the registry's constructor (tests, custom data).
+DatasetFactory = Callable[[Mapping, str], Any]
 
 
 # -- names and keys ---------------------------------------------------------------------------------------
@@ -102,25 +112,44 @@ def _sections(cfg: Mapping) -> tuple[dict[str, Any], BinningConfig]:
     return dataset, binning
 
 
-def cache_key(cfg: Mapping) -> tuple[str, dict[str, Any]]:
-    """``(hash, hashed_content)`` for a config with ``dataset`` and ``binning`` sections.
+def cache_key(cfg: Mapping, dataset=None) -> tuple[str, dict[str, Any]]:
+    """``(hash, hashed_content)`` for a config with ``dataset`` and ``binning`` sections and, when given, the
+    event dataset the section gives for one split.
 
-    The content is ``{"format_version", "dataset", "binning"}`` with the binning section completed with its
-    defaults (so spelling a default out does not change the hash); the hash is the first 16 hex digits of
-    the SHA-256 of its canonical JSON. Other sections (``model``, ``train``, ``cache_dir``) do not count.
+    The content is ``{"format_version", "dataset", "binning", "data"}``: the binning section completed with
+    its defaults (so spelling a default out does not change the hash) and ``data`` the dataset's
+    :func:`~evmamba.datasets.fingerprint.dataset_fingerprint` (samples, labels, classes, sensor size, file
+    sizes and times; ``None`` without a dataset). The hash is the first 16 hex digits of the SHA-256 of its
+    canonical JSON. Other sections (``model``, ``train``, ``cache_dir``) do not count.
     """
-    dataset, binning = _sections(cfg)
-    content = {"format_version": FORMAT_VERSION, "dataset": dataset, "binning": binning.to_dict()}
+    section, binning = _sections(cfg)
+    data = dataset_fingerprint(dataset) if dataset is not None else None
+    content = {"format_version": FORMAT_VERSION, "dataset": section, "binning": binning.to_dict(), "data": data}
     blob = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16], content
 
 
-def cache_path(cfg: Mapping, split: str, cache_dir: str | os.PathLike | None = None) -> Path:
+def cache_path(
+    cfg: Mapping,
+    split: str,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    dataset=None,
+    make_dataset: DatasetFactory | None = None,
+) -> Path:
     """``<cache_dir>/<dataset name>-<split>-<hash>.h5``; ``cache_dir`` defaults to the config's ``cache_dir``
-    (itself ``cache``, relative to the working directory)."""
-    key, content = cache_key(cfg)
+    (itself ``cache``, relative to the working directory). The hash is :func:`cache_key` of the config and
+    of ``dataset`` -- by default the split's dataset, built from the config by
+    :func:`~evmamba.datasets.registry.build_dataset` (with ``make_dataset``, if given)."""
     if not isinstance(split, str) or not split or any(c in split for c in "/\\\0"):
         raise ValueError(f"cache_path: argument 'split' must be a plain name; got {split!r}")
+    if dataset is None:
+        dataset = dataset_from_config(_sections(cfg)[0], split, make_dataset)
+    key, content = cache_key(cfg, dataset)
+    return _file_name(cfg, split, cache_dir, key, content)
+
+
+def _file_name(cfg: Mapping, split: str, cache_dir, key: str, content: dict) -> Path:
     folder = Path(cache_dir if cache_dir is not None else (cfg.get("cache_dir") or "cache"))
     return folder / f"{content['dataset']['name']}-{split}-{key}.h5"
 
@@ -483,13 +512,14 @@ def build_cache(
     Args:
         dataset: an event dataset: ``len()``, ``[i] -> (events, label)``, ``source(i)``, ``sensor_size``,
             ``classes``; picklable when ``workers > 1`` on platforms without ``fork``.
-        cfg: a config with ``dataset`` and ``binning`` sections (hashed into the file, see :func:`cache_key`).
+        cfg: a config with ``dataset`` and ``binning`` sections (hashed into the file with the dataset's
+            fingerprint, see :func:`cache_key`).
         path: the final file; ``<path>.partial`` holds the work in progress.
         split: the split's name, recorded in the file.
         workers: processes that read and bin samples (1 = in this process).
         block_size: samples per block, the unit of work and of resumption.
         progress: show a tqdm progress bar (on stderr).
-        resume: continue a partial file of the same config; False starts over.
+        resume: continue a partial file of the same config and data; False starts over.
 
     Returns ``path``.
     """
@@ -501,15 +531,16 @@ def build_cache(
         raise TypeError(f"build_cache: argument 'dataset' ({type(dataset).__name__}) lacks {missing}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(path):
-        _build_locked(dataset, cfg, path, split, workers, block_size, progress, resume)
+        key, content = cache_key(cfg, dataset)
+        _build_locked(dataset, key, content, path, split, workers, block_size, progress, resume)
     return path
 
 
 def _build_locked(
-    dataset, cfg, path: Path, split: str, workers: int, block_size: int, progress: bool, resume: bool
+    dataset, key: str, content: dict, path: Path, split: str, workers: int, block_size: int, progress: bool,
+    resume: bool,
 ) -> None:
-    key, content = cache_key(cfg)
-    _, binning = _sections(cfg)
+    binning = BinningConfig.from_dict(content["binning"], source="config: section 'binning'")
     n = len(dataset)
     partial = path.with_name(path.name + ".partial")
     start = _resume_point(partial, key, n) if (resume and partial.exists()) else None
@@ -556,63 +587,51 @@ def _write_blocks(partial: Path, dataset, binning, blocks, n, start, workers, pr
             pool.join()
 
 
-class SpreadSubset:
-    """``n`` samples of an event dataset spread over all of it: one from each of ``n`` equal stretches.
-
-    The dataset's index range is cut into ``n`` consecutive stretches and one sample is drawn from each
-    (a fixed generator, so the subset is always the same). The first ``n`` would lose whole classes of
-    datasets listed by class (file names such as ``cl_..``, ``di_..``), and a fixed stride would lose them
-    in datasets whose labels cycle (``i % 5``). Keeps ``sensor_size``, ``classes``, ``name`` and
-    ``source(i)`` of the base dataset.
-    """
-
-    def __init__(self, base, n: int, source: str = "SpreadSubset"):
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"{source}: must be an int >= 1; got {n!r}")
-        self.base = base
-        total = len(base)
-        m = min(int(n), total)
-        edges = np.arange(m + 1, dtype=np.int64) * total // max(m, 1)
-        offsets = np.random.default_rng(0).random(m)
-        self.indices = edges[:-1] + (offsets * (edges[1:] - edges[:-1])).astype(np.int64)
-        self.sensor_size = base.sensor_size
-        self.classes = base.classes
-        self.name = getattr(base, "name", type(base).__name__)
-
-    def __len__(self) -> int:
-        return int(self.indices.shape[0])
-
-    def __getitem__(self, i: int):
-        return self.base[int(self.indices[i])]
-
-    def source(self, i: int) -> str:
-        return self.base.source(int(self.indices[i]))
-
-
 # -- the entry point for training --------------------------------------------------------------------------
 
-DatasetFactory = Callable[[Mapping, str], Any]
-
-
-def _default_factory(dataset_cfg: Mapping, split: str):
+def dataset_from_config(dataset_cfg: Mapping, split: str, make_dataset: DatasetFactory | None = None):
+    """The event dataset a ``dataset`` section describes, exactly as the token cache sees it: the one
+    builder, :func:`~evmamba.datasets.registry.build_dataset` (``max_samples`` and the rest included;
+    ``make_dataset(section, split)`` replaces the registry's constructor). Position ``i`` of the result
+    is sample ``i`` of the cache."""
     from .registry import build_dataset
 
-    return build_dataset(dataset_cfg, split)
+    return build_dataset(dataset_cfg, split, make_dataset)
 
 
-def dataset_from_config(dataset_cfg: Mapping, split: str, make_dataset: DatasetFactory | None = None):
-    """The event dataset a ``dataset`` section describes, exactly as the token cache sees it.
-
-    ``make_dataset(section, split)`` builds it (default: the dataset registry); a ``max_samples`` key is
-    taken out of the section first and applied with :class:`SpreadSubset`, so that position ``i`` of the
-    result is sample ``i`` of the cache.
-    """
-    section = _plain(dataset_cfg, "dataset")
-    limit = section.pop("max_samples", None)
-    dataset = (make_dataset or _default_factory)(section, split)
-    if limit is not None:
-        dataset = SpreadSubset(dataset, limit, source="config: key 'dataset.max_samples'")
-    return dataset
+def update_cache(
+    cfg: Mapping,
+    split: str,
+    workers: int = 1,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    make_dataset: DatasetFactory | None = None,
+    block_size: int = 64,
+) -> tuple[Path, bool]:
+    """:func:`ensure_cache`, also telling whether the file was (re)built: ``(path, built)``."""
+    _check_count("workers", workers, "ensure_cache")
+    _check_count("block_size", block_size, "ensure_cache")
+    if not isinstance(split, str) or not split or any(c in split for c in "/\\\0"):
+        raise ValueError(f"ensure_cache: argument 'split' must be a plain name; got {split!r}")
+    dataset = dataset_from_config(_sections(cfg)[0], split, make_dataset)
+    key, content = cache_key(cfg, dataset)  # the data's fingerprint, taken once
+    path = _file_name(cfg, split, cache_dir, key, content)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Under the lock, so that a second run started at the same time waits and then finds the file.
+    with _build_lock(path):
+        if path.exists() and not force:
+            try:
+                inspect_cache(path, expected_hash=key)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{exc} (delete the file, or rebuild it with --force: `evmamba preprocess`, `evmamba train` "
+                    "and `evmamba evaluate` take it)"
+                ) from None
+            return path, False
+        _build_locked(dataset, key, content, path, split, workers, block_size, progress, resume=not force)
+    return path, True
 
 
 def ensure_cache(
@@ -628,26 +647,13 @@ def ensure_cache(
 ) -> Path:
     """The token cache of ``split`` for ``cfg``, built first if it does not exist (or ``force``).
 
-    ``cfg`` is a resolved config with ``dataset`` and ``binning`` sections (other sections are ignored);
-    the file is :func:`cache_path`. A ``dataset.max_samples`` key keeps that many samples of each split,
-    spread over it (:class:`SpreadSubset`), for quick runs. An existing file is checked
-    (:func:`inspect_cache`); a damaged one raises ``ValueError`` naming it (rebuild with ``force=True``).
-    ``make_dataset(dataset_section, split)`` builds the event dataset (default: the dataset registry).
-    ``workers``, ``progress`` and ``block_size`` are as for :func:`build_cache`.
+    ``cfg`` is a resolved config with ``dataset`` and ``binning`` sections (other sections are ignored).
+    The split's dataset is built (:func:`~evmamba.datasets.registry.build_dataset`, which also applies
+    ``dataset.max_samples``) and fingerprinted, and the file is :func:`cache_path` of both: changed data
+    give a new file. An existing file is checked (:func:`inspect_cache`); a damaged one raises
+    ``ValueError`` naming it (rebuild with ``force=True``). ``make_dataset(dataset_section, split)``
+    replaces the registry's constructor. ``workers``, ``progress`` and ``block_size`` are as for
+    :func:`build_cache`.
     """
-    path = cache_path(cfg, split, cache_dir)
-    key, _ = cache_key(cfg)
-    _check_count("workers", workers, "ensure_cache")
-    _check_count("block_size", block_size, "ensure_cache")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Under the lock, so that a second run started at the same time waits and then finds the file.
-    with _build_lock(path):
-        if path.exists() and not force:
-            try:
-                inspect_cache(path, expected_hash=key)
-            except ValueError as exc:
-                raise ValueError(f"{exc} (delete the file or rebuild it with --force)") from None
-            return path
-        dataset = dataset_from_config(_sections(cfg)[0], split, make_dataset)
-        _build_locked(dataset, cfg, path, split, workers, block_size, progress, resume=not force)
-    return path
+    return update_cache(cfg, split, workers, force=force, progress=progress, cache_dir=cache_dir,
+                        make_dataset=make_dataset, block_size=block_size)[0]

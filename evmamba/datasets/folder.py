@@ -3,22 +3,31 @@
 Layouts (``root`` is the folder you pass):
 
 * class sub-folders -- ``root/<class name>/**/<file>``; classes are the sub-folder names, sorted. With
-  ``split="train"`` the classes are read from ``root/train/<class name>/...`` (any split name works);
+  ``split="train"`` the files are read from ``root/train/<class name>/...`` (any split name works);
 * a labels CSV -- ``labels_csv`` (a path, or a name inside ``root``) with a header row and the columns
   ``file`` (relative to ``root``) and ``label``, plus an optional ``split`` column. Labels that are all
   integers are used as class indices (classes ``"0"``..``"K-1"``); otherwise the classes are the sorted
   distinct label names.
 
+**Classes and the sensor size are decided once for the whole dataset, over every split**, so that class
+``k`` and token ``j`` mean the same thing in the training and the test split: the classes are those of
+every split folder under ``root`` (the class sub-folders that hold at least one event file) or of every
+row of the CSV, whatever ``split`` is asked for. A split without any sample of a class therefore keeps
+that class's index. Class names that differ only in upper/lower case (``Wave`` and ``wave``) are taken as
+one class, spelled as the first of them in sorted order, with a warning naming the spellings.
+
 Files are kept when their extension is in ``extensions`` (default: every extension
 :func:`~evmamba.datasets.readers.read_events` knows) and are ordered by relative path. The sensor size is
-``sensor_size`` when given; otherwise every file is read once at construction and the size is the
-element-wise maximum of the files' sizes (header or largest coordinate + 1), so that all samples share it.
-Pass ``sensor_size`` to skip that scan on large datasets.
+``sensor_size`` when given; otherwise every file of every split is read once, on first use of
+``sensor_size`` (not when the dataset is built, so an up-to-date token cache needs no pass over the data),
+and the size is the element-wise maximum of the files' sizes (header or largest coordinate + 1). Pass
+``sensor_size`` to skip that scan on large datasets.
 """
 
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -47,13 +56,41 @@ def _matches(path: Path, extensions: tuple[str, ...]) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in extensions
 
 
+def _merge_case(names, where: str) -> dict[str, str]:
+    """``{spelling: class name}`` for the distinct ``names``: spellings that differ only in case map to one
+    class, the first of them in sorted order, with a warning naming them."""
+    groups: dict[str, list[str]] = {}
+    for name in sorted(set(names)):
+        groups.setdefault(name.casefold(), []).append(name)
+    mapping = {}
+    for spellings in groups.values():
+        if len(spellings) > 1:
+            warnings.warn(
+                f"{where}: class names {spellings} differ only in upper/lower case; they are taken as one class, "
+                f"{spellings[0]!r} (rename them if they are different classes)",
+                UserWarning,
+                stacklevel=4,
+            )
+        for name in spellings:
+            mapping[name] = spellings[0]
+    return mapping
+
+
+# Sensor sizes already scanned in this process, by (files with sizes and times, format, policy): the train
+# and test splits of one dataset share the scan.
+_SCANNED: dict[tuple, tuple[int, int, int]] = {}
+
+
 class FolderDataset(EventFileDataset):
-    """A folder of event files as a dataset (layouts in the module docstring).
+    """A folder of event files as a dataset (layouts, classes and sensor size in the module docstring).
 
     Parameters: ``root`` folder; ``labels_csv`` (``None``: class sub-folders); ``sensor_size``
-    ``(width, height, polarities)`` or ``None`` to infer it; ``extensions`` to keep; ``split`` (``None`` or
-    ``"all"``: every file); ``format`` to force one reader (default: detected per file); ``on_unsorted``
-    for the reader; ``name`` for messages.
+    ``(width, height, polarities)`` or ``None`` to infer it from every file of every split; ``extensions``
+    to keep; ``split`` (``None`` or ``"all"``: every file); ``format`` to force one reader (default:
+    detected per file); ``on_unsorted`` for the reader; ``name`` for messages.
+
+    Attributes besides the dataset interface: ``root``, ``split``, ``all_paths`` (the files of every split),
+    ``declared_sensor_size`` (``sensor_size`` as given, or None when it is inferred).
 
     Raises ``FileNotFoundError`` for a missing root, CSV or listed file, and ``ValueError`` naming the
     folder or CSV line for an empty dataset, a malformed CSV, a split that the layout does not provide,
@@ -81,19 +118,44 @@ class FolderDataset(EventFileDataset):
         if split == "all":
             split = None
         if labels_csv is not None:
-            paths, labels, classes = self._from_csv(base, labels_csv, split, exts)
+            paths, labels, classes, all_paths = self._from_csv(base, labels_csv, split, exts)
         else:
-            paths, labels, classes = self._from_subfolders(base, split, exts)
-        if sensor_size is None:
-            size = self._scan_sensor_size(base, paths, format, on_unsorted)
-        else:
-            size = check_sensor_size(sensor_size, f"{base}: sensor_size")
-        super().__init__(name, paths, labels, classes, size, format=format, on_unsorted=on_unsorted)
+            paths, labels, classes, all_paths = self._from_subfolders(base, split, exts)
+        self.declared_sensor_size = None if sensor_size is None else check_sensor_size(sensor_size, f"{base}: sensor_size")
+        self.all_paths = all_paths
         self.root = base
+        super().__init__(name, paths, labels, classes, self.declared_sensor_size, format=format, on_unsorted=on_unsorted)
         self.split = split or "all"
 
+    @property
+    def sensor_size(self) -> tuple[int, int, int]:
+        """``(width, height, polarities)``: as given, or the largest over every file of every split (read once,
+        on first use)."""
+        if self._sensor_size is None:
+            self._sensor_size = self._scan_sensor_size(self.root, self.all_paths, self.format, self.on_unsorted)
+        return self._sensor_size
+
+    @sensor_size.setter
+    def sensor_size(self, value) -> None:
+        self._sensor_size = None if value is None else tuple(int(v) for v in value)
+
+    def data_files(self) -> list[Path]:
+        """Files besides this split's that decide its content: every split's files when the sensor size is
+        inferred from them (see :func:`~evmamba.datasets.fingerprint.dataset_fingerprint`)."""
+        return list(self.all_paths) if self.declared_sensor_size is None else []
+
     @staticmethod
-    def _from_subfolders(base: Path, split, exts):
+    def _class_files(top: Path, exts) -> dict[str, list[Path]]:
+        """``{class folder name: sorted event files}`` of the class sub-folders of ``top`` that hold any."""
+        out = {}
+        for d in sorted(d for d in top.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            files = sorted(p for p in d.rglob("*") if _matches(p, exts))
+            if files:
+                out[d.name] = files
+        return out
+
+    @classmethod
+    def _from_subfolders(cls, base: Path, split, exts):
         top = base
         if split is not None:
             top = base / split
@@ -102,26 +164,27 @@ class FolderDataset(EventFileDataset):
                     f"{base}: split {split!r} needs a folder {top} holding class sub-folders, or a labels CSV "
                     "with a 'split' column"
                 )
-        class_dirs = sorted(d for d in top.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if split is None and {"train", "test"} <= {d.name for d in class_dirs}:
+        elif {"train", "test"} <= {d.name for d in base.iterdir() if d.is_dir()}:
             raise ValueError(
                 f"{base}: has 'train' and 'test' sub-folders; pass split='train' or split='test' (they would "
                 "otherwise be taken as two classes)"
             )
-        paths, labels, classes = [], [], []
-        for d in class_dirs:
-            files = sorted(p for p in d.rglob("*") if _matches(p, exts))
-            if not files:
-                continue
-            classes.append(d.name)
+        # Every split folder (each sub-folder of root) counts for the classes, not only the one asked for.
+        tops = [top] if split is None else sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+        by_top = {t: cls._class_files(t, exts) for t in tops}
+        mapping = _merge_case([c for found in by_top.values() for c in found], str(base))
+        classes = sorted(set(mapping.values()))
+        paths, labels = [], []
+        for folder, files in by_top[top].items():
             paths.extend(files)
-            labels.extend([len(classes) - 1] * len(files))
+            labels.extend([classes.index(mapping[folder])] * len(files))
         if not paths:
             raise ValueError(
                 f"{top}: no event files with extensions {exts} in class sub-folders (expected "
                 f"{top}/<class name>/<file>)"
             )
-        return paths, labels, classes
+        all_paths = [p for found in by_top.values() for files in found.values() for p in files]
+        return paths, labels, classes, all_paths
 
     @staticmethod
     def _from_csv(base: Path, labels_csv, split, exts):
@@ -141,20 +204,17 @@ class FolderDataset(EventFileDataset):
                     f"{csv_path}: split {split!r} needs a 'split' column in the CSV (or class sub-folders under "
                     f"{base / split})"
                 )
-            rows = []
+            rows = []  # every row, of every split: the classes and the sensor size are the dataset's
             for lineno, row in enumerate(reader, start=2):
                 row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
                 if not row["file"] or not row["label"]:
                     raise ValueError(f"{csv_path}:{lineno}: empty 'file' or 'label'")
-                if split is not None and row.get("split") != split:
-                    continue
-                rows.append((lineno, row["file"], row["label"]))
+                rows.append((lineno, row["file"], row["label"], row.get("split")))
         if not rows:
-            what = f"rows with split {split!r}" if split is not None else "rows"
-            raise ValueError(f"{csv_path}: no {what}")
+            raise ValueError(f"{csv_path}: no rows")
         seen: dict[str, int] = {}
-        paths = []
-        for lineno, name, _ in rows:
+        all_paths = []
+        for lineno, name, _, _ in rows:
             if name in seen:
                 raise ValueError(f"{csv_path}:{lineno}: file {name!r} is already listed on line {seen[name]}")
             seen[name] = lineno
@@ -163,20 +223,30 @@ class FolderDataset(EventFileDataset):
                 raise FileNotFoundError(f"{csv_path}:{lineno}: file {path} does not exist")
             if path.suffix.lower() not in exts:
                 raise ValueError(f"{csv_path}:{lineno}: file {name!r} does not have one of the extensions {exts}")
-            paths.append(path)
-        names = [label for _, _, label in rows]
+            all_paths.append(path)
+        names = [label for _, _, label, _ in rows]
         if all(n.isdigit() for n in names):
-            labels = [int(n) for n in names]
-            classes = [str(i) for i in range(max(labels) + 1)]
+            indices = [int(n) for n in names]
+            classes = [str(i) for i in range(max(indices) + 1)]
         else:
-            classes = sorted(set(names))
-            labels = [classes.index(n) for n in names]
-        return paths, labels, classes
+            mapping = _merge_case(names, str(csv_path))
+            classes = sorted(set(mapping.values()))
+            indices = [classes.index(mapping[n]) for n in names]
+        keep = [k for k, row in enumerate(rows) if split is None or row[3] == split]
+        if not keep:
+            raise ValueError(f"{csv_path}: no rows with split {split!r}")
+        return [all_paths[k] for k in keep], [indices[k] for k in keep], classes, all_paths
 
     @staticmethod
     def _scan_sensor_size(base: Path, paths, format, on_unsorted):
+        from .fingerprint import file_stamp
+
+        key = (tuple(tuple(file_stamp(p) or (str(p),)) for p in paths), format, on_unsorted)
+        if key in _SCANNED:
+            return _SCANNED[key]
         width = height = npol = 0
         for path in tqdm(paths, desc=f"sensor size of {base.name}", unit="file", disable=None, leave=False):
             _, (w, h, p) = read_events(path, None, format, on_unsorted=on_unsorted)
             width, height, npol = max(width, w), max(height, h), max(npol, p)
-        return (width, height, npol)
+        _SCANNED[key] = (width, height, npol)
+        return _SCANNED[key]

@@ -3,9 +3,11 @@
     evmamba preprocess --config nmnist_small [key.sub=value ...] [--workers N] [--splits train test]
                        [--cache-dir DIR] [--force]
 
-The config's ``dataset`` and ``binning`` sections decide the content (see :mod:`evmamba.datasets.cache`);
-other sections are ignored. An up-to-date cache is left alone unless ``--force``; an interrupted run is
-continued. Prints one line per split: file, samples, tokens, empty samples and seconds.
+The config's ``dataset`` and ``binning`` sections and the data themselves (every recording's label, size and
+modification time) decide the content and the file name (see :mod:`evmamba.datasets.cache`); the whole
+config is checked first (unknown sections or keys are errors). An up-to-date cache is left alone unless
+``--force``; an interrupted run is continued. Prints one line per split: file, samples, tokens, empty
+samples and seconds.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 import time
 
 from ..config import load_config
-from .cache import cache_path, ensure_cache, inspect_cache
+from .cache import inspect_cache, update_cache
 
 EXAMPLE = "evmamba preprocess --config nmnist_small --workers 2"
 
@@ -44,16 +46,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         cfg = load_config(args.config, args.overrides)
+        # A command, so it may use the layer above the datasets: the config check knows every section.
+        from ..training.sections import check_config
+
+        check_config(cfg)
         for split in args.splits:
             start = time.perf_counter()
-            path = cache_path(cfg, split, args.cache_dir)
-            existed = path.exists() and not args.force
-            ensure_cache(
+            path, built = update_cache(
                 cfg, split, args.workers, force=args.force, progress=not args.no_progress, cache_dir=args.cache_dir
             )
             info = inspect_cache(path)
             took = time.perf_counter() - start
-            status = "up to date" if existed else f"written in {took:.2f} s"
+            status = f"written in {took:.2f} s" if built else "up to date"
             print(
                 f"{split}: {path} -- {info['n_samples']} samples, {info['n_tokens']} tokens "
                 f"(vocab {info['vocab_size']}), {info['n_empty']} empty; {status}"

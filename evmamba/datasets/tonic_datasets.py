@@ -353,6 +353,9 @@ class _HeidelbergSpikes(_TonicBacked):
     def source(self, index) -> str:
         return f"{self.path}[{self._index(index)}]"
 
+    def data_files(self) -> list[Path]:
+        return [Path(self.path)]
+
     def close(self) -> None:
         """Close this process's HDF5 handle (it is reopened on the next sample)."""
         if self._h5 is not None and self._h5_pid == os.getpid():

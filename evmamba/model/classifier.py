@@ -187,6 +187,18 @@ class EventClassifier(nn.Module):
         )
 
     # ------------------------------------------------------------------------------------------ building
+    #: Constructor arguments that come from the data, not from the config's ``model`` section.
+    DATA_ARGS = ("vocab_size", "n_classes")
+
+    @classmethod
+    def config_keys(cls) -> list[str]:
+        """The keys a ``model`` section of ``type: event_mamba`` may hold: ``type`` and the constructor's
+        arguments that do not come from the data (``grid`` does, when the section leaves it out)."""
+        import inspect
+
+        params = inspect.signature(cls.__init__).parameters
+        return sorted({"type"} | {k for k in params if k != "self" and k not in cls.DATA_ARGS})
+
     @classmethod
     def from_config(cls, model_cfg: Mapping, vocab_size: int, n_classes: int, grid=None) -> "EventClassifier":
         """Build from a config's ``model`` section (keys are the constructor's; ``type``, if present, must be
@@ -201,9 +213,7 @@ class EventClassifier(nn.Module):
         kind = kwargs.pop("type", MODEL_TYPE)
         if kind != MODEL_TYPE:
             raise ValueError(f"config: key 'model.type' is {kind!r}; EventClassifier builds {MODEL_TYPE!r}")
-        import inspect
-
-        known = set(inspect.signature(cls.__init__).parameters) - {"self", "vocab_size", "n_classes"}
+        known = set(cls.config_keys()) - {"type"}
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise ValueError(f"config: unknown key(s) {['model.' + k for k in unknown]}; known: {sorted(known)}")

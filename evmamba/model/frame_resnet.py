@@ -71,9 +71,21 @@ class FrameResNet(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(c_in, n_classes)
 
+    #: Constructor arguments that come from the data, not from the config's ``model`` section.
+    DATA_ARGS = ("n_time_bins", "n_polarities", "n_classes")
+
+    @classmethod
+    def config_keys(cls) -> list[str]:
+        """The keys a ``model`` section of ``type: frame_resnet`` may hold: ``type`` and the constructor's
+        arguments that do not come from the data."""
+        import inspect
+
+        params = inspect.signature(cls.__init__).parameters
+        return sorted({"type"} | {k for k in params if k != "self" and k not in cls.DATA_ARGS})
+
     @classmethod
     def from_config(cls, model_cfg: Mapping, n_time_bins: int, n_polarities: int, n_classes: int) -> "FrameResNet":
-        """Build from a config's ``model`` section (``type: frame_resnet``, ``widths``, ``blocks``, ``dropout``)."""
+        """Build from a config's ``model`` section (``type: frame_resnet`` and :meth:`config_keys`)."""
         if hasattr(model_cfg, "_metadata"):
             from omegaconf import OmegaConf
 
@@ -82,9 +94,12 @@ class FrameResNet(nn.Module):
         kind = kwargs.pop("type", None)
         if kind != MODEL_TYPE:
             raise ValueError(f"config: key 'model.type' is {kind!r}; FrameResNet builds {MODEL_TYPE!r}")
-        unknown = sorted(set(kwargs) - {"widths", "blocks", "dropout"})
+        unknown = sorted(set(kwargs) - set(cls.config_keys()))
         if unknown:
-            raise ValueError(f"config: unknown key(s) {['model.' + k for k in unknown]} for a frame_resnet model")
+            raise ValueError(
+                f"config: unknown key(s) {['model.' + k for k in unknown]} for a frame_resnet model; "
+                f"valid: {cls.config_keys()}"
+            )
         return cls(n_time_bins, n_polarities, n_classes, **kwargs)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:

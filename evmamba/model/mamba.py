@@ -272,6 +272,7 @@ class Mamba(nn.Module):
         the state, so the cache's final state is the state after each sequence's last valid element.
         ``inference_cache``: start from its state and leave the state after the last element in it
         (``seqlen_offset`` advances by ``L``); with ``seqlen_offset > 0`` and ``L == 1`` this is :meth:`step`.
+        ``L == 0`` gives an empty ``(B, 0, d_model)`` output and leaves a cache as it was.
         """
         self._check_hidden(hidden_states, "hidden_states")
         batch, seqlen, _ = hidden_states.shape
@@ -284,6 +285,8 @@ class Mamba(nn.Module):
             if inference_cache["seqlen_offset"] > 0 and seqlen == 1 and lengths is None:
                 out, _ = self._step(hidden_states, inference_cache, integration_timesteps)
                 return out
+        if seqlen == 0:  # nothing to do (and the convolution below rejects an empty sequence): the state stays
+            return hidden_states.new_zeros((batch, 0, self.d_model))
 
         xz = self.in_proj(hidden_states)  # (B, L, 2 Di)
         x, z = xz.split(self.d_inner, dim=-1)

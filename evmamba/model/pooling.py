@@ -89,6 +89,8 @@ def readout(h: torch.Tensor, dt: torch.Tensor, lengths: torch.Tensor | None, kin
     """``(B, L, d)`` outputs -> ``(B, d)`` per sequence (see the module docstring). Empty sequences give 0."""
     batch, seqlen, _ = h.shape
     if kind == "last":
+        if seqlen == 0:  # no outputs at all: the empty readout
+            return h.new_zeros((batch, h.shape[-1]))
         if lengths is None:
             return h[:, -1]
         idx = (lengths - 1).clamp_min(0)

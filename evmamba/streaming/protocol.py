@@ -80,8 +80,17 @@ def encode_packets(events: np.ndarray, max_events: int = MTU_EVENTS, end: bool =
     ]
 
 
-def decode_header(buf, source: str = "packet") -> tuple[int, int, int]:
-    """``(flags, seq, count)`` of a packet header (the first 16 bytes of ``buf``); ``PacketError`` if bad."""
+def max_events(max_packet: int) -> int:
+    """The most events a packet of at most ``max_packet`` bytes (header included) can announce."""
+    return max(0, (int(max_packet) - HEADER_SIZE) // RECORD_SIZE)
+
+
+def decode_header(buf, source: str = "packet", max_packet: int = MAX_DATAGRAM) -> tuple[int, int, int]:
+    """``(flags, seq, count)`` of a packet header (the first 16 bytes of ``buf``); ``PacketError`` if bad.
+
+    A header that announces more events than fit in ``max_packet`` bytes is ``oversized``: every source
+    bounds a packet by the same limit, so a corrupt count never makes a reader wait for gigabytes.
+    """
     if len(buf) < HEADER_SIZE:
         raise PacketError("short", f"{source}: {len(buf)} bytes, shorter than the {HEADER_SIZE}-byte header")
     magic, version, flags, reserved, seq, count = HEADER.unpack_from(buf, 0)
@@ -89,17 +98,24 @@ def decode_header(buf, source: str = "packet") -> tuple[int, int, int]:
         raise PacketError("garbage", f"{source}: bad magic {bytes(magic)!r} (expected {MAGIC!r})")
     if version != VERSION or flags & ~FLAG_END or reserved:
         raise PacketError("garbage", f"{source}: unsupported version {version} / flags {flags:#x} / reserved {reserved}")
+    if count > max_events(max_packet):
+        raise PacketError(
+            "oversized",
+            f"{source}: header announces {count} events ({HEADER_SIZE + RECORD_SIZE * count} bytes), more than "
+            f"the {max_packet}-byte packet limit allows ({max_events(max_packet)} events)",
+        )
     return flags, seq, count
 
 
-def decode_packet(buf, source: str = "packet") -> tuple[np.ndarray, bool, int]:
+def decode_packet(buf, source: str = "packet", max_packet: int = MAX_DATAGRAM) -> tuple[np.ndarray, bool, int]:
     """``(events, end, seq)`` of one whole evmamba packet (a datagram).
 
     Raises :class:`PacketError`: ``short`` when the datagram holds fewer bytes than its header announces,
-    ``oversized`` when it holds more, ``garbage`` for a bad magic, version or flags. The events are a copy
-    (the buffer may be reused); their values are checked by the caller.
+    ``oversized`` when it holds more or its header announces more than ``max_packet`` bytes, ``garbage`` for
+    a bad magic, version or flags. The events are a copy (the buffer may be reused); their values are
+    checked by the caller.
     """
-    flags, seq, count = decode_header(buf, source)
+    flags, seq, count = decode_header(buf, source, max_packet)
     want = HEADER_SIZE + RECORD_SIZE * count
     if len(buf) < want:
         raise PacketError("short", f"{source}: {len(buf)} bytes, but its header announces {count} events ({want} bytes)")
@@ -163,5 +179,5 @@ def encode_jaer(events: np.ndarray, seq: int) -> bytes:
 __all__ = [
     "FLAG_END", "HEADER_SIZE", "MAGIC", "MAX_DATAGRAM", "MAX_DATAGRAM_EVENTS", "MTU_EVENTS", "PACKET_KINDS",
     "RECORD_SIZE", "VERSION", "JaerDecoder", "PacketError", "decode_header", "decode_packet", "encode_jaer",
-    "encode_packet", "encode_packets",
+    "encode_packet", "encode_packets", "max_events",
 ]

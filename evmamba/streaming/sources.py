@@ -61,7 +61,7 @@ class SourceStats:
     packets: int = 0  # packets (datagrams, stream packets) decoded and accepted
     events: int = 0  # events delivered
     short: int = 0  # packets shorter than their header says, or cut off at the end of a stream
-    oversized: int = 0  # packets longer than allowed or than their header says
+    oversized: int = 0  # packets longer than allowed or than their header says, or announcing more than allowed
     garbage: int = 0  # packets with a bad magic/version/layout (bytes skipped on a byte stream count once)
     invalid: int = 0  # packets whose events break the rules (outside the sensor, unsorted)
     invalid_events: int = 0  # events in those packets
@@ -216,21 +216,37 @@ class _LiveChecker:
         return Chunk(events, None, new_recording=new, end=end, recording=self.name, arrival=arrival)
 
 
+#: The largest packet limit a byte stream accepts (stdin packets may exceed a datagram's 65 507 bytes).
+MAX_STREAM_PACKET = 1 << 30
+
+
+def _check_max_packet(max_packet, source: str, upper: int) -> None:
+    if isinstance(max_packet, bool) or not isinstance(max_packet, int) or not 16 <= max_packet <= upper:
+        raise ValueError(f"{source}: max_packet must be an int in [16, {upper}] bytes; got {max_packet!r}")
+
+
 class ByteStreamSource(Source):
     """evmamba packets back to back on a byte stream (stdin, a pipe, a file); see :mod:`.protocol`.
 
     A bad header makes the reader scan forward to the next magic (the skipped stretch counts once as
-    ``garbage``); a stream that ends inside a packet counts ``short`` and ``truncated_bytes``. The END
-    flag ends a recording; the end of the stream ends the last one.
+    ``garbage``). A header that announces more than ``max_packet`` bytes -- the same limit as for UDP
+    datagrams, by default; up to :data:`MAX_STREAM_PACKET` here -- counts as ``oversized`` and the reader
+    resynchronises on the next magic too, so a corrupt count never makes it wait for (and buffer) bytes
+    that are not coming. A stream that ends inside a
+    packet counts ``short`` and ``truncated_bytes``. The END flag ends a recording; the end of the stream
+    ends the last one.
     """
 
     live = True
 
-    def __init__(self, stream, sensor_size: SensorSize, name: str = "stdin", read_size: int = 1 << 16):
+    def __init__(self, stream, sensor_size: SensorSize, name: str = "stdin", read_size: int = 1 << 16,
+                 max_packet: int = protocol.MAX_DATAGRAM):
         super().__init__()
+        _check_max_packet(max_packet, name, MAX_STREAM_PACKET)
         self.stream = stream
         self.name = name
         self.read_size = read_size
+        self.max_packet = max_packet
         self._check = _LiveChecker(sensor_size, self.stats, name)
 
     def _read(self) -> bytes:
@@ -247,11 +263,14 @@ class ByteStreamSource(Source):
                 if len(buf) < protocol.HEADER_SIZE:
                     break
                 try:
-                    _, _, count = protocol.decode_header(buf, self.name)
-                except protocol.PacketError:
+                    _, _, count = protocol.decode_header(buf, self.name, self.max_packet)
+                except protocol.PacketError as exc:
                     nxt = buf.find(protocol.MAGIC, 1)
-                    self.stats.garbage += not in_garbage
-                    in_garbage = True
+                    if exc.kind == "oversized":  # a corrupt count: this packet counts, its bytes are skipped
+                        self.stats.oversized += 1
+                    else:
+                        self.stats.garbage += not in_garbage
+                    in_garbage = True  # skipping up to the next magic, already counted
                     if nxt < 0:
                         keep = len(protocol.MAGIC) - 1  # a magic may straddle the next read
                         del buf[: max(0, len(buf) - keep)]
@@ -304,8 +323,7 @@ class UdpSource(Source):
         super().__init__()
         if fmt not in ("evmamba", "jaer"):
             raise ValueError(f"udp source: format must be 'evmamba' or 'jaer'; got {fmt!r}")
-        if isinstance(max_packet, bool) or not isinstance(max_packet, int) or not 16 <= max_packet <= protocol.MAX_DATAGRAM:
-            raise ValueError(f"udp source: max_packet must be an int in [16, {protocol.MAX_DATAGRAM}]; got {max_packet!r}")
+        _check_max_packet(max_packet, "udp source", protocol.MAX_DATAGRAM)
         self.fmt, self.max_packet, self.idle_end_s = fmt, max_packet, idle_end_s
         self.name = f"udp://{host}:{port}"
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -360,7 +378,7 @@ class UdpSource(Source):
                         events, seq = self._jaer.decode(data, self.name)
                         end = False
                     else:
-                        events, end, seq = protocol.decode_packet(data, self.name)
+                        events, end, seq = protocol.decode_packet(data, self.name, self.max_packet)
                 except protocol.PacketError as exc:
                     setattr(self.stats, exc.kind, getattr(self.stats, exc.kind) + 1)
                     continue

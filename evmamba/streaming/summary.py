@@ -154,7 +154,7 @@ def format_summary(d: dict[str, Any]) -> str:
     if d.get("accuracy") is not None:
         lines.append(f"accuracy {d['accuracy']:.3f} over {sum(1 for r in d['per_recording'] if 'label' in r)} labelled recordings")
     if d.get("interrupted"):
-        lines.append("interrupted (Ctrl-C): totals cover the events processed until then")
+        lines.append("interrupted (Ctrl-C or SIGTERM): totals cover the events processed until then")
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ code. Keys:
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,19 +46,49 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+def _load_failure(path: Path, exc: Exception) -> str:
+    """Why ``path`` could not be loaded safely, in words a user can act on."""
+    import pickle
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if size == 0:
+        return "not a checkpoint: the file is empty (truncated while being written or copied?)"
+    # torch.save writes a zip archive (b"PK\x03\x04"); its legacy format and plain pickles start with b"\x80".
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        return f"not a checkpoint: the file is not in PyTorch's checkpoint format ({size} bytes, starting {head!r})"
+    if isinstance(exc, pickle.UnpicklingError):
+        return (
+            "not a safe checkpoint: it holds Python objects other than tensors and plain values, which evmamba "
+            "never loads (loading them could run code from the file); it was not written by evmamba, or was "
+            "altered. Use a checkpoint written by `evmamba train`"
+        )
+    return (
+        f"not a complete checkpoint: the file is truncated or damaged ({size} bytes; a copy or a run that "
+        "stopped while writing it?). Use another checkpoint, e.g. the run folder's last.pt or best.pt"
+    )
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu", need_training_state: bool = False) -> dict[str, Any]:
     """Load and check a checkpoint with ``weights_only=True``.
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file for one that is not an
-    evmamba checkpoint (or lacks the training state when ``need_training_state``).
+    evmamba checkpoint (or lacks the training state when ``need_training_state``): a truncated or damaged
+    file, a file in another format, or one holding pickled objects that a safe load refuses (those are
+    never loaded, and the message never suggests loading them unsafely).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are no help to a user here
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated file, foreign pickle, ...
-        raise ValueError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
+        # PyTorch's own message is deliberately not passed on: it explains how to load the file unsafely,
+        # which would run any code the file holds.
+        raise ValueError(f"{path}: {_load_failure(path, exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: not an evmamba checkpoint (no format {FORMAT!r})")
     if ckpt.get("version") != VERSION:

@@ -195,6 +195,22 @@ class FrameDataset:
         return item
 
 
+#: Keys of the ``frames`` section (frame models) and their defaults; read by :func:`build_data`.
+FRAMES_DEFAULTS: dict[str, Any] = {"n_time_bins": 8, "downsample": 1, "memoize": True}
+
+
+def check_frames_section(cfg: Mapping) -> dict[str, Any]:
+    """The ``frames`` section completed with :data:`FRAMES_DEFAULTS`; ``ValueError`` naming unknown keys
+    (values are checked by :class:`FrameDataset`)."""
+    given = section(cfg, "frames")
+    unknown = sorted(set(given) - set(FRAMES_DEFAULTS))
+    if unknown:
+        raise ValueError(f"config: unknown key(s) {['frames.' + k for k in unknown]}; valid: {sorted(FRAMES_DEFAULTS)}")
+    if "memoize" in given and not isinstance(given["memoize"], bool):
+        raise ValueError(f"config: key 'frames.memoize' must be true or false; got {given['memoize']!r}")
+    return {**FRAMES_DEFAULTS, **given}
+
+
 def collate_frames(batch) -> dict[str, torch.Tensor]:
     """``[(frames (T, P, H, W), label), ...]`` -> ``frames`` (B, T, P, H, W) int16, ``labels`` (B,) int64;
     with soft labels (mixed samples) also ``soft_labels`` (B, C) float32, and ``labels`` is their argmax."""
@@ -254,18 +270,19 @@ class Data:
 
 
 def _build_dataset(dataset_cfg: Mapping, split: str):
+    # The one dataset builder (``dataset.max_samples`` and the rest), as the token caches use it.
     from ..datasets.registry import build_dataset
 
     return build_dataset(dataset_cfg, split)
 
 
-def _ensure_cache(cfg, split: str, info: DistInfo, workers: int, progress: bool):
-    """The split's token cache path; rank 0 builds it while the other processes wait."""
+def _ensure_cache(cfg, split: str, info: DistInfo, workers: int, progress: bool, force: bool = False):
+    """The split's token cache path; rank 0 builds it (again, when ``force``) while the other processes wait."""
     from ..datasets.cache import ensure_cache
 
     path = None
     if info.is_main:
-        path = ensure_cache(cfg, split, workers, progress=progress)
+        path = ensure_cache(cfg, split, workers, progress=progress, force=force)
     barrier(info)
     if not info.is_main:
         path = ensure_cache(cfg, split, workers, progress=False)
@@ -333,11 +350,32 @@ def recording_splits(cfg: Mapping, *, train: bool = True, test_split: str = "tes
     return out
 
 
+def check_splits_agree(described: Mapping[str, tuple[Any, Any]]) -> None:
+    """``{where: (classes, sensor_size)}`` of every split of a run must agree: class ``k`` and token ``j`` must
+    mean the same in each. ``ValueError`` naming both lists otherwise."""
+    items = [(where, [str(c) for c in classes], [int(v) for v in size]) for where, (classes, size) in described.items()]
+    for where, classes, size in items[1:]:
+        ref_where, ref_classes, ref_size = items[0]
+        if classes != ref_classes:
+            raise ValueError(
+                f"{where} has the classes {classes} but {ref_where} has {ref_classes}; every split of a dataset "
+                "must share one class list (rebuild stale token caches with --force)"
+            )
+        if size != ref_size:
+            raise ValueError(
+                f"{where} has the sensor size {size} but {ref_where} has {ref_size}; every split of a dataset must "
+                "share one sensor size (give dataset.sensor_size, or rebuild stale token caches with --force)"
+            )
+
+
 def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True, test_split: str = "test",
-               progress: bool = True) -> Data:
+               progress: bool = True, force: bool = False) -> Data:
     """Datasets of a run: token caches or frame datasets of the ``train`` split (with ``val`` held out of it
     when ``train.val_fraction > 0``; skipped when ``train`` is false, as evaluation needs only the test
-    split) and of ``test_split`` (served as ``Data.test``)."""
+    split) and of ``test_split`` (served as ``Data.test``). ``force`` rebuilds the token caches.
+
+    Every split must have the same classes and sensor size (``ValueError`` naming both otherwise); datasets
+    decide them once for all their splits."""
     from ..pipeline.augment import AugmentConfig
     from ..pipeline.batching import BinnedDataset, collate
     from ..pipeline.mixing import EventMixDataset
@@ -355,8 +393,9 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
         from ..datasets.cache import TokenCache
 
         binning = BinningConfig.from_dict(section(cfg, "binning"), source="config: section 'binning'")
-        caches = {key: TokenCache(_ensure_cache(cfg, s, info, workers, progress), in_memory=True)
+        caches = {key: TokenCache(_ensure_cache(cfg, s, info, workers, progress, force), in_memory=True)
                   for key, s in splits.items()}
+        check_splits_agree({f"token cache {c.path}": (c.classes, c.sensor_size) for c in caches.values()})
         ref = next(iter(caches.values()))
         meta = DataInfo(
             kind=kind, n_classes=len(ref.classes), classes=[str(c) for c in ref.classes],
@@ -410,14 +449,12 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
         return result
 
     # Frame models: recordings -> frames.
-    frames_cfg = section(cfg, "frames")
-    unknown = sorted(set(frames_cfg) - {"n_time_bins", "downsample", "memoize"})
-    if unknown:
-        raise ValueError(f"config: unknown key(s) {['frames.' + k for k in unknown]}")
-    n_bins = frames_cfg.get("n_time_bins", 8)
-    k = frames_cfg.get("downsample", 1)
-    memo = bool(frames_cfg.get("memoize", True))
+    frames_cfg = check_frames_section(cfg)
+    n_bins, k, memo = frames_cfg["n_time_bins"], frames_cfg["downsample"], bool(frames_cfg["memoize"])
     parts = recording_splits(cfg, train=train, test_split=test_split)
+    named = {"train": "train", "val": splits.get("val", "train"), "test": test_split}
+    check_splits_agree({f"split {named[key]!r} ({key}) of dataset {getattr(p.dataset, 'name', 'dataset')!r}":
+                        (p.dataset.classes, p.dataset.sensor_size) for key, p in parts.items()})
     ref = next(iter(parts.values())).dataset
     probe = FrameDataset(ref, n_bins, k)
     meta = DataInfo(kind=kind, n_classes=len(ref.classes), classes=[str(c) for c in ref.classes],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,6 +25,41 @@ def build_model(cfg: Mapping, info: DataInfo) -> torch.nn.Module:
     from ..model.frame_resnet import FrameResNet  # torchvision takes a second to import: only when needed
 
     return FrameResNet.from_config(model_cfg, info.n_time_bins, info.frame_size[2], info.n_classes)
+
+
+def check_model_section(cfg: Mapping) -> None:
+    """Check the keys of the config's ``model`` section against the constructor of the model its ``type``
+    names (``ValueError`` naming the unknown keys and listing the valid ones); values are checked when the
+    model is built."""
+    kind = model_type(cfg)
+    given = section(cfg, "model")
+    if kind == TOKEN_MODEL:
+        valid = EventClassifier.config_keys()
+    else:
+        from ..model.frame_resnet import FrameResNet
+
+        valid = FrameResNet.config_keys()
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"config: unknown key(s) {['model.' + k for k in unknown]} for model.type {kind!r}; valid: {valid}"
+        )
+
+
+def check_same_data(ckpt_data: Mapping[str, Any], info: DataInfo, where) -> None:
+    """Refuse data that a checkpoint's model was not trained on: ``ckpt_data`` (a checkpoint's ``data``) and
+    ``info`` (the data at hand) must have the same class names, in the same order, and the same sensor
+    size. ``ValueError`` naming ``where`` (the checkpoint) and both lists otherwise."""
+    theirs = DataInfo.from_dict(ckpt_data)
+    if theirs.classes is not None and [str(c) for c in theirs.classes] != [str(c) for c in info.classes]:
+        raise ValueError(
+            f"{where}: the model was trained on the classes {list(theirs.classes)}, but the data have "
+            f"{list(info.classes)}; class indices would not match (use the dataset the model was trained on)"
+        )
+    for key in ("sensor_size", "vocab_size", "n_time_bins", "frame_size"):
+        mine, want = getattr(info, key), getattr(theirs, key)
+        if mine is not None and want is not None and list(np.atleast_1d(mine)) != list(np.atleast_1d(want)):
+            raise ValueError(f"{where}: the model was trained with {key}={want}, but the data give {mine}")
 
 
 def model_from_checkpoint(ckpt: Mapping[str, Any]) -> tuple[torch.nn.Module, DataInfo]:
