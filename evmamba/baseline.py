@@ -20,6 +20,7 @@ import sys
 
 from .bench.common import format_table, write_json
 from .config import load_config
+from .training.sections import check_config
 
 DEFAULT_CONFIG = "synthetic"
 EXAMPLE = "evmamba baseline --config nmnist_small --json baseline.json"
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
                               progress=not args.no_progress)
     try:
         cfg = load_config(args.config, args.overrides)
+        check_config(cfg)
         record = run_baseline(cfg, options)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"evmamba baseline: {exc}", file=sys.stderr)

@@ -73,6 +73,9 @@ __all__ = [
 
 FORMAT = "evmamba-tokens"
 FORMAT_VERSION = 1
+#: Bumped whenever a reader decodes the same file differently (2: EVT 3.0 timestamps per the specification), so
+#: that caches built from the old decoding are never served.
+DECODER_VERSION = 2
 _ARRAYS = {"tokens": np.int32, "counts": np.int32, "dt": np.float32, "t": np.int64}
 _PER_SAMPLE = {"labels": np.int64, "n_events": np.int64}
 _CHUNK = 1 << 16  # HDF5 chunk length of the token arrays (elements)
@@ -116,7 +119,7 @@ def cache_key(cfg: Mapping, dataset=None) -> tuple[str, dict[str, Any]]:
     """``(hash, hashed_content)`` for a config with ``dataset`` and ``binning`` sections and, when given, the
     event dataset the section gives for one split.
 
-    The content is ``{"format_version", "dataset", "binning", "data"}``: the binning section completed with
+    The content is ``{"format_version", "decoder_version", "dataset", "binning", "data"}``: the binning section completed with
     its defaults (so spelling a default out does not change the hash) and ``data`` the dataset's
     :func:`~evmamba.datasets.fingerprint.dataset_fingerprint` (samples, labels, classes, sensor size, file
     sizes and times; ``None`` without a dataset). The hash is the first 16 hex digits of the SHA-256 of its
@@ -124,7 +127,8 @@ def cache_key(cfg: Mapping, dataset=None) -> tuple[str, dict[str, Any]]:
     """
     section, binning = _sections(cfg)
     data = dataset_fingerprint(dataset) if dataset is not None else None
-    content = {"format_version": FORMAT_VERSION, "dataset": section, "binning": binning.to_dict(), "data": data}
+    content = {"format_version": FORMAT_VERSION, "decoder_version": DECODER_VERSION, "dataset": section,
+               "binning": binning.to_dict(), "data": data}
     blob = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16], content
 
