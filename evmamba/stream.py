@@ -236,7 +236,8 @@ def _stream(args: argparse.Namespace) -> int:
         JsonLines(sys.stdout)({"type": "summary", **{k: v for k, v in record.items() if k != "per_recording"}})
     print(format_summary(record), file=sys.stderr)
     write_json(args.json, {"command": "stream", **record})
-    return 130 if summary.interrupted else 0
+    # 128 + signal number, as a shell reports a process ended by that signal: 130 for Ctrl-C, 143 for SIGTERM.
+    return (143 if summary.stop_signal == "SIGTERM" else 130) if summary.interrupted else 0
 
 
 def _throughput(args, sm, device: str) -> int:

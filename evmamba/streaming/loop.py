@@ -38,6 +38,7 @@ from .backlog import EventQueue
 from .coarsen import Coarsener
 from .decisions import DecisionTracker, softmax
 from .liveview import LiveView
+from .stop_signals import StopSignals
 from .pacing import Pacer
 from .sources import Chunk, Source
 from .summary import RecordingResult, StreamSummary
@@ -193,8 +194,13 @@ class StreamLoop:
         producer.start()
         # Under the coarsen policy a batch may hold the whole backlog; otherwise at most batch_events.
         most = cfg.queue_events if cfg.policy == "coarsen" else cfg.batch_events
+        signals = StopSignals()
         try:
+            signals.__enter__()
             while True:
+                if signals.event.is_set():
+                    s.interrupted, s.stop_signal = True, signals.received
+                    break
                 batch = queue.get_batch(most, timeout=0.1)
                 if not batch:
                     if queue.finished or errors:
@@ -204,9 +210,10 @@ class StreamLoop:
                 n = sum(c.n_events for c in batch)
                 coarse = cfg.policy == "coarsen" and (queue.backlog + n) * 2 > cfg.queue_events
                 self._process_batch(batch, taken, coarse)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # raised by other means than the signals (e.g. off the main thread)
             s.interrupted = True
         finally:
+            signals.__exit__()
             stop.set()
             source.close()
             producer.join(timeout=1.0)

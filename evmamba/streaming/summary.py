@@ -92,6 +92,7 @@ class StreamSummary:
     coarsened_events: int = 0
     tokens_merged: int = 0
     interrupted: bool = False
+    stop_signal: str | None = None  # "SIGINT" or "SIGTERM" when a signal stopped the loop
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     recordings: list[RecordingResult] = field(default_factory=list)
     source: dict = field(default_factory=dict)
@@ -126,6 +127,7 @@ class StreamSummary:
             "tokens_merged": self.tokens_merged,
             "accuracy": (sum(r.final["class"] == r.label for r in labelled) / len(labelled)) if labelled else None,
             "interrupted": self.interrupted,
+            "stop_signal": self.stop_signal,
             "source": self.source,
             "settings": self.settings,
             "per_recording": [r.to_dict() for r in self.recordings],
