@@ -104,7 +104,7 @@ def _token_predictions(model, loader, device, max_chunk, progress) -> tuple[np.n
         batch = to_device(batch, device)
         ends = prefix_ends(batch["counts"], batch["lengths"])
         logits = model.forward_prefixes(batch["tokens"], batch["dt"], ends, batch["counts"], batch["lengths"],
-                                        max_chunk=max_chunk)
+                                        max_chunk=max_chunk, surfaces=batch.get("surfaces"))
         preds.append(logits.argmax(-1).cpu().numpy())  # (B, Q)
         labels.append(batch["labels"].cpu().numpy())
     return np.concatenate(preds), np.concatenate(labels)

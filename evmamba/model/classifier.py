@@ -2,11 +2,13 @@
 
 Shapes and units: ``tokens`` ``(B, L)`` int64 ids in ``[0, vocab_size)``; ``dt`` ``(B, L)`` float32 gap to
 the previous token in the binning's time unit (ms by default); ``counts`` ``(B, L)`` events per token;
-``lengths`` ``(B,)`` valid tokens per right-padded row. Logits are ``(B, n_classes)``.
+``lengths`` ``(B,)`` valid tokens per right-padded row; ``surfaces`` ``(B, L, F)`` float32 local surfaces of the
+tokens (:mod:`evmamba.pipeline.surfaces`), needed by the ``"surface"`` embedding only (None otherwise). Logits are
+``(B, n_classes)``.
 
 Architecture::
 
-    embed(tokens, counts) -> n x [h = h + Mamba(norm(h), dt)]  (event pooling after some layers)
+    embed(tokens, counts, surfaces) -> n x [h = h + Mamba(norm(h), dt)]  (event pooling after some layers)
                           -> norm -> readout over valid positions -> linear head
 
 Three ways to run the same function, tested to agree (fp32, relative error < 1e-5):
@@ -90,8 +92,14 @@ class EventClassifier(nn.Module):
         n_layers: number of Mamba blocks.
         d_state, d_conv, expand, dt_min, dt_max: passed to each :class:`~evmamba.model.Mamba`.
         discretization: ``"mamba"``, ``"zoh"``, ``"bilinear"`` or ``"dirac"``.
-        embedding: ``"table"`` or ``"factorised"`` (x, y and polarity tables; needs ``grid``).
+        embedding: ``"table"``, ``"factorised"`` (x, y and polarity tables) or ``"surface"`` (each token's local
+            surface through a shared MLP, plus coarse position and polarity rows); the last two need ``grid``
+            (:mod:`evmamba.model.embedding`).
         grid: ``(W', H', P)`` token grid, ``W' * H' * P == vocab_size``.
+        surface: the surfaces the ``"surface"`` embedding reads: a mapping with keys of
+            :class:`~evmamba.pipeline.surfaces.SurfaceConfig` (``radius``, ``tau_us``, ``scales``, ``kind``).
+        surface_hidden: hidden width of the surface MLP (0: linear).
+        position_cells: coarse position cells along the longer grid axis (``"surface"``).
         count_feature: add a learned ``log(count)`` feature to each token's embedding.
         pool_stride: ``None`` (no pooling), an int (pool after every layer but the last) or a list of
             ``n_layers - 1`` strides (after layer ``i``; 1 = none). Layers between poolings form a stage.
@@ -120,6 +128,9 @@ class EventClassifier(nn.Module):
         embedding: str = "table",
         grid=None,
         count_feature: bool = True,
+        surface=None,
+        surface_hidden: int = 64,
+        position_cells: int = 8,
         pool_stride=None,
         input_pool: int = 1,
         readout: str = "mean",
@@ -160,7 +171,12 @@ class EventClassifier(nn.Module):
                 self.stage_strides.append(s)
                 self.stages.append([])
 
-        self.embedding = TokenEmbedding(self.vocab_size, self.d_model, embedding, grid, bool(count_feature))
+        surface_hidden = _int_arg(surface_hidden, "surface_hidden", 0)
+        position_cells = _int_arg(position_cells, "position_cells")
+        if embedding != "surface" and surface is not None:
+            raise ValueError(f"EventClassifier: argument 'surface' is for embedding='surface'; got embedding={embedding!r}")
+        self.embedding = TokenEmbedding(self.vocab_size, self.d_model, embedding, grid, bool(count_feature),
+                                        surface=surface, surface_hidden=surface_hidden, position_cells=position_cells)
         norm_cls = (lambda: nn.RMSNorm(self.d_model, eps=1e-5)) if norm == "rms" else (lambda: nn.LayerNorm(self.d_model))
         self.layers = nn.ModuleList(
             Mamba(self.d_model, d_state=d_state, d_conv=d_conv, expand=expand, dt_min=dt_min, dt_max=dt_max,
@@ -180,6 +196,8 @@ class EventClassifier(nn.Module):
             vocab_size=self.vocab_size, n_classes=self.n_classes, d_model=self.d_model, n_layers=self.n_layers,
             d_state=d_state, d_conv=d_conv, expand=expand, discretization=discretization, embedding=embedding,
             grid=None if grid is None else [int(v) for v in grid], count_feature=bool(count_feature),
+            surface=None if self.embedding.surface is None else self.embedding.surface.to_dict(),
+            surface_hidden=surface_hidden, position_cells=position_cells,
             pool_stride=pool_stride if not isinstance(pool_stride, Sequence) else [int(s) for s in pool_stride],
             input_pool=input_pool,
             readout=readout, norm=norm, dropout=dropout, tau_min=tau_min, tau_max=tau_max,
@@ -224,7 +242,27 @@ class EventClassifier(nn.Module):
         return cls(vocab_size, n_classes, **kwargs)
 
     # ------------------------------------------------------------------------------------------ checks
-    def _check_inputs(self, tokens, dt, counts, lengths, ndim: int) -> None:
+    @property
+    def surface_config(self):
+        """The :class:`~evmamba.pipeline.surfaces.SurfaceConfig` of the surfaces this model reads, or None."""
+        return self.embedding.surface
+
+    def _check_surfaces(self, surfaces, tokens) -> None:
+        """Surfaces are required exactly when the embedding reads them, with shape ``tokens.shape + (F,)``."""
+        if not self.embedding.needs_surfaces:
+            if surfaces is not None:
+                raise ValueError(f"EventClassifier: argument 'surfaces' is only for embedding='surface'; "
+                                 f"this model's embedding is {self.embedding.kind!r}")
+            return
+        want = (*tokens.shape, self.embedding.n_surface)
+        if not isinstance(surfaces, torch.Tensor) or tuple(surfaces.shape) != want:
+            got = tuple(surfaces.shape) if isinstance(surfaces, torch.Tensor) else type(surfaces).__name__
+            raise ValueError(f"EventClassifier: argument 'surfaces' must have shape {want} (the tokens' local surfaces, "
+                             f"evmamba.pipeline.surfaces.token_surfaces); got {got}")
+        if not surfaces.is_floating_point():
+            raise TypeError(f"EventClassifier: argument 'surfaces' must be a floating-point tensor; got {surfaces.dtype}")
+
+    def _check_inputs(self, tokens, dt, counts, lengths, ndim: int, surfaces=None) -> None:
         shape = "(B, L)" if ndim == 2 else "(B,)"
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != ndim:
             got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
@@ -239,6 +277,7 @@ class EventClassifier(nn.Module):
         if counts is not None and (not isinstance(counts, torch.Tensor) or tuple(counts.shape) != tuple(tokens.shape)):
             got = tuple(counts.shape) if isinstance(counts, torch.Tensor) else type(counts).__name__
             raise ValueError(f"EventClassifier: argument 'counts' must be None or have the shape of tokens; got {got}")
+        self._check_surfaces(surfaces, tokens)
         if lengths is not None:
             if not isinstance(lengths, torch.Tensor) or tuple(lengths.shape) != (tokens.shape[0],):
                 got = tuple(lengths.shape) if isinstance(lengths, torch.Tensor) else type(lengths).__name__
@@ -261,9 +300,9 @@ class EventClassifier(nn.Module):
         layer_dt = dt if self.event_mode else None
         return h + self.drop(self.layers[i](self.norms[i](h), layer_dt, lengths, inference_cache=cache))
 
-    def features(self, tokens, dt, counts=None, lengths=None):
+    def features(self, tokens, dt, counts=None, lengths=None, surfaces=None):
         """The last stage's normalised outputs: ``(h (B, L', d), dt' (B, L'), lengths' (B,) or None)``."""
-        h = self.drop(self.embedding(tokens, counts))
+        h = self.drop(self.embedding(tokens, counts, surfaces))
         dt = dt.float()
         for k, stage in enumerate(self.stages):
             for i in stage:
@@ -272,10 +311,10 @@ class EventClassifier(nn.Module):
                 h, dt, lengths = pool_windows(h, dt, lengths, self.stage_strides[k])
         return self.final_norm(h), dt, lengths
 
-    def forward(self, tokens, dt, counts=None, lengths=None):
+    def forward(self, tokens, dt, counts=None, lengths=None, surfaces=None):
         """Logits ``(B, n_classes)`` of whole right-padded sequences; positions ``>= lengths`` are ignored."""
-        self._check_inputs(tokens, dt, counts, lengths, 2)
-        h, dt, lengths = self.features(tokens, dt, counts, lengths)
+        self._check_inputs(tokens, dt, counts, lengths, 2, surfaces)
+        h, dt, lengths = self.features(tokens, dt, counts, lengths, surfaces)
         return self.head(readout(h, dt, lengths, self.readout_kind, self.dt_eps))
 
     # ------------------------------------------------------------------------------------------ streams
@@ -328,9 +367,11 @@ class EventClassifier(nn.Module):
                 f"EventClassifier: the cache holds {cache['readout']['sum'].shape[0]} streams but the input has {batch}"
             )
 
-    def step(self, tokens: torch.Tensor, dt: torch.Tensor, cache: dict, counts: torch.Tensor | None = None):
+    def step(self, tokens: torch.Tensor, dt: torch.Tensor, cache: dict, counts: torch.Tensor | None = None,
+             surfaces: torch.Tensor | None = None):
         """Advance every stream by one token: ``tokens`` ``(B,)`` int64, ``dt`` ``(B,)``, ``counts`` ``(B,)``
-        or None -> logits ``(B, n_classes)`` of each stream so far. ``cache`` is updated in place.
+        or None, ``surfaces`` ``(B, F)`` (``"surface"`` embedding) or None -> logits ``(B, n_classes)`` of each
+        stream so far. ``cache`` is updated in place.
 
         Only shapes are checked here (values are the caller's responsibility: no host synchronisation).
         """
@@ -339,7 +380,9 @@ class EventClassifier(nn.Module):
         if not isinstance(dt, torch.Tensor) or dt.shape != tokens.shape:
             raise ValueError("EventClassifier.step: argument 'dt' must be a (B,) tensor like tokens")
         self._check_cache(cache, tokens.shape[0])
-        h = self.embedding(tokens[:, None], None if counts is None else counts[:, None])  # (B, 1, d)
+        self._check_surfaces(surfaces, tokens)
+        h = self.embedding(tokens[:, None], None if counts is None else counts[:, None],
+                           None if surfaces is None else surfaces[:, None])  # (B, 1, d)
         dt = dt.float()
         commit = None  # None: this stage's input is final (always so for the first stage)
         for k, stage in enumerate(self.stages):
@@ -375,19 +418,19 @@ class EventClassifier(nn.Module):
         readout_commit(state, y, dt, cache["present"] if commit is None else commit, self.readout_kind, self.dt_eps)
         return self.head(feats)
 
-    def forward_chunk(self, tokens, dt, cache: dict, counts=None, lengths=None):
+    def forward_chunk(self, tokens, dt, cache: dict, counts=None, lengths=None, surfaces=None):
         """Advance each stream by the next ``lengths[b]`` tokens of a right-padded chunk ``(B, T)`` (all ``T``
         when ``lengths`` is None) -> logits ``(B, n_classes)`` of each stream's prefix so far.
 
         Equivalent to ``T`` calls of :meth:`step` (a row with ``lengths[b] = 0`` keeps its state and logits),
         with the memory of one chunk: use it to run arbitrarily long streams in pieces.
         """
-        self._check_inputs(tokens, dt, counts, lengths, 2)
+        self._check_inputs(tokens, dt, counts, lengths, 2, surfaces)
         batch, seqlen = tokens.shape
         self._check_cache(cache, batch)
         if lengths is None:
             lengths = torch.full((batch,), seqlen, dtype=torch.long, device=tokens.device)
-        h = self.embedding(tokens, counts)
+        h = self.embedding(tokens, counts, surfaces)
         dt = dt.float() * (torch.arange(seqlen, device=dt.device)[None, :] < lengths[:, None])
         pending = None  # the stage input that is not final yet: (x (B, d), dt (B,), present (B,) bool)
         for k, stage in enumerate(self.stages):
@@ -426,14 +469,15 @@ class EventClassifier(nn.Module):
         return self.head(readout_value(state, y, y_dt, present, self.readout_kind, self.dt_eps))
 
     @torch.no_grad()
-    def forward_prefixes(self, tokens, dt, ends, counts=None, lengths=None, max_chunk: int | None = None):
+    def forward_prefixes(self, tokens, dt, ends, counts=None, lengths=None, max_chunk: int | None = None,
+                         surfaces=None):
         """Logits after the first ``ends[b, q]`` tokens of each row: ``(B, Q, n_classes)``, in one pass.
 
         ``ends`` ``(B, Q)`` integer prefix lengths, non-decreasing along ``q`` and at most ``lengths[b]``.
         The rows are consumed in chunks (at most ``max_chunk`` tokens each, if given) through an inference
         cache, so memory does not grow with the stream length. Used for online-accuracy curves.
         """
-        self._check_inputs(tokens, dt, counts, lengths, 2)
+        self._check_inputs(tokens, dt, counts, lengths, 2, surfaces)
         batch, seqlen = tokens.shape
         if lengths is None:
             lengths = torch.full((batch,), seqlen, dtype=torch.long, device=tokens.device)
@@ -456,7 +500,8 @@ class EventClassifier(nn.Module):
                 width = int(n.max())
                 idx = (pos[:, None] + torch.arange(width, device=tokens.device)[None, :]).clamp_max(max(seqlen - 1, 0))
                 take = lambda t: None if t is None else t.gather(1, idx)  # noqa: E731
-                logits = self.forward_chunk(take(tokens), take(dt), cache, take(counts), n)
+                surf = None if surfaces is None else surfaces.gather(1, idx[:, :, None].expand(-1, -1, surfaces.shape[-1]))
+                logits = self.forward_chunk(take(tokens), take(dt), cache, take(counts), n, surf)
                 pos = pos + n
                 if bool((pos == ends[:, q]).all()):
                     break

@@ -105,7 +105,9 @@ def collate(batch: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
 
     Returns ``tokens`` (B, Lmax) int64, ``counts`` (B, Lmax) float32, ``dt`` (B, Lmax) float32 -- all 0 in
     the padding -- and ``labels`` (B,) int64, ``lengths`` (B,) int64. ``Lmax`` is the longest sequence of
-    the batch (0 when all are empty). Labels are integers, or, for mixed samples
+    the batch (0 when all are empty). Sequences with ``surfaces`` ``(L, F)`` (every item of the batch, see
+    :class:`~evmamba.pipeline.surfaces.WithSurfaces`) also give ``surfaces`` (B, Lmax, F) float32, 0 in the
+    padding. Labels are integers, or, for mixed samples
     (:class:`~evmamba.pipeline.mixing.EventMixDataset`), soft labels -- float vectors of class weights --
     for every item of the batch: they come as ``soft_labels`` (B, C) float32, and ``labels`` is then their
     argmax. Raises ``TypeError``/``ValueError`` naming the item and field.
@@ -115,6 +117,7 @@ def collate(batch: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
     if not isinstance(batch, Sequence) or isinstance(batch, (str, bytes)) or len(batch) == 0:
         raise ValueError(f"collate: batch must be a non-empty list of (sequence, label) items; got {batch!r:.80}")
     columns = []
+    surfaces: list[np.ndarray | None] = []
     labels = np.empty(len(batch), np.int64)
     soft: list[np.ndarray] = []
     for i, item in enumerate(batch):
@@ -136,6 +139,13 @@ def collate(batch: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
         if arrays[0].size and not np.issubdtype(arrays[0].dtype, np.integer):
             raise TypeError(f"collate: item {i} field 'tokens' must hold integers; got dtype {arrays[0].dtype}")
         labels[i] = _label(label, i, soft)
+        surf = seq.get("surfaces") if isinstance(seq, Mapping) else getattr(seq, "surfaces", None)
+        if surf is not None:
+            surf = np.asarray(surf, np.float32)
+            if surf.ndim != 2 or surf.shape[0] != arrays[0].shape[0]:
+                raise ValueError(f"collate: item {i} field 'surfaces' must have shape ({arrays[0].shape[0]}, F); "
+                                 f"got {surf.shape}")
+        surfaces.append(surf)
         columns.append(arrays)
     lengths = np.array([c[0].shape[0] for c in columns], dtype=np.int64)
     lmax = int(lengths.max())
@@ -156,6 +166,14 @@ def collate(batch: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
     }
     if soft:
         out["soft_labels"] = stack_soft_labels(soft, len(batch), "collate")
+    given = [s is not None for s in surfaces]
+    if any(given):
+        if not all(given) or len({s.shape[1] for s in surfaces}) != 1:
+            raise ValueError("collate: either every item of a batch has 'surfaces' of one width F, or none has")
+        padded = np.zeros((len(batch), lmax, surfaces[0].shape[1]), np.float32)
+        for row, surf in enumerate(surfaces):
+            padded[row, :surf.shape[0]] = surf
+        out["surfaces"] = torch.from_numpy(padded)
     return out
 
 

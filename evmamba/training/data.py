@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from ..pipeline.binning import BinningConfig, TokenSequence, vocab_size as binning_vocab_size
+from ..pipeline.binning import BinningConfig, vocab_size as binning_vocab_size
 from .distributed import DistInfo, barrier
 from .reproducibility import worker_init
 
@@ -129,7 +129,7 @@ class TokenCrop:
         if n <= self.max_tokens:
             return seq, label
         start = int(np.random.default_rng([self.seed, self.epoch, int(i), 1]).integers(0, n - self.max_tokens + 1))
-        return TokenSequence(*(a[start:start + self.max_tokens] for a in seq)), label
+        return type(seq)(*(a[start:start + self.max_tokens] for a in seq)), label
 
 
 class FrameDataset:
@@ -392,7 +392,11 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
     if kind == TOKEN_MODEL:
         from ..datasets.cache import TokenCache
 
+        from ..model.embedding import surface_config_of
+        from ..pipeline.surfaces import WithSurfaces
+
         binning = BinningConfig.from_dict(section(cfg, "binning"), source="config: section 'binning'")
+        surface = surface_config_of(section(cfg, "model"))  # the local surfaces the model reads, if any
         caches = {key: TokenCache(_ensure_cache(cfg, s, info, workers, progress, force), in_memory=True)
                   for key, s in splits.items()}
         check_splits_agree({f"token cache {c.path}": (c.classes, c.sensor_size) for c in caches.values()})
@@ -428,6 +432,8 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
                 train_ds = IndexedSubset(binned, cache.indices[train_idx])
             else:
                 train_ds = IndexedSubset(cache, train_idx)
+            if surface is not None:  # before the crop: a window keeps the context of the tokens before it
+                train_ds = WithSurfaces(train_ds, meta.grid, surface)
             max_tokens = train_cfg.get("max_tokens")
             if max_tokens is not None:
                 train_ds = TokenCrop(train_ds, max_tokens, seed)
@@ -444,6 +450,10 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
         if "test" in caches:
             data["test"] = caches["test"]
             lengths["test"] = caches["test"].lengths
+        if surface is not None:
+            for key in ("val", "test"):
+                if key in data:
+                    data[key] = WithSurfaces(data[key], meta.grid, surface)
         result = Data(info=meta, train=data.get("train"), test=data.get("test"), val=data.get("val"),
                       lengths=lengths, collate=collate)
         return result

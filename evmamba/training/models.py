@@ -89,7 +89,7 @@ def forward_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tor
     batches (``frames``)."""
     if "frames" in batch:
         return model(batch["frames"])
-    return model(batch["tokens"], batch["dt"], batch["counts"], batch["lengths"])
+    return model(batch["tokens"], batch["dt"], batch["counts"], batch["lengths"], batch.get("surfaces"))
 
 
 def autocast(device: torch.device, amp: str):
