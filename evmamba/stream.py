@@ -126,11 +126,20 @@ def warm_up(stepper, binning, sensor_size) -> None:
     step = max(binning.bin_us, 1)
     ev = make_events([0, 0, 0], [0, 0, 0], [0, step, 2 * step], [0, 0, 0])
     seqs = [binner.push(ev), binner.advance(3 * step), binner.flush()]
+    n_surface = getattr(stepper, "n_surface", 0)
+    surf = lambda n: np.zeros((n, n_surface), np.float32) if n_surface else None  # noqa: E731
     for seq in seqs:
         if seq.num_tokens:
-            stepper.run(seq.tokens, seq.dt, seq.counts, np.ones(seq.num_tokens, np.uint8))
-    stepper.run(np.zeros(2, np.int32), np.zeros(2, np.float32), np.ones(2, np.int32), np.ones(2, np.uint8))
+            stepper.run(seq.tokens, seq.dt, seq.counts, np.ones(seq.num_tokens, np.uint8), surfaces=surf(seq.num_tokens))
+    stepper.run(np.zeros(2, np.int32), np.zeros(2, np.float32), np.ones(2, np.int32), np.ones(2, np.uint8),
+                surfaces=surf(2))
     stepper.reset()
+    surface = getattr(stepper, "surface_config", None)
+    if surface is not None:  # compile (or load) the surface kernel too
+        from .pipeline.binning import token_grid
+        from .pipeline.surfaces import SurfaceTracker
+
+        SurfaceTracker(token_grid(tuple(sensor_size), binning), surface).push(np.zeros(2, np.int32), np.zeros(2, np.int64))
 
 
 def _device(name: str, streams: int) -> str:
@@ -248,7 +257,7 @@ def _throughput(args, sm, device: str) -> int:
     source = build_source(args.source, sm, args)
     if not isinstance(source, RecordingSource):
         raise ValueError("--streams > 1 replays recordings (files or sample: sources), not live sources")
-    binned, bin_s = concurrent.bin_recordings(source.recordings, sm.sensor_size, sm.binning)
+    binned, bin_s = concurrent.bin_recordings(source.recordings, sm.sensor_size, sm.binning, sm.model.surface_config)
     t0 = time.perf_counter()
     if device.startswith("cuda"):
         from .streaming.gpu_step import GraphStepper

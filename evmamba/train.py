@@ -198,9 +198,12 @@ def train(args: argparse.Namespace) -> int:
         if last or (tc["test_every"] and (epoch + 1) % tc["test_every"] == 0):
             row["test_loss"], test_acc, test_n = evaluate(test_loader)
             row["test_accuracy"] = test_acc
-        improved = val_loader is not None and row["val_accuracy"] > best["value"]
+        # Best = highest validation accuracy, ties broken by the lower validation loss: a small validation
+        # set often ties (every epoch at 100 %), and the first of the ties is usually undertrained.
+        improved = val_loader is not None and (row["val_accuracy"], -row["val_loss"]) > (
+            best["value"], -best.get("loss", float("inf")))
         if improved:
-            best = {"metric": "val_accuracy", "value": row["val_accuracy"], "epoch": epoch + 1}
+            best = {"metric": "val_accuracy", "value": row["val_accuracy"], "loss": row["val_loss"], "epoch": epoch + 1}
             selected_test = row.get("test_accuracy")  # None: not measured at this epoch
         if main:
             logger.log_epoch(row)

@@ -135,3 +135,47 @@ def test_loop_on_the_gpu_matches_the_eager_loop():
         assert summary.events == n
     assert finals[0]["class"] == finals[1]["class"]
     assert finals[0]["confidence"] == pytest.approx(finals[1]["confidence"], rel=1e-4)
+
+
+def surface_model():
+    return model(embedding="surface", grid=[8, 4, 2], surface=dict(radius=1, tau_us=[3000.0], scales=[1, 2]))
+
+
+def surface_tokens(n, seed):
+    """Tokens, gaps and counts with their local surfaces (times rebuilt from the gaps, in ms)."""
+    from evmamba.pipeline.binning import TokenSequence
+    from evmamba.pipeline.surfaces import SurfaceConfig, token_surfaces
+
+    tok, dt, cnt = tokens(n, seed)
+    t_us = np.cumsum(dt.astype(np.float64) * 1000).astype(np.int64)
+    seq = TokenSequence(tok, cnt, dt, t_us)
+    return tok, dt, cnt, token_surfaces(seq, (8, 4, 2), SurfaceConfig(radius=1, tau_us=[3000.0], scales=[1, 2]))
+
+
+@torch.no_grad()
+def surface_reference(m, tok, dt, cnt, surf) -> np.ndarray:
+    m = m.to("cpu")
+    cache = m.allocate_inference_cache(1)
+    rows = [m.step(torch.tensor(tok[i:i + 1], dtype=torch.long), torch.tensor(dt[i:i + 1]), cache,
+                   torch.tensor(cnt[i:i + 1], dtype=torch.float32), torch.from_numpy(surf[i:i + 1]))[0]
+            for i in range(tok.size)]
+    return torch.stack(rows).numpy()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_surface_embedding_in_lockstep_streams(device):
+    """The graph stepper with the "surface" embedding: three streams with their own tokens, gaps and surfaces
+    give each stream's own classifier-step logits (run in two blocks), and batch 1 through ``run`` too."""
+    seqs = [surface_tokens(30, s) for s in (2, 3, 4)]
+    g = GraphStepper(surface_model(), 3, device=device, block=8)
+    stack = lambda i: np.stack([s[i] for s in seqs])  # noqa: E731
+    got = g.run_batch(stack(0), stack(1), stack(2), surfaces=stack(3))
+    for b in range(3):
+        assert rel_err(got[b], surface_reference(surface_model(), *seqs[b])) < 1e-4, f"stream {b}"
+    one = GraphStepper(surface_model(), 1, device=device, block=16)
+    tok, dt, cnt, surf = seqs[1]
+    got1 = np.concatenate([one.run(tok[:20], dt[:20], cnt[:20], surfaces=surf[:20]).logits,
+                           one.run(tok[20:], dt[20:], cnt[20:], surfaces=surf[20:]).logits])
+    assert rel_err(got1, surface_reference(surface_model(), *seqs[1])) < 1e-4
+    with pytest.raises(ValueError, match="needs surfaces"):
+        g.run_batch(stack(0), stack(1), stack(2))

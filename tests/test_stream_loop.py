@@ -96,6 +96,30 @@ def test_loop_logits_equal_classifier_forward_on_the_same_tokens():
             assert np.abs(got[k - 1] - want).max() / np.abs(want).max() < 1e-5, k
 
 
+def test_surface_model_in_the_loop_equals_forward_with_offline_surfaces():
+    """The loop keeps each stream's surfaces itself (chunk by chunk, reset per recording): its logits equal
+    the classifier's forward pass on the offline tokens with their offline surfaces, for two recordings."""
+    from evmamba.pipeline.binning import token_grid
+    from evmamba.pipeline.surfaces import token_surfaces
+
+    ev_a, ev_b = trial_events("1.bs2", 60), trial_events("2.bs2", 60)
+    model = small_model(2, embedding="surface", grid=list(token_grid(SENSOR, BINNING)),
+                        surface=dict(radius=2, tau_us=[5000.0], scales=[1, 4]))
+    logits: list = []
+    run_loop(FastStepper(model), [Recording("a", lambda: ev_a), Recording("b", lambda: ev_b)], logits=logits,
+             speed=math.inf)
+    for name, ev in (("a", ev_a), ("b", ev_b)):
+        offline = bin_events(ev, SENSOR, BINNING)
+        surf = token_surfaces(offline, token_grid(SENSOR, BINNING), model.surface_config)
+        got = np.concatenate([lg for n, _, lg in logits if n == name])
+        t = lambda a, dtype: torch.from_numpy(np.asarray(a)).to(dtype)[None]  # noqa: E731
+        with torch.no_grad():
+            for k in (1, offline.num_tokens // 3, offline.num_tokens):
+                want = model(t(offline.tokens[:k], torch.long), t(offline.dt[:k], torch.float32),
+                             t(offline.counts[:k], torch.float32), surfaces=t(surf[:k], torch.float32))[0].numpy()
+                assert np.abs(got[k - 1] - want).max() / np.abs(want).max() < 1e-5, (name, k)
+
+
 def test_recordings_reset_the_state_and_each_gets_a_final_decision():
     ev_a, ev_b = trial_events("1.bs2", 60), trial_events("2.bs2", 60)
     model = small_model(1)

@@ -39,18 +39,32 @@ def make_tokens(n, seed=1):
     return tok, dt, cnt
 
 
+def make_surfaces(model, tok, cnt, seed=1):
+    """The local surfaces of the tokens (token times rebuilt from made-up gaps), or None for other embeddings."""
+    if model.surface_config is None:
+        return None
+    from evmamba.pipeline.binning import TokenSequence
+    from evmamba.pipeline.surfaces import token_surfaces
+
+    t_us = np.cumsum(np.random.default_rng(seed).integers(0, 3000, tok.size)).astype(np.int64)
+    seq = TokenSequence(tok, cnt, np.zeros(tok.size, np.float32), t_us)
+    return token_surfaces(seq, GRID, model.surface_config)
+
+
 @torch.no_grad()
-def torch_step_logits(model, tok, dt, cnt) -> np.ndarray:
+def torch_step_logits(model, tok, dt, cnt, surf=None) -> np.ndarray:
     cache = model.allocate_inference_cache(1)
+    s = lambda i: None if surf is None else torch.from_numpy(surf[i:i + 1])  # noqa: E731
     rows = [model.step(torch.tensor(tok[i:i + 1], dtype=torch.long), torch.tensor(dt[i:i + 1]), cache,
-                       torch.tensor(cnt[i:i + 1], dtype=torch.float32))[0] for i in range(tok.size)]
+                       torch.tensor(cnt[i:i + 1], dtype=torch.float32), s(i))[0] for i in range(tok.size)]
     return torch.stack(rows).numpy()
 
 
 @torch.no_grad()
-def torch_forward_logits(model, tok, dt, cnt) -> np.ndarray:
+def torch_forward_logits(model, tok, dt, cnt, surf=None) -> np.ndarray:
     t = lambda a, dtype: torch.tensor(a, dtype=dtype)[None]  # noqa: E731
-    return model(t(tok, torch.long), t(dt, torch.float32), t(cnt, torch.float32))[0].numpy()
+    return model(t(tok, torch.long), t(dt, torch.float32), t(cnt, torch.float32),
+                 surfaces=None if surf is None else t(surf, torch.float32))[0].numpy()
 
 
 CASES = [
@@ -64,6 +78,9 @@ CASES = [
     dict(embedding="factorised", norm="layer", readout="dt_mean", pool_stride=[1, 2]),
     dict(event_mode=False, count_feature=False, discretization="bilinear"),
     dict(input_pool=3, pool_stride=[1, 2], readout="last"),
+    dict(embedding="surface", surface=dict(radius=1, tau_us=[2000.0], scales=[1, 2])),
+    dict(embedding="surface", surface=dict(radius=2, tau_us=[500.0, 5000.0], kind="count"), surface_hidden=0,
+         input_pool=2, pool_stride=[1, 2], readout="dt_mean", position_cells=2),
 ]
 
 
@@ -71,14 +88,17 @@ CASES = [
 def test_per_token_logits_equal_classifier_step_and_forward(kw):
     model = make_model(**kw)
     tok, dt, cnt = make_tokens(37)
-    want = torch_step_logits(model, tok, dt, cnt)
+    surf = make_surfaces(model, tok, cnt)
+    want = torch_step_logits(model, tok, dt, cnt, surf)
     stepper = FastStepper(model)
     # Uneven chunks: the state carried between calls must not matter.
-    parts = [stepper.run(tok[a:b], dt[a:b], cnt[a:b]).logits for a, b in ((0, 1), (1, 14), (14, 15), (15, 37))]
+    s = lambda a, b: None if surf is None else surf[a:b]  # noqa: E731
+    parts = [stepper.run(tok[a:b], dt[a:b], cnt[a:b], surfaces=s(a, b)).logits
+             for a, b in ((0, 1), (1, 14), (14, 15), (15, 37))]
     got = np.concatenate(parts)
     assert got.shape == want.shape
     assert rel_err(got, want) < 1e-5
-    assert rel_err(got[-1], torch_forward_logits(model, tok, dt, cnt)) < 1e-5
+    assert rel_err(got[-1], torch_forward_logits(model, tok, dt, cnt, surf)) < 1e-5
 
 
 def test_sparse_logits_skip_open_windows_without_changing_results():
@@ -152,3 +172,8 @@ def test_inputs_are_checked():
         stepper.run(tok, dt, cnt, stream=1)
     with pytest.raises(TypeError, match="EventClassifier"):
         export_weights(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="only for models with the 'surface' embedding"):
+        stepper.run(tok, dt, cnt, surfaces=np.zeros((5, 3), np.float32))
+    surface = FastStepper(make_model(embedding="surface"))
+    with pytest.raises(ValueError, match="needs argument 'surfaces' of shape"):
+        surface.run(tok, dt, cnt)

@@ -71,20 +71,21 @@ def _run_loop(stepper, sm, rec, speed: float) -> dict:
     return loop.run(RecordingSource([rec], sm.sensor_size)).to_dict()
 
 
-def _step_alone(stepper, seq, repeats: int = 3) -> tuple[float, float]:
-    """Best µs per token of one call over a whole token sequence: ``(wall clock, thread CPU time)``."""
+def _step_alone(stepper, seq, surf=None, repeats: int = 3) -> tuple[float, float]:
+    """Best µs per token of one call over a whole token sequence: ``(wall clock, thread CPU time)``; ``surf``
+    the tokens' local surfaces when the model reads them (made beforehand: the loop's figures include them)."""
     best, best_cpu = math.inf, math.inf
     for _ in range(repeats):
         stepper.reset()
         t0, c0 = time.perf_counter(), time.thread_time()
-        stepper.run(seq.tokens, seq.dt, seq.counts, copy=False, check=False)
+        stepper.run(seq.tokens, seq.dt, seq.counts, copy=False, check=False, surfaces=surf)
         best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, time.thread_time() - c0)
     stepper.reset()
     n = max(seq.num_tokens, 1)
     return best / n * 1e6, best_cpu / n * 1e6
 
 
-def _torch_step_us(model, seq, n: int = 200) -> float:
+def _torch_step_us(model, seq, surf=None, n: int = 200) -> float:
     import torch
 
     torch.set_num_threads(1)
@@ -92,12 +93,14 @@ def _torch_step_us(model, seq, n: int = 200) -> float:
     tok = torch.from_numpy(seq.tokens[:n].astype(np.int64))
     dt = torch.from_numpy(seq.dt[:n])
     cnt = torch.from_numpy(seq.counts[:n].astype(np.float32))
+    sf = None if surf is None else torch.from_numpy(surf[:n])
+    s = lambda i: None if sf is None else sf[i:i + 1]  # noqa: E731
     with torch.no_grad():
         for i in range(10):
-            model.step(tok[i:i + 1], dt[i:i + 1], cache, cnt[i:i + 1])
+            model.step(tok[i:i + 1], dt[i:i + 1], cache, cnt[i:i + 1], s(i))
         t0 = time.perf_counter()
         for i in range(n):
-            model.step(tok[i:i + 1], dt[i:i + 1], cache, cnt[i:i + 1])
+            model.step(tok[i:i + 1], dt[i:i + 1], cache, cnt[i:i + 1], s(i))
     return (time.perf_counter() - t0) / n * 1e6
 
 
@@ -117,14 +120,15 @@ def bench_cpu(sm, recs, quick: bool) -> dict:
         fast = _run_loop(stepper, sm, rec, math.inf)
         live = _run_loop(stepper, sm, rec, 1.0) if (not quick or i == len(recs) - 1) else None
         seq = bin_events(rec.load(), sm.sensor_size, sm.binning)
+        surf = sm.surfaces(seq)
         if densest is None or seq.num_tokens > densest.num_tokens:
-            densest = seq
+            densest, densest_surf = seq, surf
         rows.append({
             "trial": Path(rec.name).name, "events": fast["events"], "tokens": fast["tokens"],
             "duration_s": fast["duration_s"], "compute_s": fast["compute_s"], "compute_cpu_s": fast["compute_cpu_s"],
             "real_time_factor": fast["real_time_factor"], "real_time_factor_cpu": fast["real_time_factor_cpu"],
             "events_per_s": fast["events_per_s"], "loop_step_us_per_token": fast["us_per_token_step"],
-            **dict(zip(("step_alone_us_per_token", "step_alone_us_per_token_cpu"), _step_alone(stepper, seq))),
+            **dict(zip(("step_alone_us_per_token", "step_alone_us_per_token_cpu"), _step_alone(stepper, seq, surf))),
             "latency_us_p50": live["latency_us_p50"] if live else None,
             "latency_us_p99": live["latency_us_p99"] if live else None,
             "latency_us_max": live["latency_us_max"] if live else None,
@@ -140,13 +144,14 @@ def bench_cpu(sm, recs, quick: bool) -> dict:
             kw["pool_stride"] = None  # a per-layer list does not fit other depths
         model = EventClassifier(vocab, n_classes, d_model=d, n_layers=n_layers, d_state=n_state, **kw).eval()
         st = FastStepper(model)
-        st.run(densest.tokens[:4], densest.dt[:4], densest.counts[:4])
-        us, us_cpu = _step_alone(st, densest)
+        st.run(densest.tokens[:4], densest.dt[:4], densest.counts[:4],
+               surfaces=None if densest_surf is None else densest_surf[:4])
+        us, us_cpu = _step_alone(st, densest, densest_surf)
         sizes.append({"d_model": d, "n_layers": n_layers, "d_state": n_state,
                       "parameters": sum(p.numel() for p in model.parameters()),
                       "step_us_per_token": us, "step_us_per_token_cpu": us_cpu, "densest_trial_step_s": us * densest.num_tokens / 1e6,
                       "densest_trial_rtf_step_only": 1.45 / (us * densest.num_tokens / 1e6)})
-    torch_us = _torch_step_us(sm.model, densest)
+    torch_us = _torch_step_us(sm.model, densest, densest_surf)
     return {"trials": rows, "model_sizes": sizes, "torch_step_us_per_token": torch_us,
             "densest_tokens": densest.num_tokens}
 
@@ -167,6 +172,8 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int) -> dict:
     out: dict = {"device_name": torch.cuda.get_device_name(0), "errors": {}}
     seqs = [bin_events(r.load(), sm.sensor_size, sm.binning) for r in recs]
     densest = max(seqs, key=lambda s: s.num_tokens)
+    surf = sm.surfaces(densest)
+    part = lambda n: None if surf is None else surf[:n]  # noqa: E731
 
     def attempt(name, fn):
         try:
@@ -185,15 +192,16 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int) -> dict:
         g1 = state["g1"] = GraphStepper(sm.model, 1, device="cuda")
         warm_up(g1, sm.binning, sm.sensor_size)
         n_lat = min(densest.num_tokens, 2000 if quick else 5000)
-        g1.token_latencies(densest.tokens[:200], densest.dt[:200], densest.counts[:200])  # warm
+        g1.token_latencies(densest.tokens[:200], densest.dt[:200], densest.counts[:200], part(200))  # warm
         g1.reset()
-        lat = g1.token_latencies(densest.tokens[:n_lat], densest.dt[:n_lat], densest.counts[:n_lat]) * 1e6
+        lat = g1.token_latencies(densest.tokens[:n_lat], densest.dt[:n_lat], densest.counts[:n_lat], part(n_lat)) * 1e6
         out.update(batch1_latency_us_p50=float(np.percentile(lat, 50)),
                    batch1_latency_us_p99=float(np.percentile(lat, 99)), batch1_latency_us_max=float(lat.max()),
                    batch1_latency_tokens=int(n_lat))
         g1.reset()
         t0 = time.perf_counter()
-        g1.run_batch(densest.tokens[None], densest.dt[None], densest.counts[None], copy_out=False)
+        g1.run_batch(densest.tokens[None], densest.dt[None], densest.counts[None], copy_out=False,
+                     surfaces=None if surf is None else surf[None])
         out["batch1_back_to_back_us_per_token"] = (time.perf_counter() - t0) / densest.num_tokens * 1e6
         g1.reset()
 
@@ -204,7 +212,7 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int) -> dict:
                    loop_compute_s=res["compute_s"], loop_tokens=res["tokens"], loop_events=res["events"])
 
     def many():
-        binned, bin_s = concurrent.bin_recordings(recs, sm.sensor_size, sm.binning)
+        binned, bin_s = concurrent.bin_recordings(recs, sm.sensor_size, sm.binning, sm.model.surface_config)
         gb = GraphStepper(sm.model, n_streams, device="cuda", block=256)
         concurrent.run_gpu(gb, binned, n_streams, max_steps=256)  # warm
         res = concurrent.run_gpu(gb, binned, n_streams, max_steps=1024 if quick else 4096)

@@ -166,8 +166,9 @@ class BinningConfig:
         return asdict(self)
 
 
-def _shape(sensor_size: SensorSize, cfg: BinningConfig) -> tuple[int, int, int]:
-    """``(W', H', P)`` of the token grid."""
+def token_grid(sensor_size, cfg: BinningConfig) -> tuple[int, int, int]:
+    """``(W', H', P)`` of the token grid: ``W' = ceil(W / k)``, ``H' = ceil(H / k)``, ``P`` the sensor's
+    polarities, or 1 when polarity is dropped."""
     w, h, npol = sensor_size
     k = cfg.downsample
     return -(-w // k), -(-h // k), (npol if cfg.polarity else 1)
@@ -184,7 +185,7 @@ def _check_cfg(cfg, source: str) -> BinningConfig:
 def vocab_size(sensor_size, cfg: BinningConfig) -> int:
     """Number of distinct token ids, ``W' * H' * P`` (ids are ``0 .. vocab_size - 1``)."""
     sensor_size = check_sensor_size(sensor_size)
-    wk, hk, pk = _shape(sensor_size, _check_cfg(cfg, "vocab_size"))
+    wk, hk, pk = token_grid(sensor_size, _check_cfg(cfg, "vocab_size"))
     return wk * hk * pk
 
 
@@ -197,7 +198,7 @@ def token_id(x, y, p, sensor_size, cfg: BinningConfig):
     sensor_size = check_sensor_size(sensor_size)
     cfg = _check_cfg(cfg, "token_id")
     w, h, npol = sensor_size
-    wk, _, pk = _shape(sensor_size, cfg)
+    wk, _, pk = token_grid(sensor_size, cfg)
     scalar = all(np.ndim(v) == 0 for v in (x, y, p))
     xa, ya, pa = (np.asarray(v, dtype=np.int64) for v in (x, y, p))
     for name, arr, limit in (("x", xa, w), ("y", ya, h), ("p", pa, npol)):
@@ -213,7 +214,7 @@ def token_id(x, y, p, sensor_size, cfg: BinningConfig):
 def _token_tables(sensor_size: SensorSize, cfg: BinningConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lookup tables with ``id = ytab[y] + xtab[x] + ptab[p]`` (uint32; sizes W, H and P of the sensor)."""
     w, h, npol = sensor_size
-    wk, _, pk = _shape(sensor_size, cfg)
+    wk, _, pk = token_grid(sensor_size, cfg)
     k = cfg.downsample
     xtab = (np.arange(w, dtype=np.int64) // k * pk).astype(np.uint32)
     ytab = (np.arange(h, dtype=np.int64) // k * (wk * pk)).astype(np.uint32)

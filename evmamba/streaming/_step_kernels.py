@@ -30,7 +30,7 @@ _JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
 READOUT_CODES = {"mean": 0, "last": 1, "dt_mean": 2}
 NORM_CODES = {"rms": 0, "layer": 1}
-EMBED_CODES = {"table": 0, "factorised": 1}
+EMBED_CODES = {"table": 0, "factorised": 1, "surface": 2}
 
 _LOG2E = np.float32(1.4426950408889634)
 # ln 2 split in a part with few mantissa bits (k * _LN2_HI is exact) and the rest.
@@ -280,47 +280,71 @@ def _layer(l, x, dt, event, method, W, conv, ssm, ws):
 
 
 @njit(**_JIT)
-def run_tokens(tokens, counts, dts, need, E, W, H, S, ws, lws, out_logits, out_index):
+def _embed(t, tok, counts, surf, E, h, hid):
+    """The embedding of token ``t`` (id ``tok``) into ``h`` (:class:`~evmamba.model.embedding.TokenEmbedding`)."""
+    (emb_kind, has_count, table, x_tab, y_tab, p_tab, grid_w, grid_p, count_w,
+     s_w1t, s_b1, s_w2t, s_b2, pos_tab, pos_cell, pos_nx) = E
+    d_model = h.size
+    if emb_kind == 0:
+        row = table[tok]
+        for j in range(d_model):
+            h[j] = row[j]
+    elif emb_kind == 1:
+        xy = tok // grid_p
+        xr = x_tab[xy % grid_w]
+        yr = y_tab[xy // grid_w]
+        pr = p_tab[tok % grid_p]
+        for j in range(d_model):
+            h[j] = xr[j] + yr[j] + pr[j]
+    else:
+        # surface MLP (shared by every position) + coarse position row + polarity row
+        srow = surf[t]
+        if hid.size > 0 and s_w2t.shape[0] > 0:
+            _matvec(srow, s_w1t, s_b1, hid)
+            for i in range(hid.size):
+                hid[i] = _silu(hid[i])
+            _matvec(hid, s_w2t, s_b2, h)
+        else:
+            _matvec(srow, s_w1t, s_b1, h)
+        xy = tok // grid_p
+        pos = ((xy // grid_w) // pos_cell) * pos_nx + (xy % grid_w) // pos_cell
+        posr = pos_tab[pos]
+        pr = p_tab[tok % grid_p]
+        for j in range(d_model):
+            h[j] = (h[j] + posr[j]) + pr[j]
+    if has_count:
+        lc = np.float32(math.log(max(np.float32(counts[t]), _F1)))
+        for j in range(d_model):
+            h[j] += lc * count_w[j]
+
+
+@njit(**_JIT)
+def run_tokens(tokens, counts, dts, surf, need, E, W, H, S, ws, lws, out_logits, out_index):
     """Advance one stream by ``T = tokens.size`` tokens; return how many logit rows were written.
 
-    ``tokens`` (T,) int ids, ``counts`` (T,) int events per token, ``dts`` (T,) float32 gaps, ``need`` (T,)
-    uint8: 1 where the logits after that token are wanted. Rows ``out_logits[m]`` (C,) and ``out_index[m]``
-    (token position) are written for the wanted tokens, in order.
+    ``tokens`` (T,) int ids, ``counts`` (T,) int events per token, ``dts`` (T,) float32 gaps, ``surf``
+    (T, F) float32 local surfaces (a "surface" embedding; (T, 0) otherwise), ``need`` (T,) uint8: 1 where the
+    logits after that token are wanted. Rows ``out_logits[m]`` (C,) and ``out_index[m]`` (token position) are
+    written for the wanted tokens, in order.
 
-    ``E`` = (embedding tables, count weight, codes), ``W`` = per-layer weight stacks (see :func:`_layer`),
-    ``H`` = norms, pooling and head, ``S`` = the stream's state, ``ws``/``lws`` = scratch buffers.
+    ``E`` = (embedding tables and codes, see :func:`_embed`), ``W`` = per-layer weight stacks (see
+    :func:`_layer`), ``H`` = norms, pooling and head, ``S`` = the stream's state, ``ws``/``lws`` = scratch.
 
     A token whose logits are not wanted and whose pooled window is still open only runs the first stage:
     its later stages would work on a scratch copy of the state that is thrown away (see
     :class:`~evmamba.model.classifier.EventClassifier`), so skipping them changes nothing that persists.
     """
-    (emb_kind, has_count, table, x_tab, y_tab, p_tab, grid_w, grid_p, count_w) = E
     (norm_kind, norm_eps, norm_w, norm_b, fnorm_w, fnorm_b, head_wt, head_b,
      stage_start, strides, readout_kind, dt_eps, event, method) = H
     (conv, ssm, conv_scratch, ssm_scratch, carry_sum, carry_dt, carry_n, ro_sum, ro_w, ro_last) = S
-    h, xn, feats = ws
+    h, xn, feats, hid = ws
     n_stages = stage_start.size - 1
     d_model = h.size
     m = 0
     for t in range(tokens.size):
         tok = np.int64(tokens[t])
         dtv = dts[t]
-        # Embedding (+ log(count) feature).
-        if emb_kind == 0:
-            row = table[tok]
-            for j in range(d_model):
-                h[j] = row[j]
-        else:
-            xy = tok // grid_p
-            xr = x_tab[xy % grid_w]
-            yr = y_tab[xy // grid_w]
-            pr = p_tab[tok % grid_p]
-            for j in range(d_model):
-                h[j] = xr[j] + yr[j] + pr[j]
-        if has_count:
-            lc = np.float32(math.log(max(np.float32(counts[t]), _F1)))
-            for j in range(d_model):
-                h[j] += lc * count_w[j]
+        _embed(t, tok, counts, surf, E, h, hid)
 
         commit = -1  # -1: this stage's input is final; 1: a window just completed; 0: a window is open
         skipped = False

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..pipeline.binning import BinningConfig, TokenSequence, bin_events
+from ..pipeline.binning import BinningConfig, TokenSequence, bin_events, token_grid
+from ..pipeline.surfaces import token_surfaces
 from .decisions import softmax
 
 
@@ -32,18 +33,23 @@ class Binned:
     seq: TokenSequence
     n_events: int
     duration_us: int
+    surfaces: np.ndarray | None = None  # (L, F) local surfaces, for a model with the "surface" embedding
 
 
-def bin_recordings(recordings, sensor_size, binning: BinningConfig) -> tuple[list[Binned], float]:
-    """Load and bin each :class:`~evmamba.streaming.sources.Recording`; returns ``(binned, binning seconds)``."""
+def bin_recordings(recordings, sensor_size, binning: BinningConfig, surface=None) -> tuple[list[Binned], float]:
+    """Load and bin each :class:`~evmamba.streaming.sources.Recording` (and, with a
+    :class:`~evmamba.pipeline.surfaces.SurfaceConfig` ``surface``, make its tokens' local surfaces, which the
+    whole-recording function gives exactly as the streaming tracker would); returns
+    ``(binned, binning seconds)``."""
     out, spent = [], 0.0
     for rec in recordings:
         events = rec.load()
         t0 = time.perf_counter()
         seq = bin_events(events, sensor_size, binning, source=rec.name)
+        surf = None if surface is None else token_surfaces(seq, token_grid(tuple(sensor_size), binning), surface)
         spent += time.perf_counter() - t0
         dur = int(events["t"][-1] - events["t"][0]) if events.size else 0
-        out.append(Binned(rec.name, rec.label, seq, int(events.size), dur))
+        out.append(Binned(rec.name, rec.label, seq, int(events.size), dur, surf))
     return out, spent
 
 
@@ -71,7 +77,8 @@ def run_cpu(stepper, binned: list[Binned], n_streams: int, chunk: int = 256) -> 
             need = np.zeros(q - p, np.uint8)
             if q > p:
                 need[-1] = 1
-                out = stepper.run(s.tokens[p:q], s.dt[p:q], s.counts[p:q], need, stream=b)
+                surf = None if seqs[b].surfaces is None else seqs[b].surfaces[p:q]
+                out = stepper.run(s.tokens[p:q], s.dt[p:q], s.counts[p:q], need, stream=b, surfaces=surf)
                 last[b] = out.logits[-1]
             pos[b] = q
             if q < s.num_tokens:
@@ -90,12 +97,16 @@ def run_gpu(stepper, binned: list[Binned], n_streams: int, max_steps: int | None
     tok = np.zeros((n_streams, steps), np.int64)
     dt = np.zeros((n_streams, steps), np.float32)
     cnt = np.ones((n_streams, steps), np.float32)
+    with_surfaces = seqs[0].surfaces is not None
+    surf = np.zeros((n_streams, steps, seqs[0].surfaces.shape[1]), np.float32) if with_surfaces else None
     for b, s in enumerate(seqs):
         n = min(s.seq.num_tokens, steps)
         tok[b, :n], dt[b, :n], cnt[b, :n] = s.seq.tokens[:n], s.seq.dt[:n], s.seq.counts[:n]
+        if with_surfaces:
+            surf[b, :n] = s.surfaces[:n]
     stepper.reset()
     t0 = time.perf_counter()
-    logits = stepper.run_batch(tok, dt, cnt)
+    logits = stepper.run_batch(tok, dt, cnt, surfaces=surf)
     elapsed = time.perf_counter() - t0
     used = np.minimum(lengths, steps)
     last = [logits[b, used[b] - 1] if used[b] else None for b in range(n_streams)]

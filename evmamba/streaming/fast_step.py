@@ -45,6 +45,9 @@ class FastWeights(NamedTuple):
     d_conv: int
     dt_rank: int
     n_pools: int
+    n_surface: int = 0  # F of the local surfaces a "surface" embedding reads (0: none)
+    surface_hidden: int = 0
+    surface_config: object = None  # their SurfaceConfig (None: the model reads no surfaces)
 
 
 def _unsupported(what: str) -> ValueError:
@@ -98,16 +101,29 @@ def export_weights(model) -> FastWeights:
 
     emb = model.embedding
     empty2 = np.zeros((1, d), np.float32)
+    table = xt = yt = pt = pos = empty2
+    w1t, w2t = np.zeros((0, d), np.float32), np.zeros((0, d), np.float32)
+    b1 = b2 = np.zeros(d, np.float32)
+    gw = gp = cell = nx = 1
     if emb.kind == "table":
-        embed_arrays = (K.EMBED_CODES["table"], _f32(emb.table.weight), empty2, empty2, empty2, 1, 1)
+        table = _f32(emb.table.weight)
     else:
         gw, _, gp = emb.grid
-        embed_arrays = (K.EMBED_CODES["factorised"], empty2, _f32(emb.x_table.weight), _f32(emb.y_table.weight),
-                        _f32(emb.p_table.weight), int(gw), int(gp))
+        pt = _f32(emb.p_table.weight)
+    if emb.kind == "factorised":
+        xt, yt = _f32(emb.x_table.weight), _f32(emb.y_table.weight)
+    elif emb.kind == "surface":
+        mlp = emb.surface_mlp
+        lin1, lin2 = (mlp[0], mlp[2]) if isinstance(mlp, torch.nn.Sequential) else (mlp, None)
+        w1t, b1 = np.ascontiguousarray(_f32(lin1.weight).T), _f32(lin1.bias)  # (F, hidden or d)
+        if lin2 is not None:
+            w2t, b2 = np.ascontiguousarray(_f32(lin2.weight).T), _f32(lin2.bias)  # (hidden, d)
+        pos, cell, nx = _f32(emb.pos_table.weight), emb.position_cell, emb.position_nx
     has_count = emb.count_proj is not None
     count_w = _f32(emb.count_proj.weight[:, 0]) if has_count else np.zeros(d, np.float32)
-    kind, table, xt, yt, pt, gw, gp = embed_arrays
-    embed = (np.int64(kind), np.int64(has_count), table, xt, yt, pt, np.int64(gw), np.int64(gp), count_w)
+    embed = (np.int64(K.EMBED_CODES[emb.kind]), np.int64(has_count), table, xt, yt, pt, np.int64(gw), np.int64(gp),
+             count_w, w1t, b1, w2t, b2, pos, np.int64(cell), np.int64(nx))
+    n_surface = emb.n_surface if emb.needs_surfaces else 0
 
     norms = list(model.norms)
     norm_kind = K.NORM_CODES["rms"] if isinstance(norms[0], torch.nn.RMSNorm) else K.NORM_CODES["layer"]
@@ -131,7 +147,8 @@ def export_weights(model) -> FastWeights:
         np.int64(K.READOUT_CODES[model.readout_kind]), np.float32(model.dt_eps), np.int64(model.event_mode),
         np.int64(METHOD_CODES[first.discretization]),
     )
-    return FastWeights(embed, layer_arrays, head, model.n_classes, model.vocab_size, d, e, n, kc, r, len(strides))
+    return FastWeights(embed, layer_arrays, head, model.n_classes, model.vocab_size, d, e, n, kc, r, len(strides),
+                       n_surface, w2t.shape[0], model.surface_config)
 
 
 class StepOutput(NamedTuple):
@@ -173,7 +190,11 @@ class FastStepper:
                 np.zeros(1, f32),  # readout: total weight
                 np.zeros(w.d_model, f32),  # readout: last committed output
             ))
-        self._ws = (np.zeros(w.d_model, f32), np.zeros(w.d_model, f32), np.zeros(w.d_model, f32))
+        self._ws = (np.zeros(w.d_model, f32), np.zeros(w.d_model, f32), np.zeros(w.d_model, f32),
+                    np.zeros(w.surface_hidden, f32))
+        self.n_surface = w.n_surface
+        self.surface_config = w.surface_config  # the stream loop keeps a SurfaceTracker per stream with it
+        self._no_surfaces = np.zeros((0, 0), f32)
         e = w.d_inner
         self._lws = (
             np.zeros(2 * e, f32), np.zeros(e, f32), np.zeros(w.dt_rank + 2 * w.d_state, f32),
@@ -208,11 +229,12 @@ class FastStepper:
         return self._logits, self._index
 
     def run(self, tokens, dt, counts=None, need=None, stream: int = 0, copy: bool = True,
-            check: bool = True) -> StepOutput:
+            check: bool = True, surfaces=None) -> StepOutput:
         """Advance ``stream`` by the tokens of a chunk; return the logits after each token in ``need``.
 
         ``tokens`` (T,) ids in ``[0, vocab_size)``; ``dt`` (T,) float gaps (non-negative, finite);
-        ``counts`` (T,) events per token (None: 1); ``need`` (T,) bool or None (every token). With
+        ``counts`` (T,) events per token (None: 1); ``need`` (T,) bool or None (every token); ``surfaces``
+        (T, F) float32 local surfaces, required exactly when the model's embedding reads them. With
         ``copy=False`` the returned arrays are views of internal buffers that the next call overwrites.
         Raises ``ValueError`` naming the argument for wrong shapes or values; ``check=False`` skips the
         value checks (ids in range, finite gaps) for callers whose tokens come from the binner.
@@ -245,8 +267,18 @@ class FastStepper:
             need_arr = np.ascontiguousarray(need, dtype=np.uint8)
             if need_arr.shape != (n,):
                 raise ValueError(f"FastStepper.run: argument 'need' must have shape ({n},); got {need_arr.shape}")
+        if self.n_surface:
+            surfaces = np.ascontiguousarray(surfaces, dtype=np.float32) if surfaces is not None else None
+            if surfaces is None or surfaces.shape != (n, self.n_surface):
+                got = None if surfaces is None else surfaces.shape
+                raise ValueError(f"FastStepper.run: the model needs argument 'surfaces' of shape ({n}, {self.n_surface}) "
+                                 f"(evmamba.pipeline.surfaces); got {got}")
+        elif surfaces is not None:
+            raise ValueError("FastStepper.run: argument 'surfaces' is only for models with the 'surface' embedding")
+        else:
+            surfaces = self._no_surfaces
         w = self.weights
-        m = K.run_tokens(tokens, counts, dt, need_arr, w.embed, w.layers, w.head, self._states[stream],
+        m = K.run_tokens(tokens, counts, dt, surfaces, need_arr, w.embed, w.layers, w.head, self._states[stream],
                          self._ws, self._lws, logits, index)
         out = StepOutput(logits[:m], index[:m])
         return StepOutput(out.logits.copy(), out.index.copy()) if copy else out

@@ -62,6 +62,11 @@ class GraphStepper:
         self.tok = torch.zeros(b, self.block, dtype=torch.long, device=dev)
         self.dt = torch.zeros(b, self.block, dtype=torch.float32, device=dev)
         self.cnt = torch.ones(b, self.block, dtype=torch.float32, device=dev)
+        # The local surfaces of each token, for a "surface" embedding (None otherwise).
+        self.n_surface = model.embedding.n_surface if model.embedding.needs_surfaces else 0
+        self.surface_config = model.surface_config
+        self.surf = (torch.zeros(b, self.block, self.n_surface, dtype=torch.float32, device=dev)
+                     if self.n_surface else None)
         self.pos = torch.zeros(1, dtype=torch.long, device=dev)
         self.logits = torch.zeros(b, self.block, self.n_classes, dtype=torch.float32, device=dev)
         # Pinned host staging buffers: asynchronous copies in both directions.
@@ -69,6 +74,7 @@ class GraphStepper:
         self._h_tok = pin(torch.zeros(b, self.block, dtype=torch.long))
         self._h_dt = pin(torch.zeros(b, self.block, dtype=torch.float32))
         self._h_cnt = pin(torch.ones(b, self.block, dtype=torch.float32))
+        self._h_surf = pin(torch.zeros(b, self.block, self.n_surface, dtype=torch.float32)) if self.n_surface else None
         self._h_logits = pin(torch.zeros(b, self.block, self.n_classes, dtype=torch.float32))
         self.graph = None
         if not self.graphed:
@@ -90,7 +96,8 @@ class GraphStepper:
         tok = self.tok.gather(1, idx)[:, 0]
         dt = self.dt.gather(1, idx)[:, 0]
         cnt = self.cnt.gather(1, idx)[:, 0]
-        out = self.model.step(tok, dt, self.cache, cnt)
+        surf = None if self.surf is None else self.surf.index_select(1, self.pos)[:, 0]
+        out = self.model.step(tok, dt, self.cache, cnt, surf)
         self.logits.index_copy_(1, self.pos, out[:, None, :])
         self.pos.add_(1)
 
@@ -105,12 +112,16 @@ class GraphStepper:
 
     @torch.no_grad()
     def run_batch(self, tokens: np.ndarray, dt: np.ndarray, counts: np.ndarray | None = None,
-                  copy_out: bool = True) -> np.ndarray | None:
-        """Advance all ``B`` streams by ``T`` tokens each: ``tokens``/``dt``/``counts`` ``(B, T)`` ->
-        logits ``(B, T, C)`` float32 (None when ``copy_out`` is false: the logits stay on the device)."""
+                  copy_out: bool = True, surfaces: np.ndarray | None = None) -> np.ndarray | None:
+        """Advance all ``B`` streams by ``T`` tokens each: ``tokens``/``dt``/``counts`` ``(B, T)`` and, for a
+        "surface" embedding, ``surfaces`` ``(B, T, F)`` -> logits ``(B, T, C)`` float32 (None when
+        ``copy_out`` is false: the logits stay on the device)."""
         b, t_total = tokens.shape
         if b != self.n_streams:
             raise ValueError(f"GraphStepper.run_batch: expected {self.n_streams} rows; got {b}")
+        if self.n_surface and (surfaces is None or surfaces.shape != (b, t_total, self.n_surface)):
+            got = None if surfaces is None else surfaces.shape
+            raise ValueError(f"GraphStepper.run_batch: the model needs surfaces of shape {(b, t_total, self.n_surface)}; got {got}")
         out = np.empty((b, t_total, self.n_classes), np.float32) if copy_out else None
         for s in range(0, t_total, self.block):
             n = min(self.block, t_total - s)
@@ -118,6 +129,9 @@ class GraphStepper:
             self._h_dt[:, :n] = torch.from_numpy(np.ascontiguousarray(dt[:, s:s + n], dtype=np.float32))
             if counts is not None:
                 self._h_cnt[:, :n] = torch.from_numpy(np.ascontiguousarray(counts[:, s:s + n], dtype=np.float32))
+            if self.n_surface:
+                self._h_surf[:, :n] = torch.from_numpy(np.ascontiguousarray(surfaces[:, s:s + n], dtype=np.float32))
+                self.surf.copy_(self._h_surf, non_blocking=True)
             self.tok.copy_(self._h_tok, non_blocking=True)
             self.dt.copy_(self._h_dt, non_blocking=True)
             self.cnt.copy_(self._h_cnt, non_blocking=True)
@@ -142,7 +156,8 @@ class GraphStepper:
         if self.graphed:
             torch.cuda.current_stream(self.device).synchronize()
 
-    def run(self, tokens, dt, counts=None, need=None, stream: int = 0, check: bool = True) -> StepOutput:
+    def run(self, tokens, dt, counts=None, need=None, stream: int = 0, check: bool = True,
+            surfaces=None) -> StepOutput:
         """Batch-1 interface of :class:`~evmamba.streaming.fast_step.FastStepper.run` (stream 0 only)."""
         if self.n_streams != 1:
             raise ValueError("GraphStepper.run serves one stream; use run_batch for several")
@@ -150,12 +165,14 @@ class GraphStepper:
         n = tokens.shape[0]
         if n and check and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
             raise ValueError(f"GraphStepper.run: argument 'tokens' holds ids outside [0, {self.vocab_size})")
-        logits = self.run_batch(tokens[None], np.asarray(dt)[None], None if counts is None else np.asarray(counts)[None])
+        logits = self.run_batch(tokens[None], np.asarray(dt)[None], None if counts is None else np.asarray(counts)[None],
+                                surfaces=None if surfaces is None else np.asarray(surfaces)[None])
         index = np.arange(n) if need is None else np.flatnonzero(np.asarray(need))
         return StepOutput(logits[0, index], index)
 
     @torch.no_grad()
-    def token_latencies(self, tokens: np.ndarray, dt: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    def token_latencies(self, tokens: np.ndarray, dt: np.ndarray, counts: np.ndarray,
+                        surfaces: np.ndarray | None = None) -> np.ndarray:
         """Per-token latency at batch 1, in seconds: copy one token in, replay, copy the logits out, wait.
 
         What a caller that needs each token's logits on the host before the next token sees.
@@ -166,6 +183,7 @@ class GraphStepper:
         h_tok = torch.zeros(1, dtype=torch.long).pin_memory()
         h_val = torch.zeros(2, dtype=torch.float32).pin_memory()
         h_out = torch.zeros(self.n_classes, dtype=torch.float32).pin_memory()
+        h_surf = torch.zeros(max(self.n_surface, 1), dtype=torch.float32).pin_memory()
         n_tok, n_val = h_tok.numpy(), h_val.numpy()  # numpy views: writing them costs no torch dispatch
         stream = torch.cuda.current_stream(self.device)
         self.pos.zero_()
@@ -180,6 +198,9 @@ class GraphStepper:
             self.tok[0, p:p + 1].copy_(h_tok, non_blocking=True)
             self.dt[0, p:p + 1].copy_(h_val[:1], non_blocking=True)
             self.cnt[0, p:p + 1].copy_(h_val[1:], non_blocking=True)
+            if self.n_surface:
+                h_surf.numpy()[:] = surfaces[i]
+                self.surf[0, p].copy_(h_surf, non_blocking=True)
             self.graph.replay()
             h_out.copy_(self.logits[0, p], non_blocking=True)
             stream.synchronize()

@@ -19,6 +19,15 @@ class StreamModel:
     config: dict
     path: str
 
+    def surfaces(self, seq):
+        """The local surfaces ``(L, F)`` of a whole token sequence of this model's binning (from an empty
+        state, as a new stream starts), or None when the model's embedding reads none."""
+        from ..pipeline.binning import token_grid
+        from ..pipeline.surfaces import token_surfaces
+
+        surface = self.model.surface_config
+        return None if surface is None else token_surfaces(seq, token_grid(self.sensor_size, self.binning), surface)
+
 
 def load_stream_model(path) -> StreamModel:
     """Rebuild the token classifier stored in ``path`` (a ``.pt`` file or a run folder's ``model.pt``).

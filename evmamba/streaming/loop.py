@@ -33,7 +33,8 @@ from typing import Any, Callable, TextIO
 
 import numpy as np
 
-from ..pipeline.binning import TIME_UNITS_US, BinningConfig, StreamingBinner, TokenSequence, vocab_size
+from ..pipeline.binning import TIME_UNITS_US, BinningConfig, StreamingBinner, TokenSequence, token_grid, vocab_size
+from ..pipeline.surfaces import SurfaceTracker
 from .backlog import EventQueue
 from .coarsen import Coarsener
 from .decisions import DecisionTracker, softmax
@@ -166,6 +167,9 @@ class StreamLoop:
         self.live = live
         self.on_logits = on_logits
         self.binner = StreamingBinner(self.sensor_size, binning, source="stream")
+        # The tokens' local surfaces, for a model with the "surface" embedding (the same kernel as in training).
+        surface = getattr(stepper, "surface_config", None)
+        self.surfaces = None if surface is None else SurfaceTracker(token_grid(self.sensor_size, binning), surface)
         vocab = vocab_size(self.sensor_size, binning)
         if vocab != stepper.vocab_size:
             raise ValueError(f"StreamLoop: the binning gives {vocab} token ids but the classifier has {stepper.vocab_size}")
@@ -302,6 +306,8 @@ class StreamLoop:
         self.binner.reset()
         self.stepper.reset()
         self.decisions.reset()
+        if self.surfaces is not None:
+            self.surfaces.reset()
 
     def _consume(self, events: np.ndarray, t_end: int | None, timing: "_Timing", coarse: bool) -> None:
         rec = self._rec
@@ -336,7 +342,11 @@ class StreamLoop:
                 need = (pos % every == 0)
                 need[-1] = True
             ts = time.perf_counter()
-            out = self.stepper.run(seq.tokens, seq.dt, seq.counts, need, check=False)
+            if self.surfaces is None:
+                out = self.stepper.run(seq.tokens, seq.dt, seq.counts, need, check=False)
+            else:
+                surf = self.surfaces.push(seq.tokens, seq.t, seq.counts)
+                out = self.stepper.run(seq.tokens, seq.dt, seq.counts, need, check=False, surfaces=surf)
             s.step_s += time.perf_counter() - ts
             logits, index = out.logits, out.index
             tokens_after = rec.tokens + index + 1
@@ -436,6 +446,8 @@ class StreamLoop:
         self.binner.reset()
         self.stepper.reset()
         self.decisions.reset()
+        if self.surfaces is not None:
+            self.surfaces.reset()
 
     def _labelled(self, d: dict) -> dict:
         return {**d, "label": self._class_name(d["class"])}

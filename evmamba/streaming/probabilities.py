@@ -88,11 +88,13 @@ def logits_over_time(model: StreamModel, events: np.ndarray, *, every: int = 1, 
     if n:
         keep[-1] = True
     stepper = FastStepper(model.model)
+    surf = model.surfaces(seq)  # the tokens' local surfaces, for a "surface" embedding
     rows, logits = [], []
     with tqdm(total=n, desc="classify", unit="tok", disable=not progress, leave=False) as bar:
         for a in range(0, n, _CHUNK):
             b = min(a + _CHUNK, n)
-            out = stepper.run(seq.tokens[a:b], seq.dt[a:b], seq.counts[a:b], keep[a:b], check=False)
+            out = stepper.run(seq.tokens[a:b], seq.dt[a:b], seq.counts[a:b], keep[a:b], check=False,
+                              surfaces=None if surf is None else surf[a:b])
             rows.append(out.index + a)
             logits.append(out.logits)
             bar.update(b - a)

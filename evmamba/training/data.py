@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from ..pipeline.binning import BinningConfig, vocab_size as binning_vocab_size
+from ..pipeline.binning import BinningConfig, token_grid as binning_token_grid, vocab_size as binning_vocab_size
 from .distributed import DistInfo, barrier
 from .reproducibility import worker_init
 
@@ -81,10 +81,8 @@ class DataInfo:
 
 
 def token_grid(sensor_size, binning: BinningConfig) -> list[int]:
-    """``(W', H', P)`` of the token ids (DESIGN §5)."""
-    w, h, p = (int(v) for v in sensor_size)
-    k = binning.downsample
-    return [-(-w // k), -(-h // k), p if binning.polarity else 1]
+    """``(W', H', P)`` of the token ids (DESIGN §5), as a list for checkpoints."""
+    return [int(v) for v in binning_token_grid(tuple(int(v) for v in sensor_size), binning)]
 
 
 # ------------------------------------------------------------------------------------------ wrappers
