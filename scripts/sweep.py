@@ -3,7 +3,8 @@
 A plan is a JSON file: a list of runs, each ``{"name": ..., "config": ..., "overrides": [...]}``. Each run
 trains into ``OUT/<name>`` (its output in ``OUT/<name>.log``); at most ``--jobs`` run at a time. The summary
 (``OUT/summary.json`` and a printed table) gives, per run, the validation accuracy of the last epoch and the
-best one, and the test accuracy of the last epoch. Choices are made on the validation columns; the test
+best one, the test accuracy of the last epoch and that of the selected model (``model.pt``, with its
+counts). Choices are made on the validation columns; the test
 column is reported, never used to choose.
 
     python scripts/sweep.py PLAN.json --out runs/sweep --jobs 8 [--timeout SECONDS] [--set key.sub=value ...]
@@ -14,10 +15,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+
+_SELECTED = re.compile(r"test accuracy: ([0-9.]+) \((\d+)/(\d+) samples, ([^;]+);")
+
+
+def selected_result(log: Path) -> dict:
+    """The test result of the run's selected model (``model.pt``: best validation epoch, else the last), from
+    the last line ``evmamba train`` prints."""
+    found = _SELECTED.findall(log.read_text(errors="replace")) if log.exists() else []
+    if not found:
+        return {"test_selected": None, "test_correct": None, "test_n": None, "selected": None}
+    acc, correct, n, what = found[-1]
+    return {"test_selected": float(acc), "test_correct": int(correct), "test_n": int(n), "selected": what}
 
 
 def read_metrics(folder: Path) -> dict:
@@ -84,13 +99,16 @@ def main() -> int:
     rows = []
     for run in plan:
         rows.append({"name": run["name"], "config": run["config"], "overrides": run.get("overrides", []),
-                     "returncode": run.get("returncode"), **read_metrics(out / run["name"])})
+                     "returncode": run.get("returncode"), **read_metrics(out / run["name"]),
+                     **selected_result(out / f"{run['name']}.log")})
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
     fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    print(f"{'run':<24} {'rc':>3} {'ep':>3} {'val last':>8} {'val best':>8} {'test':>6} {'train':>6} {'s':>6}")
+    print(f"{'run':<24} {'rc':>3} {'ep':>3} {'val last':>8} {'val best':>8} {'test last':>9} {'test sel':>8} "
+          f"{'train':>6} {'s':>6}")
     for r in rows:
         print(f"{r['name']:<24} {str(r['returncode']):>3} {r['epochs']:>3} {fmt(r['val_last']):>8} "
-              f"{fmt(r['val_best']):>8} {fmt(r['test_last']):>6} {fmt(r['train_last']):>6} {r['seconds']:>6.0f}")
+              f"{fmt(r['val_best']):>8} {fmt(r['test_last']):>9} {fmt(r['test_selected']):>8} "
+              f"{fmt(r['train_last']):>6} {r['seconds']:>6.0f}")
     return 0
 
 
