@@ -92,7 +92,10 @@ def dataset_record(config: str, overrides: list[str], splits: list[str] | None, 
     from .datasets.registry import build_dataset
     from .training.data import section
 
-    cfg = load_config(config, overrides)
+    from .training.auto import resolve_config
+
+    # A dataset-only config: the splits `evmamba train` would make (a folder without splits: the hold-out).
+    cfg = resolve_config(load_config(config, overrides), progress=progress, echo=None, dataset_only=True)
     ds_cfg = section(cfg, "dataset")
     if not splits:
         val = section(cfg, "train").get("val_split")
