@@ -90,9 +90,8 @@ def dataset_record(config: str, overrides: list[str], splits: list[str] | None, 
     from .config import find_config, load_config
     from .datasets.inspect import split_info
     from .datasets.registry import build_dataset
-    from .training.data import section
-
     from .training.auto import resolve_config
+    from .training.data import section
 
     # A dataset-only config: the splits `evmamba train` would make (a folder without splits: the hold-out).
     cfg = resolve_config(load_config(config, overrides), progress=progress, echo=None, dataset_only=True)

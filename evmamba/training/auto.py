@@ -26,9 +26,9 @@ What is chosen, in order (the constants below hold the thresholds):
 * the model (:func:`default_model_section`) -- its size from the number of training recordings, an input
   pooling that brings the median sequence seen by the first layer to at most :data:`LAYER_TOKENS`, a
   pooling by 4 after the first layer when that is still long, and event-mode time constants spanning
-  three decades up to the median duration;
-* ``train`` -- ``batch_size`` (at most 32 recordings, at least 4 batches an epoch), a crop ``max_tokens`` of
-  very long training streams (the 90th percentile of the token counts, at least twice the median),
+  three decades, the slowest the power of ten that covers half a median recording;
+* ``train`` -- ``batch_size`` (at most 32 recordings, at least 4, about 6 batches an epoch), a crop
+  ``max_tokens`` of very long training streams (the 90th percentile of the token counts, at least twice the median),
   ``batch_tokens`` (a batch of median-length streams holds ``batch_size`` of them, within
   :data:`MEMORY_SHARE` of the memory available), ``epochs`` (about :data:`TARGET_STEPS` optimizer steps),
   ``lr``, warmup, ``val_fraction`` (10 % from 500 training recordings on) and ``test_every``.
@@ -373,7 +373,8 @@ def choose_train(stats: DataStats, binning: BinningConfig, model_section: Mappin
 
     steps = max(1, math.ceil(n_fit / max(1, min(bs, int(budget) // max(int(median), 1)))))
     epochs = int(given.get("epochs", min(80, max(10, math.ceil(TARGET_STEPS / steps)))))
-    put("epochs", epochs, f"about {steps} optimizer steps an epoch, about {TARGET_STEPS} in all (10 to 80 epochs)")
+    put("epochs", epochs, f"about {steps} optimizer step{'s' if steps > 1 else ''} an epoch, about {TARGET_STEPS} "
+        "in all (10 to 80 epochs)")
     d_model = int(model_section.get("d_model", 32))
     put("lr", 0.005 if d_model <= 48 else 0.003, f"AdamW for a {d_model}-wide model, cosine decay")
     if "warmup_steps" not in given:
