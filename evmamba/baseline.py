@@ -20,6 +20,7 @@ import sys
 
 from .bench.common import format_table, write_json
 from .config import load_config
+from .training.auto import resolve_config
 from .training.sections import check_config
 
 DEFAULT_CONFIG = "synthetic"
@@ -52,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         check_config(cfg)
+        # A dataset-only config: the hold-out of a folder without splits and the validation share, as
+        # `evmamba train` chooses them (the binning and model are not needed here).
+        cfg = resolve_config(cfg, progress=not args.no_progress, dataset_only=True)
         record = run_baseline(cfg, options)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"evmamba baseline: {exc}", file=sys.stderr)

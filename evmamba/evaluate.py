@@ -32,6 +32,7 @@ import torch
 
 from .bench.common import format_table, write_json
 from .config import load_config
+from .training.auto import resolve_config
 from .training.checkpoint import find_checkpoint, load_checkpoint
 from .training.data import FRAME_MODEL, build_data, make_loader, section
 from .training.distributed import DistInfo
@@ -138,6 +139,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     ckpt = load_checkpoint(ckpt_path)
     if args.config:
         cfg = load_config(args.config, args.overrides)
+        check_config(cfg)
+        cfg = resolve_config(cfg, progress=not args.no_progress)  # a dataset-only config, as training resolved it
     else:
         from omegaconf import OmegaConf
 

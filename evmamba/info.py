@@ -90,9 +90,11 @@ def dataset_record(config: str, overrides: list[str], splits: list[str] | None, 
     from .config import find_config, load_config
     from .datasets.inspect import split_info
     from .datasets.registry import build_dataset
+    from .training.auto import resolve_config
     from .training.data import section
 
-    cfg = load_config(config, overrides)
+    # A dataset-only config: the splits `evmamba train` would make (a folder without splits: the hold-out).
+    cfg = resolve_config(load_config(config, overrides), progress=progress, echo=None, dataset_only=True)
     ds_cfg = section(cfg, "dataset")
     if not splits:
         val = section(cfg, "train").get("val_split")

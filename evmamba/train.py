@@ -13,8 +13,12 @@ apply, e.g. ``train.epochs=N`` for more; the data must still have the checkpoint
 size). The last line printed is the test accuracy of the selected model.
 
 The whole config is checked first: an unknown section or key, or a value of the wrong kind, is an error
-naming it. Token caches are built on first use and rebuilt when the data change; ``--force`` rebuilds
-them regardless.
+naming it. A token-model config with neither a ``binning`` nor a ``model`` section (say, only ``dataset``)
+gets the settings it leaves out chosen from the data (:mod:`evmamba.training.auto`; one printed line per
+decision). Token caches are built on first use and rebuilt when the data change; ``--force`` rebuilds
+them regardless. Before the first step, the peak memory of the largest training and evaluation batches is
+estimated and printed; a run that would not fit stops with an error naming the setting to lower
+(:mod:`evmamba.training.memory`).
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ from typing import Any
 import torch
 
 from .config import load_config, save_config, to_container
+from .model.classifier import EventClassifier
 from .training import distributed as ddp
+from .training.auto import auto_enabled, resolve_config
 from .training.checkpoint import export_model, find_checkpoint, load_checkpoint, save_checkpoint
 from .training.data import build_data, make_loader, model_type, section, steps_per_epoch
+from .training.memory import available_memory_bytes, check_training_memory, largest_batch
 from .training.metrics import MetricsLogger
 from .training.models import build_model, check_same_data, evaluate_loader, forward_loss, to_device
 from .training.optim import build_optimizer, build_scheduler
@@ -93,6 +100,11 @@ def train(args: argparse.Namespace) -> int:
     info = ddp.setup(args.device or tc["device"])
     device, main = info.device, info.is_main
     progress = main and not args.no_progress
+    if resumed is None and auto_enabled(cfg):  # settings the config leaves out, chosen from the data
+        cfg = resolve_config(cfg, progress=progress, echo=print if main else None,
+                             available_bytes=available_memory_bytes(device))
+        check_config(cfg)
+        tc = train_settings(cfg)
     seed_everything(int(tc["seed"]))
 
     # ---- data, model, optimizer
@@ -100,13 +112,22 @@ def train(args: argparse.Namespace) -> int:
     if resumed is not None:
         check_same_data(resumed["data"], data.info, ckpt_path)
     model = build_model(cfg, data.info).to(device)
-    workers = int(tc["workers"])
+    workers, budget = int(tc["workers"]), tc["batch_tokens"]
     train_loader, train_batches = make_loader(data.train, data.lengths["train"], tc["batch_size"], data.collate,
-                                              shuffle=True, seed=tc["seed"], info=info, workers=workers)
+                                              shuffle=True, seed=tc["seed"], info=info, workers=workers,
+                                              batch_tokens=budget)
     eval_loader = lambda ds, key: make_loader(ds, data.lengths[key], tc["eval_batch_size"], data.collate,  # noqa: E731
-                                              shuffle=False, seed=0, info=info, workers=workers, even=False)[0]
-    val_loader = eval_loader(data.val, "val") if data.val is not None else None
-    test_loader = eval_loader(data.test, "test")
+                                              shuffle=False, seed=0, info=info, workers=workers, even=False,
+                                              batch_tokens=budget)
+    val_loader = eval_loader(data.val, "val")[0] if data.val is not None else None
+    test_loader, test_batches = eval_loader(data.test, "test")
+    if isinstance(model, EventClassifier):  # the estimate, and a clear error instead of running out of memory
+        evals = [largest_batch(list(test_batches), data.lengths["test"])]
+        if val_loader is not None:
+            evals.append(largest_batch(list(val_loader.batch_sampler), data.lengths["val"]))
+        check_training_memory(model, largest_batch(list(train_batches), data.lengths["train"]),
+                              max(evals, key=lambda bl: bl[0] * bl[1]), tc, device,
+                              echo=print if main else None)
     optimizer = build_optimizer(model, tc)
     accum, epochs = tc["grad_accum"], tc["epochs"]
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch(len(train_loader), accum), epochs)

@@ -96,6 +96,46 @@ def test_length_buckets_drop_last_and_unshuffled_order():
         LengthBucketSampler(lengths, 0)
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_token_budget_batches_stay_under_the_budget_and_cover_every_index_once(shuffle):
+    rng = np.random.default_rng(5)
+    lengths = np.concatenate([rng.integers(1, 3000, 700), [9000, 12000]])  # two longer than the budget
+    budget, cap = 8000, 24
+    sampler = LengthBucketSampler(lengths, cap, shuffle=shuffle, seed=7, pool_batches=6, batch_tokens=budget)
+    epochs = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = sampler.batches()
+        assert len(sampler) == len(batches)
+        flat = [i for batch in batches for i in batch]
+        assert sorted(flat) == list(range(lengths.size))  # every sample exactly once
+        for batch in batches:
+            assert len(batch) <= cap
+            longest = int(lengths[batch].max())
+            # within the budget, except a sequence longer than the budget, which travels alone
+            assert len(batch) * longest <= budget or (len(batch) == 1 and longest > budget)
+        epochs.append(batches)
+    # deterministic per seed and epoch; shuffled epochs differ
+    again = LengthBucketSampler(lengths, cap, shuffle=shuffle, seed=7, pool_batches=6, batch_tokens=budget)
+    again.set_epoch(2)
+    assert again.batches() == epochs[2]
+    assert (epochs[0] != epochs[1]) == shuffle
+    # the batches are nearly full: little padding, and not many more batches than the tokens need
+    padded = sum(len(batch) * int(lengths[batch].max()) for batch in epochs[0])
+    assert padded < 1.1 * lengths.sum() and len(epochs[0]) < 1.3 * lengths.sum() / budget
+
+
+def test_token_budget_cuts_sorted_lengths_greedily():
+    lengths = [100, 10, 30, 60, 10, 500]
+    sampler = LengthBucketSampler(lengths, 3, shuffle=False, batch_tokens=120)
+    # sorted: 10, 10, 30, 60, 100, 500 -> [10, 10, 30] (3 x 30 = 90; the cap is 3), [60] (2 x 100 > 120), [100], [500]
+    assert sampler.batches() == [[1, 4, 2], [3], [0], [5]]
+    with pytest.raises(ValueError, match="'batch_tokens' must be an integer >= 1"):
+        LengthBucketSampler(lengths, 3, batch_tokens=0)
+    with pytest.raises(ValueError, match="drop_last is only available"):
+        LengthBucketSampler(lengths, 3, batch_tokens=100, drop_last=True)
+
+
 def test_length_buckets_feed_a_dataloader():
     items = [(seq(list(range(n))), n % 3) for n in (3, 8, 1, 7, 2, 9)]
     sampler = LengthBucketSampler([s.num_tokens for s, _ in items], 2, seed=0)

@@ -219,6 +219,41 @@ def test_folder_dataset_csv_with_integer_labels_and_errors(tmp_path):
         FolderDataset(tmp_path / "empty")
 
 
+def test_folder_without_splits_holds_out_a_share_of_every_class(tmp_path):
+    sizes = {"ant": 10, "bee": 5, "cat": 1}
+    for cls, n in sizes.items():
+        for k in range(n):
+            write_events(tmp_path / "flat" / cls / f"r{k}.npy", make_recording(k, 8, 8))
+    with pytest.raises(ValueError, match="or set dataset.test_fraction"):
+        FolderDataset(tmp_path / "flat", split="train")
+    train = FolderDataset(tmp_path / "flat", split="train", test_fraction=0.2, seed=1)
+    test = FolderDataset(tmp_path / "flat", split="test", test_fraction=0.2, seed=1)
+    # round(n_c * 0.2) of every class: 2 ants, 1 bee, no cat; every file in exactly one split
+    assert test.class_counts().tolist() == [2, 1, 0] and train.class_counts().tolist() == [8, 4, 1]
+    assert sorted(train.paths + test.paths) == sorted(FolderDataset(tmp_path / "flat").paths)
+    assert train.classes == test.classes == ["ant", "bee", "cat"] and test.split == "test"
+    # the same files whatever the seed's run or the folder's location; another seed, other files
+    moved = tmp_path / "moved"
+    (tmp_path / "flat").rename(moved)
+    again = FolderDataset(moved, split="test", test_fraction=0.2, seed=1)
+    assert [p.relative_to(moved) for p in again.paths] == [p.relative_to(tmp_path / "flat") for p in test.paths]
+    assert FolderDataset(moved, split="test", test_fraction=0.2, seed=2).paths != again.paths
+    # a CSV without a split column works the same way
+    (moved / "labels.csv").write_text("file,label\n" + "".join(f"ant/r{k}.npy,ant\n" for k in range(10)))
+    assert len(FolderDataset(moved, labels_csv="labels.csv", split="test", test_fraction=0.3)) == 3
+    with pytest.raises(ValueError, match="holds out no recording"):
+        FolderDataset(moved, split="test", test_fraction=0.01)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        FolderDataset(moved, split="test", test_fraction=1.0)
+    with pytest.raises(ValueError, match="splits are 'train', 'test' and 'all'"):
+        FolderDataset(moved, split="valid", test_fraction=0.2)
+    # a folder that has its own splits refuses a hold-out
+    for split in ("train", "test"):
+        write_events(tmp_path / "split" / split / "a" / "r.npy", make_recording(1, 8, 8))
+    with pytest.raises(ValueError, match="remove dataset.test_fraction"):
+        FolderDataset(tmp_path / "split", split="train", test_fraction=0.2)
+
+
 def test_folder_classes_are_decided_over_every_split(tmp_path):
     # train/ has an empty class folder and test/ lacks class "b": both splits still share a, b, c.
     for split, classes in (("train", ("a", "b")), ("test", ("a", "c"))):

@@ -16,6 +16,12 @@ row of the CSV, whatever ``split`` is asked for. A split without any sample of a
 that class's index. Class names that differ only in upper/lower case (``Wave`` and ``wave``) are taken as
 one class, spelled as the first of them in sorted order, with a warning naming the spellings.
 
+**Folders without a split.** When the layout has no splits (class sub-folders directly under ``root``, or
+a CSV without a ``split`` column), ``test_fraction`` turns the splits ``"train"`` and ``"test"`` into a
+stratified hold-out: ``round(n_c * test_fraction)`` recordings of every class ``c`` are the test split, chosen
+by ``seed`` from the files' relative paths (:func:`~evmamba.datasets.splits.stratified_holdout`), and the
+rest are the train split. Without ``test_fraction`` such a folder has only the split ``"all"``.
+
 Files are kept when their extension is in ``extensions`` (default: every extension
 :func:`~evmamba.datasets.readers.read_events` knows) and are ordered by relative path. The sensor size is
 ``sensor_size`` when given; otherwise every file of every split is read once, on first use of
@@ -30,6 +36,7 @@ import csv
 import warnings
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from evmamba.pipeline.events import check_sensor_size
@@ -76,6 +83,47 @@ def _merge_case(names, where: str) -> dict[str, str]:
     return mapping
 
 
+def has_split_layout(root, labels_csv=None) -> bool:
+    """Whether a folder dataset provides its own splits: ``train/`` and ``test/`` sub-folders, or a labels
+    CSV with a ``split`` column. (Reads only the folder listing or the CSV header.)"""
+    base = Path(root).expanduser()
+    if labels_csv is None:
+        return base.is_dir() and (base / "train").is_dir() and (base / "test").is_dir()
+    csv_path = Path(labels_csv).expanduser()
+    if not csv_path.is_absolute() and not csv_path.is_file():
+        csv_path = base / csv_path
+    if not csv_path.is_file():
+        return False  # the dataset itself reports the missing file
+    with open(csv_path, newline="") as fh:
+        header = next(csv.reader(fh), [])
+    return "split" in [c.strip() for c in header]
+
+
+def _check_holdout(base: Path, test_fraction, seed) -> None:
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise ValueError(f"{base}: 'test_fraction' (dataset.test_fraction) must lie strictly between 0 and 1; "
+                         f"got {test_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"{base}: 'seed' (dataset.seed) must be an int >= 0; got {seed!r}")
+
+
+def _hold_out(base: Path, paths, labels, classes, split: str, test_fraction: float, seed: int):
+    """The ``split`` ("train" or "test") part of a stratified hold-out of ``paths``; keys are paths relative
+    to ``base``, so the choice does not depend on where the folder lives."""
+    from .splits import stratified_holdout
+
+    keys = [Path(p).relative_to(base).as_posix() for p in paths]
+    test = stratified_holdout(keys, labels, test_fraction, seed)
+    if not test.any():
+        raise ValueError(
+            f"{base}: 'test_fraction' {test_fraction} holds out no recording (no class has more than "
+            f"{int(np.bincount(labels).max()) if labels else 0}); raise dataset.test_fraction, or give the "
+            "folder train/ and test/ sub-folders"
+        )
+    keep = test if split == "test" else ~test
+    return [p for p, k in zip(paths, keep) if k], [lab for lab, k in zip(labels, keep) if k]
+
+
 # Sensor sizes already scanned in this process, by (files with sizes and times, format, policy): the train
 # and test splits of one dataset share the scan.
 _SCANNED: dict[tuple, tuple[int, int, int]] = {}
@@ -87,7 +135,8 @@ class FolderDataset(EventFileDataset):
     Parameters: ``root`` folder; ``labels_csv`` (``None``: class sub-folders); ``sensor_size``
     ``(width, height, polarities)`` or ``None`` to infer it from every file of every split; ``extensions``
     to keep; ``split`` (``None`` or ``"all"``: every file); ``format`` to force one reader (default:
-    detected per file); ``on_unsorted`` for the reader; ``name`` for messages.
+    detected per file); ``on_unsorted`` for the reader; ``name`` for messages; ``test_fraction`` and
+    ``seed``: the hold-out that makes ``"train"`` and ``"test"`` of a folder without splits (module docstring).
 
     Attributes besides the dataset interface: ``root``, ``split``, ``all_paths`` (the files of every split),
     ``declared_sensor_size`` (``sensor_size`` as given, or None when it is inferred).
@@ -107,6 +156,8 @@ class FolderDataset(EventFileDataset):
         format: str | None = None,
         on_unsorted: str = "error",
         name: str = "folder",
+        test_fraction: float | None = None,
+        seed: int = 0,
     ) -> None:
         base = Path(root).expanduser()
         if not base.is_dir():
@@ -117,15 +168,30 @@ class FolderDataset(EventFileDataset):
         exts = _normalise_extensions(extensions, str(base))
         if split == "all":
             split = None
+        holdout = None
+        if test_fraction is not None:
+            _check_holdout(base, test_fraction, seed)
+            if has_split_layout(base, labels_csv):
+                has = f"a 'split' column in {labels_csv}" if labels_csv else "train/ and test/ sub-folders"
+                raise ValueError(f"{base}: 'test_fraction' ({test_fraction}) is for a folder without splits, but "
+                                 f"this one has them ({has}); remove dataset.test_fraction")
+            if split is not None:
+                if split not in ("train", "test"):
+                    raise ValueError(f"{base}: split {split!r} does not exist; with 'test_fraction' the splits are "
+                                     "'train', 'test' and 'all'")
+                holdout, split = split, None
         if labels_csv is not None:
             paths, labels, classes, all_paths = self._from_csv(base, labels_csv, split, exts)
         else:
             paths, labels, classes, all_paths = self._from_subfolders(base, split, exts)
+        if holdout is not None:
+            paths, labels = _hold_out(base, paths, labels, classes, holdout, float(test_fraction), int(seed))
+        self.test_fraction = test_fraction
         self.declared_sensor_size = None if sensor_size is None else check_sensor_size(sensor_size, f"{base}: sensor_size")
         self.all_paths = all_paths
         self.root = base
         super().__init__(name, paths, labels, classes, self.declared_sensor_size, format=format, on_unsorted=on_unsorted)
-        self.split = split or "all"
+        self.split = holdout or split or "all"
 
     @property
     def sensor_size(self) -> tuple[int, int, int]:
@@ -162,7 +228,8 @@ class FolderDataset(EventFileDataset):
             if not top.is_dir():
                 raise ValueError(
                     f"{base}: split {split!r} needs a folder {top} holding class sub-folders, or a labels CSV "
-                    "with a 'split' column"
+                    "with a 'split' column; or set dataset.test_fraction (e.g. 0.2) to hold out that share of "
+                    "every class as the test split"
                 )
         elif {"train", "test"} <= {d.name for d in base.iterdir() if d.is_dir()}:
             raise ValueError(
@@ -202,7 +269,8 @@ class FolderDataset(EventFileDataset):
             if split is not None and "split" not in columns:
                 raise ValueError(
                     f"{csv_path}: split {split!r} needs a 'split' column in the CSV (or class sub-folders under "
-                    f"{base / split})"
+                    f"{base / split}); or set dataset.test_fraction (e.g. 0.2) to hold out that share of every "
+                    "class as the test split"
                 )
             rows = []  # every row, of every split: the classes and the sensor size are the dataset's
             for lineno, row in enumerate(reader, start=2):

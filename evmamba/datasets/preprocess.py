@@ -47,9 +47,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         # A command, so it may use the layer above the datasets: the config check knows every section.
+        from ..training.auto import resolve_config
         from ..training.sections import check_config
 
         check_config(cfg)
+        # A config without binning (or model) section: the binning `evmamba train` would choose.
+        cfg = resolve_config(cfg, progress=not args.no_progress)
         for split in args.splits:
             start = time.perf_counter()
             path, built = update_cache(

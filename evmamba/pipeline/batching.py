@@ -211,8 +211,18 @@ class LengthBucketSampler:
     With ``shuffle``: the indices are shuffled, cut into pools of ``batch_size * pool_batches``, each pool is
     sorted by length and cut into batches, and the batch order is shuffled -- all from a generator seeded
     with ``(seed, epoch)``, so the same seed and epoch give the same batches (call :meth:`set_epoch`).
-    Without: batches of the length-sorted dataset, in order. Only the last batch can be smaller than
-    ``batch_size``, and ``drop_last`` drops it.
+    Without: batches of the length-sorted dataset, in order.
+
+    Batches by count (``batch_tokens`` None): ``batch_size`` indices each; only the last batch can be
+    smaller, and ``drop_last`` drops it.
+
+    Batches by a token budget (``batch_tokens`` an int): the length-sorted indices are cut greedily so that
+    every batch has ``size * longest length <= batch_tokens`` -- the padded batch the model sees -- and at
+    most ``batch_size`` indices. Short sequences then travel in large batches and long ones in small
+    batches, so memory per batch stays bounded. A sequence longer than the budget on its own gets a batch
+    of its own (crop long sequences, e.g. with ``train.max_tokens``, to keep every batch under the budget).
+    The number of batches can differ a little from epoch to epoch; ``len()`` is that of the current epoch.
+    ``drop_last`` is not available with a budget.
     """
 
     def __init__(
@@ -224,6 +234,7 @@ class LengthBucketSampler:
         seed: int = 0,
         drop_last: bool = False,
         pool_batches: int = 50,
+        batch_tokens: int | None = None,
     ) -> None:
         lengths = np.asarray(lengths)
         if lengths.ndim != 1 or (lengths.size and not np.issubdtype(lengths.dtype, np.integer)):
@@ -231,28 +242,58 @@ class LengthBucketSampler:
         for name, v in (("batch_size", batch_size), ("pool_batches", pool_batches)):
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"LengthBucketSampler: argument '{name}' must be an integer >= 1; got {v!r}")
+        if batch_tokens is not None:
+            bad = isinstance(batch_tokens, (bool, np.bool_)) or not isinstance(batch_tokens, (int, np.integer))
+            if bad or batch_tokens < 1:
+                raise ValueError("LengthBucketSampler: argument 'batch_tokens' must be an integer >= 1 or None; "
+                                 f"got {batch_tokens!r}")
+            if drop_last:
+                raise ValueError("LengthBucketSampler: drop_last is only available for batches by count "
+                                 "(batch_tokens=None)")
         self.lengths = lengths.astype(np.int64)
         self.batch_size = int(batch_size)
+        self.batch_tokens = None if batch_tokens is None else int(batch_tokens)
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         self.pool_batches = int(pool_batches)
         self.epoch = 0
+        self._memo: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
         n = self.lengths.size
+        if self.batch_tokens is not None:
+            return len(self.batches())
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _cut(self, order: np.ndarray) -> list[list[int]]:
+        """Cut indices sorted by length into batches (by count, or by the token budget)."""
+        bs = self.batch_size
+        if self.batch_tokens is None:
+            return [order[i:i + bs].tolist() for i in range(0, order.size, bs)]
+        out: list[list[int]] = []
+        batch: list[int] = []
+        for i, length in zip(order.tolist(), self.lengths[order].tolist(), strict=True):
+            # Sorted ascending: the newcomer is the batch's longest sequence.
+            if batch and (len(batch) == bs or (len(batch) + 1) * length > self.batch_tokens):
+                out.append(batch)
+                batch = []
+            batch.append(i)
+        if batch:
+            out.append(batch)
+        return out
 
     def batches(self) -> list[list[int]]:
         """This epoch's batches (lists of dataset indices)."""
+        if self._memo is not None and self._memo[0] == self.epoch:
+            return [list(b) for b in self._memo[1]]
         n = self.lengths.size
         bs = self.batch_size
         if not self.shuffle:
-            order = np.argsort(self.lengths, kind="stable")
-            out = [order[i:i + bs].tolist() for i in range(0, n, bs)]
+            out = self._cut(np.argsort(self.lengths, kind="stable"))
         else:
             rng = np.random.default_rng([self.seed, self.epoch])
             perm = rng.permutation(n)
@@ -260,15 +301,15 @@ class LengthBucketSampler:
             out = []
             for start in range(0, n, pool):
                 chunk = perm[start:start + pool]
-                chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-                out.extend(chunk[i:i + bs].tolist() for i in range(0, chunk.size, bs))
-            short = out.pop() if out and len(out[-1]) < bs else None
+                out.extend(self._cut(chunk[np.argsort(self.lengths[chunk], kind="stable")]))
+            short = out.pop() if self.batch_tokens is None and out and len(out[-1]) < bs else None
             out = [out[i] for i in rng.permutation(len(out))]
             if short is not None:
                 out.append(short)
         if self.drop_last and out and len(out[-1]) < bs:
             out.pop()
-        return out
+        self._memo = (self.epoch, out)
+        return [list(b) for b in out]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches())

@@ -489,17 +489,23 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
 
 
 def make_loader(dataset, lengths: np.ndarray, batch_size: int, collate: Callable, *, shuffle: bool, seed: int,
-                info: DistInfo | None = None, workers: int = 0, even: bool = True):
+                info: DistInfo | None = None, workers: int = 0, even: bool = True, batch_tokens: int | None = None):
     """A ``DataLoader`` over length-bucketed batches (shuffled per epoch from ``(seed, epoch)`` when
-    ``shuffle``), sharded over processes. Returns ``(loader, batch_sampler)``; call
-    ``batch_sampler.set_epoch(e)`` (and the dataset's ``set_epoch``) before each epoch."""
+    ``shuffle``), sharded over processes: ``batch_size`` sequences each, or, with ``batch_tokens``, as many
+    (at most ``batch_size``) as keep ``size x longest length <= batch_tokens``. Returns
+    ``(loader, batch_sampler)``; call ``batch_sampler.set_epoch(e)`` (and the dataset's ``set_epoch``) before
+    each epoch."""
     from ..pipeline.batching import LengthBucketSampler
 
     info = info or DistInfo()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"config: batch size must be a positive int; got {batch_size!r}")
+    if batch_tokens is not None and (isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int)
+                                     or batch_tokens < 1):
+        raise ValueError(f"config: key 'train.batch_tokens' must be a positive int or null; got {batch_tokens!r}")
     sampler = ShardedBatches(
-        LengthBucketSampler(lengths, batch_size, shuffle=shuffle, seed=seed), info.rank, info.world_size, even
+        LengthBucketSampler(lengths, batch_size, shuffle=shuffle, seed=seed, batch_tokens=batch_tokens),
+        info.rank, info.world_size, even,
     )
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=int(workers),

@@ -92,6 +92,14 @@ TRAIN_SETTINGS: dict[str, Setting] = {
     "val_fraction": Setting(0.0, "number", minimum=0, maximum=1, below=True),
     "val_split": Setting(None, "str", nullable=True),  # ... or validate on this split (e.g. SSC's "valid")
     "max_tokens": Setting(None, "int", minimum=1, nullable=True),  # random crop of training sequences
+    # Batches by a token budget: length-sorted sequences grouped so that size x longest <= batch_tokens
+    # (batch_size still caps the size); null: batches of batch_size sequences.
+    "batch_tokens": Setting(None, "int", minimum=1, nullable=True),
+    # Memory a run may plan to use, GB (10^9 bytes); null: 90 % of what the machine has free when it starts.
+    "max_memory_gb": Setting(None, "number", minimum=0, nullable=True),
+    # Settings chosen from the data (evmamba.training.auto): null = when the config has neither a binning
+    # nor a model section; true = for every key the config leaves out; false = never.
+    "auto": Setting(None, "bool", nullable=True),
     "allow_hflip": Setting(True, "bool"),  # whether augment.hflip_p may flip this dataset
     "test_every": Setting(1, "int", minimum=0),  # test every N epochs (and after the last); 0 = only at the end
     "log_every": Setting(20, "int", minimum=1),  # optimizer steps between JSONL step records
