@@ -144,7 +144,8 @@ def test_chosen_settings_fit_the_data(case):
     train_settings({"train": train})
     bc = BinningConfig(**binning)
     vocab = int(np.prod(grid)) * sensor[2]
-    net = EventClassifier(vocab, stats.n_classes, **{key: v for key, v in model.items() if key != "type"})
+    net = EventClassifier(vocab, stats.n_classes, grid=[*grid, sensor[2]],
+                          **{key: v for key, v in model.items() if key != "type"})
     assert net.vocab_size == vocab and bc.downsample == k
     # one line of reason per chosen key, after the description of the data
     n_keys = sum(len(v) for v in chosen.values())
@@ -160,7 +161,7 @@ def test_the_batch_budget_fits_the_memory_it_is_given():
     budget = tight["train"]["batch_tokens"]
     assert budget < roomy["train"]["batch_tokens"]
     assert tight["train"]["max_tokens"] <= budget
-    model = EventClassifier(61 * 48 * 2, 4, **{k: v for k, v in tight["model"].items() if k != "type"})
+    model = EventClassifier(61 * 48 * 2, 4, grid=[61, 48, 2], **{k: v for k, v in tight["model"].items() if k != "type"})
     assert training_step_bytes(model, 1, budget).total <= auto.MEMORY_SHARE * tight_bytes
     assert any("lowered to fit" in r for r in reasons)
 

@@ -5,7 +5,8 @@ sequences of ``L`` tokens (every padded position costs as much as a real one):
 
 * **parameters** (fp32), their **gradients**, and AdamW's two moment buffers (**optimizer**; allocated at
   the first step) -- 4 + 4 + 8 bytes per parameter;
-* **batch**: the collated inputs, ``tokens`` int64, ``counts`` and ``dt`` float32 (16 bytes per token);
+* **batch**: the collated inputs, ``tokens`` int64, ``counts`` and ``dt`` float32 (16 bytes per token), and
+  for the ``surface`` embedding the local surfaces, ``F`` float32 per token;
 * **activations**: everything the forward pass saves for the backward pass, at the length each layer sees
   (pooling divides it), plus the largest temporary of the backward pass (one layer's gradients).
 
@@ -17,7 +18,8 @@ the scan's contiguous copies of Δ and z (``2 Di``), the ``out_proj`` input copy
 output (``R + 2 N``), the scan's copies of B and C (``2 N``) and its state checkpoints (``Di N / 64``):
 ``9 Di + 3 d + R + 4 N + Di N / 64``. The backward pass of one layer needs about ``6 Di`` more (the
 gradients of u, Δ and z, the incoming gradient and its copy, the gradient of the ``in_proj`` output).
-The embedding and input pooling keep about ``5 d`` per input token; each pooling between stages ``2 d`` per
+The embedding and input pooling keep about ``5 d`` per input token (the ``surface`` embedding's MLP another
+``2 h + d`` for its hidden width ``h``, and its input ``F``); each pooling between stages ``2 d`` per
 token of the stage before it, and the final norm and readout ``4 d`` per token of the last stage.
 
 These coefficients were checked against the peak resident memory of real training steps on the CPU
@@ -79,9 +81,12 @@ def _shapes(model) -> dict:
     if not isinstance(model, EventClassifier):
         raise TypeError(f"memory estimate: expected an EventClassifier; got {type(model).__name__}")
     layer = model.layers[0]
+    emb = model.embedding
+    surface = emb.n_surface if emb.needs_surfaces else 0
+    hidden = int(model.config.get("surface_hidden", 0)) if surface else 0
     return dict(d=model.d_model, di=layer.d_inner, n=layer.d_state, r=layer.dt_rank,
                 params=sum(p.numel() for p in model.parameters()),
-                dropout=model.config.get("dropout", 0.0) > 0)
+                dropout=model.config.get("dropout", 0.0) > 0, surface=surface, hidden=hidden)
 
 
 def stage_lengths(model, length: int) -> list[int]:
@@ -108,6 +113,8 @@ def _activation_floats(model, batch: int, length: int) -> tuple[float, float]:
     d, di = s["d"], s["di"]
     lengths = stage_lengths(model, length)
     saved = 5 * d * batch * length  # embedding, count feature, input pooling
+    if s["surface"]:  # the surface MLP's input, hidden pre- and post-activation, and output
+        saved += (s["surface"] + 2 * s["hidden"] + d) * batch * length
     transient = 0.0
     for k, stage in enumerate(model.stages):
         tokens = batch * lengths[k]
@@ -128,7 +135,7 @@ def training_step_bytes(model, batch: int, length: int) -> MemoryEstimate:
     saved, transient = _activation_floats(model, batch, length)
     return MemoryEstimate(parameters=FLOAT * params, gradients=FLOAT * params, optimizer=2 * FLOAT * params,
                           activations=int(math.ceil(FLOAT * (saved + transient))),
-                          batch=TOKEN_INPUT_BYTES * batch * length)
+                          batch=(TOKEN_INPUT_BYTES + FLOAT * _shapes(model)["surface"]) * batch * length)
 
 
 def inference_bytes(model, batch: int, length: int) -> MemoryEstimate:
@@ -138,12 +145,13 @@ def inference_bytes(model, batch: int, length: int) -> MemoryEstimate:
     s = _shapes(model)
     d, di = s["d"], s["di"]
     lengths = stage_lengths(model, length)
-    biggest = 5 * d * batch * length
+    biggest = (5 * d + s["surface"] + 2 * s["hidden"]) * batch * length
     for k, stage in enumerate(model.stages):
         if stage:
             biggest = max(biggest, (layer_floats(d, di, s["n"], s["r"]) + 2 * d) * batch * lengths[k])
     return MemoryEstimate(parameters=FLOAT * s["params"], gradients=0, optimizer=0,
-                          activations=int(math.ceil(FLOAT * biggest)), batch=TOKEN_INPUT_BYTES * batch * length)
+                          activations=int(math.ceil(FLOAT * biggest)),
+                          batch=(TOKEN_INPUT_BYTES + FLOAT * s["surface"]) * batch * length)
 
 
 def activation_bytes_per_token(model, length: int) -> float:

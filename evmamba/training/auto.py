@@ -61,9 +61,11 @@ LAYER_TOKENS = 512  # median sequence length the first layer should see (at most
 TARGET_STEPS = 500  # optimizer steps of a run
 MEMORY_SHARE = 0.5  # share of the available memory the training batches may plan to use
 FOLDER_TEST_FRACTION = 0.2
-#: The embedding a chosen model uses ("table" or "factorised"; see evmamba.model.embedding). The one place
-#: to switch the default embedding of dataset-only configs.
-DEFAULT_EMBEDDING = "table"
+#: The embedding a chosen model uses ("table", "factorised" or "surface"; see evmamba.model.embedding). The
+#: one place to switch the default embedding of dataset-only configs. "surface" (each token's local time
+#: surface through a shared MLP, plus coarse position) generalised best on validation (docs/training.md).
+DEFAULT_EMBEDDING = "surface"
+SURFACE_RADIUS = 2  # the surface patch: (2 r + 1) x (2 r + 1) cells (x 1 on spike data)
 
 
 # ------------------------------------------------------------------------------------------ the data
@@ -279,7 +281,19 @@ def default_model_section(stats: DataStats, binning: BinningConfig, given: Mappi
     n_layers = int(given.get("n_layers", size["n_layers"]))
 
     # ---- the embedding: switch the default here
-    put("embedding", DEFAULT_EMBEDDING, "one learned row per token id")
+    why = {"table": "one learned row per token id", "factorised": "x, y and polarity rows",
+           "surface": "each token's local time surface through an MLP shared by every position (neighbouring "
+                      "pixels are related from the start), plus coarse position and polarity rows"}
+    put("embedding", DEFAULT_EMBEDDING, why[DEFAULT_EMBEDDING])
+    if given.get("embedding", DEFAULT_EMBEDDING) == "surface":
+        if binning.bin_us > 0:
+            tau, tau_why = 2 * binning.bin_us, f"twice the {binning.bin_us} µs time bin"
+        else:
+            med_us = float(np.median(stats.durations_us)) if stats.durations_us.size else 100_000.0
+            tau, tau_why = med_us / 5, "a fifth of the median recording (one token per event)"
+        tau = float(max(100, round(tau, -2)))
+        put("surface", {"radius": SURFACE_RADIUS, "tau_us": [tau], "scales": [1], "kind": "time"},
+            f"{2 * SURFACE_RADIUS + 1}-cell patches of last-event times decaying with tau {tau:g} µs ({tau_why})")
     put("count_feature", binning.bin_us > 0,
         "a token that merged many events differs from one that merged few" if binning.bin_us > 0
         else "every token is one event")
