@@ -32,6 +32,7 @@ import torch
 from ..pipeline.binning import BinningConfig, TokenSequence, vocab_size as binning_vocab_size
 from .distributed import DistInfo, barrier
 from .reproducibility import worker_init
+from .settings import train_settings
 
 TOKEN_MODEL = "event_mamba"
 FRAME_MODEL = "frame_resnet"
@@ -393,7 +394,11 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
         from ..datasets.cache import TokenCache
 
         binning = BinningConfig.from_dict(section(cfg, "binning"), source="config: section 'binning'")
-        caches = {key: TokenCache(_ensure_cache(cfg, s, info, workers, progress, force), in_memory=True)
+        limit_gb = train_settings(cfg)["cache_memory_gb"]
+        in_memory = True if limit_gb is None else None  # None: loaded whole up to the limit, else read per sample
+        limit = None if limit_gb is None else int(limit_gb * 1e9)
+        caches = {key: TokenCache(_ensure_cache(cfg, s, info, workers, progress, force), in_memory=in_memory,
+                                  memory_limit=limit)
                   for key, s in splits.items()}
         check_splits_agree({f"token cache {c.path}": (c.classes, c.sensor_size) for c in caches.values()})
         ref = next(iter(caches.values()))
