@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..pipeline.binning import BinningConfig, TokenSequence, vocab_size as binning_vocab_size
-from .distributed import DistInfo, barrier
+from .distributed import DistInfo, wait_for_main
 from .reproducibility import worker_init
 from .settings import train_settings
 
@@ -230,31 +230,54 @@ def collate_frames(batch) -> dict[str, torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------ samplers
 class ShardedBatches:
-    """A :class:`~evmamba.pipeline.batching.LengthBucketSampler`'s batches, dealt round-robin to ``world``
-    processes. ``even``: every process gets the same number of batches (the remainder is dropped; needed in
-    training, where DDP synchronises every step)."""
+    """Global batches of a sampler (e.g. a :class:`~evmamba.pipeline.batching.LengthBucketSampler` with batch
+    size ``per-process batch x world``), each split over ``world`` processes: process ``rank`` takes items
+    ``rank, rank + world, ...`` of every global batch. So ``world`` processes see, step by step, exactly the
+    samples one process sees with the global batch size, and with the data-parallel mean of their
+    gradients (weighted by :meth:`shares`) take the same optimizer steps. Neighbours in a length-sorted
+    global batch go to different processes, so their shares have about the same lengths.
+
+    ``even`` (training, where DDP synchronises every step): every process gets one share of every global
+    batch, so a global batch with fewer than ``world`` items (at most the last one) is dropped. Otherwise
+    (evaluation) such a batch gives shares to the first processes only, and every sample is seen once.
+    """
 
     def __init__(self, sampler, rank: int = 0, world: int = 1, even: bool = True):
-        self.sampler, self.rank, self.world, self.even = sampler, rank, world, even
+        for name, v, lo in (("rank", rank, 0), ("world", world, 1)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"ShardedBatches: argument '{name}' must be an int >= {lo}; got {v!r}")
+        if rank >= world:
+            raise ValueError(f"ShardedBatches: rank {rank} must be below world {world}")
+        self.sampler, self.rank, self.world, self.even = sampler, int(rank), int(world), bool(even)
+        self._epoch_batches: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
-    def _mine(self, batches):
-        if self.world == 1:
-            return batches
-        if self.even:
-            batches = batches[: len(batches) // self.world * self.world]
-        return batches[self.rank::self.world]
+    def _global(self) -> list[list[int]]:
+        # The sampler's batches depend only on (seed, epoch); kept per epoch, as len() is asked every step.
+        epoch = getattr(self.sampler, "epoch", None)
+        if self._epoch_batches is None or self._epoch_batches[0] != epoch or epoch is None:
+            batches = [list(b) for b in self.sampler.batches()]
+            if self.world > 1 and self.even:
+                batches = [b for b in batches if len(b) >= self.world]
+            self._epoch_batches = (epoch, batches)
+        return self._epoch_batches[1]
+
+    def _mine(self) -> list[list[int]]:
+        return [b[self.rank::self.world] for b in self._global() if len(b) > self.rank]
+
+    def shares(self) -> list[float]:
+        """Per batch of this process, in order: its size x ``world`` / the global batch's size. Scaling each
+        process's mean loss by it makes the average over processes the mean over the global batch, also
+        when the global batch does not split evenly (1.0 for every batch that does)."""
+        return [len(b[self.rank::self.world]) * self.world / len(b) for b in self._global() if len(b) > self.rank]
 
     def __len__(self) -> int:
-        n = len(self.sampler)
-        if self.world == 1:
-            return n
-        return n // self.world if self.even else len(range(self.rank, n, self.world))
+        return len(self._mine())
 
     def __iter__(self):
-        return iter(self._mine(self.sampler.batches()))
+        return iter(self._mine())
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -284,7 +307,7 @@ def _ensure_cache(cfg, split: str, info: DistInfo, workers: int, progress: bool,
     path = None
     if info.is_main:
         path = ensure_cache(cfg, split, workers, progress=progress, force=force)
-    barrier(info)
+    wait_for_main(info)  # building may take longer than a GPU collective may wait
     if not info.is_main:
         path = ensure_cache(cfg, split, workers, progress=False)
     return path
@@ -488,15 +511,19 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
 def make_loader(dataset, lengths: np.ndarray, batch_size: int, collate: Callable, *, shuffle: bool, seed: int,
                 info: DistInfo | None = None, workers: int = 0, even: bool = True):
     """A ``DataLoader`` over length-bucketed batches (shuffled per epoch from ``(seed, epoch)`` when
-    ``shuffle``), sharded over processes. Returns ``(loader, batch_sampler)``; call
-    ``batch_sampler.set_epoch(e)`` (and the dataset's ``set_epoch``) before each epoch."""
+    ``shuffle``) of ``batch_size`` items per process: global batches of ``batch_size x world`` split over the
+    processes (:class:`ShardedBatches`), so that N processes at batch B step through the same samples as
+    one at N x B. Returns ``(loader, batch_sampler)``; call ``batch_sampler.set_epoch(e)`` (and the
+    dataset's ``set_epoch``) before each epoch."""
     from ..pipeline.batching import LengthBucketSampler
 
     info = info or DistInfo()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"config: batch size must be a positive int; got {batch_size!r}")
+    # ``batch_size`` is per process: the sampler draws global batches of batch_size x processes.
     sampler = ShardedBatches(
-        LengthBucketSampler(lengths, batch_size, shuffle=shuffle, seed=seed), info.rank, info.world_size, even
+        LengthBucketSampler(lengths, batch_size * info.world_size, shuffle=shuffle, seed=seed), info.rank,
+        info.world_size, even,
     )
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=int(workers),
