@@ -67,7 +67,7 @@ def test_written_cache_holds_the_given_tokens(tmp_path):
 
 def test_write_cache_refuses_inconsistent_blocks(tmp_path):
     good = next(random_blocks(4, 10, seed=2))
-    kw = dict(sensor_size=SENSOR, classes=CLASSES, progress=False)
+    kw = {"sensor_size": SENSOR, "classes": CLASSES, "progress": False}
     with pytest.raises(ValueError, match="block 0 field 'tokens' holds ids outside the vocabulary"):
         write_cache(tmp_path / "a.h5", [{**good, "tokens": good["tokens"] + 5000}], n_samples=4, **kw)
     with pytest.raises(ValueError, match="block 0 field 'lengths'"):

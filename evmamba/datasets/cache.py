@@ -39,6 +39,7 @@ its last complete block.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import itertools
@@ -486,26 +487,50 @@ def _create_partial(path: Path, sensor_size, classes, n_samples: int, binning: B
         a["complete"] = False
 
 
-def _resume_point(path: Path, key: str, n_samples: int) -> int | None:
-    """Samples already written to a partial file made with config ``key``; None if it cannot be continued."""
+def _resume_point(path: Path, key: str, n_samples: int, fresh_partial: Callable[[Path], None]) -> int | None:
+    """Continue the partial file ``path`` made with config ``key``: the number of samples kept, or None
+    (nothing to keep, or it cannot be continued: start over).
+
+    HDF5 files are not safe against a crash while writing: a run killed in the middle of appending a block
+    can leave the file's internal structures (the heap of the ``source`` strings, chunk indices) half
+    updated, so that reading the finished samples still works but the next write fails. So the finished
+    samples -- everything up to the last ``n_done`` commit -- are copied into a new file made by
+    ``fresh_partial(new_path)``, which then replaces ``path``; the old file is only read.
+    """
+    copy = path.with_name(path.name + ".copy")
     try:
-        with _open_h5(path, "r+") as f:
-            info = _check_layout(f, path, key, need_complete=False)
-            if info["n_samples"] != n_samples:
+        with _open_h5(path, "r") as old:
+            info = _check_layout(old, path, key, need_complete=False)
+            if info["n_samples"] != n_samples or info["n_done"] == 0:
                 return None
-            n = info["n_done"]
-            total = int(f["offsets"][n])
-            # A block may have been appended in part before the run stopped: cut back to the last commit.
-            for k in _ARRAYS:
-                f[k].resize((total,))
-            for k in (*_PER_SAMPLE, "source"):
-                f[k].resize((n,))
-            f["offsets"].resize((n + 1,))
-            f.attrs["n_empty"] = int(np.count_nonzero(np.diff(f["offsets"][:]) == 0))
-            return n
+            fresh_partial(copy)
+            with h5py.File(copy, "r+") as new:
+                _copy_finished(old, new, info["n_done"])
+        os.replace(copy, path)
+        return info["n_done"]
     except (ValueError, OSError, KeyError) as exc:
         print(f"cannot continue {path} ({exc}); starting over", file=sys.stderr)
         return None
+    finally:
+        if copy.exists():
+            copy.unlink()
+
+
+_COPY_SLICE = 1 << 22  # elements per read when copying finished samples (at most 32 MB)
+
+
+def _copy_finished(old: h5py.File, new: h5py.File, n: int) -> None:
+    """Copy the first ``n`` samples of ``old`` into the empty token cache ``new`` and commit them."""
+    total = int(old["offsets"][n])
+    for names, size in ((tuple(_ARRAYS), total), ((*_PER_SAMPLE, "source"), n), (("offsets",), n + 1)):
+        for k in names:
+            new[k].resize((size,))
+            for lo in range(0, size, _COPY_SLICE):
+                hi = min(lo + _COPY_SLICE, size)
+                new[k][lo:hi] = old[k][lo:hi]
+    new.attrs["n_empty"] = int(np.count_nonzero(np.diff(new["offsets"][:]) == 0))
+    new.attrs["n_done"] = n
+    new.flush()
 
 
 def _append_block(f: h5py.File, block: dict[str, Any]) -> None:
@@ -599,11 +624,14 @@ def _build_locked(
     binning = BinningConfig.from_dict(content["binning"], source="config: section 'binning'")
     n = len(dataset)
     partial = path.with_name(path.name + ".partial")
-    start = _resume_point(partial, key, n) if (resume and partial.exists()) else None
+    def fresh(where: Path) -> None:
+        _new_partial(where, dataset, binning, content, key, split)
+
+    start = _resume_point(partial, key, n, fresh) if (resume and partial.exists()) else None
     if start:
         print(f"continuing {partial} after {start} of {n} samples", file=sys.stderr)
     if start is None:
-        _new_partial(partial, dataset, binning, content, key, split)
+        fresh(partial)
         start = 0
     blocks = [range(b, min(b + block_size, n)) for b in range(start, n, block_size)]
     desc = f"{content['dataset']['name']} {split}"
@@ -611,6 +639,26 @@ def _build_locked(
     with h5py.File(partial, "r+") as f:
         f.attrs["complete"] = True  # last: a file without it is never taken for a finished one
     os.replace(partial, path)
+
+
+#: Blocks a preprocessing worker may be ahead of the writer (see :func:`_in_order`).
+_IN_FLIGHT_PER_WORKER = 2
+
+
+def _in_order(pool, blocks: Sequence[range], in_flight: int):
+    """``_bin_block`` of each block, computed by ``pool``, yielded in block order, with at most ``in_flight``
+    blocks submitted and not yet taken. (``Pool.imap`` submits every block at once and keeps the results
+    that the writer has not yet taken: on a large dataset and a slow disk they would fill the memory.)"""
+    pending: collections.deque = collections.deque()
+    todo = iter(blocks)
+    for block in itertools.islice(todo, in_flight):
+        pending.append(pool.apply_async(_bin_block, (block,)))
+    while pending:
+        result = pending.popleft().get()
+        nxt = next(todo, None)
+        if nxt is not None:
+            pending.append(pool.apply_async(_bin_block, (nxt,)))
+        yield result
 
 
 def _write_blocks(partial: Path, dataset, binning, blocks, n, start, workers, progress, desc) -> None:
@@ -625,10 +673,9 @@ def _write_blocks(partial: Path, dataset, binning, blocks, n, start, workers, pr
         if blocks:
             first = _bin_block(blocks[0])
         if workers > 1 and len(blocks) > 2:
-            pool = _pool_context().Pool(
-                min(workers, len(blocks) - 1), initializer=_init_worker, initargs=(dataset, binning)
-            )
-            rest = pool.imap(_bin_block, blocks[1:])
+            procs = min(workers, len(blocks) - 1)
+            pool = _pool_context().Pool(procs, initializer=_init_worker, initargs=(dataset, binning))
+            rest = _in_order(pool, blocks[1:], _IN_FLIGHT_PER_WORKER * procs)
         else:
             rest = map(_bin_block, blocks[1:])
         # Results arrive in block order whatever the number of workers, so the file is the same.
