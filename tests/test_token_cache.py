@@ -175,6 +175,7 @@ def test_memory_of_an_epoch_does_not_grow_with_the_cache(tmp_path):
 
 
 def test_training_reads_large_caches_from_the_file_with_workers_and_learns_the_same(tmp_path):
+    # Random crops (max_tokens) of samples of 110-230 tokens: read as windows, from memory or from the file.
     import yaml
 
     from evmamba.cli import main
@@ -186,7 +187,7 @@ def test_training_reads_large_caches_from_the_file_with_workers_and_learns_the_s
         "binning": {"downsample": 2, "bin_us": 5000},
         "cache_dir": str(tmp_path / "cache"),
         "model": {"d_model": 16, "n_layers": 2, "d_state": 4, "pool_stride": 2, "embedding": "factorised"},
-        "train": {"epochs": 1, "batch_size": 8, "preprocess_workers": 1, "val_fraction": 0.2},
+        "train": {"epochs": 1, "batch_size": 8, "preprocess_workers": 1, "val_fraction": 0.2, "max_tokens": 150},
     }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -203,6 +204,48 @@ def test_training_reads_large_caches_from_the_file_with_workers_and_learns_the_s
     from evmamba.config import load_config
 
     lazy = build_data(load_config(str(path), ["train.cache_memory_gb=0"]), progress=False)
-    assert not lazy.train.dataset.in_memory and not lazy.test.in_memory and not lazy.val.dataset.in_memory
+    assert not lazy.test.in_memory and not lazy.val.dataset.in_memory  # val: a part of the train split's cache
     assert build_data(load_config(str(path), []), progress=False).test.in_memory
     assert build_data(load_config(str(path), ["train.cache_memory_gb=null"]), progress=False).test.in_memory
+
+
+def test_window_reads_a_cut_of_an_item(tmp_path):
+    path = make_cache(tmp_path / "c.h5", 5, 400, seed=6)
+    for cache in (TokenCache(path, in_memory=True), TokenCache(path, in_memory=False)):
+        full, label = cache[2]
+        n = full.num_tokens
+        for start, stop in ((0, 10), (5, None), (n - 3, n + 50), (n + 5, n + 9), (7, 3)):
+            seq, got = cache.window(2, start, stop)
+            assert got == label
+            want = slice(start, stop if stop is None or stop >= start else start)
+            for field in ("tokens", "counts", "dt", "t"):
+                np.testing.assert_array_equal(getattr(seq, field), getattr(full, field)[want])
+        with pytest.raises(ValueError, match="window start"):
+            cache.window(0, -1, 4)
+
+
+def test_crops_of_long_recordings_read_only_the_crop(tmp_path):
+    from evmamba.training.data import IndexedSubset, TokenCrop
+
+    path = make_cache(tmp_path / "long.h5", 6, 200_000, seed=7)  # up to 300 000 tokens (6 MB) per sample
+    cache = TokenCache(path, in_memory=False)
+    subset = IndexedSubset(cache, [5, 0, 3, 1])
+    read_whole = TokenCrop(subset, 1000, seed=4)
+    read_window = TokenCrop(subset, 1000, seed=4, lengths=cache.lengths[[5, 0, 3, 1]])
+    for epoch in (0, 1):
+        read_whole.set_epoch(epoch)
+        read_window.set_epoch(epoch)
+        for i in range(4):
+            assert_same_item(read_window[i], read_whole[i])  # the same windows
+    tracemalloc.start()
+    try:
+        read_window[0]
+        peak_window = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        read_whole[0]
+        peak_whole = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak_window < 100_000 < 2_000_000 < peak_whole  # a 1 000-token crop: 20 kB, not the recording's MBs
+    with pytest.raises(TypeError, match="window"):
+        TokenCrop(list(range(4)), 10, seed=0, lengths=[1, 2, 3, 4])

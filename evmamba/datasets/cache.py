@@ -366,13 +366,24 @@ class TokenCache(Sequence):
         return self._datasets
 
     def __getitem__(self, i: int) -> tuple[TokenSequence, int]:
+        return self.window(i, 0, None)
+
+    def window(self, i: int, start: int, stop: int | None) -> tuple[TokenSequence, int]:
+        """Tokens ``[start, stop)`` of item ``i`` (``stop`` None: to its end; both clipped to its length) and
+        its label: ``cache.window(i, a, b)`` is ``cache[i]`` cut to ``[a:b]``, but read from the file alone
+        when the cache is not in memory -- a random crop of an hour-long recording reads only the crop."""
         if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
             raise TypeError(f"{self.path}: index must be an int; got {type(i).__name__}")
+        for name, v in (("start", start), ("stop", stop)):
+            if v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0):
+                raise ValueError(f"{self.path}: window {name} must be an int >= 0; got {v!r}")
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"{self.path}: index {i} out of range for {n} samples")
         j = int(self.indices[i])
-        lo, hi = int(self._offsets[j]), int(self._offsets[j + 1])
+        first, end = int(self._offsets[j]), int(self._offsets[j + 1])
+        lo = min(first + int(start), end)
+        hi = end if stop is None else max(lo, min(first + int(stop), end))
         if self._arrays is not None:
             seq = TokenSequence(*(self._arrays[k][lo:hi] for k in _ARRAYS))
         else:

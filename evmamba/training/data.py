@@ -106,15 +106,30 @@ class IndexedSubset:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
 
+    def window(self, i, start: int, stop: int | None):
+        """``dataset.window(indices[i], start, stop)`` (a :class:`~evmamba.datasets.cache.TokenCache`'s)."""
+        return self.dataset.window(int(self.indices[i]), start, stop)
+
 
 class TokenCrop:
     """Crop each item's token sequence to a random window of at most ``max_tokens`` (training only); the
-    window is drawn from ``(seed, epoch, index)``."""
+    window is drawn from ``(seed, epoch, index)``.
 
-    def __init__(self, dataset, max_tokens: int, seed: int):
+    With ``lengths`` (tokens of each item, known ahead) the dataset must have ``window(i, start, stop)``
+    (a token cache or an :class:`IndexedSubset` of one): only the window is read, so a long recording
+    costs its crop, not its length, in reading time and memory. The windows are the same either way."""
+
+    def __init__(self, dataset, max_tokens: int, seed: int, lengths=None):
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError(f"config: key 'train.max_tokens' must be a positive int or null; got {max_tokens!r}")
+        if lengths is not None:
+            lengths = np.asarray(lengths, dtype=np.int64)
+            if lengths.shape != (len(dataset),):
+                raise ValueError(f"TokenCrop: 'lengths' must have one entry per item ({len(dataset)}); got {lengths.shape}")
+            if not hasattr(dataset, "window"):
+                raise TypeError(f"TokenCrop: with 'lengths', the dataset ({type(dataset).__name__}) needs window()")
         self.dataset, self.max_tokens, self.seed, self.epoch = dataset, max_tokens, int(seed), 0
+        self.lengths = lengths
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -124,12 +139,19 @@ class TokenCrop:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
 
+    def _start(self, i, n: int) -> int:
+        return int(np.random.default_rng([self.seed, self.epoch, int(i), 1]).integers(0, n - self.max_tokens + 1))
+
     def __getitem__(self, i):
+        if self.lengths is not None:
+            n = int(self.lengths[i])
+            start = self._start(i, n) if n > self.max_tokens else 0
+            return self.dataset.window(i, start, start + self.max_tokens)
         seq, label = self.dataset[i]
         n = seq.num_tokens
         if n <= self.max_tokens:
             return seq, label
-        start = int(np.random.default_rng([self.seed, self.epoch, int(i), 1]).integers(0, n - self.max_tokens + 1))
+        start = self._start(i, n)
         return TokenSequence(*(a[start:start + self.max_tokens] for a in seq)), label
 
 
@@ -458,7 +480,9 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
                 train_ds = IndexedSubset(cache, train_idx)
             max_tokens = train_cfg.get("max_tokens")
             if max_tokens is not None:
-                train_ds = TokenCrop(train_ds, max_tokens, seed)
+                # Straight from the cache, only the crop is read (the lengths are known ahead).
+                known = None if augment.active else cache.lengths[train_idx]
+                train_ds = TokenCrop(train_ds, max_tokens, seed, lengths=known)
                 lengths["train"] = np.minimum(cache.lengths[train_idx], max_tokens)
             else:
                 lengths["train"] = cache.lengths[train_idx]
