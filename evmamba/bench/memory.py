@@ -98,7 +98,7 @@ class PeakSampler:
         while not self._stop.wait(self.interval):
             self._take()
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self._take()
         self._thread.start()
         return self

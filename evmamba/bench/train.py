@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def _run(args) -> int:  # noqa: PLR0915 - one benchmark, read top to bottom
+def _run(args) -> int:
     import torch
 
     from ..training import distributed as ddp
@@ -213,7 +213,11 @@ def _run(args) -> int:  # noqa: PLR0915 - one benchmark, read top to bottom
     optimizer = build_optimizer(model, tc)
     clip = tc["grad_clip"] or math.inf
     cuda = device.type == "cuda"
-    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)  # noqa: E731
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
 
