@@ -74,3 +74,18 @@ def test_simulated_recordings_are_made_once(tmp_path):
     assert np.all(np.diff(events["t"]) >= 0) and events["t"][-1] > 5_000_000  # 6 s recordings
     assert simulated_recordings(tmp_path, 2, workers=1, progress=False) == folder
     assert [f.stat().st_mtime_ns for f in files] == stamps  # reused, not made again
+
+
+def test_bench_train_compares_with_an_earlier_run(tmp_path, capsys):
+    cfg = tiny_config(tmp_path)
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    common = ["bench", "train", "--config", cfg, "--data", "config", "--device", "cpu", "--steps", "2", "--warmup", "0",
+              "--workers", "0", "--no-progress"]
+    assert main([*common, "--json", str(first)]) == 0
+    assert main([*common, "--compare", str(first), "--json", str(second)]) == 0
+    assert "x the samples/s" in capsys.readouterr().out
+    a, b = json.loads(first.read_text()), json.loads(second.read_text())
+    assert b["compared"]["samples_per_s_ratio"] == pytest.approx(b["samples_per_s"] / a["samples_per_s"])
+    (tmp_path / "other.json").write_text(json.dumps({"benchmark": "scan"}))
+    assert main([*common, "--compare", str(tmp_path / "other.json")]) == 1
+    assert "not the JSON of `evmamba bench train`" in capsys.readouterr().err

@@ -1,8 +1,9 @@
 """``evmamba bench train``: training throughput -- optimizer steps one after another on a config's model and data.
 
     evmamba bench train [--config dvsgesture] [key.sub=value ...] [--device cpu|cuda] [--amp none|bf16]
-                        [--steps 30] [--warmup 5] [--batch-size B] [--workers W] [--recordings 64] [--json PATH]
-    torchrun --nproc_per_node 2 -m evmamba bench train ...       # data parallel: one process per GPU
+                        [--steps 30] [--warmup 5] [--batch-size B] [--workers W] [--recordings 64]
+                        [--compare EARLIER.json] [--json PATH]
+    torchrun --nproc_per_node 2 -m evmamba bench train ... --compare one_gpu.json   # data parallel: scaling
 
 The data go through the training code itself (:func:`~evmamba.training.data.build_data` and
 :func:`~evmamba.training.data.make_loader`: token cache, augmentation and binning on the fly when the config
@@ -23,7 +24,8 @@ tokens/s (tokens of the batch, not padding; also padded tokens/s), each part's m
 and its share of the step, host peak memory (RSS of the main process and the largest loader worker, PSS of
 all of them; sampled every 0.2 s) and, on CUDA, the device's peak allocated and reserved memory. Under
 ``torchrun`` the samples and tokens are summed over processes and the times are rank 0's; ``--batch-size``
-is per process, as in training.
+is per process, as in training. ``--compare`` divides this run's samples/s and tokens/s by those of an
+earlier result (e.g. one GPU's, for the scaling factor of two).
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="simulated DVS-Gesture-size recordings (default) or the config's own dataset")
     parser.add_argument("--recordings", type=int, default=64, help="simulated recordings (default 64)")
     parser.add_argument("--sim-dir", default=None, help="where the simulated recordings go (default <cache_dir>/bench-train)")
+    parser.add_argument("--compare", metavar="PATH", default=None,
+                        help="an earlier result (JSON): print this run's samples/s and tokens/s over its own")
     parser.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -133,6 +137,21 @@ def _check(args) -> None:
         raise ValueError(f"--batch-size must be >= 1; got {args.batch_size}")
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0; got {args.workers}")
+    if args.compare is not None:
+        _earlier(args.compare)  # unreadable: say so before the work
+
+
+def _earlier(path) -> dict:
+    """An earlier ``bench train`` result; ``ValueError`` naming the file when it is not one."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--compare {path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--compare {path}: not a JSON file ({exc})") from None
+    if not isinstance(earlier, dict) or earlier.get("benchmark") != "train" or "samples_per_s" not in earlier:
+        raise ValueError(f"--compare {path}: not the JSON of `evmamba bench train` (no 'samples_per_s')")
+    return earlier
 
 
 def _config(args, cfg, sim_folder: Path | None):
@@ -331,4 +350,13 @@ def _report(args, cfg, data, model, device, amp, batch, world, workers, times, s
     print(f"{result['samples_per_s']:,.2f} samples/s, {result['tokens_per_s']:,.0f} tokens/s "
           f"({result['padded_tokens_per_s']:,.0f} with padding); loading {100 * result['loading_share']:.1f} % of "
           f"the step; {memory}")
+    if args.compare is not None:
+        earlier = _earlier(args.compare)
+        result["compared"] = {
+            "path": str(args.compare), "world_size": earlier.get("world_size"), "device": earlier.get("device"),
+            "samples_per_s_ratio": result["samples_per_s"] / earlier["samples_per_s"],
+            "tokens_per_s_ratio": result["tokens_per_s"] / earlier["tokens_per_s"] if earlier.get("tokens_per_s") else None,
+        }
+        print(f"against {args.compare} ({earlier.get('world_size', '?')} process(es) on {earlier.get('device', '?')}): "
+              f"{result['compared']['samples_per_s_ratio']:.2f}x the samples/s")
     write_json(args.json, result)
