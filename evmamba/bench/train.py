@@ -357,6 +357,8 @@ def _report(args, cfg, data, model, device, amp, batch, world, workers, times, s
             "samples_per_s_ratio": result["samples_per_s"] / earlier["samples_per_s"],
             "tokens_per_s_ratio": result["tokens_per_s"] / earlier["tokens_per_s"] if earlier.get("tokens_per_s") else None,
         }
+        ratio_tokens = result["compared"]["tokens_per_s_ratio"]
         print(f"against {args.compare} ({earlier.get('world_size', '?')} process(es) on {earlier.get('device', '?')}): "
-              f"{result['compared']['samples_per_s_ratio']:.2f}x the samples/s")
+              f"{result['compared']['samples_per_s_ratio']:.2f}x the samples/s"
+              + (f", {ratio_tokens:.2f}x the tokens/s" if ratio_tokens else ""))
     write_json(args.json, result)
