@@ -35,6 +35,8 @@ BENCHMARKS = {
     "binning": ("evmamba.bench.binning", "numba binning against tonic's transforms (events/s)"),
     "readers": ("evmamba.bench.readers", "Prophesee EVT 2.0 / EVT 3.0 decoding against expelliarmus (events/s)"),
     "stream": ("evmamba.bench.stream", "the real-time loop on recorded streams (real-time factor, latency)"),
+    "train": ("evmamba.bench.train", "training steps on a config: samples/s, tokens/s, time per part, memory"),
+    "cache": ("evmamba.bench.cache", "host memory over an epoch of token caches larger than memory"),
 }
 
 

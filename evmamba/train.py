@@ -166,7 +166,9 @@ def train(args: argparse.Namespace) -> int:
         }
 
     def evaluate(loader) -> tuple[float, float, int]:
-        loss, correct, n = ddp.all_reduce_sum(list(evaluate_loader(net, loader, device, tc["amp"]).values()), info)
+        # The bare model, not the DDP wrapper: processes may hold different numbers of evaluation batches,
+        # and a wrapped forward may issue collectives (buffer broadcasts) that the others would never join.
+        loss, correct, n = ddp.all_reduce_sum(list(evaluate_loader(model, loader, device, tc["amp"]).values()), info)
         return loss / max(n, 1), correct / max(n, 1), int(n)
 
     # ---- the loop
@@ -180,16 +182,20 @@ def train(args: argparse.Namespace) -> int:
         net.train()
         t0 = time.perf_counter()
         loss_sum, correct_sum, seen, tokens, norm_sum, n_updates = 0.0, 0, 0, 0, 0.0, 0
-        bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=False)
+        n_batches = len(train_loader)
+        # Each process's share of each global batch: weights its mean loss so that DDP's average of the
+        # processes' gradients is the gradient of the global batch's mean loss (1.0 in one process).
+        shares = train_batches.shares()
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=False)
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(train_loader):
             batch = to_device(batch, device)
-            update = (i + 1) % accum == 0 or i + 1 == len(train_loader)
+            update = (i + 1) % accum == 0 or i + 1 == n_batches
             # Gradients are averaged over processes only on the micro-batch that ends an accumulation.
             sync = contextlib.nullcontext() if (update or not info.enabled) else net.no_sync()
             with sync:
                 loss, correct, b = forward_loss(net, batch, device, tc["amp"], tc["label_smoothing"])
-                (loss / accum).backward()
+                (loss * shares[i] / accum).backward()
             if update:
                 clip = tc["grad_clip"] or math.inf
                 norm_sum += float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
@@ -201,8 +207,11 @@ def train(args: argparse.Namespace) -> int:
             tokens += int(batch["lengths"].sum()) if "lengths" in batch else 0
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct_sum / seen:.3f}")
-            if main and update and step % tc["log_every"] == 0:
-                logger.log_step({"epoch": epoch + 1, "step": step, "loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0]})
+            if update and step % tc["log_every"] == 0:  # every process: the loss is the global batch's
+                step_loss, step_n = ddp.all_reduce_sum([float(loss.detach()) * b, b], info)
+                if main:
+                    logger.log_step({"epoch": epoch + 1, "step": step, "loss": step_loss / step_n,
+                                     "lr": scheduler.get_last_lr()[0]})
         bar.close()
         seconds = time.perf_counter() - t0
         loss_sum, correct_sum, seen, tokens = ddp.all_reduce_sum([loss_sum, correct_sum, seen, tokens], info)

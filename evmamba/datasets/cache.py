@@ -39,6 +39,7 @@ its last complete block.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import itertools
@@ -54,12 +55,15 @@ import h5py
 import numpy as np
 
 from ..pipeline.binning import BinningConfig, TokenSequence, bin_events, vocab_size
+from ..pipeline.events import check_sensor_size
 from .fingerprint import dataset_fingerprint
 from .subset import SpreadSubset
 
 __all__ = [
+    "BYTES_PER_TOKEN",
     "FORMAT",
     "FORMAT_VERSION",
+    "IN_MEMORY_MAX_BYTES",
     "SpreadSubset",
     "TokenCache",
     "build_cache",
@@ -69,6 +73,7 @@ __all__ = [
     "ensure_cache",
     "inspect_cache",
     "update_cache",
+    "write_cache",
 ]
 
 FORMAT = "evmamba-tokens"
@@ -79,6 +84,10 @@ DECODER_VERSION = 2
 _ARRAYS = {"tokens": np.int32, "counts": np.int32, "dt": np.float32, "t": np.int64}
 _PER_SAMPLE = {"labels": np.int64, "n_events": np.int64}
 _CHUNK = 1 << 16  # HDF5 chunk length of the token arrays (elements)
+#: Bytes of the token arrays per token (tokens, counts, dt, t).
+BYTES_PER_TOKEN = sum(np.dtype(dt).itemsize for dt in _ARRAYS.values())
+#: :class:`TokenCache` loads token arrays of at most this many bytes whole, and reads larger ones per sample.
+IN_MEMORY_MAX_BYTES = 1 << 30
 _ATTRS = (
     "config", "config_hash", "dataset", "split", "sensor_size", "vocab_size", "classes",
     "n_samples", "n_done", "n_empty", "complete",
@@ -165,9 +174,9 @@ def _attr_str(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _open_h5(path: Path, mode: str = "r") -> h5py.File:
+def _open_h5(path: Path, mode: str = "r", **options) -> h5py.File:
     try:
-        return h5py.File(path, mode)
+        return h5py.File(path, mode, **options)
     except FileNotFoundError:
         raise
     except OSError as exc:
@@ -268,15 +277,25 @@ class TokenCache(Sequence):
         path: an HDF5 file written by :func:`build_cache` / :func:`ensure_cache`.
         expected_hash: if given, the file must have been made from a config with this hash
             (see :func:`cache_key`).
-        in_memory: load all arrays at open (fast random access; memory ~20 bytes per token). When False,
-            each item is read from the file; the file handle is reopened in each process that reads
-            (safe with ``torch.utils.data.DataLoader`` workers).
+        in_memory: ``True`` loads every token array at open (fast random access; host memory
+            :data:`BYTES_PER_TOKEN` bytes per token). ``False`` reads each item from the file when it is asked
+            for: host memory then holds only the per-sample index (offsets, labels: 16 bytes per sample),
+            whatever the number of tokens, and the operating system's page cache does the caching. The
+            file is opened once per process, on first access in that process (so a
+            ``torch.utils.data.DataLoader`` worker, forked or spawned, opens its own handle and never uses
+            one opened before the fork). ``None`` (the default) chooses: in memory when the token arrays
+            take at most ``memory_limit`` bytes, else from the file.
+        memory_limit: the size in bytes of the largest token arrays that ``in_memory=None`` loads whole
+            (default :data:`IN_MEMORY_MAX_BYTES`, 1 GiB).
         drop_empty: index only the samples that have at least one token.
 
     Attributes: ``path``, ``sensor_size``, ``vocab_size``, ``classes``, ``config`` (dict), ``config_hash``,
     ``dataset``, ``split``, ``labels`` ((len,) int64), ``lengths`` ((len,) int64 tokens per sample),
-    ``indices`` (positions in the file of the samples served), ``n_empty`` (empty samples in the file).
-    Opening raises ``ValueError`` naming the file for a truncated, foreign, incomplete or mismatched file.
+    ``indices`` (positions in the file of the samples served), ``n_empty`` (empty samples in the file),
+    ``n_tokens`` and ``nbytes`` (tokens in the file and the bytes of their arrays), ``in_memory`` (whether
+    the arrays were loaded). Opening raises ``ValueError`` naming the file for a truncated, foreign,
+    incomplete or mismatched file; reading an item from the file raises it for token ids outside the
+    vocabulary (a loaded file is checked whole at open).
     """
 
     def __init__(
@@ -284,13 +303,25 @@ class TokenCache(Sequence):
         path: str | os.PathLike,
         *,
         expected_hash: str | None = None,
-        in_memory: bool = True,
+        in_memory: bool | None = None,
+        memory_limit: int | None = None,
         drop_empty: bool = False,
     ):
         self.path = Path(path)
+        if in_memory is not None and not isinstance(in_memory, (bool, np.bool_)):
+            raise TypeError(f"{self.path}: argument 'in_memory' must be True, False or None; got {in_memory!r}")
+        if memory_limit is None:
+            memory_limit = IN_MEMORY_MAX_BYTES
+        if isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, np.integer)) or memory_limit < 0:
+            raise ValueError(f"{self.path}: argument 'memory_limit' must be an int >= 0 (bytes); got {memory_limit!r}")
         with _open_h5(self.path) as f:
             info = _check_layout(f, self.path, expected_hash, need_complete=True)
             n = info["n_samples"]
+            self.n_tokens = info["n_tokens"]
+            self.nbytes = self.n_tokens * BYTES_PER_TOKEN
+            if in_memory is None:
+                in_memory = self.nbytes <= memory_limit
+            self.in_memory = bool(in_memory)
             try:
                 self._offsets = f["offsets"][: n + 1].astype(np.int64)
                 all_labels = f["labels"][:n].astype(np.int64)
@@ -325,25 +356,54 @@ class TokenCache(Sequence):
         return int(self.indices.shape[0])
 
     def _h5(self) -> dict[str, h5py.Dataset]:
-        # One handle per process: HDF5 handles must not cross a fork. The dataset objects are kept, as
-        # looking them up by name costs more than reading a sample.
+        # One handle per process: HDF5 handles must not cross a fork, so one inherited from the parent is
+        # replaced, never read from. The dataset objects are kept, as looking them up by name costs more
+        # than reading a sample. No chunk cache: each sample is read once, straight from the file into its
+        # arrays; HDF5's default cache (1 MiB per dataset) made a read 3x slower and held ~35 MB per process.
         if self._file is None or self._file_pid != os.getpid():
-            self._file = h5py.File(self.path, "r")
+            self._file = _open_h5(self.path, rdcc_nbytes=0)
             self._file_pid = os.getpid()
             self._datasets = {k: self._file[k] for k in _ARRAYS}
         return self._datasets
 
     def __getitem__(self, i: int) -> tuple[TokenSequence, int]:
+        return self.window(i, 0, None)
+
+    def window(self, i: int, start: int, stop: int | None) -> tuple[TokenSequence, int]:
+        """Tokens ``[start, stop)`` of item ``i`` (``stop`` None: to its end; both clipped to its length) and
+        its label: ``cache.window(i, a, b)`` is ``cache[i]`` cut to ``[a:b]``, but read from the file alone
+        when the cache is not in memory -- a random crop of an hour-long recording reads only the crop."""
         if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
             raise TypeError(f"{self.path}: index must be an int; got {type(i).__name__}")
+        for name, v in (("start", start), ("stop", stop)):
+            if v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0):
+                raise ValueError(f"{self.path}: window {name} must be an int >= 0; got {v!r}")
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"{self.path}: index {i} out of range for {n} samples")
         j = int(self.indices[i])
-        lo, hi = int(self._offsets[j]), int(self._offsets[j + 1])
-        src = self._arrays if self._arrays is not None else self._h5()
-        seq = TokenSequence(*(np.asarray(src[k][lo:hi]) for k in _ARRAYS))
+        first, end = int(self._offsets[j]), int(self._offsets[j + 1])
+        lo = min(first + int(start), end)
+        hi = end if stop is None else max(lo, min(first + int(stop), end))
+        if self._arrays is not None:
+            seq = TokenSequence(*(self._arrays[k][lo:hi] for k in _ARRAYS))
+        else:
+            seq = self._read(j, lo, hi)
         return seq, int(self.labels[i])
+
+    def _read(self, j: int, lo: int, hi: int) -> TokenSequence:
+        """Sample ``j`` of the file (tokens ``[lo, hi)``), read from disk and checked."""
+        try:
+            seq = TokenSequence(*(np.asarray(d[lo:hi]) for d in self._h5().values()))
+        except OSError as exc:
+            raise ValueError(f"{self.path}: damaged token cache, sample {j}: {exc}") from None
+        tokens = seq.tokens
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            raise ValueError(
+                f"{self.path}: dataset 'tokens' of sample {j} holds ids outside 0..{self.vocab_size - 1} "
+                "(a damaged file; rebuild it with --force)"
+            )
+        return seq
 
     def source(self, i: int) -> str:
         """Where sample ``i`` came from (as the dataset named it)."""
@@ -410,7 +470,12 @@ def _bin_block(indices: Sequence[int]) -> dict[str, Any]:
 
 
 def _new_partial(path: Path, dataset, binning: BinningConfig, content: dict, key: str, split: str) -> None:
-    w, h, p = (int(v) for v in dataset.sensor_size)
+    _create_partial(path, dataset.sensor_size, dataset.classes, len(dataset), binning, content, key, split)
+
+
+def _create_partial(path: Path, sensor_size, classes, n_samples: int, binning: BinningConfig, content: dict, key: str,
+                    split: str) -> None:
+    w, h, p = (int(v) for v in sensor_size)
     with h5py.File(path, "w") as f:
         for k, dt in _ARRAYS.items():
             f.create_dataset(k, shape=(0,), maxshape=(None,), dtype=dt, chunks=(_CHUNK,))
@@ -427,33 +492,57 @@ def _new_partial(path: Path, dataset, binning: BinningConfig, content: dict, key
         a["split"] = split
         a["sensor_size"] = np.array([w, h, p], np.int64)
         a["vocab_size"] = int(vocab_size((w, h, p), binning))
-        a["classes"] = json.dumps([str(c) for c in dataset.classes])
-        a["n_samples"] = len(dataset)
+        a["classes"] = json.dumps([str(c) for c in classes])
+        a["n_samples"] = int(n_samples)
         a["n_done"] = 0
         a["n_empty"] = 0
         a["complete"] = False
 
 
-def _resume_point(path: Path, key: str, n_samples: int) -> int | None:
-    """Samples already written to a partial file made with config ``key``; None if it cannot be continued."""
+def _resume_point(path: Path, key: str, n_samples: int, fresh_partial: Callable[[Path], None]) -> int | None:
+    """Continue the partial file ``path`` made with config ``key``: the number of samples kept, or None
+    (nothing to keep, or it cannot be continued: start over).
+
+    HDF5 files are not safe against a crash while writing: a run killed in the middle of appending a block
+    can leave the file's internal structures (the heap of the ``source`` strings, chunk indices) half
+    updated, so that reading the finished samples still works but the next write fails. So the finished
+    samples -- everything up to the last ``n_done`` commit -- are copied into a new file made by
+    ``fresh_partial(new_path)``, which then replaces ``path``; the old file is only read.
+    """
+    copy = path.with_name(path.name + ".copy")
     try:
-        with _open_h5(path, "r+") as f:
-            info = _check_layout(f, path, key, need_complete=False)
-            if info["n_samples"] != n_samples:
+        with _open_h5(path, "r") as old:
+            info = _check_layout(old, path, key, need_complete=False)
+            if info["n_samples"] != n_samples or info["n_done"] == 0:
                 return None
-            n = info["n_done"]
-            total = int(f["offsets"][n])
-            # A block may have been appended in part before the run stopped: cut back to the last commit.
-            for k in _ARRAYS:
-                f[k].resize((total,))
-            for k in (*_PER_SAMPLE, "source"):
-                f[k].resize((n,))
-            f["offsets"].resize((n + 1,))
-            f.attrs["n_empty"] = int(np.count_nonzero(np.diff(f["offsets"][:]) == 0))
-            return n
+            fresh_partial(copy)
+            with h5py.File(copy, "r+") as new:
+                _copy_finished(old, new, info["n_done"])
+        os.replace(copy, path)
+        return info["n_done"]
     except (ValueError, OSError, KeyError) as exc:
         print(f"cannot continue {path} ({exc}); starting over", file=sys.stderr)
         return None
+    finally:
+        if copy.exists():
+            copy.unlink()
+
+
+_COPY_SLICE = 1 << 22  # elements per read when copying finished samples (at most 32 MB)
+
+
+def _copy_finished(old: h5py.File, new: h5py.File, n: int) -> None:
+    """Copy the first ``n`` samples of ``old`` into the empty token cache ``new`` and commit them."""
+    total = int(old["offsets"][n])
+    for names, size in ((tuple(_ARRAYS), total), ((*_PER_SAMPLE, "source"), n), (("offsets",), n + 1)):
+        for k in names:
+            new[k].resize((size,))
+            for lo in range(0, size, _COPY_SLICE):
+                hi = min(lo + _COPY_SLICE, size)
+                new[k][lo:hi] = old[k][lo:hi]
+    new.attrs["n_empty"] = int(np.count_nonzero(np.diff(new["offsets"][:]) == 0))
+    new.attrs["n_done"] = n
+    new.flush()
 
 
 def _append_block(f: h5py.File, block: dict[str, Any]) -> None:
@@ -547,11 +636,14 @@ def _build_locked(
     binning = BinningConfig.from_dict(content["binning"], source="config: section 'binning'")
     n = len(dataset)
     partial = path.with_name(path.name + ".partial")
-    start = _resume_point(partial, key, n) if (resume and partial.exists()) else None
+    def fresh(where: Path) -> None:
+        _new_partial(where, dataset, binning, content, key, split)
+
+    start = _resume_point(partial, key, n, fresh) if (resume and partial.exists()) else None
     if start:
         print(f"continuing {partial} after {start} of {n} samples", file=sys.stderr)
     if start is None:
-        _new_partial(partial, dataset, binning, content, key, split)
+        fresh(partial)
         start = 0
     blocks = [range(b, min(b + block_size, n)) for b in range(start, n, block_size)]
     desc = f"{content['dataset']['name']} {split}"
@@ -559,6 +651,26 @@ def _build_locked(
     with h5py.File(partial, "r+") as f:
         f.attrs["complete"] = True  # last: a file without it is never taken for a finished one
     os.replace(partial, path)
+
+
+#: Blocks a preprocessing worker may be ahead of the writer (see :func:`_in_order`).
+_IN_FLIGHT_PER_WORKER = 2
+
+
+def _in_order(pool, blocks: Sequence[range], in_flight: int):
+    """``_bin_block`` of each block, computed by ``pool``, yielded in block order, with at most ``in_flight``
+    blocks submitted and not yet taken. (``Pool.imap`` submits every block at once and keeps the results
+    that the writer has not yet taken: on a large dataset and a slow disk they would fill the memory.)"""
+    pending: collections.deque = collections.deque()
+    todo = iter(blocks)
+    for block in itertools.islice(todo, in_flight):
+        pending.append(pool.apply_async(_bin_block, (block,)))
+    while pending:
+        result = pending.popleft().get()
+        nxt = next(todo, None)
+        if nxt is not None:
+            pending.append(pool.apply_async(_bin_block, (nxt,)))
+        yield result
 
 
 def _write_blocks(partial: Path, dataset, binning, blocks, n, start, workers, progress, desc) -> None:
@@ -573,10 +685,9 @@ def _write_blocks(partial: Path, dataset, binning, blocks, n, start, workers, pr
         if blocks:
             first = _bin_block(blocks[0])
         if workers > 1 and len(blocks) > 2:
-            pool = _pool_context().Pool(
-                min(workers, len(blocks) - 1), initializer=_init_worker, initargs=(dataset, binning)
-            )
-            rest = pool.imap(_bin_block, blocks[1:])
+            procs = min(workers, len(blocks) - 1)
+            pool = _pool_context().Pool(procs, initializer=_init_worker, initargs=(dataset, binning))
+            rest = _in_order(pool, blocks[1:], _IN_FLIGHT_PER_WORKER * procs)
         else:
             rest = map(_bin_block, blocks[1:])
         # Results arrive in block order whatever the number of workers, so the file is the same.
@@ -589,6 +700,100 @@ def _write_blocks(partial: Path, dataset, binning, blocks, n, start, workers, pr
         if pool is not None:
             pool.terminate()
             pool.join()
+
+
+def write_cache(
+    path: str | os.PathLike,
+    blocks,
+    *,
+    n_samples: int,
+    sensor_size,
+    classes: Sequence[str],
+    binning: Mapping | BinningConfig | None = None,
+    dataset_name: str = "tokens",
+    split: str = "train",
+    origin: Any = None,
+    progress: bool = True,
+) -> Path:
+    """Write a token cache from tokens made elsewhere (no binning): e.g. simulated tokens for benchmarks.
+
+    ``blocks`` yields dicts of one or more samples each, in sample order: ``tokens`` (T,) int, ``counts``
+    (T,) int, ``dt`` (T,) float (binning ``time_unit``), ``t`` (T,) int µs, ``lengths`` (m,) tokens per
+    sample (summing to T), ``labels`` (m,) class indices, and optionally ``n_events`` (m,) and ``source``
+    (m strings; default ``"<dataset_name>:<split>:<i>"``). Together they must hold ``n_samples`` samples.
+    Token ids must lie below the vocabulary of ``sensor_size`` and ``binning`` (a section or
+    :class:`~evmamba.pipeline.binning.BinningConfig`; default: the binning defaults). ``origin`` (any
+    JSON value) describes where the tokens came from; it is hashed into the ``config_hash``. The file is
+    written as :func:`build_cache` writes it (``<path>.partial``, then renamed) and reads back with
+    :class:`TokenCache`. Raises ``ValueError`` naming the block and field for inconsistent blocks.
+    """
+    path = Path(path)
+    if not isinstance(binning, BinningConfig):
+        binning = BinningConfig.from_dict(_plain(binning or {}, "binning"), source="write_cache: argument 'binning'")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 0:
+        raise ValueError(f"write_cache: argument 'n_samples' must be an int >= 0; got {n_samples!r}")
+    size = check_sensor_size(sensor_size, "write_cache: argument 'sensor_size'")
+    classes = [str(c) for c in classes]
+    if not classes:
+        raise ValueError("write_cache: argument 'classes' must name at least one class")
+    vocab = int(vocab_size(size, binning))
+    content = {"format_version": FORMAT_VERSION, "decoder_version": DECODER_VERSION, "dataset": {"name": dataset_name},
+               "binning": binning.to_dict(), "data": {"written_by": "write_cache", "origin": origin}}
+    key = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    content = json.loads(json.dumps(content, sort_keys=True, default=str))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    _create_partial(partial, size, classes, n_samples, binning, content, key, split)
+    from tqdm.auto import tqdm
+
+    done = 0
+    with h5py.File(partial, "r+") as f, tqdm(total=n_samples, desc=f"writing {path.name}", unit="sample",
+                                             disable=not progress, leave=False) as bar:
+        for b, block in enumerate(blocks):
+            block = _check_block(block, b, done, vocab, len(classes), dataset_name, split)
+            m = block["labels"].shape[0]
+            if done + m > n_samples:
+                raise ValueError(f"write_cache: block {b} brings the samples to {done + m}; n_samples is {n_samples}")
+            _append_block(f, block)
+            done += m
+            bar.update(m)
+        if done != n_samples:
+            raise ValueError(f"write_cache: the blocks hold {done} samples; n_samples is {n_samples}")
+        f.attrs["complete"] = True
+    os.replace(partial, path)
+    return path
+
+
+def _check_block(block: Mapping, b: int, first: int, vocab: int, n_classes: int, name: str, split: str) -> dict:
+    """One block for :func:`write_cache` as arrays of the file's dtypes, checked."""
+    if not isinstance(block, Mapping):
+        raise TypeError(f"write_cache: block {b} must be a mapping of arrays; got {type(block).__name__}")
+    missing = [k for k in (*_ARRAYS, "lengths", "labels") if k not in block]
+    if missing:
+        raise ValueError(f"write_cache: block {b} lacks field(s) {missing}")
+    out: dict[str, Any] = {k: np.asarray(block[k]).astype(dt, copy=False) for k, dt in _ARRAYS.items()}
+    lengths = np.asarray(block["lengths"]).astype(np.int64, copy=False)
+    labels = np.asarray(block["labels"]).astype(np.int64, copy=False)
+    m = labels.shape[0]
+    total = out["tokens"].shape[0]
+    for k, a in (*out.items(), ("lengths", lengths), ("labels", labels)):
+        if a.ndim != 1:
+            raise ValueError(f"write_cache: block {b} field '{k}' must be 1-D; got shape {a.shape}")
+    for k in _ARRAYS:
+        if out[k].shape[0] != total:
+            raise ValueError(f"write_cache: block {b} field '{k}' has {out[k].shape[0]} entries; 'tokens' has {total}")
+    if lengths.shape[0] != m or (m and lengths.min() < 0) or int(lengths.sum()) != total:
+        raise ValueError(f"write_cache: block {b} field 'lengths' must give {m} non-negative lengths summing to {total}")
+    if m and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"write_cache: block {b} field 'labels' holds values outside 0..{n_classes - 1}")
+    if total and (out["tokens"].min() < 0 or out["tokens"].max() >= vocab):
+        raise ValueError(f"write_cache: block {b} field 'tokens' holds ids outside the vocabulary 0..{vocab - 1}")
+    n_events = np.asarray(block.get("n_events", lengths)).astype(np.int64, copy=False)
+    given = block.get("source")
+    source = [f"{name}:{split}:{first + i}" for i in range(m)] if given is None else list(given)
+    if n_events.shape != (m,) or len(source) != m:
+        raise ValueError(f"write_cache: block {b} fields 'n_events' and 'source' must have {m} entries")
+    return {**out, "lengths": lengths, "labels": labels, "n_events": n_events, "source": [str(v) for v in source]}
 
 
 # -- the entry point for training --------------------------------------------------------------------------

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from ..pipeline.binning import BinningConfig, token_grid as binning_token_grid, vocab_size as binning_vocab_size
-from .distributed import DistInfo, barrier
+from .distributed import DistInfo, wait_for_main
 from .reproducibility import worker_init
+from .settings import train_settings
 
 TOKEN_MODEL = "event_mamba"
 FRAME_MODEL = "frame_resnet"
@@ -103,15 +104,30 @@ class IndexedSubset:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
 
+    def window(self, i, start: int, stop: int | None):
+        """``dataset.window(indices[i], start, stop)`` (a :class:`~evmamba.datasets.cache.TokenCache`'s)."""
+        return self.dataset.window(int(self.indices[i]), start, stop)
+
 
 class TokenCrop:
     """Crop each item's token sequence to a random window of at most ``max_tokens`` (training only); the
-    window is drawn from ``(seed, epoch, index)``."""
+    window is drawn from ``(seed, epoch, index)``.
 
-    def __init__(self, dataset, max_tokens: int, seed: int):
+    With ``lengths`` (tokens of each item, known ahead) the dataset must have ``window(i, start, stop)``
+    (a token cache or an :class:`IndexedSubset` of one): only the window is read, so a long recording
+    costs its crop, not its length, in reading time and memory. The windows are the same either way."""
+
+    def __init__(self, dataset, max_tokens: int, seed: int, lengths=None):
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError(f"config: key 'train.max_tokens' must be a positive int or null; got {max_tokens!r}")
+        if lengths is not None:
+            lengths = np.asarray(lengths, dtype=np.int64)
+            if lengths.shape != (len(dataset),):
+                raise ValueError(f"TokenCrop: 'lengths' must have one entry per item ({len(dataset)}); got {lengths.shape}")
+            if not hasattr(dataset, "window"):
+                raise TypeError(f"TokenCrop: with 'lengths', the dataset ({type(dataset).__name__}) needs window()")
         self.dataset, self.max_tokens, self.seed, self.epoch = dataset, max_tokens, int(seed), 0
+        self.lengths = lengths
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -121,12 +137,19 @@ class TokenCrop:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
 
+    def _start(self, i, n: int) -> int:
+        return int(np.random.default_rng([self.seed, self.epoch, int(i), 1]).integers(0, n - self.max_tokens + 1))
+
     def __getitem__(self, i):
+        if self.lengths is not None:
+            n = int(self.lengths[i])
+            start = self._start(i, n) if n > self.max_tokens else 0
+            return self.dataset.window(i, start, start + self.max_tokens)
         seq, label = self.dataset[i]
         n = seq.num_tokens
         if n <= self.max_tokens:
             return seq, label
-        start = int(np.random.default_rng([self.seed, self.epoch, int(i), 1]).integers(0, n - self.max_tokens + 1))
+        start = self._start(i, n)
         return type(seq)(*(a[start:start + self.max_tokens] for a in seq)), label
 
 
@@ -227,31 +250,54 @@ def collate_frames(batch) -> dict[str, torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------ samplers
 class ShardedBatches:
-    """A :class:`~evmamba.pipeline.batching.LengthBucketSampler`'s batches, dealt round-robin to ``world``
-    processes. ``even``: every process gets the same number of batches (the remainder is dropped; needed in
-    training, where DDP synchronises every step)."""
+    """Global batches of a sampler (e.g. a :class:`~evmamba.pipeline.batching.LengthBucketSampler` with batch
+    size ``per-process batch x world``), each split over ``world`` processes: process ``rank`` takes items
+    ``rank, rank + world, ...`` of every global batch. So ``world`` processes see, step by step, exactly the
+    samples one process sees with the global batch size, and with the data-parallel mean of their
+    gradients (weighted by :meth:`shares`) take the same optimizer steps. Neighbours in a length-sorted
+    global batch go to different processes, so their shares have about the same lengths.
+
+    ``even`` (training, where DDP synchronises every step): every process gets one share of every global
+    batch, so a global batch with fewer than ``world`` items (at most the last one) is dropped. Otherwise
+    (evaluation) such a batch gives shares to the first processes only, and every sample is seen once.
+    """
 
     def __init__(self, sampler, rank: int = 0, world: int = 1, even: bool = True):
-        self.sampler, self.rank, self.world, self.even = sampler, rank, world, even
+        for name, v, lo in (("rank", rank, 0), ("world", world, 1)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"ShardedBatches: argument '{name}' must be an int >= {lo}; got {v!r}")
+        if rank >= world:
+            raise ValueError(f"ShardedBatches: rank {rank} must be below world {world}")
+        self.sampler, self.rank, self.world, self.even = sampler, int(rank), int(world), bool(even)
+        self._epoch_batches: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
-    def _mine(self, batches):
-        if self.world == 1:
-            return batches
-        if self.even:
-            batches = batches[: len(batches) // self.world * self.world]
-        return batches[self.rank::self.world]
+    def _global(self) -> list[list[int]]:
+        # The sampler's batches depend only on (seed, epoch); kept per epoch, as len() is asked every step.
+        epoch = getattr(self.sampler, "epoch", None)
+        if self._epoch_batches is None or self._epoch_batches[0] != epoch or epoch is None:
+            batches = [list(b) for b in self.sampler.batches()]
+            if self.world > 1 and self.even:
+                batches = [b for b in batches if len(b) >= self.world]
+            self._epoch_batches = (epoch, batches)
+        return self._epoch_batches[1]
+
+    def _mine(self) -> list[list[int]]:
+        return [b[self.rank::self.world] for b in self._global() if len(b) > self.rank]
+
+    def shares(self) -> list[float]:
+        """Per batch of this process, in order: its size x ``world`` / the global batch's size. Scaling each
+        process's mean loss by it makes the average over processes the mean over the global batch, also
+        when the global batch does not split evenly (1.0 for every batch that does)."""
+        return [len(b[self.rank::self.world]) * self.world / len(b) for b in self._global() if len(b) > self.rank]
 
     def __len__(self) -> int:
-        n = len(self.sampler)
-        if self.world == 1:
-            return n
-        return n // self.world if self.even else len(range(self.rank, n, self.world))
+        return len(self._mine())
 
     def __iter__(self):
-        return iter(self._mine(self.sampler.batches()))
+        return iter(self._mine())
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -281,7 +327,7 @@ def _ensure_cache(cfg, split: str, info: DistInfo, workers: int, progress: bool,
     path = None
     if info.is_main:
         path = ensure_cache(cfg, split, workers, progress=progress, force=force)
-    barrier(info)
+    wait_for_main(info)  # building may take longer than a GPU collective may wait
     if not info.is_main:
         path = ensure_cache(cfg, split, workers, progress=False)
     return path
@@ -395,7 +441,11 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
 
         binning = BinningConfig.from_dict(section(cfg, "binning"), source="config: section 'binning'")
         surface = surface_config_of(section(cfg, "model"))  # the local surfaces the model reads, if any
-        caches = {key: TokenCache(_ensure_cache(cfg, s, info, workers, progress, force), in_memory=True)
+        limit_gb = train_settings(cfg)["cache_memory_gb"]
+        in_memory = True if limit_gb is None else None  # None: loaded whole up to the limit, else read per sample
+        limit = None if limit_gb is None else int(limit_gb * 1e9)
+        caches = {key: TokenCache(_ensure_cache(cfg, s, info, workers, progress, force), in_memory=in_memory,
+                                  memory_limit=limit)
                   for key, s in splits.items()}
         check_splits_agree({f"token cache {c.path}": (c.classes, c.sensor_size) for c in caches.values()})
         ref = next(iter(caches.values()))
@@ -434,7 +484,10 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
                 train_ds = WithSurfaces(train_ds, meta.grid, surface)
             max_tokens = train_cfg.get("max_tokens")
             if max_tokens is not None:
-                train_ds = TokenCrop(train_ds, max_tokens, seed)
+                # Straight from the cache, only the crop is read (the lengths are known ahead).
+                # (Not with surfaces: they are made from the whole sequence, before the crop.)
+                known = None if (augment.active or surface is not None) else cache.lengths[train_idx]
+                train_ds = TokenCrop(train_ds, max_tokens, seed, lengths=known)
                 lengths["train"] = np.minimum(cache.lengths[train_idx], max_tokens)
             else:
                 lengths["train"] = cache.lengths[train_idx]
@@ -491,10 +544,11 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
 def make_loader(dataset, lengths: np.ndarray, batch_size: int, collate: Callable, *, shuffle: bool, seed: int,
                 info: DistInfo | None = None, workers: int = 0, even: bool = True, batch_tokens: int | None = None):
     """A ``DataLoader`` over length-bucketed batches (shuffled per epoch from ``(seed, epoch)`` when
-    ``shuffle``), sharded over processes: ``batch_size`` sequences each, or, with ``batch_tokens``, as many
-    (at most ``batch_size``) as keep ``size x longest length <= batch_tokens``. Returns
-    ``(loader, batch_sampler)``; call ``batch_sampler.set_epoch(e)`` (and the dataset's ``set_epoch``) before
-    each epoch."""
+    ``shuffle``) of ``batch_size`` items per process -- or, with ``batch_tokens``, as many (at most
+    ``batch_size``) as keep ``size x longest length <= batch_tokens`` -- as global batches of that many times
+    the processes, split over them (:class:`ShardedBatches`), so that N processes at batch B step through the
+    same samples as one at N x B. Returns ``(loader, batch_sampler)``; call ``batch_sampler.set_epoch(e)``
+    (and the dataset's ``set_epoch``) before each epoch."""
     from ..pipeline.batching import LengthBucketSampler
 
     info = info or DistInfo()
@@ -503,9 +557,13 @@ def make_loader(dataset, lengths: np.ndarray, batch_size: int, collate: Callable
     if batch_tokens is not None and (isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int)
                                      or batch_tokens < 1):
         raise ValueError(f"config: key 'train.batch_tokens' must be a positive int or null; got {batch_tokens!r}")
+    # ``batch_size`` and ``batch_tokens`` are per process: the sampler draws global batches of that many times
+    # the processes, which ShardedBatches splits.
+    world = info.world_size
     sampler = ShardedBatches(
-        LengthBucketSampler(lengths, batch_size, shuffle=shuffle, seed=seed, batch_tokens=batch_tokens),
-        info.rank, info.world_size, even,
+        LengthBucketSampler(lengths, batch_size * world, shuffle=shuffle, seed=seed,
+                            batch_tokens=None if batch_tokens is None else batch_tokens * world),
+        info.rank, world, even,
     )
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=int(workers),

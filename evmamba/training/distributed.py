@@ -3,15 +3,27 @@
 ``torchrun --nproc_per_node N -m evmamba train ...`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
 rendezvous address; :func:`setup` then joins the group (NCCL on CUDA, gloo on CPU). Without those variables
 everything here degrades to a single process and does nothing.
+
+Collectives of the training group give up after PyTorch's default timeout (10 minutes for NCCL). Waiting
+for rank 0 to finish host-side work that can take longer -- building the token caches of a large dataset --
+goes through :func:`wait_for_main` instead: a barrier on a separate gloo group whose timeout is
+:data:`WAIT_TIMEOUT`.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+#: How long the other processes wait in :func:`wait_for_main` for rank 0 (e.g. building token caches).
+WAIT_TIMEOUT = timedelta(hours=24)
+
+# The gloo group of :func:`wait_for_main` (created by :func:`setup` when running distributed).
+_WAIT_GROUP = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +73,12 @@ def setup(device: str = "auto") -> DistInfo:
             dev = torch.device("cuda", local if world > 1 else 0)
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", init_method="env://")
+        # Binding the group to this process's GPU tells NCCL which device barriers use (no guessing).
+        bound = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", init_method="env://", **bound)
+    global _WAIT_GROUP
+    if world > 1 and _WAIT_GROUP is None:
+        _WAIT_GROUP = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
@@ -89,10 +106,20 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
 
 
 def barrier(info: DistInfo) -> None:
+    """All processes meet (the training group: for short waits, within its default timeout)."""
     if info.enabled:
         dist.barrier()
 
 
+def wait_for_main(info: DistInfo) -> None:
+    """All processes meet, waiting up to :data:`WAIT_TIMEOUT`: for rank 0's long host-side work (building
+    token caches). A gloo barrier on the CPU, so no GPU collective sits waiting meanwhile."""
+    if info.enabled:
+        dist.barrier(group=_WAIT_GROUP)
+
+
 def cleanup(info: DistInfo) -> None:
+    global _WAIT_GROUP
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+    _WAIT_GROUP = None

@@ -88,6 +88,9 @@ TRAIN_SETTINGS: dict[str, Setting] = {
     "amp": Setting("bf16", "str", choices=("bf16", "none")),  # bf16 autocast on CUDA; CPU always runs fp32
     "workers": Setting(0, "int", minimum=0),  # DataLoader worker processes
     "preprocess_workers": Setting(None, "int", minimum=0, nullable=True),  # 0 or None: CPU count, at most 8
+    # Token caches whose arrays take at most this many GB are loaded whole; larger ones are read per sample
+    # from the file, so host memory does not grow with the data (0: always from the file; null: always whole).
+    "cache_memory_gb": Setting(1.0, "number", minimum=0, nullable=True),
     # Hold out this share of the training split for validation (and best.pt) ...
     "val_fraction": Setting(0.0, "number", minimum=0, maximum=1, below=True),
     "val_split": Setting(None, "str", nullable=True),  # ... or validate on this split (e.g. SSC's "valid")
