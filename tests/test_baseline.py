@@ -248,12 +248,14 @@ def test_settings_are_chosen_on_validation_never_on_test(tmp_path, capsys):
 def test_validation_hold_out_is_the_one_training_uses(tmp_path):
     cfg = load_config("synthetic", ["dataset.n_samples.train=40", "dataset.n_samples.test=5", "train.val_fraction=0.25",
                                     f"cache_dir={tmp_path}", "train.preprocess_workers=1"])
+    from evmamba.pipeline.surfaces import WithSurfaces
     from evmamba.training.data import build_data
 
     data = build_data(cfg, progress=False)
     parts = recording_splits(cfg)
-    cache = data.val.dataset
-    assert [cache.source(int(i)) for i in data.val.indices] == [parts["val"].dataset.source(int(i)) for i in parts["val"].indices]
+    val = data.val.dataset if isinstance(data.val, WithSurfaces) else data.val  # the surfaces wrap the subset
+    cache = val.dataset
+    assert [cache.source(int(i)) for i in val.indices] == [parts["val"].dataset.source(int(i)) for i in parts["val"].indices]
     assert len(parts["train"].indices) + len(parts["val"].indices) == 40
 
 

@@ -89,7 +89,9 @@ def forward_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tor
     batches (``frames``)."""
     if "frames" in batch:
         return model(batch["frames"])
-    return model(batch["tokens"], batch["dt"], batch["counts"], batch["lengths"], batch.get("surfaces"))
+    if "surfaces" in batch:  # the tokens' local surfaces, for a "surface" embedding
+        return model(batch["tokens"], batch["dt"], batch["counts"], batch["lengths"], surfaces=batch["surfaces"])
+    return model(batch["tokens"], batch["dt"], batch["counts"], batch["lengths"])
 
 
 def autocast(device: torch.device, amp: str):
