@@ -67,11 +67,13 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=None, help="stop runs still going after this many seconds")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="key.sub=value",
                         help="an override added to every run (repeatable)")
+    parser.add_argument("--summarize-only", action="store_true",
+                        help="run nothing: tabulate the plan's runs already in --out (e.g. after an interruption)")
     args = parser.parse_args()
     plan = json.loads(Path(args.plan).read_text())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pending = list(plan)
+    pending = [] if args.summarize_only else list(plan)
     running: list[tuple[dict, subprocess.Popen, object]] = []
     start = time.monotonic()
     while pending or running:
