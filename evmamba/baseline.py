@@ -1,6 +1,7 @@
 """``evmamba baseline``: the nearest-neighbour accuracy a model has to beat, for any config.
 
-    evmamba baseline --config NAME [key.sub=value ...] [--json PATH] [--k K] [--cell C] [--time-bins T] [--sqrt|--no-sqrt]
+    evmamba baseline --config NAME [key.sub=value ...] [--json PATH] [--k K] [--cell C] [--time-bins T]
+                     [--sqrt|--no-sqrt]
 
 The recordings come from the config exactly as ``evmamba train`` reads and splits them (same dataset,
 folds and validation hold-out); binning, model and augmentation sections are not used. Every recording
@@ -28,11 +29,15 @@ EXAMPLE = "evmamba baseline --config nmnist_small --json baseline.json"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"config name in configs/ or a YAML path (default {DEFAULT_CONFIG})")
+    parser.add_argument(
+        "--config", default=DEFAULT_CONFIG, help=f"config name in configs/ or a YAML path (default {DEFAULT_CONFIG})"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. dataset.fold=2")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON here")
     parser.add_argument("--split", default="test", help="split of queries (default test)")
-    parser.add_argument("--k", type=int, default=None, help="neighbours that vote (default: chosen on validation, else 1)")
+    parser.add_argument(
+        "--k", type=int, default=None, help="neighbours that vote (default: chosen on validation, else 1)"
+    )
     parser.add_argument("--cell", type=int, default=None,
                         help="cell size in pixels, channels on 1-D data (default: chosen on validation, else the "
                              "smallest giving at most 256 cells)")

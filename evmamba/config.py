@@ -7,8 +7,9 @@ resolved on load, so the saved config records the values a run actually used.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,7 +17,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def find_config(name_or_path: str | os.PathLike) -> Path:
-    """A config file by path, or by name in the project's ``configs/`` folder (``synthetic`` -> ``configs/synthetic.yaml``)."""
+    """A config file by path, or by name in the project's ``configs/`` folder (``synthetic`` ->
+    ``configs/synthetic.yaml``)."""
     p = Path(name_or_path)
     if p.is_file():
         return p

@@ -5,8 +5,9 @@
 The model comes from the checkpoint (``model.pt``, ``best.pt`` or ``last.pt``; a run folder means its
 ``model.pt``); the data from ``--config`` with overrides, or else from the config saved in the checkpoint.
 The config is checked whole first, and data whose classes or sensor size differ from the checkpoint's are
-refused, naming both. ``--force`` rebuilds the token cache. Streams are never truncated: token models run each batch through the classifier's inference cache in
-chunks of at most ``--max-chunk`` tokens, so memory stays bounded however long a recording is.
+refused, naming both. ``--force`` rebuilds the token cache. Streams are never truncated: token models run each
+batch through the classifier's inference cache in chunks of at most ``--max-chunk`` tokens, so memory stays
+bounded however long a recording is.
 
 Outputs (in ``--out``, default ``<checkpoint folder>/eval-<split>``): ``confusion.png``, ``online.png`` and
 ``online.json`` (the online curve), and ``--json PATH`` with ``accuracy``, ``n_samples``, ``correct``,
@@ -47,7 +48,9 @@ EXAMPLE = "evmamba evaluate --checkpoint checkpoints/nmnist_small.pt --json eval
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a .pt file or a run folder (its model.pt)")
-    parser.add_argument("--config", default=None, help="config name or YAML path for the data (default: the checkpoint's)")
+    parser.add_argument(
+        "--config", default=None, help="config name or YAML path for the data (default: the checkpoint's)"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     parser.add_argument("--split", default="test", help="split to evaluate (default test)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON here")
@@ -116,7 +119,9 @@ def _frame_predictions(model, dataset, device, batch_size, progress) -> tuple[np
     from tqdm.auto import tqdm
 
     preds, labels = [], []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="evaluate", unit="batch", disable=not progress, leave=False):
+    for start in tqdm(
+        range(0, len(dataset), batch_size), desc="evaluate", unit="batch", disable=not progress, leave=False
+    ):
         frames, batch_labels = [], []
         for i in range(start, min(start + batch_size, len(dataset))):
             events, label = dataset.base[i]
@@ -175,12 +180,20 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     online = [float((preds[:, q] == labels).mean()) if n else math.nan for q in range(len(FRACTIONS))]
     out = Path(args.out) if args.out else ckpt_path.parent / f"eval-{args.split}"
     record = {
-        "checkpoint": str(ckpt_path), "dataset": section(cfg, "dataset").get("name"), "split": args.split,
-        "model_type": ckpt["model_type"], "n_samples": n, "correct": int(np.trace(confusion)),
+        "checkpoint": str(ckpt_path),
+        "dataset": section(cfg, "dataset").get("name"),
+        "split": args.split,
+        "model_type": ckpt["model_type"],
+        "n_samples": n,
+        "correct": int(np.trace(confusion)),
         "accuracy": float(np.trace(confusion) / n) if n else math.nan,
-        "classes": classes, "per_class_accuracy": per_class, "per_class_count": {c: int(k) for c, k in zip(classes, counts)},
-        "confusion": confusion.tolist(), "online": {"fractions": list(FRACTIONS), "accuracy": online},
-        "seconds": seconds, "out": str(out),
+        "classes": classes,
+        "per_class_accuracy": per_class,
+        "per_class_count": {c: int(k) for c, k in zip(classes, counts)},
+        "confusion": confusion.tolist(),
+        "online": {"fractions": list(FRACTIONS), "accuracy": online},
+        "seconds": seconds,
+        "out": str(out),
     }
     out.mkdir(parents=True, exist_ok=True)
     title = f"{record['dataset']} {args.split}: {record['accuracy']:.3f}"

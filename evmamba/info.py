@@ -29,8 +29,12 @@ _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("targets", nargs="+", metavar="FILE_OR_CONFIG",
-                        help="event files, config names (nmnist_small) or YAML paths; key.sub=value overrides apply to configs")
+    parser.add_argument(
+        "targets",
+        nargs="+",
+        metavar="FILE_OR_CONFIG",
+        help="event files, config names (nmnist_small) or YAML paths; key.sub=value overrides apply to configs",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--split", action="append", default=None, metavar="SPLIT",
                         help="dataset split to describe (repeatable; default: train, validation, test)")

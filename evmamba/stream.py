@@ -40,26 +40,53 @@ EXAMPLE = ("evmamba stream --checkpoint checkpoints/dvsgesture.pt "
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a .pt checkpoint or a run folder (its model.pt)")
-    parser.add_argument("--source", action="append", required=True, metavar="SRC",
-                        help="event file, sample:[SPLIT:]I[,J..], '-' (stdin) or udp://HOST:PORT; repeat for more recordings")
+    parser.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        metavar="SRC",
+        help="event file, sample:[SPLIT:]I[,J..], '-' (stdin) or udp://HOST:PORT; repeat for more recordings",
+    )
     parser.add_argument("--split", default="test", help="dataset split for sample: sources (default test)")
     parser.add_argument("--speed", default="1", help="replay speed: 1 (real time), a factor, or max (default 1)")
     parser.add_argument("--chunk-us", type=int, default=1000, help="replay slice in µs of stream time (default 1000)")
-    parser.add_argument("--udp-format", choices=("evmamba", "jaer"), default="evmamba", help="datagram format (default evmamba)")
-    parser.add_argument("--max-packet", type=int, default=65507,
-                        help="largest accepted packet in bytes, UDP datagram (at most 65507) or stdin packet (default 65507)")
+    parser.add_argument(
+        "--udp-format", choices=("evmamba", "jaer"), default="evmamba", help="datagram format (default evmamba)"
+    )
+    parser.add_argument(
+        "--max-packet",
+        type=int,
+        default=65507,
+        help="largest accepted packet in bytes, UDP datagram (at most 65507) or stdin packet (default 65507)",
+    )
     parser.add_argument("--idle-end-s", type=float, default=None, help="UDP: this much silence ends a recording")
     parser.add_argument("--policy", choices=POLICIES, default="block", help="when compute falls behind (default block)")
-    parser.add_argument("--queue-events", type=int, default=1 << 20, help="input queue capacity in events (default 1048576)")
-    parser.add_argument("--coarse-us", type=int, default=None, help="coarse bin width for --policy coarsen (default 4 x bin_us, >= 1000)")
-    parser.add_argument("--report-every-ms", type=float, default=100.0, help="stream time between prediction lines; 0 = every token (default 100)")
+    parser.add_argument(
+        "--queue-events", type=int, default=1 << 20, help="input queue capacity in events (default 1048576)"
+    )
+    parser.add_argument(
+        "--coarse-us",
+        type=int,
+        default=None,
+        help="coarse bin width for --policy coarsen (default 4 x bin_us, >= 1000)",
+    )
+    parser.add_argument(
+        "--report-every-ms",
+        type=float,
+        default=100.0,
+        help="stream time between prediction lines; 0 = every token (default 100)",
+    )
     parser.add_argument("--no-predictions", action="store_true", help="write only decisions and the summary")
-    parser.add_argument("--early-threshold", type=float, default=0.9, help="early decision probability (default 0.9; > 1 disables)")
+    parser.add_argument(
+        "--early-threshold", type=float, default=0.9, help="early decision probability (default 0.9; > 1 disables)"
+    )
     parser.add_argument("--early-tokens", type=int, default=50, help="tokens the threshold must hold (default 50)")
     parser.add_argument("--reset-gap-ms", type=float, default=None, help="a silence this long starts a new recording")
     parser.add_argument("--logits-every", type=int, default=1, help="evaluate the logits every N tokens (default 1)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--streams", type=int, default=1, help="concurrent streams from the recordings (throughput mode)")
+    parser.add_argument(
+        "--streams", type=int, default=1, help="concurrent streams from the recordings (throughput mode)"
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help="write the summary as JSON here")
     parser.add_argument("--out", default=None, metavar="PATH", help="write the JSON lines here instead of stdout")
     parser.add_argument("--quiet", action="store_true", help="no JSON lines")
@@ -108,10 +135,14 @@ def build_source(specs: list[str], sm, args):
             split, indices = _parse_samples(spec, args.split)
             recs, sensor, classes = S.sample_recordings(sm.config.get("dataset") or {}, split, indices)
             if tuple(sensor) != tuple(sm.sensor_size):
-                raise ValueError(f"--source {spec!r}: the dataset's sensor {sensor} differs from the model's {sm.sensor_size}")
+                raise ValueError(
+                    f"--source {spec!r}: the dataset's sensor {sensor} differs from the model's {sm.sensor_size}"
+                )
             if [str(c) for c in classes] != list(sm.classes):
-                raise ValueError(f"--source {spec!r}: the dataset's classes {[str(c) for c in classes]} differ from the "
-                                 f"model's {list(sm.classes)} ({sm.path}); labels would be scored against other classes")
+                raise ValueError(
+                    f"--source {spec!r}: the dataset's classes {[str(c) for c in classes]} differ from the "
+                    f"model's {list(sm.classes)} ({sm.path}); labels would be scored against other classes"
+                )
             recordings += recs
         else:
             recordings += S.file_recordings([spec], sm.sensor_size)
@@ -130,7 +161,9 @@ def warm_up(stepper, binning, sensor_size) -> None:
     surf = lambda n: np.zeros((n, n_surface), np.float32) if n_surface else None  # noqa: E731
     for seq in seqs:
         if seq.num_tokens:
-            stepper.run(seq.tokens, seq.dt, seq.counts, np.ones(seq.num_tokens, np.uint8), surfaces=surf(seq.num_tokens))
+            stepper.run(
+                seq.tokens, seq.dt, seq.counts, np.ones(seq.num_tokens, np.uint8), surfaces=surf(seq.num_tokens)
+            )
     stepper.run(np.zeros(2, np.int32), np.zeros(2, np.float32), np.ones(2, np.int32), np.ones(2, np.uint8),
                 surfaces=surf(2))
     stepper.reset()
@@ -139,7 +172,9 @@ def warm_up(stepper, binning, sensor_size) -> None:
         from .pipeline.binning import token_grid
         from .pipeline.surfaces import SurfaceTracker
 
-        SurfaceTracker(token_grid(tuple(sensor_size), binning), surface).push(np.zeros(2, np.int32), np.zeros(2, np.int64))
+        SurfaceTracker(token_grid(tuple(sensor_size), binning), surface).push(
+            np.zeros(2, np.int32), np.zeros(2, np.int64)
+        )
 
 
 def _device(name: str, streams: int) -> str:
@@ -167,7 +202,7 @@ class _Terminate:
         self.received = True
         raise KeyboardInterrupt
 
-    def __enter__(self) -> "_Terminate":
+    def __enter__(self) -> _Terminate:
         import signal
         import threading
 
@@ -281,9 +316,12 @@ def _throughput(args, sm, device: str) -> int:
         finally:
             if out is not sys.stdout:
                 out.close()
-    print(f"{result['streams']} streams on {result['device']}: {result['events']:,} events, {result['tokens']:,} tokens "
-          f"in {result['step_s']:.3f} s -> {result['events_per_s']:,.0f} events/s "
-          f"(binning {bin_s:.3f} s once per recording)", file=sys.stderr)
+    print(
+        f"{result['streams']} streams on {result['device']}: {result['events']:,} events, {result['tokens']:,} tokens "
+        f"in {result['step_s']:.3f} s -> {result['events_per_s']:,.0f} events/s "
+        f"(binning {bin_s:.3f} s once per recording)",
+        file=sys.stderr,
+    )
     write_json(args.json, {"command": "stream", "settings": {"checkpoint": sm.path, "sources": list(args.source),
                                                                "streams": args.streams}, **result})
     return 0

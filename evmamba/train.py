@@ -55,10 +55,14 @@ EXAMPLE = "evmamba train --config nmnist_small train.epochs=20 --out runs/nmnist
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"config name in configs/ or a YAML path (default {DEFAULT_CONFIG})")
+    parser.add_argument(
+        "--config", default=DEFAULT_CONFIG, help=f"config name in configs/ or a YAML path (default {DEFAULT_CONFIG})"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. train.epochs=3")
     parser.add_argument("--out", default=None, help="run folder (default runs/<config>-<date>-<time>)")
-    parser.add_argument("--resume", default=None, metavar="RUN_DIR_OR_CKPT", help="continue from a run folder's last.pt or a checkpoint")
+    parser.add_argument(
+        "--resume", default=None, metavar="RUN_DIR_OR_CKPT", help="continue from a run folder's last.pt or a checkpoint"
+    )
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:K (default: train.device)")
     parser.add_argument("--force", action="store_true", help="rebuild the token caches even if up to date")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -151,7 +155,11 @@ def train(args: argparse.Namespace) -> int:
         if resumed is not None:
             _carry_best(ckpt_path.parent, run_dir, best)
         n_params = sum(p.numel() for p in model.parameters())
-        sizes = f"{len(data.train)} train" + (f" / {len(data.val)} val" if data.val is not None else "") + f" / {len(data.test)} test"
+        sizes = (
+            f"{len(data.train)} train"
+            + (f" / {len(data.val)} val" if data.val is not None else "")
+            + f" / {len(data.test)} test"
+        )
         print(f"{section(cfg, 'dataset').get('name')}: {sizes} samples, {data.info.n_classes} classes; "
               f"{type(model).__name__} with {n_params:,} parameters on {device}"
               f"{f' x {info.world_size} processes' if info.enabled else ''}; run folder {run_dir}"
@@ -244,8 +252,14 @@ def train(args: argparse.Namespace) -> int:
                 save_checkpoint(state, run_dir / "best.pt")
             if tc["save_every"] and (epoch + 1) % tc["save_every"] == 0:
                 save_checkpoint(state, run_dir / f"epoch_{epoch + 1:03d}.pt")
-            parts = [f"epoch {epoch + 1}/{epochs}", f"loss {row['train_loss']:.4f}", f"train acc {row['train_accuracy']:.4f}"]
-            parts += [f"{k.replace('_accuracy', '')} acc {row[k]:.4f}" for k in ("val_accuracy", "test_accuracy") if k in row]
+            parts = [
+                f"epoch {epoch + 1}/{epochs}",
+                f"loss {row['train_loss']:.4f}",
+                f"train acc {row['train_accuracy']:.4f}",
+            ]
+            parts += [
+                f"{k.replace('_accuracy', '')} acc {row[k]:.4f}" for k in ("val_accuracy", "test_accuracy") if k in row
+            ]
             parts.append(f"{seconds:.1f} s")
             print(", ".join(parts), flush=True)
         ddp.barrier(info)

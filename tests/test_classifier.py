@@ -93,7 +93,12 @@ def test_step_and_chunks_can_be_mixed():
         assert rel_err(got, model(tokens, dt, counts)) < 1e-5
         # A reset cache starts a new stream.
         model.reset_inference_cache(cache)
-        assert rel_err(model.step(tokens[:, 0], dt[:, 0], cache, counts[:, 0]), model(tokens[:, :1], dt[:, :1], counts[:, :1])) < 1e-5
+        assert (
+            rel_err(
+                model.step(tokens[:, 0], dt[:, 0], cache, counts[:, 0]), model(tokens[:, :1], dt[:, :1], counts[:, :1])
+            )
+            < 1e-5
+        )
 
 
 @pytest.mark.parametrize("readout", READOUTS)

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from evmamba.kernels import DISCRETIZATIONS, selective_scan_ref
-from evmamba.kernels import cpu_scan
+from evmamba.kernels import DISCRETIZATIONS, cpu_scan, selective_scan_ref
 from evmamba.kernels.cpu_scan import selective_scan_cpu
 from evmamba.model import Mamba
 from seeds import stable_seed

@@ -166,7 +166,7 @@ def test_udp_stream_stopped_with_ctrl_c_prints_the_summary(checkpoint, tmp_path)
 
         ev = make_events(rng.integers(0, 128, 3000), rng.integers(0, 128, 3000), t, rng.integers(0, 2, 3000))
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for i, pkt in enumerate(protocol.encode_packets(ev, max_events=100, end=False)):
+            for pkt in protocol.encode_packets(ev, max_events=100, end=False):
                 s.sendto(pkt, ("127.0.0.1", port))
                 time.sleep(0.001)
             s.sendto(b"this is not an event packet", ("127.0.0.1", port))

@@ -13,7 +13,10 @@ from evmamba.model.classifier import EventClassifier
 from evmamba.streaming.gpu_step import GraphStepper
 
 CUDA = torch.cuda.is_available()
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA device")])]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA device")]),
+]
 
 
 def model(**kw):

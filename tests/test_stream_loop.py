@@ -149,7 +149,9 @@ def test_a_silence_gap_ends_the_recording():
     finals = [r for r in records if r["type"] == "final"]
     assert len(finals) == 2
     assert finals[0]["events"] == a.size and finals[1]["events"] == b.size
-    assert finals[0]["class"] == finals[1]["class"] and finals[0]["confidence"] == pytest.approx(finals[1]["confidence"])
+    assert finals[0]["class"] == finals[1]["class"] and finals[0]["confidence"] == pytest.approx(
+        finals[1]["confidence"]
+    )
 
 
 def test_early_decision_once_confidence_holds_for_k_tokens():

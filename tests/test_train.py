@@ -216,7 +216,9 @@ def test_max_samples_is_understood_by_every_path(tmp_path):
     assert len(tokens.train) == 12 and len(tokens.test) == 12
     subset = build_dataset(cfg["dataset"], "train")
     assert [tokens.train[i][1] for i in range(12)] == subset.labels  # the cache's samples, augmented
-    frames_cfg = _yaml.safe_load(tiny_config(tmp_path, dataset={"max_samples": 7}, train={"val_fraction": 0.0}).read_text())
+    frames_cfg = _yaml.safe_load(
+        tiny_config(tmp_path, dataset={"max_samples": 7}, train={"val_fraction": 0.0}).read_text()
+    )
     frames_cfg["model"] = {"type": "frame_resnet", "widths": [8], "blocks": [1]}
     frames = build_data(frames_cfg, progress=False)
     assert len(frames.train) == 7 and len(frames.test) == 7

@@ -14,8 +14,7 @@ pytest.importorskip("triton")
 
 pytestmark = pytest.mark.gpu  # the Triton scan: compiled on a GPU, on the interpreter elsewhere
 
-from evmamba.kernels import DISCRETIZATIONS, selective_scan_ref  # noqa: E402
-from evmamba.kernels import triton_scan  # noqa: E402
+from evmamba.kernels import DISCRETIZATIONS, selective_scan_ref, triton_scan  # noqa: E402
 from evmamba.kernels.triton_scan import selective_scan_triton  # noqa: E402
 from evmamba.model import Mamba  # noqa: E402
 from seeds import stable_seed  # noqa: E402

@@ -11,8 +11,7 @@ pytest.importorskip("triton")
 
 pytestmark = pytest.mark.gpu  # the Triton step: compiled on a GPU, on the interpreter elsewhere
 
-from evmamba.kernels import DISCRETIZATIONS, mamba_step_ref  # noqa: E402
-from evmamba.kernels import triton_step  # noqa: E402
+from evmamba.kernels import DISCRETIZATIONS, mamba_step_ref, triton_step  # noqa: E402
 from evmamba.kernels.triton_step import mamba_step_triton  # noqa: E402
 from evmamba.model import Mamba  # noqa: E402
 from seeds import stable_seed  # noqa: E402

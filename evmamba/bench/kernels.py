@@ -22,7 +22,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .common import format_table, write_json
 
@@ -92,7 +93,7 @@ def copy_bandwidth(reps: int) -> float:
     src = torch.randn(n, device="cuda")
     dst = torch.empty_like(src)
     ms = _median_ms(lambda: dst.copy_(src), reps)
-    del src, dst
+    src = dst = None  # free the 4 GiB before emptying the cache
     torch.cuda.empty_cache()
     return 2 * n * 4 / (ms * 1e-3)
 
@@ -217,9 +218,17 @@ def bench_step(d_model, batch, event, reps) -> dict[str, Any]:
             return h
 
         stack_dev_us = _graph_device_us(stack_step, reps) / STEP_REPEAT
-    return dict(d_model=d_model, batch=batch, mode="event" if event else "standard", eager_us=eager_us,
-                graph_us=graph_us, graph_call_events_us=graph_dev_ms * 1e3, stack_graph_device_us_per_layer=stack_dev_us,
-                kernel_eager_us=kernel_eager_us, kernel_device_us=kernel_dev_us)
+    return dict(
+        d_model=d_model,
+        batch=batch,
+        mode="event" if event else "standard",
+        eager_us=eager_us,
+        graph_us=graph_us,
+        graph_call_events_us=graph_dev_ms * 1e3,
+        stack_graph_device_us_per_layer=stack_dev_us,
+        kernel_eager_us=kernel_eager_us,
+        kernel_device_us=kernel_dev_us,
+    )
 
 
 STEP_REPEAT = 8
@@ -305,7 +314,7 @@ def sweep(reps) -> list[dict[str, Any]]:
             for cfg in bwd_cfgs:
                 triton_scan.CONFIG_OVERRIDES["bwd"] = cfg
                 leaves = [pg[k] for k in trainable]
-                ms = _median_ms(lambda: torch.autograd.grad(y, leaves, dy, retain_graph=True), reps)
+                ms = _median_ms(lambda y=y, leaves=leaves: torch.autograd.grad(y, leaves, dy, retain_graph=True), reps)
                 rows.append(dict(kernel="bwd", config=cfg.__dict__, target_warps=target, ms=ms))
                 print(f"  sweep bwd {cfg} target {target}: {ms:.4f} ms", flush=True)
             triton_scan.CONFIG_OVERRIDES["bwd"] = None

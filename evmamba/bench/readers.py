@@ -107,7 +107,9 @@ def _bench_file(label: str, path: Path, encoding: str, expected: int, repeats: i
         return
     wizard = Wizard(encoding=encoding)
     n_theirs = len(wizard.read(str(path)))
-    theirs = _row(results, label, "expelliarmus Wizard.read", n_theirs, time_calls(lambda: wizard.read(str(path)), repeats))
+    theirs = _row(
+        results, label, "expelliarmus Wizard.read", n_theirs, time_calls(lambda: wizard.read(str(path)), repeats)
+    )
     ours["speedup_vs_expelliarmus"] = ours["events_per_s"] / theirs["events_per_s"]
     ours["speedup_vs_expelliarmus_cpu"] = ours["events_per_s_cpu"] / theirs["events_per_s_cpu"]
 
@@ -148,7 +150,15 @@ def run(args) -> int:
                 summary[f"{encoding}_read_speedup_vs_expelliarmus_cpu"] = ours["speedup_vs_expelliarmus_cpu"]
             big.unlink()
 
-    headers = ["input", "implementation", "events", "M ev/s (wall)", "M ev/s (cpu)", "x expelliarmus (wall)", "x expelliarmus (cpu)"]
+    headers = [
+        "input",
+        "implementation",
+        "events",
+        "M ev/s (wall)",
+        "M ev/s (cpu)",
+        "x expelliarmus (wall)",
+        "x expelliarmus (cpu)",
+    ]
     rows = [
         [r["input"], r["implementation"], r["events"], r["events_per_s"] / 1e6, r["events_per_s_cpu"] / 1e6,
          r.get("speedup_vs_expelliarmus", ""), r.get("speedup_vs_expelliarmus_cpu", "")]

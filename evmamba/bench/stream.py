@@ -147,10 +147,18 @@ def bench_cpu(sm, recs, quick: bool) -> dict:
         st.run(densest.tokens[:4], densest.dt[:4], densest.counts[:4],
                surfaces=None if densest_surf is None else densest_surf[:4])
         us, us_cpu = _step_alone(st, densest, densest_surf)
-        sizes.append({"d_model": d, "n_layers": n_layers, "d_state": n_state,
-                      "parameters": sum(p.numel() for p in model.parameters()),
-                      "step_us_per_token": us, "step_us_per_token_cpu": us_cpu, "densest_trial_step_s": us * densest.num_tokens / 1e6,
-                      "densest_trial_rtf_step_only": 1.45 / (us * densest.num_tokens / 1e6)})
+        sizes.append(
+            {
+                "d_model": d,
+                "n_layers": n_layers,
+                "d_state": n_state,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "step_us_per_token": us,
+                "step_us_per_token_cpu": us_cpu,
+                "densest_trial_step_s": us * densest.num_tokens / 1e6,
+                "densest_trial_rtf_step_only": 1.45 / (us * densest.num_tokens / 1e6),
+            }
+        )
     torch_us = _torch_step_us(sm.model, densest, densest_surf)
     return {"trials": rows, "model_sizes": sizes, "torch_step_us_per_token": torch_us,
             "densest_tokens": densest.num_tokens}
@@ -261,7 +269,9 @@ def run(args) -> int:
         rtfs = [r["real_time_factor"] for r in res["trials"]]
         record["min_real_time_factor"] = min(rtfs)
         record["min_real_time_factor_cpu"] = min(r["real_time_factor_cpu"] for r in res["trials"])
-        record["median_step_alone_us_per_token"] = statistics.median(r["step_alone_us_per_token"] for r in res["trials"])
+        record["median_step_alone_us_per_token"] = statistics.median(
+            r["step_alone_us_per_token"] for r in res["trials"]
+        )
         record["median_step_alone_us_per_token_cpu"] = statistics.median(
             r["step_alone_us_per_token_cpu"] for r in res["trials"])
         print(f"\nreal-time factor: min {min(rtfs):.2f} (CPU time {record['min_real_time_factor_cpu']:.2f}) over "

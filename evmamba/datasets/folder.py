@@ -187,10 +187,14 @@ class FolderDataset(EventFileDataset):
         if holdout is not None:
             paths, labels = _hold_out(base, paths, labels, classes, holdout, float(test_fraction), int(seed))
         self.test_fraction = test_fraction
-        self.declared_sensor_size = None if sensor_size is None else check_sensor_size(sensor_size, f"{base}: sensor_size")
+        self.declared_sensor_size = (
+            None if sensor_size is None else check_sensor_size(sensor_size, f"{base}: sensor_size")
+        )
         self.all_paths = all_paths
         self.root = base
-        super().__init__(name, paths, labels, classes, self.declared_sensor_size, format=format, on_unsorted=on_unsorted)
+        super().__init__(
+            name, paths, labels, classes, self.declared_sensor_size, format=format, on_unsorted=on_unsorted
+        )
         self.split = holdout or split or "all"
 
     @property
@@ -237,7 +241,9 @@ class FolderDataset(EventFileDataset):
                 "otherwise be taken as two classes)"
             )
         # Every split folder (each sub-folder of root) counts for the classes, not only the one asked for.
-        tops = [top] if split is None else sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+        tops = (
+            [top] if split is None else sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+        )
         by_top = {t: cls._class_files(t, exts) for t in tops}
         mapping = _merge_case([c for found in by_top.values() for c in found], str(base))
         classes = sorted(set(mapping.values()))

@@ -78,7 +78,8 @@ class HistogramSettings:
             where = f"{self.cell}-channel groups ({n_x})"
         else:
             where = f"{self.cell} px cells ({n_x}x{n_y})"
-        return f"{where}, {self.time_bins} time bin{'s' if self.time_bins > 1 else ''}{', sqrt counts' if self.sqrt else ''}"
+        plural = "s" if self.time_bins > 1 else ""
+        return f"{where}, {self.time_bins} time bin{plural}{', sqrt counts' if self.sqrt else ''}"
 
 
 def count_histogram(events: np.ndarray, sensor_size, cell: int, time_bins: int, source: str = "events") -> np.ndarray:

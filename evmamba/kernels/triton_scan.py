@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .discretization import check_discretization
+from .discretization import METHOD_CODES, check_discretization
 from .scan_ref import selective_scan_ref
-from .discretization import METHOD_CODES
 from .triton_primitives import INTERPRETING, next_pow2
 from .triton_scan_kernels import scan_bwd_kernel, scan_fwd_kernel
 
@@ -323,9 +322,22 @@ class SelectiveScanFunction(torch.autograd.Function):
             dbias = torch.zeros_like(delta_bias)
         g = ctx.needs_input_grad
         pick = lambda i, t: t if g[i] else None  # noqa: E731
-        return (pick(0, du), pick(1, ddelta), pick(2, dA), pick(3, dB), pick(4, dC), pick(5, dD), pick(6, dz),
-                pick(7, dbias), pick(8, dts), pick(9, drate), pick(10, None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype)),
-                None, None, None)
+        return (
+            pick(0, du),
+            pick(1, ddelta),
+            pick(2, dA),
+            pick(3, dB),
+            pick(4, dC),
+            pick(5, dD),
+            pick(6, dz),
+            pick(7, dbias),
+            pick(8, dts),
+            pick(9, drate),
+            pick(10, None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype)),
+            None,
+            None,
+            None,
+        )
 
 
 def selective_scan_triton(

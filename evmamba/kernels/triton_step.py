@@ -16,9 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .discretization import check_discretization
+from .discretization import METHOD_CODES, check_discretization
 from .step_ref import mamba_step_ref
-from .discretization import METHOD_CODES
 from .triton_primitives import INTERPRETING, input_factor, next_pow2, sigmoid, softplus, transition
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)

@@ -28,7 +28,8 @@ stage from a copy of it on the current partial window; when the window completes
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -61,7 +62,10 @@ def _float_arg(value: Any, name: str, minimum: float = 0.0, maximum: float = mat
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise TypeError(f"EventClassifier: argument '{name}' must be a finite number; got {value!r}")
     if value < minimum or value > maximum or (open_max and value == maximum):
-        raise ValueError(f"EventClassifier: argument '{name}' must lie in [{minimum}, {maximum}{')' if open_max else ']'}; got {value}")
+        raise ValueError(
+            f"EventClassifier: argument '{name}' must lie in [{minimum}, {maximum}{')' if open_max else ']'}; "
+            f"got {value}"
+        )
     return float(value)
 
 
@@ -79,7 +83,9 @@ def _strides(pool_stride, n_layers: int) -> list[int]:
                 f"({n_layers - 1} for n_layers={n_layers}); got {list(pool_stride)}"
             )
         return [_int_arg(s, "pool_stride[i]") for s in pool_stride] + [1]
-    raise TypeError(f"EventClassifier: argument 'pool_stride' must be None, an int or a list of ints; got {pool_stride!r}")
+    raise TypeError(
+        f"EventClassifier: argument 'pool_stride' must be None, an int or a list of ints; got {pool_stride!r}"
+    )
 
 
 class EventClassifier(nn.Module):
@@ -174,10 +180,14 @@ class EventClassifier(nn.Module):
         surface_hidden = _int_arg(surface_hidden, "surface_hidden", 0)
         position_cells = _int_arg(position_cells, "position_cells")
         if embedding != "surface" and surface is not None:
-            raise ValueError(f"EventClassifier: argument 'surface' is for embedding='surface'; got embedding={embedding!r}")
+            raise ValueError(
+                f"EventClassifier: argument 'surface' is for embedding='surface'; got embedding={embedding!r}"
+            )
         self.embedding = TokenEmbedding(self.vocab_size, self.d_model, embedding, grid, bool(count_feature),
                                         surface=surface, surface_hidden=surface_hidden, position_cells=position_cells)
-        norm_cls = (lambda: nn.RMSNorm(self.d_model, eps=1e-5)) if norm == "rms" else (lambda: nn.LayerNorm(self.d_model))
+        norm_cls = (
+            (lambda: nn.RMSNorm(self.d_model, eps=1e-5)) if norm == "rms" else (lambda: nn.LayerNorm(self.d_model))
+        )
         self.layers = nn.ModuleList(
             Mamba(self.d_model, d_state=d_state, d_conv=d_conv, expand=expand, dt_min=dt_min, dt_max=dt_max,
                   discretization=discretization, layer_idx=i, use_fast_path=use_fast_path)
@@ -218,7 +228,7 @@ class EventClassifier(nn.Module):
         return sorted({"type"} | {k for k in params if k != "self" and k not in cls.DATA_ARGS})
 
     @classmethod
-    def from_config(cls, model_cfg: Mapping, vocab_size: int, n_classes: int, grid=None) -> "EventClassifier":
+    def from_config(cls, model_cfg: Mapping, vocab_size: int, n_classes: int, grid=None) -> EventClassifier:
         """Build from a config's ``model`` section (keys are the constructor's; ``type``, if present, must be
         ``"event_mamba"``). ``grid`` is used when the section does not give one."""
         if hasattr(model_cfg, "_metadata"):
@@ -257,10 +267,14 @@ class EventClassifier(nn.Module):
         want = (*tokens.shape, self.embedding.n_surface)
         if not isinstance(surfaces, torch.Tensor) or tuple(surfaces.shape) != want:
             got = tuple(surfaces.shape) if isinstance(surfaces, torch.Tensor) else type(surfaces).__name__
-            raise ValueError(f"EventClassifier: argument 'surfaces' must have shape {want} (the tokens' local surfaces, "
-                             f"evmamba.pipeline.surfaces.token_surfaces); got {got}")
+            raise ValueError(
+                f"EventClassifier: argument 'surfaces' must have shape {want} (the tokens' local surfaces, "
+                f"evmamba.pipeline.surfaces.token_surfaces); got {got}"
+            )
         if not surfaces.is_floating_point():
-            raise TypeError(f"EventClassifier: argument 'surfaces' must be a floating-point tensor; got {surfaces.dtype}")
+            raise TypeError(
+                f"EventClassifier: argument 'surfaces' must be a floating-point tensor; got {surfaces.dtype}"
+            )
 
     def _check_inputs(self, tokens, dt, counts, lengths, ndim: int, surfaces=None) -> None:
         shape = "(B, L)" if ndim == 2 else "(B,)"
@@ -271,7 +285,9 @@ class EventClassifier(nn.Module):
             raise TypeError(f"EventClassifier: argument 'tokens' must be an integer tensor; got {tokens.dtype}")
         if not isinstance(dt, torch.Tensor) or tuple(dt.shape) != tuple(tokens.shape):
             got = tuple(dt.shape) if isinstance(dt, torch.Tensor) else type(dt).__name__
-            raise ValueError(f"EventClassifier: argument 'dt' must have the shape of tokens {tuple(tokens.shape)}; got {got}")
+            raise ValueError(
+                f"EventClassifier: argument 'dt' must have the shape of tokens {tuple(tokens.shape)}; got {got}"
+            )
         if not dt.is_floating_point():
             raise TypeError(f"EventClassifier: argument 'dt' must be a floating-point tensor; got {dt.dtype}")
         if counts is not None and (not isinstance(counts, torch.Tensor) or tuple(counts.shape) != tuple(tokens.shape)):
@@ -293,7 +309,9 @@ class EventClassifier(nn.Module):
                 raise ValueError(f"EventClassifier: argument 'tokens' holds id {bad}, outside [0, {self.vocab_size})")
         if lengths is not None and lengths.numel():
             if int(lengths.min()) < 0 or int(lengths.max()) > tokens.shape[-1]:
-                raise ValueError(f"EventClassifier: argument 'lengths' must lie in [0, {tokens.shape[-1]}]; got {lengths.tolist()}")
+                raise ValueError(
+                    f"EventClassifier: argument 'lengths' must lie in [0, {tokens.shape[-1]}]; got {lengths.tolist()}"
+                )
 
     # ------------------------------------------------------------------------------------------ forward
     def _block(self, i: int, h, dt, lengths=None, cache=None):
@@ -499,8 +517,10 @@ class EventClassifier(nn.Module):
                     n = n.clamp_max(max_chunk)
                 width = int(n.max())
                 idx = (pos[:, None] + torch.arange(width, device=tokens.device)[None, :]).clamp_max(max(seqlen - 1, 0))
-                take = lambda t: None if t is None else t.gather(1, idx)  # noqa: E731
-                surf = None if surfaces is None else surfaces.gather(1, idx[:, :, None].expand(-1, -1, surfaces.shape[-1]))
+                take = lambda t, idx=idx: None if t is None else t.gather(1, idx)  # noqa: E731
+                surf = (
+                    None if surfaces is None else surfaces.gather(1, idx[:, :, None].expand(-1, -1, surfaces.shape[-1]))
+                )
                 logits = self.forward_chunk(take(tokens), take(dt), cache, take(counts), n, surf)
                 pos = pos + n
                 if bool((pos == ends[:, q]).all()):
@@ -509,7 +529,8 @@ class EventClassifier(nn.Module):
         return torch.stack(out, dim=1)
 
     def extra_repr(self) -> str:
-        return f"stages={self.stages}, strides={self.stage_strides}, readout={self.readout_kind!r}, event_mode={self.event_mode}"
+        return (f"stages={self.stages}, strides={self.stage_strides}, readout={self.readout_kind!r}, "
+                f"event_mode={self.event_mode}")
 
 
 __all__ = ["EventClassifier", "MODEL_TYPE", "NORMS", "READOUTS"]

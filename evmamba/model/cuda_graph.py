@@ -25,7 +25,8 @@ Example (a stack of layers, one token per call)::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 

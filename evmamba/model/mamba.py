@@ -184,10 +184,14 @@ class Mamba(nn.Module):
         r = 1.0 / tau
         self.dtA_proj.bias.copy_((r + torch.log(-torch.expm1(-r))).to(self.dtA_proj.bias))
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # lrnnx's Mamba has a `dtA_proj.weight` that its forward never uses; accept and drop it.
         state_dict.pop(prefix + "dtA_proj.weight", None)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     # ------------------------------------------------------------------ validation
     def _check_hidden(self, x: Any, name: str, seq_len_one: bool = False) -> None:

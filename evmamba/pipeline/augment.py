@@ -40,8 +40,9 @@ Mixing two samples (``mix_*`` keys) needs a second recording and a mixed label; 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -580,7 +581,7 @@ class AugmentConfig:
             bad("mix_replace", "true or false")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "augment config") -> "AugmentConfig":
+    def from_dict(cls, d: Mapping[str, Any], source: str = "augment config") -> AugmentConfig:
         """Build from a mapping; unknown keys are rejected (``ValueError`` naming them)."""
         if hasattr(d, "_metadata") and hasattr(d, "_get_node"):  # an OmegaConf container
             from omegaconf import OmegaConf

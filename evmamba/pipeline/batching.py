@@ -10,7 +10,8 @@ dataset of raw event recordings; :func:`collate` turns a list of items into padd
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -85,7 +86,9 @@ class BinnedDataset:
         where = f"{self.source}[{index}]"
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-            events = augment_events(events, self.sensor_size, self.augment, rng, allow_hflip=self.allow_hflip, source=where)
+            events = augment_events(
+                events, self.sensor_size, self.augment, rng, allow_hflip=self.allow_hflip, source=where
+            )
         seq = bin_events(events, self.sensor_size, self.cfg, source=where)
         if seq.num_tokens == 0 and self.empty == "error":
             raise ValueError(f"{where}: the recording gives no tokens (empty, or everything was cropped or filtered)")
@@ -128,7 +131,9 @@ def collate(batch: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
         try:
             arrays = [np.asarray(_field(seq, name, pos)) for pos, name in enumerate(("tokens", "counts", "dt"))]
         except (KeyError, IndexError, TypeError):
-            raise TypeError(f"collate: item {i} sequence needs tokens, counts and dt; got {type(seq).__name__}") from None
+            raise TypeError(
+                f"collate: item {i} sequence needs tokens, counts and dt; got {type(seq).__name__}"
+            ) from None
         for name, a in zip(("tokens", "counts", "dt"), arrays):
             if a.ndim != 1:
                 raise ValueError(f"collate: item {i} field '{name}' must be 1-D; got shape {a.shape}")
@@ -238,7 +243,10 @@ class LengthBucketSampler:
     ) -> None:
         lengths = np.asarray(lengths)
         if lengths.ndim != 1 or (lengths.size and not np.issubdtype(lengths.dtype, np.integer)):
-            raise ValueError(f"LengthBucketSampler: argument 'lengths' must be a 1-D sequence of integers; got {lengths.dtype} {lengths.shape}")
+            raise ValueError(
+                "LengthBucketSampler: argument 'lengths' must be a 1-D sequence of integers; "
+                f"got {lengths.dtype} {lengths.shape}"
+            )
         for name, v in (("batch_size", batch_size), ("pool_batches", pool_batches)):
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"LengthBucketSampler: argument '{name}' must be an integer >= 1; got {v!r}")

@@ -55,7 +55,9 @@ def check_sensor_size(sensor_size, source: str = "sensor_size") -> SensorSize:
 
 def _check_array(events, source: str) -> None:
     if not isinstance(events, np.ndarray):
-        raise TypeError(f"{source}: events must be a numpy structured array of EVENT_DTYPE; got {type(events).__name__}")
+        raise TypeError(
+            f"{source}: events must be a numpy structured array of EVENT_DTYPE; got {type(events).__name__}"
+        )
     if events.dtype != EVENT_DTYPE:
         raise TypeError(
             f"{source}: events must have dtype {EVENT_DTYPE.descr}; got {events.dtype.descr} "
@@ -107,7 +109,9 @@ def _raise_bad_event(events, sensor_size, source, code, i, lower, t_min) -> None
             "(chunks of a stream must continue in time order)"
         )
     if code == 2:
-        raise ValueError(f"{source}: field 't' is not sorted: event {i} has t={int(t[i])} µs after t={int(t[i - 1])} µs")
+        raise ValueError(
+            f"{source}: field 't' is not sorted: event {i} has t={int(t[i])} µs after t={int(t[i - 1])} µs"
+        )
     field, limit = {3: ("x", 0), 4: ("y", 1), 5: ("p", 2)}[code]
     bound = sensor_size[limit]
     raise ValueError(
@@ -159,7 +163,9 @@ def to_event_array(array, source: str = "events") -> np.ndarray:
         return array
     names = getattr(getattr(array, "dtype", None), "names", None)
     if not isinstance(array, np.ndarray) or names is None:
-        raise TypeError(f"{source}: expected a numpy structured array with fields x, y, t, p; got {type(array).__name__}")
+        raise TypeError(
+            f"{source}: expected a numpy structured array with fields x, y, t, p; got {type(array).__name__}"
+        )
     out = np.empty(array.shape[0] if array.ndim else 1, dtype=EVENT_DTYPE)
     for field in ("x", "y", "t", "p"):
         if field not in names:

@@ -164,7 +164,9 @@ def downsample(
     """
     from ._frame_kernels import scale_events
 
-    validate_events(events, None if sensor_size is None else check_sensor_size(sensor_size, f"{source}: sensor_size"), source)
+    validate_events(
+        events, None if sensor_size is None else check_sensor_size(sensor_size, f"{source}: sensor_size"), source
+    )
     if target_size is not None:
         if sensor_size is None:
             raise ValueError(f"{source}: target_size needs sensor_size")

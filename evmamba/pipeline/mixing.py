@@ -165,7 +165,11 @@ class EventMixDataset:
 
     def _augmented(self, index: int, rng: np.random.Generator, where: str) -> tuple[np.ndarray, int]:
         events, label = self.base[index]
-        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or not 0 <= label < self.n_classes:
+        if (
+            isinstance(label, (bool, np.bool_))
+            or not isinstance(label, (int, np.integer))
+            or not 0 <= label < self.n_classes
+        ):
             raise ValueError(f"{where}: label must be an integer in [0, {self.n_classes}); got {label!r}")
         if self.cfg.per_sample:
             events = augment_events(events, self.sensor_size, self.cfg, rng, allow_hflip=self.allow_hflip, source=where)

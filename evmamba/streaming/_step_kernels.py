@@ -14,7 +14,8 @@ hot spot; :func:`fexp` and :func:`fexpm1` are branch-free float32 versions that 
 ``expf`` does not), accurate to a few units in the last place, i.e. well inside the 1e-5 agreement required
 with :meth:`~evmamba.model.classifier.EventClassifier.step`.
 
-The formulas are those of :mod:`evmamba.kernels.discretization` (codes in its :data:`~evmamba.kernels.discretization.METHOD_CODES`).
+The formulas are those of :mod:`evmamba.kernels.discretization` (codes in its
+:data:`~evmamba.kernels.discretization.METHOD_CODES`).
 """
 
 from __future__ import annotations
@@ -201,8 +202,8 @@ def _matvec(x, w_t, bias, out):
 
 
 @njit(**_JIT)
-def _layer(l, x, dt, event, method, W, conv, ssm, ws):
-    """One Mamba layer ``l`` on the normalised input ``x`` ``(D,)`` with token gap ``dt``; updates the
+def _layer(li, x, dt, event, method, W, conv, ssm, ws):
+    """One Mamba layer ``li`` on the normalised input ``x`` ``(D,)`` with token gap ``dt``; updates the
     layer's ``conv`` ``(K, E)`` and ``ssm`` ``(N, E)`` states in place and returns the output in ``ws.out``."""
     (in_wt, in_b, conv_w, conv_b, xp_wt, dtp_wt, dt_b, a_neg, d_skip, rate, out_wt, out_b) = W
     xz, xc, xdbl, dtb, dta, y, out = ws
@@ -211,20 +212,20 @@ def _layer(l, x, dt, event, method, W, conv, ssm, ws):
     n_state = ssm.shape[0]
     rank = dtp_wt.shape[1]
 
-    _matvec(x, in_wt[l], in_b[l], xz)
+    _matvec(x, in_wt[li], in_b[li], xz)
     # Causal depthwise convolution over the K latest inputs (oldest first), then SiLU.
     for k in range(k_conv - 1):
         for d in range(e):
             conv[k, d] = conv[k + 1, d]
     for d in range(e):
         conv[k_conv - 1, d] = xz[d]
-    cw = conv_w[l]
+    cw = conv_w[li]
     for d in range(e):
         xc[d] = _F0
     for k in range(k_conv):
         for d in range(e):
             xc[d] += conv[k, d] * cw[k, d]
-    cb = conv_b[l]
+    cb = conv_b[li]
     for d in range(e):
         xc[d] = _silu(xc[d] + cb[d])
 
@@ -232,23 +233,23 @@ def _layer(l, x, dt, event, method, W, conv, ssm, ws):
     nx = xdbl.size
     for j in range(nx):
         xdbl[j] = _F0
-    xw = xp_wt[l]
+    xw = xp_wt[li]
     for d in range(e):
         v = xc[d]
         for j in range(nx):
             xdbl[j] += v * xw[d, j]
-    dw = dtp_wt[l]
+    dw = dtp_wt[li]
     for d in range(e):
         dtb[d] = _F0
     for r in range(rank):
         v = xdbl[r]
         for d in range(e):
             dtb[d] += v * dw[r, d]
-    bias = dt_b[l]
+    bias = dt_b[li]
     for d in range(e):
         dtb[d] = softplus(dtb[d] + bias[d])
     if event:
-        rt = rate[l]
+        rt = rate[li]
         for d in range(e):
             dta[d] = dt * rt[d]
     else:
@@ -258,7 +259,7 @@ def _layer(l, x, dt, event, method, W, conv, ssm, ws):
     # State update along the channels, one state index n at a time; y accumulates C . h.
     for d in range(e):
         y[d] = _F0
-    an = a_neg[l]
+    an = a_neg[li]
     for n in range(n_state):
         bn = xdbl[rank + n]
         cn = xdbl[rank + n_state + n]
@@ -273,10 +274,10 @@ def _layer(l, x, dt, event, method, W, conv, ssm, ws):
             _update_row(srow, arow, dta, dtb, xc, bn, cn, y, 2)
         else:
             _update_row(srow, arow, dta, dtb, xc, bn, cn, y, 3)
-    ds = d_skip[l]
+    ds = d_skip[li]
     for d in range(e):
         y[d] = (y[d] + ds[d] * xc[d]) * _silu(xz[e + d])
-    _matvec(y, out_wt[l], out_b[l], out)
+    _matvec(y, out_wt[li], out_b[li], out)
 
 
 @njit(**_JIT)
@@ -349,15 +350,15 @@ def run_tokens(tokens, counts, dts, surf, need, E, W, H, S, ws, lws, out_logits,
         commit = -1  # -1: this stage's input is final; 1: a window just completed; 0: a window is open
         skipped = False
         for k in range(n_stages):
-            for l in range(stage_start[k], stage_start[k + 1]):
-                _norm(h, norm_w[l], norm_b[l], norm_kind, norm_eps, xn)
+            for li in range(stage_start[k], stage_start[k + 1]):
+                _norm(h, norm_w[li], norm_b[li], norm_kind, norm_eps, xn)
                 if commit == 0:
                     # Run from the state of the last complete window; the result is thrown away.
-                    conv_scratch[l, :, :] = conv[l]
-                    ssm_scratch[l, :, :] = ssm[l]
-                    _layer(l, xn, dtv, event, method, W, conv_scratch[l], ssm_scratch[l], lws)
+                    conv_scratch[li, :, :] = conv[li]
+                    ssm_scratch[li, :, :] = ssm[li]
+                    _layer(li, xn, dtv, event, method, W, conv_scratch[li], ssm_scratch[li], lws)
                 else:
-                    _layer(l, xn, dtv, event, method, W, conv[l], ssm[l], lws)
+                    _layer(li, xn, dtv, event, method, W, conv[li], ssm[li], lws)
                 out = lws[6]
                 for j in range(d_model):
                     h[j] += out[j]

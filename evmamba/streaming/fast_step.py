@@ -242,7 +242,9 @@ class FastStepper:
         stream = self._check_stream(stream)
         tokens = np.ascontiguousarray(tokens)
         if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-            raise ValueError(f"FastStepper.run: argument 'tokens' must be a 1-D integer array; got {tokens.dtype} {tokens.shape}")
+            raise ValueError(
+                f"FastStepper.run: argument 'tokens' must be a 1-D integer array; got {tokens.dtype} {tokens.shape}"
+            )
         n = tokens.shape[0]
         dt = np.ascontiguousarray(dt, dtype=np.float32)
         if dt.shape != (n,):
@@ -271,8 +273,10 @@ class FastStepper:
             surfaces = np.ascontiguousarray(surfaces, dtype=np.float32) if surfaces is not None else None
             if surfaces is None or surfaces.shape != (n, self.n_surface):
                 got = None if surfaces is None else surfaces.shape
-                raise ValueError(f"FastStepper.run: the model needs argument 'surfaces' of shape ({n}, {self.n_surface}) "
-                                 f"(evmamba.pipeline.surfaces); got {got}")
+                raise ValueError(
+                    f"FastStepper.run: the model needs argument 'surfaces' of shape ({n}, {self.n_surface}) "
+                    f"(evmamba.pipeline.surfaces); got {got}"
+                )
         elif surfaces is not None:
             raise ValueError("FastStepper.run: argument 'surfaces' is only for models with the 'surface' embedding")
         else:

@@ -121,7 +121,9 @@ class GraphStepper:
             raise ValueError(f"GraphStepper.run_batch: expected {self.n_streams} rows; got {b}")
         if self.n_surface and (surfaces is None or surfaces.shape != (b, t_total, self.n_surface)):
             got = None if surfaces is None else surfaces.shape
-            raise ValueError(f"GraphStepper.run_batch: the model needs surfaces of shape {(b, t_total, self.n_surface)}; got {got}")
+            raise ValueError(
+                f"GraphStepper.run_batch: the model needs surfaces of shape {(b, t_total, self.n_surface)}; got {got}"
+            )
         out = np.empty((b, t_total, self.n_classes), np.float32) if copy_out else None
         for s in range(0, t_total, self.block):
             n = min(self.block, t_total - s)
@@ -165,8 +167,12 @@ class GraphStepper:
         n = tokens.shape[0]
         if n and check and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
             raise ValueError(f"GraphStepper.run: argument 'tokens' holds ids outside [0, {self.vocab_size})")
-        logits = self.run_batch(tokens[None], np.asarray(dt)[None], None if counts is None else np.asarray(counts)[None],
-                                surfaces=None if surfaces is None else np.asarray(surfaces)[None])
+        logits = self.run_batch(
+            tokens[None],
+            np.asarray(dt)[None],
+            None if counts is None else np.asarray(counts)[None],
+            surfaces=None if surfaces is None else np.asarray(surfaces)[None],
+        )
         index = np.arange(n) if need is None else np.flatnonzero(np.asarray(need))
         return StepOutput(logits[0, index], index)
 

@@ -41,7 +41,9 @@ def load_stream_model(path) -> StreamModel:
     ckpt_path = find_checkpoint(path, "model.pt")
     ckpt = load_checkpoint(ckpt_path)
     if ckpt["model_type"] != "event_mamba":
-        raise ValueError(f"{ckpt_path}: model_type {ckpt['model_type']!r}; the stream loop runs token models (event_mamba)")
+        raise ValueError(
+            f"{ckpt_path}: model_type {ckpt['model_type']!r}; the stream loop runs token models (event_mamba)"
+        )
     config = ckpt["config"] or {}
     if "binning" not in config:
         raise ValueError(f"{ckpt_path}: the saved config has no 'binning' section")

@@ -97,7 +97,9 @@ def decode_header(buf, source: str = "packet", max_packet: int = MAX_DATAGRAM) -
     if magic != MAGIC:
         raise PacketError("garbage", f"{source}: bad magic {bytes(magic)!r} (expected {MAGIC!r})")
     if version != VERSION or flags & ~FLAG_END or reserved:
-        raise PacketError("garbage", f"{source}: unsupported version {version} / flags {flags:#x} / reserved {reserved}")
+        raise PacketError(
+            "garbage", f"{source}: unsupported version {version} / flags {flags:#x} / reserved {reserved}"
+        )
     if count > max_events(max_packet):
         raise PacketError(
             "oversized",
@@ -118,7 +120,9 @@ def decode_packet(buf, source: str = "packet", max_packet: int = MAX_DATAGRAM) -
     flags, seq, count = decode_header(buf, source, max_packet)
     want = HEADER_SIZE + RECORD_SIZE * count
     if len(buf) < want:
-        raise PacketError("short", f"{source}: {len(buf)} bytes, but its header announces {count} events ({want} bytes)")
+        raise PacketError(
+            "short", f"{source}: {len(buf)} bytes, but its header announces {count} events ({want} bytes)"
+        )
     if len(buf) > want:
         raise PacketError("oversized", f"{source}: {len(buf)} bytes, more than the {want} its header announces")
     events = np.frombuffer(buf, dtype=EVENT_DTYPE, count=count, offset=HEADER_SIZE).copy()

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -356,7 +356,7 @@ class UdpSource(Source):
             while not self._closed:
                 try:
                     n = self.sock.recv_into(buf)
-                except socket.timeout:
+                except TimeoutError:
                     idle = time.perf_counter() - last_data
                     if self.idle_end_s is not None and not self._check.pending_new and idle >= self.idle_end_s:
                         self._check.pending_new = True

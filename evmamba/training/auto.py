@@ -40,8 +40,9 @@ The model's embedding is chosen in one place, :data:`DEFAULT_EMBEDDING` inside
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 

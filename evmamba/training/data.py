@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..pipeline.binning import BinningConfig, token_grid as binning_token_grid, vocab_size as binning_vocab_size
+from ..pipeline.binning import BinningConfig
+from ..pipeline.binning import token_grid as binning_token_grid
+from ..pipeline.binning import vocab_size as binning_vocab_size
 from .distributed import DistInfo, wait_for_main
 from .reproducibility import worker_init
 from .settings import train_settings
@@ -77,7 +80,7 @@ class DataInfo:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DataInfo":
+    def from_dict(cls, d: Mapping[str, Any]) -> DataInfo:
         return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
 
 
@@ -123,7 +126,9 @@ class TokenCrop:
         if lengths is not None:
             lengths = np.asarray(lengths, dtype=np.int64)
             if lengths.shape != (len(dataset),):
-                raise ValueError(f"TokenCrop: 'lengths' must have one entry per item ({len(dataset)}); got {lengths.shape}")
+                raise ValueError(
+                    f"TokenCrop: 'lengths' must have one entry per item ({len(dataset)}); got {lengths.shape}"
+                )
             if not hasattr(dataset, "window"):
                 raise TypeError(f"TokenCrop: with 'lengths', the dataset ({type(dataset).__name__}) needs window()")
         self.dataset, self.max_tokens, self.seed, self.epoch = dataset, max_tokens, int(seed), 0
@@ -435,7 +440,6 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
 
     if kind == TOKEN_MODEL:
         from ..datasets.cache import TokenCache
-
         from ..model.embedding import surface_config_of
         from ..pipeline.surfaces import WithSurfaces
 

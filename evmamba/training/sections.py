@@ -21,7 +21,8 @@ A new section is added to :data:`SECTIONS` with the function that checks it, nex
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 __all__ = ["SECTIONS", "check_config"]
 

@@ -9,8 +9,9 @@ data builders all read the section through it, so a key added here is known ever
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["Setting", "TRAIN_DEFAULTS", "TRAIN_SETTINGS", "train_settings"]
 

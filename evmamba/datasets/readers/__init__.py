@@ -166,5 +166,6 @@ __all__ = [
     "read_prophesee_dat",
     "read_prophesee_evt2",
     "read_prophesee_evt3",
+    "read_prophesee_header",
     "write_events",
 ]

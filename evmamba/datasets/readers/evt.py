@@ -95,7 +95,9 @@ def _as_bytes(data, what: str) -> np.ndarray:
     """``data`` (bytes-like or a 1-D uint8 array) as a uint8 array without copying."""
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8 or data.ndim != 1:
-            raise TypeError(f"{what}: expected bytes or a 1-D uint8 array; got an array of {data.dtype} with shape {data.shape}")
+            raise TypeError(
+                f"{what}: expected bytes or a 1-D uint8 array; got an array of {data.dtype} with shape {data.shape}"
+            )
         return np.ascontiguousarray(data)  # the words are a view of these bytes
     if isinstance(data, (bytes, bytearray, memoryview)):
         return np.frombuffer(data, dtype=np.uint8)

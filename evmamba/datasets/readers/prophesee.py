@@ -133,7 +133,9 @@ def _check_raw_header(fields: dict[str, str], encoding: str, source: str) -> Non
         raise ValueError(f"{source}: the header says {found}, not {encoding}")
 
 
-def _read_raw(p: Path, encoding: str, sensor_size, on_unsorted: str, allow_empty: bool) -> tuple[np.ndarray, SensorSize]:
+def _read_raw(
+    p: Path, encoding: str, sensor_size, on_unsorted: str, allow_empty: bool
+) -> tuple[np.ndarray, SensorSize]:
     source = str(p)
     check_policy(on_unsorted, source)
     fields, body = _read_file(p, source)
