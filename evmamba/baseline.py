@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .bench.common import format_table, write_json
-from .config import load_config
+from .core.config import load_config
+from .core.output import format_table, write_json
 from .training.auto import resolve_config
 from .training.sections import check_config
 

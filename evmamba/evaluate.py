@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,13 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bench.common import format_table, write_json
-from .config import load_config
+from .core.config import load_config
+from .core.files import write_text_atomic
+from .core.output import format_table, write_json
+from .model.checkpoint import FRAME_MODEL, check_same_data, find_checkpoint, load_checkpoint, model_from_checkpoint
 from .training.auto import resolve_config
-from .training.checkpoint import find_checkpoint, load_checkpoint
-from .training.data import FRAME_MODEL, build_data, make_loader, section
+from .training.data import build_data, make_loader, section
 from .training.distributed import DistInfo
-from .training.models import check_same_data, model_from_checkpoint, to_device
+from .training.models import to_device
 from .training.plots import plot_confusion, plot_online_curve
 from .training.sections import check_config
 
@@ -199,8 +199,6 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     title = f"{record['dataset']} {args.split}: {record['accuracy']:.3f}"
     plot_confusion(confusion, classes, out / "confusion.png", title=title)
     plot_online_curve(FRACTIONS, online, out / "online.png", title=f"{record['dataset']} {args.split}: online accuracy")
-    tmp = out / ".online.json.tmp"
-    tmp.write_text(json.dumps(record["online"], indent=2) + "\n")
-    os.replace(tmp, out / "online.json")
+    write_text_atomic(out / "online.json", json.dumps(record["online"], indent=2) + "\n")
     write_json(args.json, record)
     return record

@@ -79,7 +79,7 @@ def describe(target: str, overrides: list[str], splits: list[str] | None, max_re
         return {"kind": "file", **file_info(p)}
     if p.is_dir():
         raise ValueError(f"{p}: is a folder; name an event file in it, or a config whose dataset.root is the folder")
-    from .config import find_config
+    from .core.config import find_config
 
     try:
         find_config(target)
@@ -91,7 +91,7 @@ def describe(target: str, overrides: list[str], splits: list[str] | None, max_re
 def dataset_record(config: str, overrides: list[str], splits: list[str] | None, max_recordings: int | None,
                    progress: bool) -> dict[str, Any]:
     """Sensor, classes and per-split figures of a config's dataset (see the module docstring)."""
-    from .config import find_config, load_config
+    from .core.config import find_config, load_config
     from .datasets.inspect import split_info
     from .datasets.registry import build_dataset
     from .training.auto import resolve_config
@@ -183,7 +183,7 @@ def _spread(s, fmt) -> str:
 
 
 def _format_dataset(r: dict[str, Any]) -> str:
-    from .bench.common import format_table
+    from .core.output import format_table
 
     lines = [f"{r['dataset']}  (config {r['config']})", f"  sensor   {_sensor(r['sensor_size'])}",
              f"  classes  {len(r['classes'])}: {', '.join(r['classes'])}"]

@@ -225,7 +225,7 @@ def stream(args: argparse.Namespace) -> int:
 
 
 def _stream(args: argparse.Namespace) -> int:
-    from .bench.common import write_json
+    from .core.output import write_json
     from .streaming.loading import load_stream_model
     from .streaming.summary import format_summary
 
@@ -285,7 +285,7 @@ def _stream(args: argparse.Namespace) -> int:
 
 
 def _throughput(args, sm, device: str) -> int:
-    from .bench.common import write_json
+    from .core.output import write_json
     from .streaming import concurrent
     from .streaming.sources import RecordingSource
 

@@ -34,15 +34,15 @@ from typing import Any
 
 import torch
 
-from .config import load_config, save_config, to_container
+from .core.config import load_config, save_config, to_container
+from .model.checkpoint import check_same_data, export_model, find_checkpoint, load_checkpoint, save_checkpoint
 from .model.classifier import EventClassifier
 from .training import distributed as ddp
 from .training.auto import auto_enabled, resolve_config
-from .training.checkpoint import export_model, find_checkpoint, load_checkpoint, save_checkpoint
 from .training.data import build_data, make_loader, model_type, section, steps_per_epoch
 from .training.memory import available_memory_bytes, check_training_memory, largest_batch
 from .training.metrics import MetricsLogger
-from .training.models import build_model, check_same_data, evaluate_loader, forward_loss, to_device
+from .training.models import build_model, evaluate_loader, forward_loss, to_device
 from .training.optim import build_optimizer, build_scheduler
 from .training.plots import plot_training_curves
 from .training.reproducibility import rng_state, seed_everything, set_rng_state

@@ -91,7 +91,7 @@ def _format_time(us: int, total_us: int) -> str:
 def view(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .datasets.readers import read_events
+    from .pipeline.readers import read_events
     from .render import images as I
     from .render import output as O
     from .render import panel as P

@@ -496,7 +496,7 @@ def test_soft_targets_give_the_mixed_cross_entropy():
     from evmamba.training.models import forward_loss
 
     class Fixed(torch.nn.Module):
-        def forward(self, tokens, dt, counts, lengths):
+        def forward(self, tokens, dt, counts, lengths, surfaces=None):
             return torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 1.0]])
 
     soft = torch.tensor([[0.7, 0.3, 0.0], [0.0, 0.4, 0.6]])
@@ -546,7 +546,7 @@ def test_a_tiny_epoch_trains_with_every_augmentation_and_mixing_on(tmp_path, kin
         row = list(csv.DictReader(fh))[-1]
     assert float(row["train_loss"]) > 0 and 0 <= float(row["train_accuracy"]) <= 1 and row["val_accuracy"]
     # The training items are mixed and carry soft labels into the batch; validation items do not.
-    from evmamba.config import load_config
+    from evmamba.core.config import load_config
     from evmamba.training.data import build_data
 
     data = build_data(load_config(str(cfg), []), progress=False)

@@ -197,7 +197,7 @@ def test_downsampling_keeps_a_small_grid():
 
 # -- configs ------------------------------------------------------------------------------------------------------
 def _folder(root, n_per_class=6, sensor=(32, 32, 2)):
-    from evmamba.datasets.readers import write_events
+    from evmamba.pipeline.readers import write_events
 
     rng = np.random.default_rng(11)
     for cls in ("left", "right"):

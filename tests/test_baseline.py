@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from evmamba.cli import main
-from evmamba.config import load_config
-from evmamba.datasets.readers import write_events
+from evmamba.core.config import load_config
+from evmamba.core.events import make_events
 from evmamba.evaluation.histograms import (
     HistogramSettings,
     cell_grid,
@@ -22,7 +22,7 @@ from evmamba.evaluation.histograms import (
 )
 from evmamba.evaluation.neighbours import knn_vote, nearest_neighbours
 from evmamba.evaluation.nn_baseline import BaselineOptions, run_baseline
-from evmamba.pipeline.events import make_events
+from evmamba.pipeline.readers import write_events
 from evmamba.training.data import recording_splits
 
 

@@ -116,8 +116,8 @@ def test_cpu_streams_take_turns_with_their_own_state():
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_loop_on_the_gpu_matches_the_eager_loop():
+    from evmamba.core.events import make_events
     from evmamba.pipeline.binning import BinningConfig
-    from evmamba.pipeline.events import make_events
     from evmamba.streaming.loop import LoopConfig, StreamLoop
     from evmamba.streaming.sources import Recording, RecordingSource
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from evmamba.core.events import empty_events, make_events
 from evmamba.datasets.paths import data_root
 from evmamba.model.classifier import EventClassifier
 from evmamba.pipeline.binning import BinningConfig, TokenSequence, bin_events, vocab_size
-from evmamba.pipeline.events import empty_events, make_events
 from evmamba.streaming.backlog import EventQueue
 from evmamba.streaming.coarsen import Coarsener
 from evmamba.streaming.fast_step import FastStepper
@@ -29,7 +29,7 @@ BINNING = BinningConfig(downsample=8, bin_us=5000)
 
 def trial_events(name="1.bs2", ms=150):
     """The first ``ms`` milliseconds of a real DVS Gesture trial."""
-    from evmamba.datasets.readers import read_events
+    from evmamba.pipeline.readers import read_events
 
     path = data_root() / "dvsgesture_slayer_bs2" / name
     if not path.exists():

@@ -7,9 +7,10 @@ import pickle
 import numpy as np
 import pytest
 
+from evmamba.core.events import EVENT_DTYPE
 from evmamba.datasets.dvs_simulator import simulate_events
 from evmamba.datasets.synthetic import CLASSES, SyntheticShapes, count_image
-from evmamba.pipeline.events import EVENT_DTYPE, validate_events
+from evmamba.pipeline.events import validate_events
 
 
 @pytest.fixture(scope="module")

@@ -201,7 +201,7 @@ def test_training_reads_large_caches_from_the_file_with_workers_and_learns_the_s
     for key, value in a.items():
         assert torch.equal(value, b[key]), key
     # What the setting chose: every split read from the file with 0, loaded whole by default (1 GB).
-    from evmamba.config import load_config
+    from evmamba.core.config import load_config
 
     lazy = build_data(load_config(str(path), ["train.cache_memory_gb=0"]), progress=False)
     assert not lazy.test.in_memory and not lazy.val.dataset.in_memory  # val: a part of the train split's cache

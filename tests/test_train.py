@@ -12,9 +12,8 @@ import torch
 import yaml
 
 from evmamba.cli import main
+from evmamba.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from evmamba.model.classifier import EventClassifier
-from evmamba.training.checkpoint import load_checkpoint, save_checkpoint
-from evmamba.training.models import model_from_checkpoint
 from evmamba.training.optim import WarmupCosine, build_optimizer, classify_parameters
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -205,7 +204,7 @@ def test_max_samples_is_understood_by_every_path(tmp_path):
     """Token caches, the augmentation path, frame models and stream sample: sources build the same subset."""
     import yaml as _yaml
 
-    from evmamba.config import load_config
+    from evmamba.core.config import load_config
     from evmamba.datasets.registry import build_dataset
     from evmamba.streaming.sources import sample_recordings
     from evmamba.training.data import build_data
@@ -230,8 +229,8 @@ def test_max_samples_is_understood_by_every_path(tmp_path):
 
 def test_an_empty_class_folder_in_train_keeps_every_class_index(tmp_path):
     """train/ has an empty class folder, test/ lacks a class: one class list, training and testing work."""
-    from evmamba.datasets.readers import write_events
-    from evmamba.pipeline.events import make_events
+    from evmamba.core.events import make_events
+    from evmamba.pipeline.readers import write_events
 
     root = tmp_path / "data"
     rng = np.random.default_rng(0)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import format_table, write_json
+from ..core.output import format_table, write_json
 from .common import load_average as _load
 from .common import time_calls as _time
 
@@ -71,7 +71,7 @@ def configure(parser) -> None:
 def dvs128_like_stream(n_events: int, seed: int = 0, duration_us: int = 1_000_000) -> np.ndarray:
     """A sorted DVS128-like stream: two objects moving on circles (events scattered around their centre,
     ON ahead of the motion and OFF behind it) and uniform background noise."""
-    from ..pipeline.events import make_events
+    from ..core.events import make_events
 
     rng = np.random.default_rng(seed)
     t = np.sort(rng.integers(0, duration_us, n_events))
@@ -99,7 +99,7 @@ def _gesture_trials() -> list[tuple[str, np.ndarray]]:
     out = []
     for path in files:
         try:
-            from ..datasets.readers import read_events
+            from ..pipeline.readers import read_events
 
             ev, _ = read_events(path, SENSOR)
         except ImportError:  # the readers are optional here: tonic reads this format too

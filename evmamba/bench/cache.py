@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import format_table, write_json
+from ..core.output import format_table, write_json
 
 EXAMPLE = "evmamba bench cache --size-gb 5 --dir /tmp --json cache.json"
 SENSOR = (128, 128, 2)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .common import format_table, write_json
+from ..core.output import format_table, write_json
 
 SCAN_SHAPES = [(16, 256, 8192, 16), (8, 1536, 2048, 16), (64, 256, 2048, 16)]
 STEP_MODELS = [64, 128, 256]

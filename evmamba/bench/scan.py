@@ -12,9 +12,9 @@ import time
 
 import torch
 
+from ..core.output import format_table, write_json
 from ..kernels import selective_scan_ref
 from ..kernels.cpu_scan import selective_scan_cpu
-from .common import format_table, write_json
 
 PATHS = {"reference": selective_scan_ref, "numba": selective_scan_cpu}
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import format_table, write_json
+from ..core.output import format_table, write_json
 
 DEFAULT_CHECKPOINT = "checkpoints/dvsgesture.pt"
 EXAMPLE = "evmamba bench stream --quick --json stream.json"

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import format_table, write_json
+from ..core.output import format_table, write_json
 
 EXAMPLE = "evmamba bench train --device cuda --amp bf16 --steps 30 --json train.json"
 DEFAULT_CONFIG = "dvsgesture"
@@ -85,8 +85,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _simulate_one(job) -> None:
-    from ..datasets.readers.arrays import write_events
     from ..datasets.synthetic import CLASSES, SyntheticShapes
+    from ..pipeline.readers.arrays import write_events
 
     folder, n, i = job
     ds = SyntheticShapes("train", n_samples=n, sensor_size=SIM_SENSOR, duration_us=int(SIM_SECONDS * 1e6),
@@ -214,7 +214,7 @@ def _run(args) -> int:
     # ---- data: simulated recordings (rank 0 makes them), then the training data path
     import os
 
-    from ..config import load_config
+    from ..core.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     sim_folder = None

@@ -15,25 +15,25 @@ Names are imported on first use, so ``import evmamba.datasets`` stays cheap.
 
 from __future__ import annotations
 
-from .._lazy import lazy_getattr
+from ..core.lazy import lazy_getattr
 
 _EXPORTS = {
     "data_root": "evmamba.datasets.paths",
     "require_data": "evmamba.datasets.paths",
-    "read_events": "evmamba.datasets.readers",
-    "write_events": "evmamba.datasets.readers",
-    "detect_format": "evmamba.datasets.readers",
-    "FORMATS": "evmamba.datasets.readers",
-    "EXTENSIONS": "evmamba.datasets.readers",
-    "read_nmnist_bin": "evmamba.datasets.readers",
-    "read_aedat2_dvs128": "evmamba.datasets.readers",
-    "read_aedat4": "evmamba.datasets.readers",
-    "read_prophesee_evt2": "evmamba.datasets.readers",
-    "read_prophesee_evt3": "evmamba.datasets.readers",
-    "read_prophesee_dat": "evmamba.datasets.readers",
-    "read_kaer_td": "evmamba.datasets.readers",
-    "read_numpy": "evmamba.datasets.readers",
-    "read_hdf5_events": "evmamba.datasets.readers",
+    "read_events": "evmamba.pipeline.readers",
+    "write_events": "evmamba.pipeline.readers",
+    "detect_format": "evmamba.pipeline.readers",
+    "FORMATS": "evmamba.pipeline.readers",
+    "EXTENSIONS": "evmamba.pipeline.readers",
+    "read_nmnist_bin": "evmamba.pipeline.readers",
+    "read_aedat2_dvs128": "evmamba.pipeline.readers",
+    "read_aedat4": "evmamba.pipeline.readers",
+    "read_prophesee_evt2": "evmamba.pipeline.readers",
+    "read_prophesee_evt3": "evmamba.pipeline.readers",
+    "read_prophesee_dat": "evmamba.pipeline.readers",
+    "read_kaer_td": "evmamba.pipeline.readers",
+    "read_numpy": "evmamba.pipeline.readers",
+    "read_hdf5_events": "evmamba.pipeline.readers",
     "EventDataset": "evmamba.datasets.base",
     "EventFileDataset": "evmamba.datasets.base",
     "NMNISTSmall": "evmamba.datasets.local",

@@ -54,8 +54,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..core.events import check_sensor_size
 from ..pipeline.binning import BinningConfig, TokenSequence, bin_events, vocab_size
-from ..pipeline.events import check_sensor_size
 from .fingerprint import dataset_fingerprint
 from .subset import SpreadSubset
 

@@ -23,7 +23,7 @@ by ``seed`` from the files' relative paths (:func:`~evmamba.datasets.splits.stra
 rest are the train split. Without ``test_fraction`` such a folder has only the split ``"all"``.
 
 Files are kept when their extension is in ``extensions`` (default: every extension
-:func:`~evmamba.datasets.readers.read_events` knows) and are ordered by relative path. The sensor size is
+:func:`~evmamba.pipeline.readers.read_events` knows) and are ordered by relative path. The sensor size is
 ``sensor_size`` when given; otherwise every file of every split is read once, on first use of
 ``sensor_size`` (not when the dataset is built, so an up-to-date token cache needs no pass over the data),
 and the size is the element-wise maximum of the files' sizes (header or largest coordinate + 1). Pass
@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from evmamba.pipeline.events import check_sensor_size
+from evmamba.core.events import check_sensor_size
 
+from ..pipeline.readers import EXTENSIONS, FORMATS, read_events
+from ..pipeline.readers.common import check_policy
 from .base import EventFileDataset
-from .readers import EXTENSIONS, FORMATS, read_events
-from .readers.common import check_policy
 
 
 def _normalise_extensions(extensions, source: str) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from ..config import load_config
+from ..core.config import load_config
 from .cache import inspect_cache, update_cache
 
 EXAMPLE = "evmamba preprocess --config nmnist_small --workers 2"

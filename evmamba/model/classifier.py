@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..core.checks import check_int, check_number
 from .embedding import EMBEDDINGS, TokenEmbedding
 from .mamba import Mamba
 from .pooling import (
@@ -51,22 +52,11 @@ MODEL_TYPE = "event_mamba"
 
 
 def _int_arg(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"EventClassifier: argument '{name}' must be an int >= {minimum}; got {value!r}")
-    if value < minimum:
-        raise ValueError(f"EventClassifier: argument '{name}' must be an int >= {minimum}; got {value}")
-    return value
+    return check_int(value, f"EventClassifier: argument '{name}'", minimum)
 
 
 def _float_arg(value: Any, name: str, minimum: float = 0.0, maximum: float = math.inf, open_max=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"EventClassifier: argument '{name}' must be a finite number; got {value!r}")
-    if value < minimum or value > maximum or (open_max and value == maximum):
-        raise ValueError(
-            f"EventClassifier: argument '{name}' must lie in [{minimum}, {maximum}{')' if open_max else ']'}; "
-            f"got {value}"
-        )
-    return float(value)
+    return check_number(value, f"EventClassifier: argument '{name}'", minimum, maximum, open_max=open_max)
 
 
 def _strides(pool_stride, n_layers: int) -> list[int]:

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core.checks import check_int, check_number
 from ..kernels import DISCRETIZATIONS, mamba_step, selective_scan
 from ..kernels.discretization import check_discretization
 
@@ -37,21 +38,8 @@ class EventRate(nn.Module):
         return F.softplus(self.bias)
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int; got {value!r} ({type(value).__name__})")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int; got {value}")
-    return value
-
-
 def _positive_float(value: Any, name: str, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number; got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite {'non-negative' if allow_zero else 'positive'} number; got {value}")
-    return value
+    return check_number(value, name, 0.0, open_min=not allow_zero)
 
 
 class Mamba(nn.Module):
@@ -103,9 +91,9 @@ class Mamba(nn.Module):
         discretization="mamba",
     ):
         super().__init__()
-        self.d_model = _positive_int(d_model, "d_model")
-        self.d_state = _positive_int(d_state, "d_state")
-        self.d_conv = _positive_int(d_conv, "d_conv")
+        self.d_model = check_int(d_model, "d_model")
+        self.d_state = check_int(d_state, "d_state")
+        self.d_conv = check_int(d_conv, "d_conv")
         if isinstance(expand, bool) or not isinstance(expand, (int, float)) or not expand > 0:
             raise ValueError(f"expand must be a positive number; got {expand!r}")
         d_inner = expand * d_model
@@ -118,7 +106,7 @@ class Mamba(nn.Module):
         elif isinstance(dt_rank, str):
             raise ValueError(f"dt_rank must be 'auto' or a positive int; got {dt_rank!r}")
         else:
-            self.dt_rank = _positive_int(dt_rank, "dt_rank")
+            self.dt_rank = check_int(dt_rank, "dt_rank")
         dt_min = _positive_float(dt_min, "dt_min")
         dt_max = _positive_float(dt_max, "dt_max")
         if dt_min > dt_max:
@@ -391,7 +379,7 @@ class Mamba(nn.Module):
         ``dtype``: storage dtype of both tensors (default: the parameters' dtype); the state is accumulated in
         float32 whatever it is. ``max_seqlen`` is accepted for interface consistency and not used.
         """
-        batch_size = _positive_int(batch_size, "batch_size")
+        batch_size = check_int(batch_size, "batch_size")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"dtype must be None or a floating-point torch.dtype; got {dtype!r}")
         device = self.out_proj.weight.device

@@ -4,6 +4,7 @@ Importing this package loads numpy only; the numba kernels are imported (and loa
 compiled) on the first call that needs them.
 """
 
+from ..core.events import EVENT_DTYPE, SensorSize, check_sensor_size, empty_events, make_events
 from .augment import (
     AugmentConfig,
     add_noise,
@@ -27,16 +28,7 @@ from .augment import (
 )
 from .batching import BinnedDataset, LengthBucketSampler, TokenDataset, collate
 from .binning import BinningConfig, StreamingBinner, TokenSequence, bin_events, token_id, vocab_size
-from .events import (
-    EVENT_DTYPE,
-    SensorSize,
-    check_sensor_size,
-    empty_events,
-    make_events,
-    repair_events,
-    to_event_array,
-    validate_events,
-)
+from .events import repair_events, to_event_array, validate_events
 from .filters import crop_count, crop_time, denoise, refractory
 from .frames import downsample, frame_slices, to_frames
 from .mixing import EventMixDataset, mix_events, soft_label

@@ -15,9 +15,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..core.events import check_sensor_size
 from .augment import AugmentConfig, augment_events
 from .binning import BinningConfig, TokenSequence, _check_cfg, bin_events
-from .events import check_sensor_size
 from .mixing import as_soft_label
 
 EMPTY_POLICIES = ("error", "keep")

@@ -37,7 +37,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .events import EVENT_DTYPE, SensorSize, check_sensor_size, validate_events
+from ..core.events import EVENT_DTYPE, SensorSize, check_sensor_size
+from .events import validate_events
 
 TIME_UNITS_US = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0}
 

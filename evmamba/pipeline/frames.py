@@ -23,7 +23,8 @@ import math
 
 import numpy as np
 
-from .events import EVENT_DTYPE, check_sensor_size, validate_events
+from ..core.events import EVENT_DTYPE, check_sensor_size
+from .events import validate_events
 
 
 def _number(name: str, value, source: str, *, positive: bool = True, integer: bool = False):

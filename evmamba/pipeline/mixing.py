@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from ..core.events import check_sensor_size
 from .augment import (
     MIX_MODES,
     AugmentConfig,
@@ -28,7 +29,7 @@ from .augment import (
     in_box,
     random_box,
 )
-from .events import check_sensor_size, validate_events
+from .events import validate_events
 
 
 def mix_events(a: np.ndarray, b: np.ndarray, sensor_size, rng, *, mode: str = "subset", ratio=(0.2, 0.5),

@@ -21,19 +21,19 @@ Shapes and units: token times are int64 µs; ``tau_us`` in µs; surfaces are ``(
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..core.checks import is_number
+
 KINDS = ("time", "count")
 
 
 def _positive_number(value: Any) -> bool:
-    return (not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
-            and math.isfinite(value) and value > 0)
+    return is_number(value) and value > 0
 
 
 @dataclass(frozen=True)

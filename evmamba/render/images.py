@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..pipeline.events import check_sensor_size, validate_events
+from ..core.events import check_sensor_size
+from ..pipeline.events import validate_events
 
 RGB = tuple[int, int, int]
 

@@ -16,7 +16,7 @@ Names are imported on first use, so that importing the package stays cheap.
 
 from __future__ import annotations
 
-from .._lazy import lazy_getattr
+from ..core.lazy import lazy_getattr
 
 _EXPORTS = {
     "StreamLoop": "evmamba.streaming.loop",

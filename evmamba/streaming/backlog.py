@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-from ..pipeline.events import empty_events
+from ..core.events import empty_events
 from .sources import Chunk
 
 POLICIES = ("block", "drop_oldest", "coarsen")

@@ -22,7 +22,7 @@ datagram (1 472 bytes of UDP payload), the loopback interface up to 5 037 (65 50
 and timestamp, big-endian, timestamp multiplier 1): a datagram is an int32 sequence number followed by
 (int32 address, int32 timestamp in µs) pairs. Addresses are decoded with the DVS128 layout (x in bits
 1-7, y in bits 8-14, bit 0 = OFF, bit 15 = special event, skipped), the layout that
-:func:`~evmamba.datasets.readers.read_aedat2_dvs128` reads; like that reader's default, x is the address
+:func:`~evmamba.pipeline.readers.read_aedat2_dvs128` reads; like that reader's default, x is the address
 field as sent, not mirrored as jAER's own display shows it (x = 127 - field). The 32-bit timestamps wrap
 every 71.6 minutes; :class:`JaerDecoder` unwraps them across datagrams.
 
@@ -36,7 +36,7 @@ import struct
 
 import numpy as np
 
-from ..pipeline.events import EVENT_DTYPE
+from ..core.events import EVENT_DTYPE
 
 MAGIC = b"EVMB"
 VERSION = 1

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..pipeline.events import SensorSize, empty_events, validate_events
+from ..core.events import SensorSize, empty_events
+from ..pipeline.events import validate_events
 from . import protocol
 
 
@@ -153,9 +154,9 @@ class RecordingSource(Source):
 
 
 def file_recordings(paths: Iterable, sensor_size: SensorSize | None = None) -> list[Recording]:
-    """One :class:`Recording` per event file (any format :func:`~evmamba.datasets.readers.read_events`
+    """One :class:`Recording` per event file (any format :func:`~evmamba.pipeline.readers.read_events`
     reads); the files are read when replayed."""
-    from ..datasets.readers import read_events
+    from ..pipeline.readers import read_events
 
     out = []
     for p in paths:

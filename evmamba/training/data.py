@@ -30,15 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..model.checkpoint import FRAME_MODEL, TOKEN_MODEL, DataInfo
 from ..pipeline.binning import BinningConfig
 from ..pipeline.binning import token_grid as binning_token_grid
 from ..pipeline.binning import vocab_size as binning_vocab_size
 from .distributed import DistInfo, wait_for_main
 from .reproducibility import worker_init
 from .settings import train_settings
-
-TOKEN_MODEL = "event_mamba"
-FRAME_MODEL = "frame_resnet"
 
 
 def model_type(cfg: Mapping) -> str:
@@ -61,27 +59,6 @@ def section(cfg: Mapping, name: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ValueError(f"config: section '{name}' must be a mapping; got {type(value).__name__}")
     return dict(value)
-
-
-@dataclass
-class DataInfo:
-    """What a model needs to know about the data (stored in checkpoints as a plain dict)."""
-
-    kind: str
-    n_classes: int
-    classes: list[str]
-    sensor_size: list[int]
-    vocab_size: int | None = None
-    grid: list[int] | None = None
-    n_time_bins: int | None = None
-    frame_size: list[int] | None = None  # (W, H, P) of the frames after downsampling
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> DataInfo:
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
 
 
 def token_grid(sensor_size, binning: BinningConfig) -> list[int]:
@@ -170,7 +147,7 @@ class FrameDataset:
 
     def __init__(self, base, n_time_bins: int, downsample: int = 1, augment=None, seed: int = 0,
                  allow_hflip: bool = True, memoize: bool = True):
-        from ..pipeline.events import check_sensor_size
+        from ..core.events import check_sensor_size
 
         if isinstance(n_time_bins, bool) or not isinstance(n_time_bins, int) or n_time_bins < 1:
             raise ValueError(f"config: key 'frames.n_time_bins' must be a positive int; got {n_time_bins!r}")

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evmamba.pipeline.events import EVENT_DTYPE
+from evmamba.core.events import EVENT_DTYPE
 
 #: Bytes per word of each encoding.
 WORD_BYTES = {"evt2": 4, "evt3": 2}

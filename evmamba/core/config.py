@@ -13,7 +13,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from .files import write_text_atomic
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
 
 
 def find_config(name_or_path: str | os.PathLike) -> Path:
@@ -52,8 +54,4 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, OmegaConf.to_yaml(cfg, resolve=True))
