@@ -109,8 +109,8 @@ def bench_cpu(sm, recs, quick: bool) -> dict:
 
     from ..model.classifier import EventClassifier
     from ..pipeline.binning import bin_events, vocab_size
-    from ..stream import warm_up
     from ..streaming.fast_step import FastStepper
+    from ..streaming.steppers import warm_up
 
     stepper = FastStepper(sm.model)
     warm_up(stepper, sm.binning, sm.sensor_size)
@@ -195,7 +195,7 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int) -> dict:
     state: dict = {}
 
     def batch1():
-        from ..stream import warm_up
+        from ..streaming.steppers import warm_up
 
         g1 = state["g1"] = GraphStepper(sm.model, 1, device="cuda")
         warm_up(g1, sm.binning, sm.sensor_size)

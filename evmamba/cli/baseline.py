@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .core.config import load_config
-from .core.output import format_table, write_json
-from .training.auto import resolve_config
-from .training.sections import check_config
+from ..core.config import load_config
+from ..core.output import format_table, write_json
+from ..training.auto import resolve_config
+from ..training.sections import check_config
 
 DEFAULT_CONFIG = "synthetic"
 EXAMPLE = "evmamba baseline --config nmnist_small --json baseline.json"
@@ -50,7 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .evaluation.nn_baseline import BaselineOptions, run_baseline
+    from ..evaluation.nn_baseline import BaselineOptions, run_baseline
 
     options = BaselineOptions(cell=args.cell, time_bins=args.time_bins, sqrt=args.sqrt, k=args.k,
                               test_split=args.split, max_memory_gb=args.max_memory_gb,

@@ -91,10 +91,10 @@ def _format_time(us: int, total_us: int) -> str:
 def view(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .pipeline.readers import read_events
-    from .render import images as I
-    from .render import output as O
-    from .render import panel as P
+    from ..pipeline.readers import read_events
+    from ..render import images as I
+    from ..render import output as O
+    from ..render import panel as P
 
     src = Path(args.file)
     out = Path(args.out) if args.out else Path(src.name).with_suffix(".gif")
@@ -118,7 +118,7 @@ def view(args: argparse.Namespace) -> int:
 
     model = None
     if args.checkpoint:
-        from .streaming.loading import load_stream_model
+        from ..streaming.loading import load_stream_model
 
         model = load_stream_model(args.checkpoint)
         try:
@@ -159,7 +159,7 @@ def view(args: argparse.Namespace) -> int:
     panel = None
     lot = None
     if model is not None:
-        from .streaming.probabilities import logits_over_time
+        from ..streaming.probabilities import logits_over_time
 
         stop = int(plan.stops[chosen[-1]])
         seen = events[: int(np.searchsorted(t, stop, side="left"))]
