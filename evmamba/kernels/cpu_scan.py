@@ -2,8 +2,9 @@
 
 The PyTorch reference (:mod:`.scan_ref`) materialises ``(T, B, D, N)`` tensors per chunk and several passes
 over them; this path keeps one channel's ``N`` states in registers and reads each input once, and its backward
-recomputes states from per-chunk checkpoints instead of storing every state. It restates the formulas of
-:mod:`.discretization` (tested against them through the reference) and keeps the reference's contract:
+recomputes states from per-chunk checkpoints instead of storing every state. Its discretization is
+:mod:`.numba_discretization` (shared with the compiled classifier step; tested against :mod:`.discretization`
+through the reference), and it keeps the reference's contract:
 same arguments, same ``lengths`` semantics, zero gradients for inputs a mode does not use.
 
 Work is spread over the CPU cores with numba's ``prange``: the forward over ``(batch, channel)`` pairs, the
@@ -13,46 +14,25 @@ are reduced over channels (``B``, ``C``, the time steps), which are summed after
 
 from __future__ import annotations
 
-import math
-
 import numba as nb
 import numpy as np
 import torch
 
 from .discretization import METHOD_CODES
+from .numba_discretization import (
+    BILINEAR,
+    MAMBA,
+    ZOH,
+    input_factor,
+    libm_exp,
+    libm_expm1,
+    libm_log1p,
+    sigmoid,
+    softplus,
+    transition,
+)
 
 CHECKPOINT_EVERY = 64  # time steps between saved states for the backward's recomputation
-
-
-@nb.njit(inline="always", cache=True)
-def _softplus(x):
-    # torch.nn.functional.softplus with threshold 20
-    return x if x > 20.0 else math.log1p(math.exp(x))
-
-
-@nb.njit(inline="always", cache=True)
-def _sigmoid(x):
-    return 1.0 / (1.0 + math.exp(-x))
-
-
-@nb.njit(inline="always", cache=True)
-def _transition(x, method):
-    """Abar for x = dtA * A (<= 0)."""
-    if method == 2:
-        return (1.0 + 0.5 * x) / (1.0 - 0.5 * x)
-    return math.exp(x)
-
-
-@nb.njit(inline="always", cache=True)
-def _factor(dtB, a_n, method):
-    """Bbar / B for input step dtB and A[d, n] = a_n."""
-    if method == 0:
-        return dtB
-    if method == 1:
-        return math.expm1(dtB * a_n) / a_n
-    if method == 2:
-        return dtB / (1.0 - 0.5 * dtB * a_n)
-    return 1.0
 
 
 @nb.njit(parallel=True, cache=True)
@@ -78,17 +58,18 @@ def _forward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, h0, lengths, method,
                 continue
             uv = u[b, d, t]
             dr = delta[b, d, t] + bias[d]
-            dtB = _softplus(dr) if use_softplus else dr
+            dtB = softplus(dr, libm_exp, libm_log1p) if use_softplus else dr
             dtA = ts[b, t] * sp_rate[d] if event else dtB
             s = 0.0
             for n in range(N):
                 a_n = A[d, n]
-                h[n] = _transition(dtA * a_n, method) * h[n] + _factor(dtB, a_n, method) * Bm[b, t, n] * uv
+                fac = input_factor(dtB, a_n, method, libm_expm1)
+                h[n] = transition(dtA * a_n, method, libm_exp) * h[n] + fac * Bm[b, t, n] * uv
                 s += h[n] * Cm[b, t, n]
             s += Dv[d] * uv
             if has_z:
                 zv = z[b, d, t]
-                s *= zv * _sigmoid(zv)
+                s *= zv * sigmoid(zv, libm_exp)
             y[b, d, t] = s
         for n in range(N):
             h_final[b, d, n] = h[n]
@@ -136,12 +117,12 @@ def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, 
                         continue
                     uv = u[b, d, t]
                     dr = delta[b, d, t] + bias[d]
-                    dtB = _softplus(dr) if use_softplus else dr
+                    dtB = softplus(dr, libm_exp, libm_log1p) if use_softplus else dr
                     dtA = ts[b, t] * sp_rate[d] if event else dtB
                     for n in range(N):
                         a_n = A[d, n]
-                        abar = _transition(dtA * a_n, method)
-                        fac = _factor(dtB, a_n, method)
+                        abar = transition(dtA * a_n, method, libm_exp)
+                        fac = input_factor(dtB, a_n, method, libm_expm1)
                         abar_buf[k, n] = abar
                         fac_buf[k, n] = fac
                         hs[k + 1, n] = abar * hs[k, n] + fac * Bm[b, t, n] * uv
@@ -156,7 +137,7 @@ def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, 
                     k = t - t0
                     uv = u[b, d, t]
                     dr = delta[b, d, t] + bias[d]
-                    dtB = _softplus(dr) if use_softplus else dr
+                    dtB = softplus(dr, libm_exp, libm_log1p) if use_softplus else dr
                     dtA = ts[b, t] * sp_rate[d] if event else dtB
                     dyv = dy[b, d, t]
                     if has_z:
@@ -164,7 +145,7 @@ def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, 
                         for n in range(N):
                             s += hs[k + 1, n] * Cm[b, t, n]
                         zv = z[b, d, t]
-                        sz = _sigmoid(zv)
+                        sz = sigmoid(zv, libm_exp)
                         ds = dyv * zv * sz
                         dz[b, d, t] = dyv * s * sz * (1.0 + zv * (1.0 - sz))
                     else:
@@ -185,7 +166,7 @@ def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, 
                         duv += gn * fac * bv
                         # Through Abar = transition(dtA * A).
                         da = gn * hs[k, n]
-                        if method == 2:
+                        if method == BILINEAR:
                             w = 1.0 - 0.5 * x
                             dx = da / (w * w)
                         else:
@@ -194,9 +175,9 @@ def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, 
                         dA_acc[n] += dx * dtA
                         # Through Bbar / B = factor(dtB, A).
                         df = gn * bv * uv
-                        if method == 0:
+                        if method == MAMBA:
                             ddtB += df
-                        elif method == 1:
+                        elif method == ZOH:
                             xb = dtB * a_n
                             e1 = fac * a_n  # expm1(dtB A), since fac = expm1(dtB A) / A
                             ddtB += df * (1.0 + e1)
@@ -206,17 +187,17 @@ def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, 
                             else:
                                 phi = (xb * (1.0 + e1) - e1) / (xb * xb)
                             dA_acc[n] += df * dtB * dtB * phi
-                        elif method == 2:
+                        elif method == BILINEAR:
                             w = 1.0 - 0.5 * dtB * a_n
                             ddtB += df / (w * w)
                             dA_acc[n] += df * 0.5 * dtB * dtB / (w * w)
                         g[n] = abar * gn  # dL/dh_{t-1} through h_t
                     if event:
                         dts_p[b, grp, t] += ddtA * sp_rate[d]
-                        drate_acc += ddtA * ts[b, t] * _sigmoid(raw_rate[d])
+                        drate_acc += ddtA * ts[b, t] * sigmoid(raw_rate[d], libm_exp)
                     else:
                         ddtB += ddtA
-                    ddr = ddtB * _sigmoid(dr) if use_softplus else ddtB
+                    ddr = ddtB * sigmoid(dr, libm_exp) if use_softplus else ddtB
                     ddelta[b, d, t] = ddr
                     dbias_acc += ddr
                     du[b, d, t] = duv

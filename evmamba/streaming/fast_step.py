@@ -4,7 +4,7 @@
 small operator calls per token, each costing microseconds of dispatch on a CPU: milliseconds per token,
 far from real time for a DVS stream. :class:`FastStepper` instead exports the weights once
 (:func:`export_weights`: contiguous float32 arrays, matrices stored transposed) and runs every token of a
-chunk in one numba call (:func:`evmamba.streaming._step_kernels.run_tokens`), so the per-call overhead is
+chunk in one numba call (:func:`evmamba.kernels.cpu_step.run_tokens`), so the per-call overhead is
 paid once per chunk while logits are still produced after every token.
 
 It computes the same function as the classifier's ``step`` and ``forward`` (tested: relative error below
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..kernels import cpu_step as K
 from ..kernels.discretization import METHOD_CODES
-from . import _step_kernels as K
 
 
 def _f32(t: torch.Tensor) -> np.ndarray:
@@ -288,16 +288,5 @@ class FastStepper:
         return StepOutput(out.logits.copy(), out.index.copy()) if copy else out
 
 
-def discretize_np(dta: np.ndarray, dtb: np.ndarray, a: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(Abar, Bbar / B)`` through the kernel's own float32 functions (for tests against
-    :func:`evmamba.kernels.discretization.discretize`); all arguments broadcast to one shape."""
-    dta, dtb, a = np.broadcast_arrays(*(np.asarray(v, np.float32) for v in (dta, dtb, a)))
-    abar = np.empty(dta.shape, np.float32)
-    fac = np.empty(dta.shape, np.float32)
-    K.discretize_into(dta.ravel().copy(), dtb.ravel().copy(), a.ravel().copy(), METHOD_CODES[method],
-                      abar.reshape(-1), fac.reshape(-1))
-    return abar, fac
-
-
-__all__ = ["FastStepper", "FastWeights", "StepOutput", "discretize_np", "export_weights"]
+__all__ = ["FastStepper", "FastWeights", "StepOutput", "export_weights"]
 
