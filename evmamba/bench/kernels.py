@@ -107,7 +107,7 @@ def scan_inputs(batch, dim, L, n, dtype, event, seed=0):
         u=r(batch, dim, L).to(dtype), delta=(r(batch, dim, L) * 0.5).to(dtype),
         A=-(torch.rand(dim, n, device="cuda", generator=g) * 3 + 0.05), B=r(batch, n, L).to(dtype),
         C=r(batch, n, L).to(dtype), D=r(dim), z=r(batch, dim, L).to(dtype), delta_bias=r(dim) * 0.5 - 3.0,
-        timesteps=torch.rand(batch, L, device="cuda", generator=g) * 2 if event else None,
+        dt=torch.rand(batch, L, device="cuda", generator=g) * 2 if event else None,
         rate=r(dim) - 3.0 if event else None,
     )
 
@@ -201,7 +201,7 @@ def bench_step(d_model, batch, event, reps) -> dict[str, Any]:
         ts1 = None if ts is None else ts[:, 0]
 
         def kernel():
-            return mamba_step_triton(xz, cache["conv_state"], cache["lrnn_state"], *w, timesteps=ts1,
+            return mamba_step_triton(xz, cache["conv_state"], cache["lrnn_state"], *w, dt=ts1,
                                      rate=layer.dtA_proj.bias)
 
         kernel_eager_us = _host_us_per_call(kernel)

@@ -40,7 +40,7 @@ def _problem(b: int, d: int, L: int, n: int, event: bool, grad: bool):
     return dict(
         u=t(b, d, L), delta=t(b, d, L), A=-(torch.rand(d, n, generator=g) + 0.5).requires_grad_(grad),
         B=t(b, n, L), C=t(b, n, L), D=t(d), z=t(b, d, L), delta_bias=t(d), rate=t(d),
-        timesteps=(torch.rand(b, L, generator=g) * 5.0) if event else None,
+        dt=(torch.rand(b, L, generator=g) * 5.0) if event else None,
     )
 
 

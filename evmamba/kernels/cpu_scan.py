@@ -223,7 +223,7 @@ def _np(t: torch.Tensor | None, shape=None) -> np.ndarray:
 
 class _CpuScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, timesteps, rate, initial_state, lengths, method,
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, dt, rate, initial_state, lengths, method,
                 use_softplus):
         batch, dim, L = u.shape
         N = A.shape[1]
@@ -236,18 +236,18 @@ class _CpuScan(torch.autograd.Function):
             u=_np(u), delta=_np(delta), A=_np(A), Bm=_np(B.transpose(1, 2)), Cm=_np(C.transpose(1, 2)),
             Dv=_np(D) if D is not None else np.zeros(dim, np.float32),
             z=_np(z, (1, 1, 1)), bias=_np(delta_bias) if delta_bias is not None else np.zeros(dim, np.float32),
-            ts=_np(timesteps, (1, 1)), sp_rate=torch.nn.functional.softplus(raw_rate).numpy(),
+            ts=_np(dt, (1, 1)), sp_rate=torch.nn.functional.softplus(raw_rate).numpy(),
         )
         h0 = np.zeros((batch, dim, N), np.float32) if initial_state is None else _np(initial_state)
         chunk = CHECKPOINT_EVERY
         y = _alloc(batch, dim, L)
         h_final = _alloc(batch, dim, N)
         ckpt = _alloc(batch, dim, max(1, -(-L // chunk)), N)
-        flags = (code, use_softplus, z is not None, timesteps is not None, chunk)
+        flags = (code, use_softplus, z is not None, dt is not None, chunk)
         _forward(arrays["u"], arrays["delta"], arrays["A"], arrays["Bm"], arrays["Cm"], arrays["Dv"], arrays["z"],
                  arrays["bias"], arrays["ts"], arrays["sp_rate"], h0, lengths_np, *flags, y, h_final, ckpt)
         ctx.saved = (arrays, raw_rate.numpy(), lengths_np, flags, ckpt)
-        ctx.present = tuple(t is not None for t in (D, z, delta_bias, timesteps, rate, initial_state))
+        ctx.present = tuple(t is not None for t in (D, z, delta_bias, dt, rate, initial_state))
         ctx.dtypes = (u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype)
         return torch.from_numpy(y).to(u.dtype), torch.from_numpy(h_final)
 
@@ -292,11 +292,11 @@ class _CpuScan(torch.autograd.Function):
 
 
 def selective_scan_cpu(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, timesteps=None, rate=None,
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, dt=None, rate=None,
     discretization="mamba", initial_state=None, lengths=None, return_final_state=False,
 ):
     """:func:`~evmamba.kernels.scan_ref.selective_scan_ref`'s contract, fused on the CPU (float32 arithmetic
     with float64 state and sums; float32 and bfloat16 inputs)."""
-    y, h = _CpuScan.apply(u, delta, A, B, C, D, z, delta_bias, timesteps, rate, initial_state, lengths,
+    y, h = _CpuScan.apply(u, delta, A, B, C, D, z, delta_bias, dt, rate, initial_state, lengths,
                           discretization, bool(delta_softplus))
     return (y, h) if return_final_state else y

@@ -138,6 +138,12 @@ class Mamba(nn.Module):
         self._dt_init = (dt_init, dt_scale, dt_min, dt_max, dt_init_floor)
         self._init_ssm_parameters()
 
+    @property
+    def backend(self) -> str:
+        """The kernels' backend (:mod:`evmamba.kernels.backends`): ``"auto"`` (the fastest that serves the
+        tensors) with ``use_fast_path``, else ``"reference"``."""
+        return "auto" if self.use_fast_path else "reference"
+
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
     def _init_ssm_parameters(self) -> None:
@@ -268,14 +274,14 @@ class Mamba(nn.Module):
         """
         self._check_hidden(hidden_states, "hidden_states")
         batch, seqlen, _ = hidden_states.shape
-        if integration_timesteps is not None:
-            integration_timesteps = self._check_timesteps(integration_timesteps, batch, seqlen)
+        # Inside the layer the time steps are `dt`, as everywhere below the layer's public boundary.
+        dt = None if integration_timesteps is None else self._check_timesteps(integration_timesteps, batch, seqlen)
         if lengths is not None:
             lengths = self._check_lengths(lengths, batch, seqlen)
         if inference_cache is not None:
             self._check_cache(inference_cache, batch)
             if inference_cache["seqlen_offset"] > 0 and seqlen == 1 and lengths is None:
-                out, _ = self._step(hidden_states, inference_cache, integration_timesteps)
+                out, _ = self._step(hidden_states, inference_cache, dt)
                 return out
         if seqlen == 0:  # nothing to do (and the convolution below rejects an empty sequence): the state stays
             return hidden_states.new_zeros((batch, 0, self.d_model))
@@ -301,13 +307,13 @@ class Mamba(nn.Module):
             z=z.transpose(1, 2),
             delta_bias=self.dt_proj.bias,
             delta_softplus=True,
-            timesteps=integration_timesteps,
+            dt=dt,
             rate=self.dtA_proj.bias,
             discretization=self.discretization,
             initial_state=ssm_state,
             lengths=lengths,
             return_final_state=ssm_state is not None,
-            use_fast_path=self.use_fast_path,
+            backend=self.backend,
         )
         if ssm_state is not None:
             y, last = result
@@ -340,18 +346,22 @@ class Mamba(nn.Module):
 
         ``integration_timesteps``: ``(B, 1)`` or ``(B,)`` (event mode when given); their values are checked
         for CPU tensors only (a check on the GPU would synchronise every token). The cache is updated in place
-        and returned; ``seqlen_offset`` advances by one. Extra keyword arguments are ignored.
+        and returned; ``seqlen_offset`` advances by one.
+
+        Extra keyword arguments are accepted and ignored: the layer's specification (``step(..., **kwargs)``,
+        shared/spec/mamba-api.md) fixes this signature so that callers written for other Mamba layers, which
+        pass more arguments, run unchanged. A misspelt argument is therefore not an error here.
         """
         self._check_hidden(x, "x", seq_len_one=True)
         batch = x.shape[0]
         self._check_cache(inference_cache, batch)
-        if integration_timesteps is not None:
-            integration_timesteps = self._check_timesteps(integration_timesteps, batch, None)
-        return self._step(x, inference_cache, integration_timesteps)
+        dt = None if integration_timesteps is None else self._check_timesteps(integration_timesteps, batch, None)
+        return self._step(x, inference_cache, dt)
 
-    def _step(self, x, cache, timesteps):
-        if timesteps is not None and timesteps.dim() == 2:
-            timesteps = timesteps[:, 0]
+    def _step(self, x, cache, dt):
+        """:meth:`step` without the checks: ``dt`` ``(B,)`` or ``(B, 1)`` or None."""
+        if dt is not None and dt.dim() == 2:
+            dt = dt[:, 0]
         xz = self.in_proj(x[:, 0])  # (B, 2 Di)
         y = mamba_step(
             xz,
@@ -364,11 +374,11 @@ class Mamba(nn.Module):
             self.dt_proj.bias,
             None,
             self.D,
-            timesteps=timesteps,
+            dt=dt,
             rate=self.dtA_proj.bias,
             discretization=self.discretization,
             A_log=self.A_log,
-            use_fast_path=self.use_fast_path,
+            backend=self.backend,
         )
         cache["seqlen_offset"] += 1
         return self.out_proj(y).unsqueeze(1), cache
