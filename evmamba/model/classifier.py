@@ -39,12 +39,15 @@ from .embedding import EMBEDDINGS, TokenEmbedding
 from .mamba import Mamba
 from .pooling import (
     READOUTS,
+    add_to_window,
+    carry_token,
     pool_windows,
     pool_with_carry,
     readout,
     readout_accumulate,
     readout_commit,
     readout_value,
+    window_mean,
 )
 
 NORMS = ("rms", "layer")
@@ -410,16 +413,9 @@ class EventClassifier(nn.Module):
                     for key in ("conv_state", "lrnn_state"):
                         committed[key].copy_(torch.where(commit[:, None, None], work[key], committed[key]))
             if k < len(self.stage_strides):
-                carry, stride = cache["carry"][k], self.stage_strides[k]
-                total, n, dt_sum = carry["sum"] + h[:, 0], carry["n"] + 1.0, carry["dt"] + dt
-                h, dt = (total / n[:, None])[:, None], dt_sum
-                final = torch.ones_like(n, dtype=torch.bool) if commit is None else commit
-                complete = final & (n == stride)
-                keep = final & ~complete  # the window grows by a final token but stays open
-                carry["sum"].copy_(torch.where(keep[:, None], total, torch.where(complete[:, None], 0.0, carry["sum"])))
-                carry["n"].copy_(torch.where(keep, n, torch.where(complete, 0.0, carry["n"])))
-                carry["dt"].copy_(torch.where(keep, dt_sum, torch.where(complete, 0.0, carry["dt"])))
-                commit = complete
+                final = torch.ones_like(cache["present"]) if commit is None else commit
+                pooled, dt, commit = carry_token(cache["carry"][k], h[:, 0], dt, final, self.stage_strides[k])
+                h = pooled[:, None]
         y = self.final_norm(h)[:, 0]
         state = cache["readout"]
         feats = readout_value(state, y, dt, cache["present"], self.readout_kind, self.dt_eps)
@@ -465,9 +461,8 @@ class EventClassifier(nn.Module):
                 carry["n"].copy_(o_n)
                 if pending is not None:  # the open window plus this stage's pending output
                     x, x_dt, present = pending
-                    w = present.to(o_n.dtype)
-                    o_sum, o_dt, o_n = o_sum + w[:, None] * x, o_dt + w * x_dt, o_n + w
-                pending = (o_sum / o_n.clamp_min(1.0)[:, None], o_dt, o_n > 0)
+                    o_sum, o_dt, o_n = add_to_window(carry, x, x_dt, present.to(o_n.dtype))
+                pending = (window_mean(o_sum, o_n), o_dt, o_n > 0)
         state = cache["readout"]
         readout_accumulate(state, self.final_norm(h), dt, lengths, self.readout_kind, self.dt_eps)
         if pending is None:

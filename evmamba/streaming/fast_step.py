@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..kernels import cpu_step as K
 from ..kernels.discretization import METHOD_CODES
+from .steppers import StepOutput
 
 
 def _f32(t: torch.Tensor) -> np.ndarray:
@@ -151,15 +152,9 @@ def export_weights(model) -> FastWeights:
                        n_surface, w2t.shape[0], model.surface_config)
 
 
-class StepOutput(NamedTuple):
-    """Logits after the tokens of a chunk that were asked for: ``logits`` (M, C), ``index`` (M,) positions."""
-
-    logits: np.ndarray
-    index: np.ndarray
-
-
 class FastStepper:
-    """One or more streams' recurrent state plus the compiled step; see the module docstring.
+    """One or more streams' recurrent state plus the compiled step (a :class:`~evmamba.streaming.steppers.Stepper`);
+    see the module docstring.
 
     ``FastStepper(model_or_weights, n_streams=1)``; :meth:`run` advances stream ``s`` by a chunk of tokens;
     :meth:`reset` zeroes a stream's state (a new recording). The weights are copied at construction: later

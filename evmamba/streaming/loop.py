@@ -149,8 +149,9 @@ class _Timing:
 class StreamLoop:
     """Runs a source through binner and stepper; see the module docstring.
 
-    ``stepper``: an object with ``run(tokens, dt, counts, need) -> StepOutput`` and ``reset()``
-    (:class:`~evmamba.streaming.fast_step.FastStepper`, :class:`~evmamba.streaming.gpu_step.GraphStepper`).
+    ``stepper``: a :class:`~evmamba.streaming.steppers.Stepper` (the loop calls ``run(tokens, dt, counts,
+    need, check=False[, surfaces=])`` and ``reset()``, and reads ``vocab_size`` and, when present,
+    ``surface_config``).
     ``emit``: called with each output record (dict); ``live``: an optional :class:`LiveView`;
     ``on_logits``: called as ``on_logits(recording, tokens_after (M,), logits (M, C))`` after each step
     with the evaluated tokens' logits (for consumers that want more than the JSON lines carry).
