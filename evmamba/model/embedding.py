@@ -27,14 +27,6 @@ EMBEDDINGS = ("table", "factorised", "surface")
 SURFACE_EMBEDDINGS = ("surface",)
 
 
-def surface_config_of(model_section) -> SurfaceConfig | None:
-    """The :class:`~evmamba.pipeline.surfaces.SurfaceConfig` a config's ``model`` section asks the data to
-    provide, or None when its embedding takes no surfaces."""
-    if not hasattr(model_section, "get") or model_section.get("embedding", "table") not in SURFACE_EMBEDDINGS:
-        return None
-    return SurfaceConfig.from_dict(model_section.get("surface"), source="config: key 'model.surface'")
-
-
 def position_grid(grid, position_cells_per_axis: int) -> tuple[int, int, int]:
     """``(cell, nx, ny)``: the coarse position cell size in grid pixels (at most ``position_cells_per_axis``
     cells along the longer axis) and the number of cells along x and y."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -198,20 +198,28 @@ class FrameDataset:
         return item
 
 
-#: Keys of the ``frames`` section (frame models) and their defaults; read by :func:`build_data`.
-FRAMES_DEFAULTS: dict[str, Any] = {"n_time_bins": 8, "downsample": 1, "memoize": True}
+@dataclass(frozen=True)
+class FramesConfig:
+    """The ``frames`` section (frame models): ``n_time_bins`` equal time slices per recording, spatial
+    ``downsample`` k, and ``memoize`` (keep unaugmented frames in memory after the first access). Values are
+    checked by :class:`FrameDataset` when the data are built."""
 
+    n_time_bins: int = 8
+    downsample: int = 1
+    memoize: bool = True
 
-def check_frames_section(cfg: Mapping) -> dict[str, Any]:
-    """The ``frames`` section completed with :data:`FRAMES_DEFAULTS`; ``ValueError`` naming unknown keys
-    (values are checked by :class:`FrameDataset`)."""
-    given = section(cfg, "frames")
-    unknown = sorted(set(given) - set(FRAMES_DEFAULTS))
-    if unknown:
-        raise ValueError(f"config: unknown key(s) {['frames.' + k for k in unknown]}; valid: {sorted(FRAMES_DEFAULTS)}")
-    if "memoize" in given and not isinstance(given["memoize"], bool):
-        raise ValueError(f"config: key 'frames.memoize' must be true or false; got {given['memoize']!r}")
-    return {**FRAMES_DEFAULTS, **given}
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> FramesConfig:
+        """The section of a whole config (defaults when absent); ``ValueError`` naming unknown keys and a
+        ``memoize`` that is not a bool."""
+        given = section(cfg, "frames")
+        valid = sorted(f.name for f in fields(cls))
+        unknown = sorted(set(given) - set(valid))
+        if unknown:
+            raise ValueError(f"config: unknown key(s) {['frames.' + k for k in unknown]}; valid: {valid}")
+        if "memoize" in given and not isinstance(given["memoize"], bool):
+            raise ValueError(f"config: key 'frames.memoize' must be true or false; got {given['memoize']!r}")
+        return cls(**given)
 
 
 def collate_frames(batch) -> dict[str, torch.Tensor]:
@@ -417,11 +425,12 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
 
     if kind == TOKEN_MODEL:
         from ..datasets.cache import TokenCache
-        from ..model.embedding import surface_config_of
+        from ..model.classifier import EventClassifier
         from ..pipeline.surfaces import WithSurfaces
 
         binning = BinningConfig.from_dict(section(cfg, "binning"), source="config: section 'binning'")
-        surface = surface_config_of(section(cfg, "model"))  # the local surfaces the model reads, if any
+        # The local surfaces the model reads, if any.
+        surface = EventClassifier.parse_section(section(cfg, "model"))[0].surface
         limit_gb = train_settings(cfg)["cache_memory_gb"]
         in_memory = True if limit_gb is None else None  # None: loaded whole up to the limit, else read per sample
         limit = None if limit_gb is None else int(limit_gb * 1e9)
@@ -491,8 +500,8 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
         return result
 
     # Frame models: recordings -> frames.
-    frames_cfg = check_frames_section(cfg)
-    n_bins, k, memo = frames_cfg["n_time_bins"], frames_cfg["downsample"], bool(frames_cfg["memoize"])
+    frames_cfg = FramesConfig.from_config(cfg)
+    n_bins, k, memo = frames_cfg.n_time_bins, frames_cfg.downsample, frames_cfg.memoize
     parts = recording_splits(cfg, train=train, test_split=test_split)
     named = {"train": "train", "val": splits.get("val", "train"), "test": test_split}
     check_splits_agree({f"split {named[key]!r} ({key}) of dataset {getattr(p.dataset, 'name', 'dataset')!r}":

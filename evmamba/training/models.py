@@ -29,9 +29,10 @@ def build_model(cfg: Mapping, info: DataInfo) -> torch.nn.Module:
 
 
 def check_model_section(cfg: Mapping) -> None:
-    """Check the keys of the config's ``model`` section against the constructor of the model its ``type``
-    names (``ValueError`` naming the unknown keys and listing the valid ones); values are checked when the
-    model is built."""
+    """Check the config's ``model`` section for the model its ``type`` names: unknown keys (``ValueError``
+    naming them and listing the valid ones) and, for token models, every value (parsed into the
+    :class:`~evmamba.model.classifier.ClassifierConfig` the model is built from). A frame model's values are
+    checked when it is built."""
     kind = model_type(cfg)
     given = section(cfg, "model")
     if kind == TOKEN_MODEL:
@@ -45,6 +46,8 @@ def check_model_section(cfg: Mapping) -> None:
         raise ValueError(
             f"config: unknown key(s) {['model.' + k for k in unknown]} for model.type {kind!r}; valid: {valid}"
         )
+    if kind == TOKEN_MODEL:
+        EventClassifier.parse_section(given)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
