@@ -36,9 +36,9 @@ CHECKPOINT_EVERY = 64  # time steps between saved states for the backward's reco
 
 
 @nb.njit(parallel=True, cache=True)
-def _forward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, h0, lengths, method, use_softplus, has_z, event,
+def _forward(u, delta, A, Bm, Cm, Dv, z, bias, dt, sp_rate, h0, lengths, method, use_softplus, has_z, event,
              chunk, y, h_final, ckpt):
-    """u, delta, z, y: (B, D, L); A: (D, N); Bm, Cm: (B, L, N); Dv, bias, sp_rate: (D,); ts: (B, L);
+    """u, delta, z, y: (B, D, L); A: (D, N); Bm, Cm: (B, L, N); Dv, bias, sp_rate: (D,); dt: (B, L);
     h0, h_final: (B, D, N); lengths: (B,); ckpt: (B, D, n_chunks, N) -- state before each chunk."""
     nb_, nd, L = u.shape
     N = A.shape[1]
@@ -59,7 +59,7 @@ def _forward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, h0, lengths, method,
             uv = u[b, d, t]
             dr = delta[b, d, t] + bias[d]
             dtB = softplus(dr, libm_exp, libm_log1p) if use_softplus else dr
-            dtA = ts[b, t] * sp_rate[d] if event else dtB
+            dtA = dt[b, t] * sp_rate[d] if event else dtB
             s = 0.0
             for n in range(N):
                 a_n = A[d, n]
@@ -76,7 +76,7 @@ def _forward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, h0, lengths, method,
 
 
 @nb.njit(parallel=True, cache=True)
-def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, method, use_softplus, has_z, event,
+def _backward(u, delta, A, Bm, Cm, Dv, z, bias, dt, sp_rate, raw_rate, lengths, method, use_softplus, has_z, event,
               chunk, ckpt, dy, dh_final, n_groups,
               du, ddelta, dz, dh0, dA_p, dD_p, dbias_p, drate_p, dB_p, dC_p, dts_p):
     """Gradients. Per-(batch, channel) partial sums: dA_p (B, D, N), dD_p, dbias_p, drate_p (B, D);
@@ -118,7 +118,7 @@ def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, 
                     uv = u[b, d, t]
                     dr = delta[b, d, t] + bias[d]
                     dtB = softplus(dr, libm_exp, libm_log1p) if use_softplus else dr
-                    dtA = ts[b, t] * sp_rate[d] if event else dtB
+                    dtA = dt[b, t] * sp_rate[d] if event else dtB
                     for n in range(N):
                         a_n = A[d, n]
                         abar = transition(dtA * a_n, method, libm_exp)
@@ -138,7 +138,7 @@ def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, 
                     uv = u[b, d, t]
                     dr = delta[b, d, t] + bias[d]
                     dtB = softplus(dr, libm_exp, libm_log1p) if use_softplus else dr
-                    dtA = ts[b, t] * sp_rate[d] if event else dtB
+                    dtA = dt[b, t] * sp_rate[d] if event else dtB
                     dyv = dy[b, d, t]
                     if has_z:
                         s = Dv[d] * uv
@@ -194,7 +194,7 @@ def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, 
                         g[n] = abar * gn  # dL/dh_{t-1} through h_t
                     if event:
                         dts_p[b, grp, t] += ddtA * sp_rate[d]
-                        drate_acc += ddtA * ts[b, t] * sigmoid(raw_rate[d], libm_exp)
+                        drate_acc += ddtA * dt[b, t] * sigmoid(raw_rate[d], libm_exp)
                     else:
                         ddtB += ddtA
                     ddr = ddtB * sigmoid(dr, libm_exp) if use_softplus else ddtB
@@ -236,7 +236,7 @@ class _CpuScan(torch.autograd.Function):
             u=_np(u), delta=_np(delta), A=_np(A), Bm=_np(B.transpose(1, 2)), Cm=_np(C.transpose(1, 2)),
             Dv=_np(D) if D is not None else np.zeros(dim, np.float32),
             z=_np(z, (1, 1, 1)), bias=_np(delta_bias) if delta_bias is not None else np.zeros(dim, np.float32),
-            ts=_np(dt, (1, 1)), sp_rate=torch.nn.functional.softplus(raw_rate).numpy(),
+            dt=_np(dt, (1, 1)), sp_rate=torch.nn.functional.softplus(raw_rate).numpy(),
         )
         h0 = np.zeros((batch, dim, N), np.float32) if initial_state is None else _np(initial_state)
         chunk = CHECKPOINT_EVERY
@@ -245,7 +245,7 @@ class _CpuScan(torch.autograd.Function):
         ckpt = _alloc(batch, dim, max(1, -(-L // chunk)), N)
         flags = (code, use_softplus, z is not None, dt is not None, chunk)
         _forward(arrays["u"], arrays["delta"], arrays["A"], arrays["Bm"], arrays["Cm"], arrays["Dv"], arrays["z"],
-                 arrays["bias"], arrays["ts"], arrays["sp_rate"], h0, lengths_np, *flags, y, h_final, ckpt)
+                 arrays["bias"], arrays["dt"], arrays["sp_rate"], h0, lengths_np, *flags, y, h_final, ckpt)
         ctx.saved = (arrays, raw_rate.numpy(), lengths_np, flags, ckpt)
         ctx.present = tuple(t is not None for t in (D, z, delta_bias, dt, rate, initial_state))
         ctx.dtypes = (u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype)
@@ -267,7 +267,7 @@ class _CpuScan(torch.autograd.Function):
         dy_np = _np(dy)
         dhf = f32(batch, dim, N) if dh_final is None else _np(dh_final)
         _backward(arrays["u"], arrays["delta"], arrays["A"], arrays["Bm"], arrays["Cm"], arrays["Dv"], arrays["z"],
-                  arrays["bias"], arrays["ts"], arrays["sp_rate"], raw_rate, lengths_np, code, use_softplus, has_z,
+                  arrays["bias"], arrays["dt"], arrays["sp_rate"], raw_rate, lengths_np, code, use_softplus, has_z,
                   event, chunk, ckpt, dy_np, dhf, groups,
                   du, ddelta, dz, dh0, dA_p, dD_p, dbias_p, drate_p, dB_p, dC_p, dts_p)
         t = torch.from_numpy

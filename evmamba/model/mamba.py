@@ -205,27 +205,27 @@ class Mamba(nn.Module):
             )
 
     @staticmethod
-    def _check_timesteps(ts: Any, batch: int, seqlen: int | None) -> torch.Tensor:
+    def _check_timesteps(dt: Any, batch: int, seqlen: int | None) -> torch.Tensor:
         name = "integration_timesteps"
-        if not isinstance(ts, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor; got {type(ts).__name__}")
-        if not ts.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor (time steps, e.g. in ms); got dtype {ts.dtype}")
+        if not isinstance(dt, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(dt).__name__}")
+        if not dt.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor (time steps, e.g. in ms); got dtype {dt.dtype}")
         if seqlen is None:  # step(): (B, 1) or (B,)
-            if ts.dim() == 2 and ts.shape[1] == 1:
-                ts = ts[:, 0]
-            if ts.dim() != 1 or ts.shape[0] != batch:
-                raise ValueError(f"{name} must have shape ({batch}, 1) or ({batch},) in step(); got {tuple(ts.shape)}")
-        elif ts.dim() != 2 or tuple(ts.shape) != (batch, seqlen):
-            raise ValueError(f"{name} must have shape (B, L) = ({batch}, {seqlen}); got {tuple(ts.shape)}")
+            if dt.dim() == 2 and dt.shape[1] == 1:
+                dt = dt[:, 0]
+            if dt.dim() != 1 or dt.shape[0] != batch:
+                raise ValueError(f"{name} must have shape ({batch}, 1) or ({batch},) in step(); got {tuple(dt.shape)}")
+        elif dt.dim() != 2 or tuple(dt.shape) != (batch, seqlen):
+            raise ValueError(f"{name} must have shape (B, L) = ({batch}, {seqlen}); got {tuple(dt.shape)}")
         # Checking values reads them on the host. forward() does it once per sequence; step() does it only for
         # CPU tensors, since on a GPU it would synchronise every token (and cannot run inside a CUDA graph).
-        if not (ts.is_cuda and seqlen is None):
-            if not bool(torch.isfinite(ts).all()):
+        if not (dt.is_cuda and seqlen is None):
+            if not bool(torch.isfinite(dt).all()):
                 raise ValueError(f"{name} must be finite; got NaN or inf")
-            if bool((ts < 0).any()):
-                raise ValueError(f"{name} must be non-negative (gaps between elements); got min {float(ts.min())}")
-        return ts
+            if bool((dt < 0).any()):
+                raise ValueError(f"{name} must be non-negative (gaps between elements); got min {float(dt.min())}")
+        return dt
 
     def _check_cache(self, cache: Any, batch: int) -> None:
         name = "inference_cache"

@@ -151,9 +151,5 @@ class EventQueue:
         with self._cond:
             return self._closed and not self._items
 
-    def should_coarsen(self) -> bool:
-        """Under the ``coarsen`` policy: more than half the capacity is waiting."""
-        return self.policy == "coarsen" and self.backlog * 2 > self.capacity
-
 
 __all__ = ["EventQueue", "POLICIES"]

@@ -345,13 +345,13 @@ class StreamLoop:
                 pos = rec.tokens + np.arange(1, n + 1)
                 need = (pos % every == 0)
                 need[-1] = True
-            ts = time.perf_counter()
+            t_step = time.perf_counter()
             if self.surfaces is None:
                 out = self.stepper.run(seq.tokens, seq.dt, seq.counts, need, check=False)
             else:
                 surf = self.surfaces.push(seq.tokens, seq.t, seq.counts)
                 out = self.stepper.run(seq.tokens, seq.dt, seq.counts, need, check=False, surfaces=surf)
-            s.step_s += time.perf_counter() - ts
+            s.step_s += time.perf_counter() - t_step
             logits, index = out.logits, out.index
             tokens_after = rec.tokens + index + 1
             events_after = rec.events_tokenised + np.cumsum(seq.counts, dtype=np.int64)[index]
