@@ -15,12 +15,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from .files import write_text_atomic
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
+_PACKAGE = Path(__file__).resolve().parent.parent
+#: The shipped configs: the copy inside an installed package (``evmamba/configs/``, made by setup.py), else the
+#: top-level ``configs/`` of a source checkout or an editable install, where users read and edit them.
+CONFIG_DIR = next((d for d in (_PACKAGE / "configs", _PACKAGE.parent / "configs") if d.is_dir()), _PACKAGE / "configs")
 
 
 def find_config(name_or_path: str | os.PathLike) -> Path:
-    """A config file by path, or by name in the project's ``configs/`` folder (``synthetic`` ->
-    ``configs/synthetic.yaml``)."""
+    """A config file by path, or by name among the shipped configs (:data:`CONFIG_DIR`: ``synthetic`` ->
+    ``configs/synthetic.yaml``), or in a ``configs/`` folder of the working directory."""
     p = Path(name_or_path)
     if p.is_file():
         return p
