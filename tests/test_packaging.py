@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,8 +15,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_the_wheel_carries_every_config_inside_the_package(tmp_path):
+    # Built from a copy of the sources, so that the build leaves nothing in the checkout.
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc")
+    for name in ("evmamba", "configs"):
+        shutil.copytree(ROOT / name, src / name, ignore=ignore)
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path), str(ROOT)], check=True, cwd=tmp_path)
+                    str(tmp_path), str(src)], check=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("evmamba-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
