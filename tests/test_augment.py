@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from evmamba.datasets.batching import collate
 from evmamba.datasets.paths import data_root
+from evmamba.datasets.wrappers import EventMixDataset
 from evmamba.pipeline import (
     AugmentConfig,
-    EventMixDataset,
     add_noise,
     affine_events,
     augment_events,
-    collate,
     drop_box,
     drop_events,
     drop_time_window,

@@ -103,7 +103,7 @@ class FixedBatches:
 
 
 def test_shards_of_each_global_batch_make_it_up_exactly():
-    from evmamba.training.data import ShardedBatches
+    from evmamba.datasets.batching import ShardedBatches
 
     glob = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10], [11]]
     for world in (1, 2, 3):

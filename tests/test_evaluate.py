@@ -12,10 +12,10 @@ import yaml
 
 from evmamba.cli import main
 from evmamba.core.config import load_config
+from evmamba.datasets.batching import collate
 from evmamba.datasets.cache import TokenCache, ensure_cache
 from evmamba.evaluation.online import FRACTIONS, prefix_ends
 from evmamba.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from evmamba.pipeline.batching import collate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -112,9 +112,10 @@ def _read(path: Path, args, epochs: int) -> dict:
     # forked as in a training run started from the command line (on platforms that fork).
     if "fork" in mp.get_all_start_methods():
         mp.set_start_method("fork", force=True)
+    from ..datasets.batching import collate
     from ..datasets.cache import TokenCache
-    from ..pipeline.batching import collate
-    from ..training.data import IndexedSubset, TokenCrop, make_loader
+    from ..datasets.wrappers import IndexedSubset, TokenCrop
+    from ..training.data import make_loader
     from .memory import sample
 
     cache = TokenCache(path, in_memory=False if args.read == "file" else None)

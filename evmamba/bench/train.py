@@ -195,8 +195,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args) -> int:
     import torch
 
+    from ..datasets.wrappers import IndexedSubset
     from ..training import distributed as ddp
-    from ..training.data import IndexedSubset, build_data, make_loader
+    from ..training.data import build_data, make_loader
     from ..training.models import build_model, forward_loss, to_device
     from ..training.optim import build_optimizer
     from ..training.reproducibility import seed_everything

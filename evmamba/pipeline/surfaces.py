@@ -174,30 +174,10 @@ class SurfacedSequence(NamedTuple):
         return int(self.tokens.shape[0])
 
 
-class WithSurfaces:
-    """``(sequence, label)`` items of ``dataset`` -> ``(SurfacedSequence, label)``: each whole sequence's surfaces
-    on the token grid ``grid`` (computed per item, after any augmentation and before any crop, so a cropped
-    window keeps the context of the tokens before it). Passes ``set_epoch`` through."""
-
-    def __init__(self, dataset, grid, cfg: SurfaceConfig):
-        self.dataset, self.grid, self.cfg = dataset, tuple(int(v) for v in grid), cfg
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-
-    def __getitem__(self, i):
-        seq, label = self.dataset[i]
-        return SurfacedSequence(seq.tokens, seq.counts, seq.dt, seq.t, token_surfaces(seq, self.grid, self.cfg)), label
-
-
 def token_surfaces(seq, grid, cfg: SurfaceConfig) -> np.ndarray:
     """Surfaces ``(L, F)`` float32 of a whole token sequence (a :class:`~evmamba.pipeline.binning.TokenSequence`
     or anything with ``tokens``, ``t`` and ``counts``), starting from an empty state."""
     return SurfaceTracker(grid, cfg).push(seq.tokens, seq.t, seq.counts)
 
 
-__all__ = ["KINDS", "SurfaceConfig", "SurfaceTracker", "SurfacedSequence", "WithSurfaces", "token_surfaces"]
+__all__ = ["KINDS", "SurfaceConfig", "SurfaceTracker", "SurfacedSequence", "token_surfaces"]
