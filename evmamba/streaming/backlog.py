@@ -9,7 +9,7 @@ accepted and never dropped), so a burst cannot grow memory without bound. When a
   than the capacity keeps only its newest ``capacity`` events). Every dropped event is counted;
 * ``coarsen`` -- like ``block`` for the source, but the loop, when it finds more than half the capacity
   waiting, takes the whole backlog at once and merges its tokens into coarser time bins
-  (:func:`evmamba.streaming.coarsen.merge_coarse`): less compute per event, no event lost.
+  (:class:`evmamba.streaming.coarsen.Coarsener`): less compute per event, no event lost.
 
 A dropped chunk that carried a recording boundary leaves the boundary in the queue as an empty marker.
 """
