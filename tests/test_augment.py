@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from evmamba.datasets.batching import collate
 from evmamba.datasets.paths import data_root
+from evmamba.datasets.wrappers import EventMixDataset
 from evmamba.pipeline import (
     AugmentConfig,
-    EventMixDataset,
     add_noise,
     affine_events,
     augment_events,
-    collate,
     drop_box,
     drop_events,
     drop_time_window,
@@ -297,7 +297,9 @@ def test_mixing_modes_take_the_part_they_name():
     box = (got_b["x"].min(), got_b["y"].min(), got_b["x"].max() + 1, got_b["y"].max() + 1)
     assert (box[2] - box[0]) * (box[3] - box[1]) <= 0.6 * 32 * 32 + 64
     a_left = out[out["p"] == 0]
-    assert not ((a_left["x"] >= box[0]) & (a_left["x"] < box[2]) & (a_left["y"] >= box[1]) & (a_left["y"] < box[3])).any()
+    assert not (
+        (a_left["x"] >= box[0]) & (a_left["x"] < box[2]) & (a_left["y"] >= box[1]) & (a_left["y"] < box[3])
+    ).any()
     # "time": B's events come from one window, and A has none left inside it.
     out, _ = mix_events(a, b, (32, 32, 2), np.random.default_rng(4), mode="time", ratio=(0.3, 0.6))
     tb = out["t"][out["p"] == 1]
@@ -458,7 +460,9 @@ class _Recordings:
     def __getitem__(self, i):
         label = i % 3
         n = 50 + 10 * i
-        ev = make_events(np.full(n, 10 * label), np.arange(n) % 32, np.arange(n) * 100 + 1000 * i, np.full(n, label % 2))
+        ev = make_events(
+            np.full(n, 10 * label), np.arange(n) % 32, np.arange(n) * 100 + 1000 * i, np.full(n, label % 2)
+        )
         return ev, label
 
 
@@ -492,7 +496,7 @@ def test_soft_targets_give_the_mixed_cross_entropy():
     from evmamba.training.models import forward_loss
 
     class Fixed(torch.nn.Module):
-        def forward(self, tokens, dt, counts, lengths):
+        def forward(self, tokens, dt, counts, lengths, surfaces=None):
             return torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 1.0]])
 
     soft = torch.tensor([[0.7, 0.3, 0.0], [0.0, 0.4, 0.6]])
@@ -533,14 +537,16 @@ def test_a_tiny_epoch_trains_with_every_augmentation_and_mixing_on(tmp_path, kin
         model = {"d_model": 16, "n_layers": 1, "d_state": 4, "input_pool": 2, "embedding": "factorised"}
         cfg = _tiny_config(tmp_path, model)
     else:
-        cfg = _tiny_config(tmp_path, {"type": "frame_resnet", "widths": [8], "blocks": [1]}, {"frames": {"n_time_bins": 2}})
+        cfg = _tiny_config(
+            tmp_path, {"type": "frame_resnet", "widths": [8], "blocks": [1]}, {"frames": {"n_time_bins": 2}}
+        )
     out = tmp_path / "run"
     assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
     with open(out / "metrics.csv") as fh:
         row = list(csv.DictReader(fh))[-1]
     assert float(row["train_loss"]) > 0 and 0 <= float(row["train_accuracy"]) <= 1 and row["val_accuracy"]
     # The training items are mixed and carry soft labels into the batch; validation items do not.
-    from evmamba.config import load_config
+    from evmamba.core.config import load_config
     from evmamba.training.data import build_data
 
     data = build_data(load_config(str(cfg), []), progress=False)

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import yaml
-from seeds import stable_seed
 
 from evmamba.cli import main
 from evmamba.datasets.base import EventDataset
@@ -18,6 +17,7 @@ from evmamba.pipeline import BinningConfig, bin_events, make_events
 from evmamba.pipeline.token_counts import token_counts
 from evmamba.training import auto
 from evmamba.training.settings import train_settings
+from seeds import stable_seed
 
 
 class Recordings(EventDataset):
@@ -136,7 +136,9 @@ def test_chosen_settings_fit_the_data(case):
     assert pool == 1 or median / (pool // 2) > 512
     # time constants: three decades, the slowest covering half a median recording
     duration = np.median([ev["t"][-1] - ev["t"][0] for ev in recordings]) / {"us": 1, "ms": 1e3, "s": 1e6}[unit]
-    assert duration / 2 <= model["tau_max"] < 5 * duration and model["tau_min"] == pytest.approx(model["tau_max"] / 1000)
+    assert duration / 2 <= model["tau_max"] < 5 * duration and model["tau_min"] == pytest.approx(
+        model["tau_max"] / 1000
+    )
     assert model["count_feature"] == (bin_us > 0) and model["embedding"] == auto.DEFAULT_EMBEDDING
     # the batch budget holds a cropped stream; settings are valid train keys
     assert train["max_tokens"] <= train["batch_tokens"]
@@ -161,7 +163,9 @@ def test_the_batch_budget_fits_the_memory_it_is_given():
     budget = tight["train"]["batch_tokens"]
     assert budget < roomy["train"]["batch_tokens"]
     assert tight["train"]["max_tokens"] <= budget
-    model = EventClassifier(61 * 48 * 2, 4, grid=[61, 48, 2], **{k: v for k, v in tight["model"].items() if k != "type"})
+    model = EventClassifier(
+        61 * 48 * 2, 4, grid=[61, 48, 2], **{k: v for k, v in tight["model"].items() if k != "type"}
+    )
     assert training_step_bytes(model, 1, budget).total <= auto.MEMORY_SHARE * tight_bytes
     assert any("lowered to fit" in r for r in reasons)
 
@@ -184,14 +188,16 @@ def test_explicit_keys_win_and_are_not_reported():
 
 
 def test_downsampling_keeps_a_small_grid():
-    assert [auto.choose_downsample(s)[0] for s in [(34, 34, 2), (35, 35, 2), (128, 128, 2), (304, 240, 2),
-                                                   (346, 260, 2), (640, 480, 2), (1280, 720, 2)]] == [1, 1, 2, 5, 6, 10, 20]
+    assert [
+        auto.choose_downsample(s)[0]
+        for s in [(34, 34, 2), (35, 35, 2), (128, 128, 2), (304, 240, 2), (346, 260, 2), (640, 480, 2), (1280, 720, 2)]
+    ] == [1, 1, 2, 5, 6, 10, 20]
     assert auto.choose_downsample((700, 1, 1))[0] == 1 and auto.choose_downsample((4096, 1, 2))[0] == 4
 
 
 # -- configs ------------------------------------------------------------------------------------------------------
 def _folder(root, n_per_class=6, sensor=(32, 32, 2)):
-    from evmamba.datasets.readers import write_events
+    from evmamba.pipeline.readers import write_events
 
     rng = np.random.default_rng(11)
     for cls in ("left", "right"):
@@ -210,7 +216,9 @@ def test_auto_applies_to_configs_without_binning_and_model():
     assert not auto.auto_enabled({"dataset": {"name": "synthetic"}, "binning": {"bin_us": 5}})
     assert auto.auto_enabled({"dataset": {"name": "synthetic"}, "binning": {"bin_us": 5}, "train": {"auto": True}})
     assert not auto.auto_enabled({"dataset": {}, "binning": {"bin_us": 5}, "model": {"d_model": 8}})
-    assert auto.auto_enabled({"dataset": {}, "binning": {"bin_us": 5}, "model": {"d_model": 8}, "train": {"auto": True}})
+    assert auto.auto_enabled(
+        {"dataset": {}, "binning": {"bin_us": 5}, "model": {"d_model": 8}, "train": {"auto": True}}
+    )
     assert not auto.auto_enabled({"dataset": {}, "train": {"auto": False}})
     assert not auto.auto_enabled({"dataset": {}, "model": {"type": "frame_resnet"}})
     full = {"dataset": {"name": "synthetic"}, "binning": {"bin_us": 5}, "model": {"d_model": 8}}

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from evmamba.cli import main
-from evmamba.config import load_config
-from evmamba.datasets.readers import write_events
+from evmamba.core.config import load_config
+from evmamba.core.events import make_events
 from evmamba.evaluation.histograms import (
     HistogramSettings,
     cell_grid,
@@ -22,7 +22,7 @@ from evmamba.evaluation.histograms import (
 )
 from evmamba.evaluation.neighbours import knn_vote, nearest_neighbours
 from evmamba.evaluation.nn_baseline import BaselineOptions, run_baseline
-from evmamba.pipeline.events import make_events
+from evmamba.pipeline.readers import write_events
 from evmamba.training.data import recording_splits
 
 
@@ -59,7 +59,12 @@ def test_cells_polarities_and_slices_land_where_the_definition_says():
         in_bin = (rel >= b / bins) & (rel < (b + 1) / bins)
         for cy in range(n_y):
             for cx in range(n_x):
-                in_cell = (ev["x"] >= cx * cell) & (ev["x"] < cx * cell + cell) & (ev["y"] >= cy * cell) & (ev["y"] < cy * cell + cell)
+                in_cell = (
+                    (ev["x"] >= cx * cell)
+                    & (ev["x"] < cx * cell + cell)
+                    & (ev["y"] >= cy * cell)
+                    & (ev["y"] < cy * cell + cell)
+                )
                 for p in range(2):
                     expected[b, cy, cx, p] = np.count_nonzero(in_bin & in_cell & (ev["p"] == p))
     np.testing.assert_array_equal(h, expected)
@@ -82,7 +87,16 @@ def test_default_cell_fits_any_sensor():
     assert default_cell((1280, 720, 2)) == 61  # 21 x 12
     assert default_cell((700, 1, 1)) == 3  # 234 channel groups (SHD)
     assert default_cell((8, 8, 2)) == 1  # fewer pixels than cells: one pixel per cell
-    for sensor in [(34, 34, 2), (35, 35, 2), (64, 64, 2), (304, 240, 2), (346, 260, 2), (1280, 720, 2), (700, 1, 1), (64, 1, 2)]:
+    for sensor in [
+        (34, 34, 2),
+        (35, 35, 2),
+        (64, 64, 2),
+        (304, 240, 2),
+        (346, 260, 2),
+        (1280, 720, 2),
+        (700, 1, 1),
+        (64, 1, 2),
+    ]:
         c = default_cell(sensor)
         assert np.prod(cell_grid(sensor, c)) <= 256
         assert c == 1 or np.prod(cell_grid(sensor, c - 1)) > 256  # the smallest such cell
@@ -164,7 +178,10 @@ def folder_config(tmp_path: Path, root: Path, sensor, **train) -> Path:
 
 def test_classes_that_differ_only_in_where_events_are_are_all_found(tmp_path):
     rng = np.random.default_rng(4)
-    make = lambda xs, n: [random_events(rng, 400, xs, (0, 34)) for _ in range(n)]
+
+    def make(xs, n):
+        return [random_events(rng, 400, xs, (0, 34)) for _ in range(n)]
+
     write_folder(tmp_path / "d", {
         "train": {"left": make((0, 17), 12), "right": make((17, 34), 12)},
         "test": {"left": make((0, 17), 7), "right": make((17, 34), 5)},
@@ -194,13 +211,25 @@ def test_spike_recordings(tmp_path):
     rng = np.random.default_rng(6)
 
     def rec(first):
-        a = make_events(rng.integers(*first, 200), np.zeros(200), np.sort(rng.integers(0, 50_000, 200)), rng.integers(0, 2, 200))
+        a = make_events(
+            rng.integers(*first, 200), np.zeros(200), np.sort(rng.integers(0, 50_000, 200)), rng.integers(0, 2, 200)
+        )
         second = (24, 48) if first == (0, 24) else (0, 24)
-        b = make_events(rng.integers(*second, 200), np.zeros(200), np.sort(rng.integers(50_000, 100_000, 200)), rng.integers(0, 2, 200))
+        b = make_events(
+            rng.integers(*second, 200),
+            np.zeros(200),
+            np.sort(rng.integers(50_000, 100_000, 200)),
+            rng.integers(0, 2, 200),
+        )
         return np.concatenate([a, b])
 
-    write_folder(tmp_path / "d", {"train": {"high": [rec((24, 48)) for _ in range(6)], "low": [rec((0, 24)) for _ in range(6)]},
-                                  "test": {"high": [rec((24, 48)) for _ in range(4)], "low": [rec((0, 24)) for _ in range(4)]}})
+    write_folder(
+        tmp_path / "d",
+        {
+            "train": {"high": [rec((24, 48)) for _ in range(6)], "low": [rec((0, 24)) for _ in range(6)]},
+            "test": {"high": [rec((24, 48)) for _ in range(4)], "low": [rec((0, 24)) for _ in range(4)]},
+        },
+    )
     cfg = load_config(folder_config(tmp_path, tmp_path / "d", (48, 1, 2)))
     rec_ = run_baseline(cfg, BaselineOptions(progress=False))
     assert rec_["accuracy"] == 1.0
@@ -209,8 +238,15 @@ def test_spike_recordings(tmp_path):
     assert one_bin["accuracy"] < 1.0  # without time slices the two classes look alike
 
 
-SYNTH = ["--config", "synthetic", "dataset.n_samples.train=30", "dataset.n_samples.test=15", "dataset.sensor_size=[32,32,2]",
-         "dataset.duration_us=40000", "--no-progress"]
+SYNTH = [
+    "--config",
+    "synthetic",
+    "dataset.n_samples.train=30",
+    "dataset.n_samples.test=15",
+    "dataset.sensor_size=[32,32,2]",
+    "dataset.duration_us=40000",
+    "--no-progress",
+]
 
 
 def test_cli_on_tiny_synthetic_data(tmp_path, capsys):
@@ -223,9 +259,18 @@ def test_cli_on_tiny_synthetic_data(tmp_path, capsys):
     assert rec["chance"] == pytest.approx(3 / 15)  # five balanced classes
     assert rec["settings"]["cell"] == 2 and rec["settings"]["k"] == 1 and "machine" in rec
     # Fixed settings by option.
-    assert main(["baseline", *SYNTH, "--k", "3", "--cell", "8", "--time-bins", "2", "--no-sqrt", "--json", str(out)]) == 0
+    assert (
+        main(["baseline", *SYNTH, "--k", "3", "--cell", "8", "--time-bins", "2", "--no-sqrt", "--json", str(out)]) == 0
+    )
     rec = json.loads(out.read_text())
-    assert rec["settings"] | {"describe": None} == {"cell": 8, "time_bins": 2, "sqrt": False, "k": 3, "grid": [4, 4], "describe": None}
+    assert rec["settings"] | {"describe": None} == {
+        "cell": 8,
+        "time_bins": 2,
+        "sqrt": False,
+        "k": 3,
+        "grid": [4, 4],
+        "describe": None,
+    }
 
 
 def test_settings_are_chosen_on_validation_never_on_test(tmp_path, capsys):
@@ -248,14 +293,17 @@ def test_settings_are_chosen_on_validation_never_on_test(tmp_path, capsys):
 def test_validation_hold_out_is_the_one_training_uses(tmp_path):
     cfg = load_config("synthetic", ["dataset.n_samples.train=40", "dataset.n_samples.test=5", "train.val_fraction=0.25",
                                     f"cache_dir={tmp_path}", "train.preprocess_workers=1"])
-    from evmamba.pipeline.surfaces import WithSurfaces
     from evmamba.training.data import build_data
 
     data = build_data(cfg, progress=False)
     parts = recording_splits(cfg)
-    val = data.val.dataset if isinstance(data.val, WithSurfaces) else data.val  # the surfaces wrap the subset
+    val = data.val
+    if not hasattr(val, "indices"):  # a surface embedding wraps the held-out subset (WithSurfaces)
+        val = val.dataset
     cache = val.dataset
-    assert [cache.source(int(i)) for i in val.indices] == [parts["val"].dataset.source(int(i)) for i in parts["val"].indices]
+    assert [cache.source(int(i)) for i in val.indices] == [
+        parts["val"].dataset.source(int(i)) for i in parts["val"].indices
+    ]
     assert len(parts["train"].indices) + len(parts["val"].indices) == 40
 
 

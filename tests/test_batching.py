@@ -6,19 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from evmamba.datasets.batching import LengthBucketSampler, TokenDataset, collate
 from evmamba.datasets.paths import data_root
-from evmamba.pipeline import (
-    AugmentConfig,
-    BinnedDataset,
-    BinningConfig,
-    LengthBucketSampler,
-    TokenDataset,
-    TokenSequence,
-    bin_events,
-    collate,
-    make_events,
-    to_event_array,
-)
+from evmamba.datasets.wrappers import BinnedDataset
+from evmamba.pipeline import AugmentConfig, BinningConfig, TokenSequence, bin_events, make_events, to_event_array
 
 
 def seq(tokens, counts=None, dt=None):

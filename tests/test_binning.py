@@ -86,7 +86,10 @@ def reference_bins(events, sensor_size, cfg: BinningConfig) -> TokenSequence:
     unit = {"us": 1.0, "ms": 1000.0, "s": 1e6}[cfg.time_unit]
     dt = [cfg.first_dt] + [(b - a) / unit for a, b in zip(times, times[1:])]
     return TokenSequence(
-        np.array(toks, np.int32), np.array(cnts, np.int32), np.array(dt[: len(toks)], np.float32), np.array(times, np.int64)
+        np.array(toks, np.int32),
+        np.array(cnts, np.int32),
+        np.array(dt[: len(toks)], np.float32),
+        np.array(times, np.int64),
     )
 
 
@@ -257,7 +260,12 @@ def test_invalid_events_raise_naming_source_and_field(mutate, field, exc, cfg):
 def test_wrong_types_raise_type_error_naming_source():
     ev = good_events()
     with pytest.raises(TypeError, match="rec.bin: events must have dtype"):
-        bin_events(ev.astype([("x", "<i8"), ("y", "<i8"), ("t", "<i8"), ("p", "<i8")]), (8, 1, 2), BinningConfig(), source="rec.bin")
+        bin_events(
+            ev.astype([("x", "<i8"), ("y", "<i8"), ("t", "<i8"), ("p", "<i8")]),
+            (8, 1, 2),
+            BinningConfig(),
+            source="rec.bin",
+        )
     with pytest.raises(TypeError, match="rec.bin: events must be a numpy structured array"):
         bin_events([(0, 0, 0, 0)], (8, 1, 2), BinningConfig(), source="rec.bin")
     with pytest.raises(ValueError, match="rec.bin: sensor_size"):

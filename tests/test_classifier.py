@@ -93,7 +93,12 @@ def test_step_and_chunks_can_be_mixed():
         assert rel_err(got, model(tokens, dt, counts)) < 1e-5
         # A reset cache starts a new stream.
         model.reset_inference_cache(cache)
-        assert rel_err(model.step(tokens[:, 0], dt[:, 0], cache, counts[:, 0]), model(tokens[:, :1], dt[:, :1], counts[:, :1])) < 1e-5
+        assert (
+            rel_err(
+                model.step(tokens[:, 0], dt[:, 0], cache, counts[:, 0]), model(tokens[:, :1], dt[:, :1], counts[:, :1])
+            )
+            < 1e-5
+        )
 
 
 @pytest.mark.parametrize("readout", READOUTS)
@@ -217,3 +222,39 @@ def test_frame_resnet_shapes_and_config():
         model(frames[:, :3])
     with pytest.raises(ValueError, match="model.depth"):
         FrameResNet.from_config({"type": "frame_resnet", "depth": 3}, 4, 2, 5)
+
+
+def test_the_architecture_is_one_dataclass_and_the_checkpoint_dict_rebuilds_the_model():
+    from evmamba.model.classifier import ClassifierConfig
+
+    arch = ClassifierConfig(d_model=8, n_layers=3, d_state=4, embedding="factorised", grid=GRID, pool_stride=[2, 1])
+    by_config = EventClassifier(VOCAB, 3, arch)
+    by_keywords = EventClassifier(VOCAB, 3, d_model=8, n_layers=3, d_state=4, embedding="factorised", grid=GRID,
+                                  pool_stride=[2, 1])
+    assert by_config.architecture == by_keywords.architecture == arch
+    assert by_config.config == {"vocab_size": VOCAB, "n_classes": 3, **arch.to_dict()}
+    assert by_config.config["grid"] == list(GRID) and by_config.config["pool_stride"] == [2, 1]
+    assert EventClassifier(**by_config.config).config == by_config.config  # what a checkpoint stores
+    assert EventClassifier(VOCAB, 3, arch, d_model=16).architecture.d_model == 16  # keywords replace fields
+    with pytest.raises(ValueError, match="model.widths"):
+        EventClassifier(VOCAB, 3, widths=[8])
+
+
+@pytest.mark.parametrize("name", ["dvsgesture", "nmnist_small", "poker_dvs"])
+def test_shipped_checkpoints_load_with_their_plain_dict_config(name):
+    from pathlib import Path
+
+    from evmamba.model.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(Path(__file__).resolve().parent.parent / "checkpoints" / f"{name}.pt")
+    model, _ = model_from_checkpoint(ckpt)
+    assert {k: model.config[k] for k in ckpt["model_config"]} == ckpt["model_config"]
+
+
+def test_a_bad_model_value_is_an_error_when_the_config_is_checked():
+    from evmamba.training.sections import check_config
+
+    with pytest.raises(ValueError, match="'dropout'"):
+        check_config({"model": {"dropout": 1.5}})
+    with pytest.raises(ValueError, match="model.d_modle"):
+        check_config({"model": {"d_modle": 8}})

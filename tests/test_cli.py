@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-import evmamba.train
+import evmamba.cli.train
 from evmamba import cli
 
 
 def test_overrides_may_come_before_between_and_after_options(monkeypatch):
     seen = {}
-    monkeypatch.setattr(evmamba.train, "run", lambda args: seen.update(vars(args)) or 0)
+    monkeypatch.setattr(evmamba.cli.train, "run", lambda args: seen.update(vars(args)) or 0)
     argv = ["train", "train.workers=1", "--config", "synthetic", "model.d_model=32", "--no-progress",
             "model.pool_stride=[4,1]", "--out", "runs/x", "train.seed=1"]
     assert cli.main(argv) == 0
@@ -19,7 +19,7 @@ def test_overrides_may_come_before_between_and_after_options(monkeypatch):
 
 
 def test_unknown_arguments_are_still_errors(monkeypatch, capsys):
-    monkeypatch.setattr(evmamba.train, "run", lambda args: 0)
+    monkeypatch.setattr(evmamba.cli.train, "run", lambda args: 0)
     with pytest.raises(SystemExit) as exc:
         cli.main(["train", "--config", "synthetic", "--epochs", "3"])
     assert exc.value.code == 2

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from evmamba.kernels import DISCRETIZATIONS, selective_scan_ref
-from evmamba.kernels import cpu_scan
+from evmamba.kernels import DISCRETIZATIONS, cpu_scan, selective_scan_ref
 from evmamba.kernels.cpu_scan import selective_scan_cpu
 from evmamba.model import Mamba
 from seeds import stable_seed
@@ -31,7 +30,7 @@ def problem(batch, dim, L, N, event, with_z, with_h0, seed):
     return dict(
         u=r(batch, dim, L), delta=r(batch, dim, L) * 0.7, A=-(torch.rand(dim, N, generator=g) * 3 + 0.05),
         B=r(batch, N, L), C=r(batch, N, L), D=r(dim), z=r(batch, dim, L) if with_z else None,
-        delta_bias=r(dim) * 0.5, timesteps=torch.rand(batch, L, generator=g) * 3 if event else None, rate=r(dim),
+        delta_bias=r(dim) * 0.5, dt=torch.rand(batch, L, generator=g) * 3 if event else None, rate=r(dim),
         initial_state=r(batch, dim, N) if with_h0 else None,
     )
 

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from evmamba.core.events import EVENT_DTYPE, make_events
 from evmamba.datasets.folder import FolderDataset
 from evmamba.datasets.local import POKER_SPLIT_FILES, DVSGestureSamples, NMNISTSmall, PokerDVS
 from evmamba.datasets.paths import require_data
-from evmamba.datasets.readers import read_events, read_nmnist_bin, write_events
 from evmamba.datasets.registry import DATASET_NAMES, build_dataset
 from evmamba.datasets.tonic_datasets import (
     DatasetFilesMissingError,
@@ -33,7 +33,8 @@ from evmamba.datasets.tonic_datasets import (
     TonicSHD,
     TonicSSC,
 )
-from evmamba.pipeline.events import EVENT_DTYPE, make_events, validate_events
+from evmamba.pipeline.events import validate_events
+from evmamba.pipeline.readers import read_events, read_nmnist_bin, write_events
 
 
 def stems(dataset):

@@ -69,7 +69,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo needed")
+@pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo needed"
+)
 def test_two_processes_agree_after_a_step(tmp_path):
     out = str(tmp_path / "params.pt")
     mp.spawn(_worker, args=(free_port(), out), nprocs=WORLD, join=True)
@@ -101,7 +103,7 @@ class FixedBatches:
 
 
 def test_shards_of_each_global_batch_make_it_up_exactly():
-    from evmamba.training.data import ShardedBatches
+    from evmamba.datasets.batching import ShardedBatches
 
     glob = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10], [11]]
     for world in (1, 2, 3):
@@ -166,7 +168,9 @@ def _rows(run, kind: str) -> list[dict]:
     return [row for line in open(run / "metrics.jsonl") if (row := json.loads(line))["kind"] == kind]
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo needed")
+@pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo needed"
+)
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     import yaml
 
@@ -193,7 +197,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each of the two processes
     try:
-        assert main(["train", "--config", config(8, "one"), "--out", str(single), "--no-progress", "--device", "cpu"]) == 0
+        assert (
+            main(["train", "--config", config(8, "one"), "--out", str(single), "--no-progress", "--device", "cpu"]) == 0
+        )
     finally:
         torch.set_num_threads(threads)
     mp.spawn(_train_worker, args=(free_port(), config(4, "two"), str(double)), nprocs=WORLD, join=True)

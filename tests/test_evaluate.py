@@ -11,12 +11,11 @@ import torch
 import yaml
 
 from evmamba.cli import main
-from evmamba.config import load_config
+from evmamba.core.config import load_config
+from evmamba.datasets.batching import collate
 from evmamba.datasets.cache import TokenCache, ensure_cache
-from evmamba.evaluate import FRACTIONS, prefix_ends
-from evmamba.pipeline.batching import collate
-from evmamba.training.checkpoint import load_checkpoint, save_checkpoint
-from evmamba.training.models import model_from_checkpoint
+from evmamba.evaluation.online import FRACTIONS, prefix_ends
+from evmamba.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

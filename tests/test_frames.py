@@ -84,7 +84,12 @@ def test_frames_of_an_empty_recording_and_bad_arguments():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(spatial_factor=0.25), dict(spatial_factor=(0.5, 1 / 3)), dict(time_factor=0.001), dict(spatial_factor=0.3, time_factor=2.5)],
+    [
+        dict(spatial_factor=0.25),
+        dict(spatial_factor=(0.5, 1 / 3)),
+        dict(time_factor=0.001),
+        dict(spatial_factor=0.3, time_factor=2.5),
+    ],
 )
 def test_downsample_equals_tonic_downsample(recording, kwargs):
     raw, ev, _ = recording

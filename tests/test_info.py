@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from evmamba import cli
+from evmamba.core.events import make_events
 from evmamba.datasets.paths import require_data
-from evmamba.datasets.readers import write_events
-from evmamba.pipeline.events import make_events
+from evmamba.pipeline.readers import write_events
 from evmamba.pipeline.stats import event_stats
 
 # file under format_samples/, format, events, sensor (W, H), duration (s) -- from PROVENANCE.md section 4.

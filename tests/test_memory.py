@@ -41,7 +41,8 @@ def step(b, n, opt):
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, 2048, (b, n), generator=g)
     dt, counts = torch.rand(b, n, generator=g), torch.ones(b, n)
-    loss = torch.nn.functional.cross_entropy(model(tokens, dt, counts, torch.full((b,), n)), torch.zeros(b, dtype=torch.long))
+    logits = model(tokens, dt, counts, torch.full((b,), n))
+    loss = torch.nn.functional.cross_entropy(logits, torch.zeros(b, dtype=torch.long))
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -103,11 +104,16 @@ def test_a_budget_that_does_not_fit_names_the_setting_and_a_value_that_fits():
     with pytest.raises(ValueError, match=r"lower train\.batch_tokens from 2,000,000 to at most ([\d,]+)") as err:
         check_training_memory(model, (40, 50_000), (40, 50_000), settings, echo=lines.append)
     fits = int(err.value.args[0].split("at most ")[1].replace(",", ""))
-    assert 50_000 <= fits and training_step_bytes(model, 1, fits).total <= 1e9 < training_step_bytes(model, 40, 50_000).total
+    assert (
+        50_000 <= fits
+        and training_step_bytes(model, 1, fits).total <= 1e9 < training_step_bytes(model, 40, 50_000).total
+    )
     assert lines and lines[0].startswith("memory: a training step on the largest batch (40 x 50,000 tokens)")
     # batches by count: lower the batch size, or switch to a budget
     settings = {"batch_size": 32, "batch_tokens": None, "max_memory_gb": 1.0}
-    with pytest.raises(ValueError, match=r"lower train\.batch_size from 32 to at most (\d+), or set train\.batch_tokens") as err:
+    with pytest.raises(
+        ValueError, match=r"lower train\.batch_size from 32 to at most (\d+), or set train\.batch_tokens"
+    ) as err:
         check_training_memory(model, (32, 50_000), None, settings, echo=None)
     b = int(err.value.args[0].split("at most ")[1].split(",")[0])
     assert b >= 1 and training_step_bytes(model, b, 50_000).total <= 1e9

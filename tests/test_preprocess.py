@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from evmamba.cli import main as cli_main
+from evmamba.core.events import empty_events
 from evmamba.datasets.cache import (
     SpreadSubset,
     TokenCache,
@@ -22,7 +23,6 @@ from evmamba.datasets.cache import (
 from evmamba.datasets.paths import data_root
 from evmamba.datasets.synthetic import SyntheticShapes
 from evmamba.pipeline.binning import bin_events
-from evmamba.pipeline.events import empty_events
 
 SYN = {"name": "synthetic", "n_samples": {"train": 40, "test": 10}, "seed": 1}
 BIN = {"downsample": 2, "bin_us": 5000}
@@ -118,7 +118,7 @@ def test_workers_give_the_same_file_on_real_recordings(tmp_path):
 @needs_data
 @pytest.mark.parametrize("name", ["synthetic", "nmnist_small", "poker_dvs"])
 def test_shipped_configs_preprocess(tmp_path, name):
-    from evmamba.config import load_config
+    from evmamba.core.config import load_config
 
     cfg = load_config(name, ["dataset.max_samples=12"])
     for split in ("train", "test"):
@@ -583,8 +583,8 @@ def test_preprocess_command_writes_one_file_per_split(tmp_path, capsys):
 
 def write_labelled_folder(root, labels):
     """Tiny ``.npy`` recordings ``r<k>.npy`` (8x8 sensor) and a ``labels.csv`` listing them with ``labels``."""
-    from evmamba.datasets.readers import write_events
-    from evmamba.pipeline.events import make_events
+    from evmamba.core.events import make_events
+    from evmamba.pipeline.readers import write_events
 
     root.mkdir(parents=True, exist_ok=True)
     rows = ["file,label"]
@@ -621,7 +621,7 @@ def test_relabelled_dropped_or_replaced_recordings_never_serve_the_old_cache(tmp
     assert len(dropped) == 3 and list(dropped.classes) == ["a", "b"]
 
     # Replace a recording with other events: the tokens follow the file.
-    from evmamba.datasets.readers import read_events, write_events
+    from evmamba.pipeline.readers import read_events, write_events
 
     events, _ = read_events(data / "r1.npy")
     write_events(data / "r1.npy", events[:10])

@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from evmamba.core.events import EVENT_DTYPE, make_events
 from evmamba.datasets.paths import require_data
-from evmamba.datasets.readers import read_events, read_prophesee_dat, read_prophesee_evt2, read_prophesee_evt3
-from evmamba.datasets.readers.evt import decode_evt2, decode_evt3
-from evmamba.datasets.readers.prophesee import read_prophesee_header
-from evmamba.pipeline.events import EVENT_DTYPE, make_events
+from evmamba.pipeline.readers import read_events, read_prophesee_dat, read_prophesee_evt2, read_prophesee_evt3
+from evmamba.pipeline.readers.evt import decode_evt2, decode_evt3
+from evmamba.pipeline.readers.prophesee import read_prophesee_header
 
 # -- encoders written from the specifications --------------------------------------------------------------
 

@@ -12,8 +12,9 @@ import h5py
 import numpy as np
 import pytest
 
+from evmamba.core.events import EVENT_DTYPE, make_events
 from evmamba.datasets.paths import require_data
-from evmamba.datasets.readers import (
+from evmamba.pipeline.readers import (
     detect_format,
     read_aedat2_dvs128,
     read_aedat4,
@@ -27,7 +28,6 @@ from evmamba.datasets.readers import (
     read_prophesee_evt3,
     write_events,
 )
-from evmamba.pipeline.events import EVENT_DTYPE, make_events
 
 # file under format_samples/, reader, format name, events, sensor size (None: inferred, checked below),
 # duration in seconds -- all from PROVENANCE.md.

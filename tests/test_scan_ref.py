@@ -27,7 +27,7 @@ def random_problem(batch=2, dim=3, L=11, N=4, event=True, dtype=torch.float64, s
         D=r(dim),
         z=r(batch, dim, L),
         delta_bias=r(dim) * 0.3,
-        timesteps=torch.rand(batch, L, generator=g, dtype=dtype) * 2.0 if event else None,
+        dt=torch.rand(batch, L, generator=g, dtype=dtype) * 2.0 if event else None,
         rate=r(dim),
         initial_state=r(batch, dim, N),
     )
@@ -38,7 +38,7 @@ def naive_scan(p, disc, lengths=None):
     u, A = p["u"], p["A"]
     batch, dim, L = u.shape
     dtB = F.softplus(p["delta"] + p["delta_bias"][:, None])
-    dtA = dtB if p["timesteps"] is None else p["timesteps"][:, None, :] * F.softplus(p["rate"])[None, :, None]
+    dtA = dtB if p["dt"] is None else p["dt"][:, None, :] * F.softplus(p["rate"])[None, :, None]
     h = p["initial_state"].clone()
     y = torch.zeros_like(u)
     for t in range(L):
@@ -99,7 +99,7 @@ def test_scan_gradcheck(disc, event):
 def test_unused_inputs_get_zero_gradients():
     p = random_problem(dtype=torch.float32)
     rate = p["rate"].requires_grad_()
-    p["timesteps"] = None
+    p["dt"] = None
     selective_scan_ref(**p).sum().backward()
     assert rate.grad is not None and not rate.grad.any()
     p = random_problem(dtype=torch.float32)
@@ -127,7 +127,7 @@ def test_step_ref_matches_scan(disc, event):
     dt_low, Bm, Cm = torch.split(xc.transpose(1, 2) @ xp_w.t(), [R, N, N], dim=-1)
     delta = (dt_low @ dtp_w.t()).transpose(1, 2)
     y_scan, h_scan = selective_scan_ref(
-        xc, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2), Dv, z, dt_b, timesteps=ts, rate=rate,
+        xc, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2), Dv, z, dt_b, dt=ts, rate=rate,
         discretization=disc, return_final_state=True,
     )
     conv_state = torch.zeros(batch, di, K, dtype=torch.float64)

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from evmamba.datasets.paths import data_root
+from evmamba.model.checkpoint import save_checkpoint
 from evmamba.model.classifier import EventClassifier
 from evmamba.pipeline.binning import BinningConfig, vocab_size
 from evmamba.streaming import protocol
-from evmamba.training.checkpoint import save_checkpoint
 
 SENSOR = (128, 128, 2)
 BINNING = {"downsample": 4, "polarity": True, "bin_us": 10000, "time_unit": "ms", "first_dt": 0.0}
@@ -78,7 +78,7 @@ def test_stream_a_recording_at_full_speed_with_a_json_summary(checkpoint, tmp_pa
 
 
 def test_stdin_packets_and_a_stream_cut_off_inside_a_packet(checkpoint):
-    from evmamba.datasets.readers import read_events
+    from evmamba.pipeline.readers import read_events
 
     ev, _ = read_events(trial("2.bs2"))
     ev = ev[:20000]
@@ -97,7 +97,7 @@ def test_stdin_packets_and_a_stream_cut_off_inside_a_packet(checkpoint):
 
 
 def test_stdin_header_with_a_corrupt_count_does_not_swallow_the_packets_after_it(checkpoint):
-    from evmamba.datasets.readers import read_events
+    from evmamba.pipeline.readers import read_events
 
     ev, _ = read_events(trial("2.bs2"))
     ev = ev[:12000]
@@ -129,7 +129,7 @@ def test_sigterm_stops_the_stream_like_ctrl_c_and_writes_the_summary(checkpoint,
         line = proc.stderr.readline().decode()  # printed once the loop is about to read
         assert "reading stdin" in line, line
         rng = np.random.default_rng(1)
-        from evmamba.pipeline.events import make_events
+        from evmamba.core.events import make_events
 
         ev = make_events(rng.integers(0, 128, 2000), rng.integers(0, 128, 2000), np.arange(2000) * 10,
                          rng.integers(0, 2, 2000))
@@ -162,11 +162,11 @@ def test_udp_stream_stopped_with_ctrl_c_prints_the_summary(checkpoint, tmp_path)
         assert "reading udp://" in line, line
         rng = np.random.default_rng(0)
         t = np.arange(3000, dtype=np.int64) * 10
-        from evmamba.pipeline.events import make_events
+        from evmamba.core.events import make_events
 
         ev = make_events(rng.integers(0, 128, 3000), rng.integers(0, 128, 3000), t, rng.integers(0, 2, 3000))
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for i, pkt in enumerate(protocol.encode_packets(ev, max_events=100, end=False)):
+            for pkt in protocol.encode_packets(ev, max_events=100, end=False):
                 s.sendto(pkt, ("127.0.0.1", port))
                 time.sleep(0.001)
             s.sendto(b"this is not an event packet", ("127.0.0.1", port))

@@ -13,7 +13,10 @@ from evmamba.model.classifier import EventClassifier
 from evmamba.streaming.gpu_step import GraphStepper
 
 CUDA = torch.cuda.is_available()
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA device")])]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA device")]),
+]
 
 
 def model(**kw):
@@ -113,8 +116,8 @@ def test_cpu_streams_take_turns_with_their_own_state():
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_loop_on_the_gpu_matches_the_eager_loop():
+    from evmamba.core.events import make_events
     from evmamba.pipeline.binning import BinningConfig
-    from evmamba.pipeline.events import make_events
     from evmamba.streaming.loop import LoopConfig, StreamLoop
     from evmamba.streaming.sources import Recording, RecordingSource
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from evmamba.core.events import empty_events, make_events
 from evmamba.datasets.paths import data_root
 from evmamba.model.classifier import EventClassifier
 from evmamba.pipeline.binning import BinningConfig, TokenSequence, bin_events, vocab_size
-from evmamba.pipeline.events import empty_events, make_events
 from evmamba.streaming.backlog import EventQueue
 from evmamba.streaming.coarsen import Coarsener
 from evmamba.streaming.fast_step import FastStepper
@@ -29,7 +29,7 @@ BINNING = BinningConfig(downsample=8, bin_us=5000)
 
 def trial_events(name="1.bs2", ms=150):
     """The first ``ms`` milliseconds of a real DVS Gesture trial."""
-    from evmamba.datasets.readers import read_events
+    from evmamba.pipeline.readers import read_events
 
     path = data_root() / "dvsgesture_slayer_bs2" / name
     if not path.exists():
@@ -149,7 +149,9 @@ def test_a_silence_gap_ends_the_recording():
     finals = [r for r in records if r["type"] == "final"]
     assert len(finals) == 2
     assert finals[0]["events"] == a.size and finals[1]["events"] == b.size
-    assert finals[0]["class"] == finals[1]["class"] and finals[0]["confidence"] == pytest.approx(finals[1]["confidence"])
+    assert finals[0]["class"] == finals[1]["class"] and finals[0]["confidence"] == pytest.approx(
+        finals[1]["confidence"]
+    )
 
 
 def test_early_decision_once_confidence_holds_for_k_tokens():

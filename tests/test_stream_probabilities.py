@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from evmamba.datasets.paths import require_data
-from evmamba.datasets.readers import read_events
 from evmamba.pipeline.binning import bin_events
+from evmamba.pipeline.readers import read_events
 from evmamba.render.panel import ProbabilityPanel
 from evmamba.streaming.fast_step import FastStepper
 from evmamba.streaming.loading import load_stream_model
@@ -81,7 +81,7 @@ def test_every_keeps_every_nth_row_and_the_last(model, recording):
 
 
 def test_events_outside_the_model_sensor_are_refused(model):
-    from evmamba.pipeline.events import make_events
+    from evmamba.core.events import make_events
 
     with pytest.raises(ValueError, match="field 'x'"):
         logits_over_time(model, make_events([40], [0], [0], [1]), source="probe")

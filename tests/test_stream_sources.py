@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
+from evmamba.core.events import EVENT_DTYPE, make_events
 from evmamba.datasets.paths import data_root
-from evmamba.pipeline.events import EVENT_DTYPE, make_events
 from evmamba.streaming import protocol
 from evmamba.streaming.sources import (
     ByteStreamSource,

@@ -83,7 +83,9 @@ def test_streaming_equals_offline_for_random_chunkings(rec, cfg, data):
         BinningConfig(downsample=4),
         BinningConfig(downsample=2, bin_us=1000),
         BinningConfig(downsample=4, polarity=False, bin_us=10_000, denoise_us=5000, refractory_us=1000),
-        BinningConfig(downsample=8, bin_us=3000, t_start_us=200_000, t_stop_us=900_000, max_events=20_000, denoise_us=2000),
+        BinningConfig(
+            downsample=8, bin_us=3000, t_start_us=200_000, t_stop_us=900_000, max_events=20_000, denoise_us=2000
+        ),
     ],
 )
 def test_streaming_equals_offline_on_a_real_gesture_trial(cfg):

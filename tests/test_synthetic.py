@@ -7,9 +7,10 @@ import pickle
 import numpy as np
 import pytest
 
+from evmamba.core.events import EVENT_DTYPE
 from evmamba.datasets.dvs_simulator import simulate_events
 from evmamba.datasets.synthetic import CLASSES, SyntheticShapes, count_image
-from evmamba.pipeline.events import EVENT_DTYPE, validate_events
+from evmamba.pipeline.events import validate_events
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,7 @@ def test_classes_balanced(train):
 
 def test_events_valid_sorted_inside_sensor_with_both_polarities(train, train_samples):
     sizes = []
-    for i, (ev, label) in enumerate(train_samples):
+    for i, (ev, _label) in enumerate(train_samples):
         validate_events(ev, train.sensor_size, train.source(i))  # dtype, sorted, inside the sensor
         assert ev["t"].max() <= train.duration_us
         assert set(np.unique(ev["p"])) == {0, 1}

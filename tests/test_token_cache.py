@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from evmamba.datasets.batching import collate
 from evmamba.datasets.cache import BYTES_PER_TOKEN, TokenCache, write_cache
-from evmamba.pipeline.batching import collate
 from evmamba.training.data import make_loader
 
 CLASSES = [f"c{i}" for i in range(4)]
@@ -201,7 +201,7 @@ def test_training_reads_large_caches_from_the_file_with_workers_and_learns_the_s
     for key, value in a.items():
         assert torch.equal(value, b[key]), key
     # What the setting chose: every split read from the file with 0, loaded whole by default (1 GB).
-    from evmamba.config import load_config
+    from evmamba.core.config import load_config
 
     lazy = build_data(load_config(str(path), ["train.cache_memory_gb=0"]), progress=False)
     assert not lazy.test.in_memory and not lazy.val.dataset.in_memory  # val: a part of the train split's cache
@@ -225,7 +225,7 @@ def test_window_reads_a_cut_of_an_item(tmp_path):
 
 
 def test_crops_of_long_recordings_read_only_the_crop(tmp_path):
-    from evmamba.training.data import IndexedSubset, TokenCrop
+    from evmamba.datasets.wrappers import IndexedSubset, TokenCrop
 
     path = make_cache(tmp_path / "long.h5", 6, 200_000, seed=7)  # up to 300 000 tokens (6 MB) per sample
     cache = TokenCache(path, in_memory=False)

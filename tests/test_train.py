@@ -12,9 +12,8 @@ import torch
 import yaml
 
 from evmamba.cli import main
+from evmamba.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from evmamba.model.classifier import EventClassifier
-from evmamba.training.checkpoint import load_checkpoint, save_checkpoint
-from evmamba.training.models import model_from_checkpoint
 from evmamba.training.optim import WarmupCosine, build_optimizer, classify_parameters
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -205,7 +204,7 @@ def test_max_samples_is_understood_by_every_path(tmp_path):
     """Token caches, the augmentation path, frame models and stream sample: sources build the same subset."""
     import yaml as _yaml
 
-    from evmamba.config import load_config
+    from evmamba.core.config import load_config
     from evmamba.datasets.registry import build_dataset
     from evmamba.streaming.sources import sample_recordings
     from evmamba.training.data import build_data
@@ -216,7 +215,9 @@ def test_max_samples_is_understood_by_every_path(tmp_path):
     assert len(tokens.train) == 12 and len(tokens.test) == 12
     subset = build_dataset(cfg["dataset"], "train")
     assert [tokens.train[i][1] for i in range(12)] == subset.labels  # the cache's samples, augmented
-    frames_cfg = _yaml.safe_load(tiny_config(tmp_path, dataset={"max_samples": 7}, train={"val_fraction": 0.0}).read_text())
+    frames_cfg = _yaml.safe_load(
+        tiny_config(tmp_path, dataset={"max_samples": 7}, train={"val_fraction": 0.0}).read_text()
+    )
     frames_cfg["model"] = {"type": "frame_resnet", "widths": [8], "blocks": [1]}
     frames = build_data(frames_cfg, progress=False)
     assert len(frames.train) == 7 and len(frames.test) == 7
@@ -228,8 +229,8 @@ def test_max_samples_is_understood_by_every_path(tmp_path):
 
 def test_an_empty_class_folder_in_train_keeps_every_class_index(tmp_path):
     """train/ has an empty class folder, test/ lacks a class: one class list, training and testing work."""
-    from evmamba.datasets.readers import write_events
-    from evmamba.pipeline.events import make_events
+    from evmamba.core.events import make_events
+    from evmamba.pipeline.readers import write_events
 
     root = tmp_path / "data"
     rng = np.random.default_rng(0)

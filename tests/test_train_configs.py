@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from evmamba.config import CONFIG_DIR, load_config
+from evmamba.core.config import CONFIG_DIR, load_config
 from evmamba.datasets.registry import dataset_class
+from evmamba.model.checkpoint import DataInfo
 from evmamba.pipeline.augment import AugmentConfig
 from evmamba.pipeline.binning import BinningConfig, vocab_size
-from evmamba.train import train_settings
-from evmamba.training.data import DataInfo, model_type, section, token_grid
+from evmamba.training.data import model_type, section, token_grid
 from evmamba.training.models import build_model
+from evmamba.training.settings import train_settings
 
 TRAINING_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if "model" in load_config(p))
 REQUIRED = {"synthetic", "nmnist_small", "poker_dvs", "dvsgesture_samples", "dvsgesture", "nmnist", "shd", "ssc",

@@ -14,15 +14,14 @@ pytest.importorskip("triton")
 
 pytestmark = pytest.mark.gpu  # the Triton scan: compiled on a GPU, on the interpreter elsewhere
 
-from evmamba.kernels import DISCRETIZATIONS, selective_scan_ref  # noqa: E402
-from evmamba.kernels import triton_scan  # noqa: E402
+from evmamba.kernels import DISCRETIZATIONS, selective_scan_ref, triton_scan  # noqa: E402
 from evmamba.kernels.triton_scan import selective_scan_triton  # noqa: E402
 from evmamba.model import Mamba  # noqa: E402
 from seeds import stable_seed  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
-NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "timesteps", "rate", "initial_state")
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "dt", "rate", "initial_state")
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +53,7 @@ def problem(batch, dim, L, N, event, with_z, with_h0, seed, dtype=torch.float32)
         D=r(dim),
         z=r(batch, dim, L).to(dtype) if with_z else None,
         delta_bias=r(dim) * 0.5,
-        timesteps=torch.rand(batch, L, generator=g) * 3 if event else None,
+        dt=torch.rand(batch, L, generator=g) * 3 if event else None,
         rate=r(dim),
         initial_state=r(batch, dim, N) if with_h0 else None,
     )
@@ -139,7 +138,7 @@ def test_strided_inputs_as_the_layer_passes_them():
     x_dbl = r(batch, L, R + 2 * N)
     Bm, Cm = x_dbl[..., R:R + N].transpose(1, 2), x_dbl[..., R + N:].transpose(1, 2)
     A = -(torch.rand(dim, N, generator=g) * 3 + 0.05).to(DEVICE)
-    kw = dict(D=r(dim), z=z, delta_bias=r(dim), timesteps=torch.rand(batch, L, generator=g).to(DEVICE),
+    kw = dict(D=r(dim), z=z, delta_bias=r(dim), dt=torch.rand(batch, L, generator=g).to(DEVICE),
               rate=r(dim), discretization="zoh", return_final_state=True)
     y, h = selective_scan_triton(u, delta, A, Bm, Cm, **kw)
     c = lambda t: t.contiguous()  # noqa: E731
@@ -168,10 +167,10 @@ def test_million_step_sequence():
     p = problem(1, 256, L, 16, True, True, False, seed=13)
     y, h = selective_scan_triton(**p, discretization="mamba", return_final_state=True)
     assert torch.isfinite(y).all() and torch.isfinite(h).all()
-    head = {k: v[..., : L - tail] if k in ("u", "delta", "B", "C", "z", "timesteps") else v for k, v in p.items()}
+    head = {k: v[..., : L - tail] if k in ("u", "delta", "B", "C", "z", "dt") else v for k, v in p.items()}
     y_head, h_mid = selective_scan_triton(**head, discretization="mamba", return_final_state=True)
     assert rel(y[..., : L - tail], y_head) < 1e-5
-    last = {k: v[..., L - tail:] if k in ("u", "delta", "B", "C", "z", "timesteps") else v for k, v in p.items()}
+    last = {k: v[..., L - tail:] if k in ("u", "delta", "B", "C", "z", "dt") else v for k, v in p.items()}
     last = {k: None if v is None else v.double() for k, v in last.items()}
     last["initial_state"] = h_mid.double()
     y_ref, h_ref = selective_scan_ref(**last, discretization="mamba", return_final_state=True)

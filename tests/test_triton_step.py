@@ -11,8 +11,7 @@ pytest.importorskip("triton")
 
 pytestmark = pytest.mark.gpu  # the Triton step: compiled on a GPU, on the interpreter elsewhere
 
-from evmamba.kernels import DISCRETIZATIONS, mamba_step_ref  # noqa: E402
-from evmamba.kernels import triton_step  # noqa: E402
+from evmamba.kernels import DISCRETIZATIONS, mamba_step_ref, triton_step  # noqa: E402
 from evmamba.kernels.triton_step import mamba_step_triton  # noqa: E402
 from evmamba.model import Mamba  # noqa: E402
 from seeds import stable_seed  # noqa: E402
@@ -74,8 +73,8 @@ def test_steps_match_reference(disc, event, case):
     for _ in range(3):
         xz = torch.randn(batch, 2 * di, generator=g).to(DEVICE)
         ts = (torch.rand(batch, generator=g) * 3).to(DEVICE) if event else None
-        y = mamba_step_triton(xz, conv, ssm, timesteps=ts, discretization=disc, **w)
-        y_ref = mamba_step_ref(xz.double(), conv64, ssm64, timesteps=None if ts is None else ts.double(),
+        y = mamba_step_triton(xz, conv, ssm, dt=ts, discretization=disc, **w)
+        y_ref = mamba_step_ref(xz.double(), conv64, ssm64, dt=None if ts is None else ts.double(),
                                discretization=disc, **w64)
         assert y.dtype == xz.dtype
         assert rel(y, y_ref) < 1e-5, f"y {rel(y, y_ref):.2e} (seed {seed})"
@@ -92,8 +91,8 @@ def test_bfloat16_step(event):
     xz = torch.randn(batch, 2 * di, generator=g).to(DEVICE, torch.bfloat16)
     ts = (torch.rand(batch, generator=g) * 3).to(DEVICE) if event else None
     conv64, ssm64 = conv.double(), ssm.double()
-    y = mamba_step_triton(xz, conv, ssm, timesteps=ts, discretization="mamba", **w)
-    y_ref = mamba_step_ref(xz.double(), conv64, ssm64, timesteps=None if ts is None else ts.double(),
+    y = mamba_step_triton(xz, conv, ssm, dt=ts, discretization="mamba", **w)
+    y_ref = mamba_step_ref(xz.double(), conv64, ssm64, dt=None if ts is None else ts.double(),
                            discretization="mamba", **{key: None if v is None else v.double() for key, v in w.items()})
     assert y.dtype == torch.bfloat16 and ssm.dtype == torch.bfloat16
     assert rel(y, y_ref) < 1e-2 and rel(ssm, ssm64) < 1e-2
@@ -111,14 +110,14 @@ def test_a_log_in_the_kernel_matches_a_given(case):
     xz = torch.randn(batch, 2 * di, generator=g).to(DEVICE)
     ts = (torch.rand(batch, generator=g) * 3).to(DEVICE)
     rest = {key: v for key, v in w.items() if key != "A"}
-    y_log = mamba_step_triton(xz, conv, ssm, A=None, timesteps=ts, discretization="zoh", A_log=a_log, **rest)
-    y_a = mamba_step_triton(xz, conv2, ssm2, timesteps=ts, discretization="zoh", A=-torch.exp(a_log), **rest)
-    y_ref = mamba_step_ref(xz.double(), conv64, ssm64, A=None, timesteps=ts.double(), discretization="zoh",
+    y_log = mamba_step_triton(xz, conv, ssm, A=None, dt=ts, discretization="zoh", A_log=a_log, **rest)
+    y_a = mamba_step_triton(xz, conv2, ssm2, dt=ts, discretization="zoh", A=-torch.exp(a_log), **rest)
+    y_ref = mamba_step_ref(xz.double(), conv64, ssm64, A=None, dt=ts.double(), discretization="zoh",
                            A_log=a_log.double(), **{key: None if v is None else v.double() for key, v in rest.items()})
     assert rel(y_log, y_a) < 1e-5 and rel(ssm, ssm2) < 1e-5
     assert rel(y_log, y_ref) < 1e-5 and rel(ssm, ssm64) < 1e-5
     with pytest.raises(ValueError, match="exactly one of A and A_log"):
-        mamba_step_triton(xz, conv, ssm, timesteps=ts, discretization="zoh", A_log=a_log, A=-torch.exp(a_log), **rest)
+        mamba_step_triton(xz, conv, ssm, dt=ts, discretization="zoh", A_log=a_log, A=-torch.exp(a_log), **rest)
 
 
 def test_invalid_inputs_name_the_argument():
@@ -131,7 +130,7 @@ def test_invalid_inputs_name_the_argument():
     with pytest.raises(ValueError, match="ssm_state must have shape"):
         mamba_step_triton(xz, conv, ssm[:, :, :3], **{**w, "rate": None})
     with pytest.raises(ValueError, match="rate"):
-        mamba_step_triton(xz, conv, ssm, timesteps=torch.ones(2, device=DEVICE), **{**w, "rate": None})
+        mamba_step_triton(xz, conv, ssm, dt=torch.ones(2, device=DEVICE), **{**w, "rate": None})
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -176,8 +175,8 @@ def test_strided_vectors_are_read_with_their_strides(disc, case):
         xz = torch.randn(batch, 2 * di, generator=g).to(DEVICE)
         ts = steps[:, t]
         assert ts.stride() == (5,)
-        y = mamba_step_triton(xz, conv, ssm, timesteps=ts, discretization=disc, **w_strided)
-        y_ref = mamba_step_ref(xz.double(), conv64, ssm64, timesteps=ts.double(), discretization=disc, **w64)
+        y = mamba_step_triton(xz, conv, ssm, dt=ts, discretization=disc, **w_strided)
+        y_ref = mamba_step_ref(xz.double(), conv64, ssm64, dt=ts.double(), discretization=disc, **w64)
         err = rel(y, y_ref)
         assert err < 1e-5, f"step {t}: y {err:.2e} (seed {seed})"
         assert rel(ssm, ssm64) < 1e-5, f"step {t}: state (seed {seed})"

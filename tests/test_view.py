@@ -11,9 +11,9 @@ import pytest
 from PIL import Image, ImageSequence
 
 from evmamba import cli
+from evmamba.core.events import make_events
 from evmamba.datasets.paths import require_data
-from evmamba.datasets.readers import read_events, write_events
-from evmamba.pipeline.events import make_events
+from evmamba.pipeline.readers import read_events, write_events
 from evmamba.render.images import Colors
 from evmamba.render.panel import CAPTION_HEIGHT, GAP, PANEL_MIN_HEIGHT, PANEL_WIDTH
 

@@ -1,4 +1,3 @@
-"""Benchmarks behind ``evmamba bench <name>``: each prints a table and writes JSON (``--json PATH``).
-
-Benchmarks sit above the four sub-packages and may import any of them.
+"""Benchmarks behind ``evmamba bench <name>`` (layer 7, with the command line): each prints a table and writes
+JSON (``--json PATH``), and may import any layer below.
 """

@@ -26,12 +26,14 @@ import os
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from .common import format_table, load_average as _load, time_calls as _time, write_json
+from ..core.output import format_table, write_json
+from .common import load_average as _load
+from .common import time_calls as _time
 
 SENSOR = (128, 128, 2)
 EXAMPLE = "evmamba bench binning --quick --json binning.json"
@@ -69,7 +71,7 @@ def configure(parser) -> None:
 def dvs128_like_stream(n_events: int, seed: int = 0, duration_us: int = 1_000_000) -> np.ndarray:
     """A sorted DVS128-like stream: two objects moving on circles (events scattered around their centre,
     ON ahead of the motion and OFF behind it) and uniform background noise."""
-    from ..pipeline.events import make_events
+    from ..core.events import make_events
 
     rng = np.random.default_rng(seed)
     t = np.sort(rng.integers(0, duration_us, n_events))
@@ -97,13 +99,15 @@ def _gesture_trials() -> list[tuple[str, np.ndarray]]:
     out = []
     for path in files:
         try:
-            from ..datasets.readers import read_events
+            from ..pipeline.readers import read_events
 
             ev, _ = read_events(path, SENSOR)
         except ImportError:  # the readers are optional here: tonic reads this format too
             import tonic
 
-            ev = to_event_array(tonic.io.read_mnist_file(str(path), dtype=tonic.datasets.NMNIST.dtype), source=str(path))
+            ev = to_event_array(
+                tonic.io.read_mnist_file(str(path), dtype=tonic.datasets.NMNIST.dtype), source=str(path)
+            )
         out.append((path.name, ev))
     return out
 
@@ -161,7 +165,9 @@ def _first_calls() -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache}
         for label in ("compile (empty cache)", "cache load"):
-            proc = subprocess.run([sys.executable, "-c", _FIRST_CALL_SNIPPET], env=env, capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", _FIRST_CALL_SNIPPET], env=env, capture_output=True, text=True, check=True
+            )
             results[label] = json.loads(proc.stdout.strip().splitlines()[-1])
     return results
 
@@ -187,7 +193,9 @@ def _check_same_events(a: np.ndarray, b: np.ndarray, what: str) -> None:
         raise AssertionError(f"{what}: evmamba and tonic outputs differ")
 
 
-def _bench_input(name: str, recordings: list[np.ndarray], repeats: int, tonic_denoise_events: int, results: list) -> None:
+def _bench_input(
+    name: str, recordings: list[np.ndarray], repeats: int, tonic_denoise_events: int, results: list
+) -> None:
     import tonic
 
     from ..pipeline import BinningConfig, StreamingBinner, bin_events, denoise, downsample, to_frames
@@ -198,7 +206,7 @@ def _bench_input(name: str, recordings: list[np.ndarray], repeats: int, tonic_de
 
     for label, opts in TOKEN_CONFIGS.items():
         cfg = BinningConfig.from_dict(opts)
-        timing = _time_many(lambda ev: bin_events(ev, SENSOR, cfg), recordings, repeats)
+        timing = _time_many(lambda ev, cfg=cfg: bin_events(ev, SENSOR, cfg), recordings, repeats)
         tokens = sum(bin_events(ev, SENSOR, cfg).num_tokens for ev in recordings)
         _row(results, name, label, "evmamba", n, timing, tokens=tokens)
 
@@ -210,7 +218,9 @@ def _bench_input(name: str, recordings: list[np.ndarray], repeats: int, tonic_de
             binner.push(ev[i:i + chunk])
         binner.flush()
 
-    _row(results, name, "stream k=2 bin=5ms, 1000-event chunks", "evmamba", n, _time_many(streamed, recordings, repeats))
+    _row(
+        results, name, "stream k=2 bin=5ms, 1000-event chunks", "evmamba", n, _time_many(streamed, recordings, repeats)
+    )
 
     for label, opts in FRAME_CONFIGS.items():
         for ev, raw in zip(recordings, raws):
@@ -218,8 +228,10 @@ def _bench_input(name: str, recordings: list[np.ndarray], repeats: int, tonic_de
             theirs = tonic.transforms.ToFrame(sensor_size=SENSOR, **opts)(raw)
             if ours.shape != theirs.shape or not np.array_equal(ours, theirs):
                 raise AssertionError(f"{name} {label}: evmamba and tonic frames differ")
-        ours_t = _time_many(lambda ev: to_frames(ev, SENSOR, **opts), recordings, repeats)
-        theirs_t = _time_many(lambda raw: tonic.transforms.ToFrame(sensor_size=SENSOR, **opts)(raw), raws, tonic_repeats)
+        ours_t = _time_many(lambda ev, opts=opts: to_frames(ev, SENSOR, **opts), recordings, repeats)
+        theirs_t = _time_many(
+            lambda raw, opts=opts: tonic.transforms.ToFrame(sensor_size=SENSOR, **opts)(raw), raws, tonic_repeats
+        )
         _row(results, name, label, "tonic ToFrame", n, theirs_t)
         _row(results, name, label, "evmamba", n, ours_t, speedup_vs_tonic=theirs_t[0] / ours_t[0],
              speedup_vs_tonic_cpu=theirs_t[1] / ours_t[1], identical=True)
@@ -294,7 +306,16 @@ def run(args) -> int:
         "frames_speedup_vs_tonic_toframe_cpu": frames["speedup_vs_tonic_cpu"],
     }
 
-    headers = ["input", "operation", "implementation", "events", "M ev/s (wall)", "M ev/s (cpu)", "x tonic (wall)", "x tonic (cpu)"]
+    headers = [
+        "input",
+        "operation",
+        "implementation",
+        "events",
+        "M ev/s (wall)",
+        "M ev/s (cpu)",
+        "x tonic (wall)",
+        "x tonic (cpu)",
+    ]
     rows = []
     for r in results:
         rows.append([
@@ -311,9 +332,12 @@ def run(args) -> int:
     print(f"\nload average (1 min) before/after: {load_before:.2f} / {load_after:.2f} on {os.cpu_count()} CPUs")
     mev = lambda key: summary[key] / 1e6  # noqa: E731
     print(
-        f"tokens + dt: {mev('evmamba_events_per_s'):.1f} M ev/s ({mev('evmamba_events_per_s_cpu'):.1f} per CPU-second), "
-        f"{summary['speedup_vs_tonic_toframe']:.1f}x tonic ToFrame; with 5 ms bins {mev('evmamba_binned_events_per_s'):.1f} "
-        f"({mev('evmamba_binned_events_per_s_cpu'):.1f}); frames {summary['frames_speedup_vs_tonic_toframe']:.1f}x ToFrame "
+        f"tokens + dt: {mev('evmamba_events_per_s'):.1f} M ev/s "
+        f"({mev('evmamba_events_per_s_cpu'):.1f} per CPU-second), "
+        f"{summary['speedup_vs_tonic_toframe']:.1f}x tonic ToFrame; "
+        f"with 5 ms bins {mev('evmamba_binned_events_per_s'):.1f} "
+        f"({mev('evmamba_binned_events_per_s_cpu'):.1f}); "
+        f"frames {summary['frames_speedup_vs_tonic_toframe']:.1f}x ToFrame "
         f"({summary['frames_speedup_vs_tonic_toframe_cpu']:.1f}x per CPU-second), identical output"
     )
     write_json(args.json, {

@@ -6,7 +6,8 @@
 Two token caches of simulated tokens are written with :func:`~evmamba.datasets.cache.write_cache` into
 ``--dir``: one of ``--size-gb`` GB of token arrays (20 bytes per token) and one ``--ratio`` times smaller,
 samples of ``--tokens-per-sample`` tokens on average (uniform within ``--length-spread``, by default
-between half and one and a half times that; random ids of a 128x128 sensor at 4x downsampling, vocabulary 2 048). Each is then read as training reads it
+between half and one and a half times that; random ids of a 128x128 sensor at 4x downsampling, vocabulary
+2 048). Each is then read as training reads it
 (:class:`~evmamba.datasets.cache.TokenCache`, with ``train.max_tokens`` crops when ``--max-tokens`` is
 given, through :func:`~evmamba.training.data.make_loader` with ``--workers`` loader processes and
 length-bucketed, shuffled batches) for one epoch -- the small cache for ``ceil(ratio)`` epochs, as many
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import format_table, write_json
+from ..core.output import format_table, write_json
 
 EXAMPLE = "evmamba bench cache --size-gb 5 --dir /tmp --json cache.json"
 SENSOR = (128, 128, 2)
@@ -45,8 +46,12 @@ CLASSES = [f"class{i}" for i in range(11)]
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size-gb", type=float, default=5.0, help="token arrays of the big cache, GB (default 5)")
-    parser.add_argument("--ratio", type=float, default=10.0, help="the small cache is this many times smaller (default 10)")
-    parser.add_argument("--tokens-per-sample", type=int, default=200_000, help="mean tokens per sample (default 200000)")
+    parser.add_argument(
+        "--ratio", type=float, default=10.0, help="the small cache is this many times smaller (default 10)"
+    )
+    parser.add_argument(
+        "--tokens-per-sample", type=int, default=200_000, help="mean tokens per sample (default 200000)"
+    )
     parser.add_argument("--length-spread", type=float, default=0.5,
                         help="sample lengths vary by this fraction around the mean (default 0.5; 0: all the same)")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per batch (default 16)")
@@ -85,8 +90,17 @@ def _write(path: Path, gb: float, args, seed: int) -> tuple[int, float]:
 
     n = max(1, round(gb * 1e9 / (args.tokens_per_sample * BYTES_PER_TOKEN)))
     t0 = time.perf_counter()
-    write_cache(path, _blocks(n, args.tokens_per_sample, seed, args.length_spread), n_samples=n, sensor_size=SENSOR, classes=CLASSES,
-                binning=BINNING, dataset_name="simulated", origin={"seed": seed}, progress=not args.no_progress)
+    write_cache(
+        path,
+        _blocks(n, args.tokens_per_sample, seed, args.length_spread),
+        n_samples=n,
+        sensor_size=SENSOR,
+        classes=CLASSES,
+        binning=BINNING,
+        dataset_name="simulated",
+        origin={"seed": seed},
+        progress=not args.no_progress,
+    )
     return n, time.perf_counter() - t0
 
 
@@ -98,9 +112,10 @@ def _read(path: Path, args, epochs: int) -> dict:
     # forked as in a training run started from the command line (on platforms that fork).
     if "fork" in mp.get_all_start_methods():
         mp.set_start_method("fork", force=True)
+    from ..datasets.batching import collate
     from ..datasets.cache import TokenCache
-    from ..pipeline.batching import collate
-    from ..training.data import IndexedSubset, TokenCrop, make_loader
+    from ..datasets.wrappers import IndexedSubset, TokenCrop
+    from ..training.data import make_loader
     from .memory import sample
 
     cache = TokenCache(path, in_memory=False if args.read == "file" else None)
@@ -147,10 +162,18 @@ def _one(path: Path, gb: float, args, seed: int, epochs: int = 1) -> dict:
     tenth = max(1, math.ceil(len(series) / 10))
     early, peak = max(hwm[:tenth]), max(hwm)
     return {
-        "path": str(path), **out, "write_s": written, "batches": len(series),
-        "rss_main_min_mb": min(rss), "rss_main_max_mb": max(rss), "main_peak_rss_mb": max(s["hwm_main"] for s in series),
-        "worker_peak_rss_first_tenth_mb": early, "worker_peak_rss_mb": peak, "worker_growth": peak / early - 1,
-        "pss_total_min_mb": min(pss), "pss_total_max_mb": max(pss),
+        "path": str(path),
+        **out,
+        "write_s": written,
+        "batches": len(series),
+        "rss_main_min_mb": min(rss),
+        "rss_main_max_mb": max(rss),
+        "main_peak_rss_mb": max(s["hwm_main"] for s in series),
+        "worker_peak_rss_first_tenth_mb": early,
+        "worker_peak_rss_mb": peak,
+        "worker_growth": peak / early - 1,
+        "pss_total_min_mb": min(pss),
+        "pss_total_max_mb": max(pss),
         "per_batch": {"rss_main_mb": rss, "worker_peak_rss_mb": hwm, "pss_total_mb": pss},
     }
 
@@ -158,7 +181,10 @@ def _one(path: Path, gb: float, args, seed: int, epochs: int = 1) -> dict:
 def run(args: argparse.Namespace) -> int:
     for name in ("size_gb", "ratio", "tokens_per_sample", "batch_size"):
         if getattr(args, name) <= 0:
-            print(f"evmamba bench cache: --{name.replace('_', '-')} must be > 0; got {getattr(args, name)}", file=sys.stderr)
+            print(
+                f"evmamba bench cache: --{name.replace('_', '-')} must be > 0; got {getattr(args, name)}",
+                file=sys.stderr,
+            )
             return 2
     if not 0 <= args.length_spread < 1:
         print(f"evmamba bench cache: --length-spread must lie in [0, 1); got {args.length_spread}", file=sys.stderr)
@@ -187,23 +213,48 @@ def run(args: argparse.Namespace) -> int:
         return 1
     rows = []
     for name, r in results.items():
-        rows.append([name, f"{r['gb']:.2f}", f"{r['samples']:,}", r["epochs"], "memory" if r["in_memory"] else "file",
-                     f"{r['write_s']:.1f}", f"{r['epoch_s']:.1f}", f"{r['rss_main_min_mb']:,.0f}-{r['rss_main_max_mb']:,.0f}",
-                     f"{r['worker_peak_rss_first_tenth_mb']:,.0f}", f"{r['worker_peak_rss_mb']:,.0f}",
-                     f"{100 * r['worker_growth']:+.1f} %", f"{r['pss_total_min_mb']:,.0f}-{r['pss_total_max_mb']:,.0f}"])
+        rows.append(
+            [
+                name,
+                f"{r['gb']:.2f}",
+                f"{r['samples']:,}",
+                r["epochs"],
+                "memory" if r["in_memory"] else "file",
+                f"{r['write_s']:.1f}",
+                f"{r['epoch_s']:.1f}",
+                f"{r['rss_main_min_mb']:,.0f}-{r['rss_main_max_mb']:,.0f}",
+                f"{r['worker_peak_rss_first_tenth_mb']:,.0f}",
+                f"{r['worker_peak_rss_mb']:,.0f}",
+                f"{100 * r['worker_growth']:+.1f} %",
+                f"{r['pss_total_min_mb']:,.0f}-{r['pss_total_max_mb']:,.0f}",
+            ]
+        )
     big, small = results["big"], results["small"]
     ratios = {k: big[k] / small[k] for k in ("main_peak_rss_mb", "worker_peak_rss_mb", "pss_total_max_mb")}
-    print(f"bench cache: the training loader over token caches read from {args.read}, batch {args.batch_size}, "
-          f"{args.workers} workers, {'crops of ' + str(args.max_tokens) + ' tokens' if args.max_tokens else 'whole samples'}"
-          f"; ~{args.tokens_per_sample:,} tokens per sample. Host memory in MB, read after every batch: RSS of the "
-          "main process; peak RSS of the largest loader worker after the first tenth of the batches and at the "
-          "end, and its growth in between; PSS of all processes together, batches in flight included")
+    print(
+        f"bench cache: the training loader over token caches read from {args.read}, batch {args.batch_size}, "
+        f"{args.workers} workers, "
+        f"{'crops of ' + str(args.max_tokens) + ' tokens' if args.max_tokens else 'whole samples'}"
+        f"; ~{args.tokens_per_sample:,} tokens per sample. Host memory in MB, read after every batch: RSS of the "
+        "main process; peak RSS of the largest loader worker after the first tenth of the batches and at the "
+        "end, and its growth in between; PSS of all processes together, batches in flight included"
+    )
     print(format_table(["cache", "GB", "samples", "epochs", "read from", "write s", "epoch s", "RSS main",
                         "worker peak 1/10", "end", "growth", "PSS all"], rows))
     print(f"big / small: main peak RSS {ratios['main_peak_rss_mb']:.3f}, worker peak RSS "
           f"{ratios['worker_peak_rss_mb']:.3f}, peak PSS {ratios['pss_total_max_mb']:.3f}")
-    write_json(args.json, {"benchmark": "cache", "batch_size": args.batch_size, "workers": args.workers,
-                           "length_spread": args.length_spread,
-                           "max_tokens": args.max_tokens, "read": args.read, "tokens_per_sample": args.tokens_per_sample,
-                           "results": results, "big_to_small": ratios})
+    write_json(
+        args.json,
+        {
+            "benchmark": "cache",
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "length_spread": args.length_spread,
+            "max_tokens": args.max_tokens,
+            "read": args.read,
+            "tokens_per_sample": args.tokens_per_sample,
+            "results": results,
+            "big_to_small": ratios,
+        },
+    )
     return 0

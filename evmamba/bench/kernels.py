@@ -22,9 +22,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from .common import format_table, write_json
+from ..core.output import format_table, write_json
 
 SCAN_SHAPES = [(16, 256, 8192, 16), (8, 1536, 2048, 16), (64, 256, 2048, 16)]
 STEP_MODELS = [64, 128, 256]
@@ -92,7 +93,7 @@ def copy_bandwidth(reps: int) -> float:
     src = torch.randn(n, device="cuda")
     dst = torch.empty_like(src)
     ms = _median_ms(lambda: dst.copy_(src), reps)
-    del src, dst
+    src = dst = None  # free the 4 GiB before emptying the cache
     torch.cuda.empty_cache()
     return 2 * n * 4 / (ms * 1e-3)
 
@@ -106,7 +107,7 @@ def scan_inputs(batch, dim, L, n, dtype, event, seed=0):
         u=r(batch, dim, L).to(dtype), delta=(r(batch, dim, L) * 0.5).to(dtype),
         A=-(torch.rand(dim, n, device="cuda", generator=g) * 3 + 0.05), B=r(batch, n, L).to(dtype),
         C=r(batch, n, L).to(dtype), D=r(dim), z=r(batch, dim, L).to(dtype), delta_bias=r(dim) * 0.5 - 3.0,
-        timesteps=torch.rand(batch, L, device="cuda", generator=g) * 2 if event else None,
+        dt=torch.rand(batch, L, device="cuda", generator=g) * 2 if event else None,
         rate=r(dim) - 3.0 if event else None,
     )
 
@@ -200,7 +201,7 @@ def bench_step(d_model, batch, event, reps) -> dict[str, Any]:
         ts1 = None if ts is None else ts[:, 0]
 
         def kernel():
-            return mamba_step_triton(xz, cache["conv_state"], cache["lrnn_state"], *w, timesteps=ts1,
+            return mamba_step_triton(xz, cache["conv_state"], cache["lrnn_state"], *w, dt=ts1,
                                      rate=layer.dtA_proj.bias)
 
         kernel_eager_us = _host_us_per_call(kernel)
@@ -217,9 +218,17 @@ def bench_step(d_model, batch, event, reps) -> dict[str, Any]:
             return h
 
         stack_dev_us = _graph_device_us(stack_step, reps) / STEP_REPEAT
-    return dict(d_model=d_model, batch=batch, mode="event" if event else "standard", eager_us=eager_us,
-                graph_us=graph_us, graph_call_events_us=graph_dev_ms * 1e3, stack_graph_device_us_per_layer=stack_dev_us,
-                kernel_eager_us=kernel_eager_us, kernel_device_us=kernel_dev_us)
+    return dict(
+        d_model=d_model,
+        batch=batch,
+        mode="event" if event else "standard",
+        eager_us=eager_us,
+        graph_us=graph_us,
+        graph_call_events_us=graph_dev_ms * 1e3,
+        stack_graph_device_us_per_layer=stack_dev_us,
+        kernel_eager_us=kernel_eager_us,
+        kernel_device_us=kernel_dev_us,
+    )
 
 
 STEP_REPEAT = 8
@@ -305,7 +314,7 @@ def sweep(reps) -> list[dict[str, Any]]:
             for cfg in bwd_cfgs:
                 triton_scan.CONFIG_OVERRIDES["bwd"] = cfg
                 leaves = [pg[k] for k in trainable]
-                ms = _median_ms(lambda: torch.autograd.grad(y, leaves, dy, retain_graph=True), reps)
+                ms = _median_ms(lambda y=y, leaves=leaves: torch.autograd.grad(y, leaves, dy, retain_graph=True), reps)
                 rows.append(dict(kernel="bwd", config=cfg.__dict__, target_warps=target, ms=ms))
                 print(f"  sweep bwd {cfg} target {target}: {ms:.4f} ms", flush=True)
             triton_scan.CONFIG_OVERRIDES["bwd"] = None

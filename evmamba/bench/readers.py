@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import format_table, load_average, time_calls, write_json
+from ..core.output import format_table, write_json
+from .common import load_average, time_calls
 
 SAMPLES = {"evt2": "evt2_sample.raw", "evt3": "evt3_sample.raw"}
 # Word layout needed to move TIME_HIGH on: (word dtype, type shift, TIME_HIGH type, payload mask).
@@ -53,7 +54,7 @@ def enlarge(data: bytes, encoding: str, copies: int) -> tuple[bytes, int]:
     payload raised by ``k`` times the recording's TIME_HIGH span (modulo the payload width: the decoder
     counts the wraps), so times keep increasing from one copy to the next.
     """
-    from ..datasets.readers import read_prophesee_header
+    from ..pipeline.readers import read_prophesee_header
 
     if copies < 1:
         raise ValueError(f"copies must be >= 1; got {copies}")
@@ -88,8 +89,8 @@ def _row(results: list, data: str, impl: str, n_events: int, timing: tuple[float
 
 
 def _bench_file(label: str, path: Path, encoding: str, expected: int, repeats: int, results: list) -> None:
-    from ..datasets.readers import read_prophesee_evt2, read_prophesee_evt3, read_prophesee_header
-    from ..datasets.readers.evt import decode_evt2, decode_evt3
+    from ..pipeline.readers import read_prophesee_evt2, read_prophesee_evt3, read_prophesee_header
+    from ..pipeline.readers.evt import decode_evt2, decode_evt3
 
     read = read_prophesee_evt2 if encoding == "evt2" else read_prophesee_evt3
     decode = decode_evt2 if encoding == "evt2" else decode_evt3
@@ -107,7 +108,9 @@ def _bench_file(label: str, path: Path, encoding: str, expected: int, repeats: i
         return
     wizard = Wizard(encoding=encoding)
     n_theirs = len(wizard.read(str(path)))
-    theirs = _row(results, label, "expelliarmus Wizard.read", n_theirs, time_calls(lambda: wizard.read(str(path)), repeats))
+    theirs = _row(
+        results, label, "expelliarmus Wizard.read", n_theirs, time_calls(lambda: wizard.read(str(path)), repeats)
+    )
     ours["speedup_vs_expelliarmus"] = ours["events_per_s"] / theirs["events_per_s"]
     ours["speedup_vs_expelliarmus_cpu"] = ours["events_per_s_cpu"] / theirs["events_per_s_cpu"]
 
@@ -129,7 +132,7 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="evmamba-bench-readers-") as tmp:
         for encoding, name in tqdm(SAMPLES.items(), desc="formats", unit="format"):
             src = require_data("format_samples", "expelliarmus_sample_files", name)
-            from ..datasets.readers import read_events
+            from ..pipeline.readers import read_events
 
             n_sample = read_events(src)[0].size
             _bench_file(f"{name} (as staged)", src, encoding, n_sample, repeats, results)
@@ -148,7 +151,15 @@ def run(args) -> int:
                 summary[f"{encoding}_read_speedup_vs_expelliarmus_cpu"] = ours["speedup_vs_expelliarmus_cpu"]
             big.unlink()
 
-    headers = ["input", "implementation", "events", "M ev/s (wall)", "M ev/s (cpu)", "x expelliarmus (wall)", "x expelliarmus (cpu)"]
+    headers = [
+        "input",
+        "implementation",
+        "events",
+        "M ev/s (wall)",
+        "M ev/s (cpu)",
+        "x expelliarmus (wall)",
+        "x expelliarmus (cpu)",
+    ]
     rows = [
         [r["input"], r["implementation"], r["events"], r["events_per_s"] / 1e6, r["events_per_s_cpu"] / 1e6,
          r.get("speedup_vs_expelliarmus", ""), r.get("speedup_vs_expelliarmus_cpu", "")]

@@ -12,11 +12,11 @@ import time
 
 import torch
 
+from ..core.output import format_table, write_json
 from ..kernels import selective_scan_ref
 from ..kernels.cpu_scan import selective_scan_cpu
 
 PATHS = {"reference": selective_scan_ref, "numba": selective_scan_cpu}
-from .common import format_table, write_json
 
 EXAMPLE = "evmamba bench scan --quick"
 
@@ -40,7 +40,7 @@ def _problem(b: int, d: int, L: int, n: int, event: bool, grad: bool):
     return dict(
         u=t(b, d, L), delta=t(b, d, L), A=-(torch.rand(d, n, generator=g) + 0.5).requires_grad_(grad),
         B=t(b, n, L), C=t(b, n, L), D=t(d), z=t(b, d, L), delta_bias=t(d), rate=t(d),
-        timesteps=(torch.rand(b, L, generator=g) * 5.0) if event else None,
+        dt=(torch.rand(b, L, generator=g) * 5.0) if event else None,
     )
 
 
@@ -65,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
         for event in (True, False):
             p = _problem(b, d, L, n, event, grad=False)
             with torch.no_grad():
-                t_fwd = _time(lambda: scan(**p), args.repeats)
+                t_fwd = _time(lambda scan=scan, p=p: scan(**p), args.repeats)
             q = _problem(b, d, L, n, event, grad=True)
-            t_fb = _time(lambda: scan(**q).square().mean().backward(), max(1, args.repeats // 2))
+            t_fb = _time(lambda scan=scan, q=q: scan(**q).square().mean().backward(), max(1, args.repeats // 2))
             mode = "event" if event else "standard"
             for what, secs in (("forward", t_fwd), ("forward+backward", t_fb)):
                 rate = elements / secs

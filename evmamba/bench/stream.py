@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import format_table, write_json
+from ..core.output import format_table, write_json
 
 DEFAULT_CHECKPOINT = "checkpoints/dvsgesture.pt"
 EXAMPLE = "evmamba bench stream --quick --json stream.json"
@@ -109,8 +109,8 @@ def bench_cpu(sm, recs, quick: bool) -> dict:
 
     from ..model.classifier import EventClassifier
     from ..pipeline.binning import bin_events, vocab_size
-    from ..stream import warm_up
     from ..streaming.fast_step import FastStepper
+    from ..streaming.steppers import warm_up
 
     stepper = FastStepper(sm.model)
     warm_up(stepper, sm.binning, sm.sensor_size)
@@ -147,13 +147,60 @@ def bench_cpu(sm, recs, quick: bool) -> dict:
         st.run(densest.tokens[:4], densest.dt[:4], densest.counts[:4],
                surfaces=None if densest_surf is None else densest_surf[:4])
         us, us_cpu = _step_alone(st, densest, densest_surf)
-        sizes.append({"d_model": d, "n_layers": n_layers, "d_state": n_state,
-                      "parameters": sum(p.numel() for p in model.parameters()),
-                      "step_us_per_token": us, "step_us_per_token_cpu": us_cpu, "densest_trial_step_s": us * densest.num_tokens / 1e6,
-                      "densest_trial_rtf_step_only": 1.45 / (us * densest.num_tokens / 1e6)})
+        sizes.append(
+            {
+                "d_model": d,
+                "n_layers": n_layers,
+                "d_state": n_state,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "step_us_per_token": us,
+                "step_us_per_token_cpu": us_cpu,
+                "densest_trial_step_s": us * densest.num_tokens / 1e6,
+                "densest_trial_rtf_step_only": 1.45 / (us * densest.num_tokens / 1e6),
+            }
+        )
     torch_us = _torch_step_us(sm.model, densest, densest_surf)
     return {"trials": rows, "model_sizes": sizes, "torch_step_us_per_token": torch_us,
             "densest_tokens": densest.num_tokens}
+
+
+def _token_latencies(stepper, tokens: np.ndarray, dt: np.ndarray, counts: np.ndarray,
+                 surfaces: np.ndarray | None = None) -> np.ndarray:
+    """Per-token latency of a :class:`~evmamba.streaming.gpu_step.GraphStepper` at batch 1, in seconds: copy one
+    token into its device buffers, replay its graph, copy the logits out, wait -- what a caller that needs each
+    token's logits on the host before the next token sees. (It reaches into the stepper's buffers: a
+    measurement, not an interface.)"""
+    import torch
+
+    if stepper.n_streams != 1 or not stepper.graphed:
+        raise ValueError("token latencies are measured at batch 1 on a CUDA device")
+    lat = np.empty(tokens.shape[0])
+    h_tok = torch.zeros(1, dtype=torch.long).pin_memory()
+    h_val = torch.zeros(2, dtype=torch.float32).pin_memory()
+    h_out = torch.zeros(stepper.n_classes, dtype=torch.float32).pin_memory()
+    h_surf = torch.zeros(max(stepper.n_surface, 1), dtype=torch.float32).pin_memory()
+    n_tok, n_val = h_tok.numpy(), h_val.numpy()  # numpy views: writing them costs no torch dispatch
+    stream = torch.cuda.current_stream(stepper.device)
+    stepper.pos.zero_()
+    for i in range(tokens.shape[0]):
+        p = i % stepper.block  # the graph reads and writes at pos, which it advances itself
+        if p == 0 and i:
+            stepper.pos.zero_()
+        t0 = time.perf_counter()
+        n_tok[0] = tokens[i]
+        n_val[0] = dt[i]
+        n_val[1] = counts[i]
+        stepper.tok[0, p:p + 1].copy_(h_tok, non_blocking=True)
+        stepper.dt[0, p:p + 1].copy_(h_val[:1], non_blocking=True)
+        stepper.cnt[0, p:p + 1].copy_(h_val[1:], non_blocking=True)
+        if stepper.n_surface:
+            h_surf.numpy()[:] = surfaces[i]
+            stepper.surf[0, p].copy_(h_surf, non_blocking=True)
+        stepper.graph.replay()
+        h_out.copy_(stepper.logits[0, p], non_blocking=True)
+        stream.synchronize()
+        lat[i] = time.perf_counter() - t0
+    return lat
 
 
 def bench_gpu(sm, recs, quick: bool, n_streams: int) -> dict:
@@ -187,14 +234,16 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int) -> dict:
     state: dict = {}
 
     def batch1():
-        from ..stream import warm_up
+        from ..streaming.steppers import warm_up
 
         g1 = state["g1"] = GraphStepper(sm.model, 1, device="cuda")
         warm_up(g1, sm.binning, sm.sensor_size)
         n_lat = min(densest.num_tokens, 2000 if quick else 5000)
-        g1.token_latencies(densest.tokens[:200], densest.dt[:200], densest.counts[:200], part(200))  # warm
+        _token_latencies(g1, densest.tokens[:200], densest.dt[:200], densest.counts[:200], part(200))  # warm
         g1.reset()
-        lat = g1.token_latencies(densest.tokens[:n_lat], densest.dt[:n_lat], densest.counts[:n_lat], part(n_lat)) * 1e6
+        lat = (
+            _token_latencies(g1, densest.tokens[:n_lat], densest.dt[:n_lat], densest.counts[:n_lat], part(n_lat)) * 1e6
+        )
         out.update(batch1_latency_us_p50=float(np.percentile(lat, 50)),
                    batch1_latency_us_p99=float(np.percentile(lat, 99)), batch1_latency_us_max=float(lat.max()),
                    batch1_latency_tokens=int(n_lat))
@@ -261,7 +310,9 @@ def run(args) -> int:
         rtfs = [r["real_time_factor"] for r in res["trials"]]
         record["min_real_time_factor"] = min(rtfs)
         record["min_real_time_factor_cpu"] = min(r["real_time_factor_cpu"] for r in res["trials"])
-        record["median_step_alone_us_per_token"] = statistics.median(r["step_alone_us_per_token"] for r in res["trials"])
+        record["median_step_alone_us_per_token"] = statistics.median(
+            r["step_alone_us_per_token"] for r in res["trials"]
+        )
         record["median_step_alone_us_per_token_cpu"] = statistics.median(
             r["step_alone_us_per_token_cpu"] for r in res["trials"])
         print(f"\nreal-time factor: min {min(rtfs):.2f} (CPU time {record['min_real_time_factor_cpu']:.2f}) over "

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import format_table, write_json
+from ..core.output import format_table, write_json
 
 EXAMPLE = "evmamba bench train --device cuda --amp bf16 --steps 30 --json train.json"
 DEFAULT_CONFIG = "dvsgesture"
@@ -53,18 +53,28 @@ SIM_NOISE_HZ = 1.5
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"config name or YAML path (default {DEFAULT_CONFIG})")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. train.max_tokens=4096")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available, else cpu")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. train.max_tokens=4096"
+    )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available, else cpu"
+    )
     parser.add_argument("--amp", choices=("none", "bf16"), default=None,
                         help="bf16 autocast (CUDA only) or none (default: bf16 on cuda, none on cpu)")
     parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
-    parser.add_argument("--batch-size", type=int, default=None, help="samples per step and process (default: train.batch_size)")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default: train.workers)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="samples per step and process (default: train.batch_size)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="DataLoader worker processes (default: train.workers)"
+    )
     parser.add_argument("--data", choices=("simulated", "config"), default="simulated",
                         help="simulated DVS-Gesture-size recordings (default) or the config's own dataset")
     parser.add_argument("--recordings", type=int, default=64, help="simulated recordings (default 64)")
-    parser.add_argument("--sim-dir", default=None, help="where the simulated recordings go (default <cache_dir>/bench-train)")
+    parser.add_argument(
+        "--sim-dir", default=None, help="where the simulated recordings go (default <cache_dir>/bench-train)"
+    )
     parser.add_argument("--compare", metavar="PATH", default=None,
                         help="an earlier result (JSON): print this run's samples/s and tokens/s over its own")
     parser.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON")
@@ -75,8 +85,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _simulate_one(job) -> None:
-    from ..datasets.readers.arrays import write_events
     from ..datasets.synthetic import CLASSES, SyntheticShapes
+    from ..pipeline.readers.arrays import write_events
 
     folder, n, i = job
     ds = SyntheticShapes("train", n_samples=n, sensor_size=SIM_SENSOR, duration_us=int(SIM_SECONDS * 1e6),
@@ -185,8 +195,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args) -> int:
     import torch
 
+    from ..datasets.wrappers import IndexedSubset
     from ..training import distributed as ddp
-    from ..training.data import IndexedSubset, build_data, make_loader
+    from ..training.data import build_data, make_loader
     from ..training.models import build_model, forward_loss, to_device
     from ..training.optim import build_optimizer
     from ..training.reproducibility import seed_everything
@@ -204,7 +215,7 @@ def _run(args) -> int:
     # ---- data: simulated recordings (rank 0 makes them), then the training data path
     import os
 
-    from ..config import load_config
+    from ..core.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     sim_folder = None
@@ -353,9 +364,13 @@ def _report(args, cfg, data, model, device, amp, batch, world, workers, times, s
     if args.compare is not None:
         earlier = _earlier(args.compare)
         result["compared"] = {
-            "path": str(args.compare), "world_size": earlier.get("world_size"), "device": earlier.get("device"),
+            "path": str(args.compare),
+            "world_size": earlier.get("world_size"),
+            "device": earlier.get("device"),
             "samples_per_s_ratio": result["samples_per_s"] / earlier["samples_per_s"],
-            "tokens_per_s_ratio": result["tokens_per_s"] / earlier["tokens_per_s"] if earlier.get("tokens_per_s") else None,
+            "tokens_per_s_ratio": result["tokens_per_s"] / earlier["tokens_per_s"]
+            if earlier.get("tokens_per_s")
+            else None,
         }
         ratio_tokens = result["compared"]["tokens_per_s_ratio"]
         print(f"against {args.compare} ({earlier.get('world_size', '?')} process(es) on {earlier.get('device', '?')}): "

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from evmamba.pipeline.events import SensorSize
+from evmamba.core.events import SensorSize
 
-from .readers import read_events
-from .readers.common import check_policy
+from ..pipeline.readers import read_events
+from ..pipeline.readers.common import check_policy
 
 
 class EventDataset(Sequence):
@@ -75,7 +75,7 @@ class EventDataset(Sequence):
 
 
 class EventFileDataset(EventDataset):
-    """A dataset whose samples are event files read with :func:`~evmamba.datasets.readers.read_events`.
+    """A dataset whose samples are event files read with :func:`~evmamba.pipeline.readers.read_events`.
 
     ``paths`` and ``labels`` are parallel lists; ``format`` (``None``: detected per file) and
     ``on_unsorted`` are passed to the reader, and every sample is checked against ``sensor_size``.

@@ -47,15 +47,15 @@ import json
 import multiprocessing as mp
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import h5py
 import numpy as np
 
+from ..core.events import check_sensor_size
 from ..pipeline.binning import BinningConfig, TokenSequence, bin_events, vocab_size
-from ..pipeline.events import check_sensor_size
 from .fingerprint import dataset_fingerprint
 from .subset import SpreadSubset
 
@@ -128,8 +128,8 @@ def cache_key(cfg: Mapping, dataset=None) -> tuple[str, dict[str, Any]]:
     """``(hash, hashed_content)`` for a config with ``dataset`` and ``binning`` sections and, when given, the
     event dataset the section gives for one split.
 
-    The content is ``{"format_version", "decoder_version", "dataset", "binning", "data"}``: the binning section completed with
-    its defaults (so spelling a default out does not change the hash) and ``data`` the dataset's
+    The content is ``{"format_version", "decoder_version", "dataset", "binning", "data"}``: the binning section
+    completed with its defaults (so spelling a default out does not change the hash) and ``data`` the dataset's
     :func:`~evmamba.datasets.fingerprint.dataset_fingerprint` (samples, labels, classes, sensor size, file
     sizes and times; ``None`` without a dataset). The hash is the first 16 hex digits of the SHA-256 of its
     canonical JSON. Other sections (``model``, ``train``, ``cache_dir``) do not count.
@@ -783,7 +783,9 @@ def _check_block(block: Mapping, b: int, first: int, vocab: int, n_classes: int,
         if out[k].shape[0] != total:
             raise ValueError(f"write_cache: block {b} field '{k}' has {out[k].shape[0]} entries; 'tokens' has {total}")
     if lengths.shape[0] != m or (m and lengths.min() < 0) or int(lengths.sum()) != total:
-        raise ValueError(f"write_cache: block {b} field 'lengths' must give {m} non-negative lengths summing to {total}")
+        raise ValueError(
+            f"write_cache: block {b} field 'lengths' must give {m} non-negative lengths summing to {total}"
+        )
     if m and (labels.min() < 0 or labels.max() >= n_classes):
         raise ValueError(f"write_cache: block {b} field 'labels' holds values outside 0..{n_classes - 1}")
     if total and (out["tokens"].min() < 0 or out["tokens"].max() >= vocab):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..pipeline.events import EVENT_DTYPE, make_events
+from ..core.events import EVENT_DTYPE, make_events
 
 __all__ = [
     "simulate_events",

@@ -23,7 +23,7 @@ by ``seed`` from the files' relative paths (:func:`~evmamba.datasets.splits.stra
 rest are the train split. Without ``test_fraction`` such a folder has only the split ``"all"``.
 
 Files are kept when their extension is in ``extensions`` (default: every extension
-:func:`~evmamba.datasets.readers.read_events` knows) and are ordered by relative path. The sensor size is
+:func:`~evmamba.pipeline.readers.read_events` knows) and are ordered by relative path. The sensor size is
 ``sensor_size`` when given; otherwise every file of every split is read once, on first use of
 ``sensor_size`` (not when the dataset is built, so an up-to-date token cache needs no pass over the data),
 and the size is the element-wise maximum of the files' sizes (header or largest coordinate + 1). Pass
@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from evmamba.pipeline.events import check_sensor_size
+from evmamba.core.events import check_sensor_size
 
+from ..pipeline.readers import EXTENSIONS, FORMATS, read_events
+from ..pipeline.readers.common import check_policy
 from .base import EventFileDataset
-from .readers import EXTENSIONS, FORMATS, read_events
-from .readers.common import check_policy
 
 
 def _normalise_extensions(extensions, source: str) -> tuple[str, ...]:
@@ -187,10 +187,14 @@ class FolderDataset(EventFileDataset):
         if holdout is not None:
             paths, labels = _hold_out(base, paths, labels, classes, holdout, float(test_fraction), int(seed))
         self.test_fraction = test_fraction
-        self.declared_sensor_size = None if sensor_size is None else check_sensor_size(sensor_size, f"{base}: sensor_size")
+        self.declared_sensor_size = (
+            None if sensor_size is None else check_sensor_size(sensor_size, f"{base}: sensor_size")
+        )
         self.all_paths = all_paths
         self.root = base
-        super().__init__(name, paths, labels, classes, self.declared_sensor_size, format=format, on_unsorted=on_unsorted)
+        super().__init__(
+            name, paths, labels, classes, self.declared_sensor_size, format=format, on_unsorted=on_unsorted
+        )
         self.split = holdout or split or "all"
 
     @property
@@ -237,7 +241,9 @@ class FolderDataset(EventFileDataset):
                 "otherwise be taken as two classes)"
             )
         # Every split folder (each sub-folder of root) counts for the classes, not only the one asked for.
-        tops = [top] if split is None else sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+        tops = (
+            [top] if split is None else sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+        )
         by_top = {t: cls._class_files(t, exts) for t in tops}
         mapping = _merge_case([c for found in by_top.values() for c in found], str(base))
         classes = sorted(set(mapping.values()))

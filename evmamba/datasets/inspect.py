@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..pipeline.readers import detect_format, read_events
 from ..pipeline.stats import event_stats
-from .readers import detect_format, read_events
 
 
 def file_info(path, sensor_size=None) -> dict[str, Any]:

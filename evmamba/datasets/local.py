@@ -15,9 +15,9 @@ import csv
 import re
 from pathlib import Path
 
+from ..pipeline.readers.common import check_policy
 from .base import EventFileDataset
 from .paths import require_data
-from .readers.common import check_policy
 from .splits import stratified_folds
 
 NMNIST_CLASSES = [str(d) for d in range(10)]

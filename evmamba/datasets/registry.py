@@ -10,8 +10,9 @@ dataset's default folder) and the dataset's own options, passed as keyword argum
       fold: 2
       max_samples: 200   # optional, for any dataset: 200 samples of each split, spread over it
 
-:func:`build_dataset` is the only function that turns such a section into a dataset. Each dataset class is imported only when it is built, so that naming one does not import the others'
-dependencies (tonic takes seconds to import).
+:func:`build_dataset` is the only function that turns such a section into a dataset. Each dataset class is
+imported only when it is built, so that naming one does not import the others' dependencies (tonic takes
+seconds to import).
 """
 
 from __future__ import annotations

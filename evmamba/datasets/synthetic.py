@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import numba
 import numpy as np
 
-from ..pipeline.events import check_sensor_size
+from ..core.events import check_sensor_size
 from .base import EventDataset
 from .dvs_simulator import emit_interval, finish_events, merge_events, new_event_buffer, shot_noise_events
 

@@ -24,13 +24,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from evmamba.pipeline.events import check_sensor_size
+from evmamba.core.events import check_sensor_size
 
+from ..pipeline.readers.arrays import events_from_fields, events_from_structured
+from ..pipeline.readers.common import check_policy, finish_events
 from .base import EventDataset
 from .local import DVSGESTURE_CLASSES, NMNIST_CLASSES, POKER_CLASSES
 from .paths import data_root
-from .readers.arrays import events_from_fields, events_from_structured
-from .readers.common import check_policy, finish_events
 from .splits import stratified_holdout
 
 

@@ -20,14 +20,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..pipeline.events import check_sensor_size, validate_events
+from ..core.checks import is_int
+from ..core.events import check_sensor_size
+from ..pipeline.events import validate_events
 
 #: The default grid has at most this many spatial cells (about 16 x 16 on a square sensor).
 DEFAULT_MAX_CELLS = 256
 
 
 def _positive_int(name: str, value, source: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{source}: {name} must be a positive integer; got {value!r}")
     return int(value)
 
@@ -78,7 +80,8 @@ class HistogramSettings:
             where = f"{self.cell}-channel groups ({n_x})"
         else:
             where = f"{self.cell} px cells ({n_x}x{n_y})"
-        return f"{where}, {self.time_bins} time bin{'s' if self.time_bins > 1 else ''}{', sqrt counts' if self.sqrt else ''}"
+        plural = "s" if self.time_bins > 1 else ""
+        return f"{where}, {self.time_bins} time bin{plural}{', sqrt counts' if self.sqrt else ''}"
 
 
 def count_histogram(events: np.ndarray, sensor_size, cell: int, time_bins: int, source: str = "events") -> np.ndarray:

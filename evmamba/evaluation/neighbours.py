@@ -68,7 +68,9 @@ def knn_vote(neighbour_labels: np.ndarray) -> np.ndarray:
     below zero (missing neighbours) do not vote; a row without any votes gives -1."""
     labels = np.asarray(neighbour_labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"knn_vote: neighbour_labels must be an (M, k) integer array; got {labels.dtype} {labels.shape}")
+        raise ValueError(
+            f"knn_vote: neighbour_labels must be an (M, k) integer array; got {labels.dtype} {labels.shape}"
+        )
     m, k = labels.shape
     if m == 0:
         return np.zeros(0, np.int64)

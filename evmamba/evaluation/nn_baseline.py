@@ -216,7 +216,9 @@ def run_baseline(cfg: Mapping, options: BaselineOptions | None = None) -> dict[s
     n_rec = sum(int(s.positions.size) for s in sources.values())
     budget = int(options.max_memory_gb * (1 << 30))
     while _feature_bytes(n_rec, sensor_size, cells, t_max) > budget and len(cells) > 1:
-        notes.append(f"cells of {cells[-1]} left out of the grid to stay within --max-memory-gb {options.max_memory_gb}")
+        notes.append(
+            f"cells of {cells[-1]} left out of the grid to stay within --max-memory-gb {options.max_memory_gb}"
+        )
         cells = cells[:-1]
     need = _feature_bytes(n_rec, sensor_size, cells, t_max)
     if need > budget:
@@ -240,7 +242,9 @@ def run_baseline(cfg: Mapping, options: BaselineOptions | None = None) -> dict[s
             preds = _predict(roles["train"], roles["val"], s, ks, options.block_bytes)
             for k in ks:
                 acc = float(np.mean(preds[k] == roles["val"].labels)) if roles["val"].labels.size else math.nan
-                selection.append({"cell": s.cell, "time_bins": s.time_bins, "sqrt": s.sqrt, "k": k, "val_accuracy": acc})
+                selection.append(
+                    {"cell": s.cell, "time_bins": s.time_bins, "sqrt": s.sqrt, "k": k, "val_accuracy": acc}
+                )
                 # Ties prefer the simpler setting: smaller k, fewer time bins, coarser cells, plain counts.
                 rank = (-acc, k, s.time_bins, -s.cell, s.sqrt)
                 if best is None or rank < best[0]:
@@ -271,11 +275,24 @@ def run_baseline(cfg: Mapping, options: BaselineOptions | None = None) -> dict[s
     test = rows[-1]
     n_x, n_y = cell_grid(sensor_size, settings.cell)
     return {
-        "dataset": section(cfg, "dataset").get("name"), "sensor_size": list(sensor_size), "classes": classes,
-        "split": options.test_split, "n_samples": test["n_samples"], "correct": test["correct"],
-        "accuracy": test["accuracy"], "chance": test["chance"],
-        "settings": {**asdict(settings), "k": int(k), "grid": [n_x, n_y], "describe": describe(settings, k, sensor_size)},
-        "selected_on": selected_on, "rows": rows, "selection": selection, "notes": notes,
+        "dataset": section(cfg, "dataset").get("name"),
+        "sensor_size": list(sensor_size),
+        "classes": classes,
+        "split": options.test_split,
+        "n_samples": test["n_samples"],
+        "correct": test["correct"],
+        "accuracy": test["accuracy"],
+        "chance": test["chance"],
+        "settings": {
+            **asdict(settings),
+            "k": int(k),
+            "grid": [n_x, n_y],
+            "describe": describe(settings, k, sensor_size),
+        },
+        "selected_on": selected_on,
+        "rows": rows,
+        "selection": selection,
+        "notes": notes,
         "seconds": time.perf_counter() - start,
     }
 

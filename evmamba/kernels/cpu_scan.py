@@ -2,8 +2,9 @@
 
 The PyTorch reference (:mod:`.scan_ref`) materialises ``(T, B, D, N)`` tensors per chunk and several passes
 over them; this path keeps one channel's ``N`` states in registers and reads each input once, and its backward
-recomputes states from per-chunk checkpoints instead of storing every state. It restates the formulas of
-:mod:`.discretization` (tested against them through the reference) and keeps the reference's contract:
+recomputes states from per-chunk checkpoints instead of storing every state. Its discretization is
+:mod:`.numba_discretization` (shared with the compiled classifier step; tested against :mod:`.discretization`
+through the reference), and it keeps the reference's contract:
 same arguments, same ``lengths`` semantics, zero gradients for inputs a mode does not use.
 
 Work is spread over the CPU cores with numba's ``prange``: the forward over ``(batch, channel)`` pairs, the
@@ -13,52 +14,31 @@ are reduced over channels (``B``, ``C``, the time steps), which are summed after
 
 from __future__ import annotations
 
-import math
-
 import numba as nb
 import numpy as np
 import torch
 
 from .discretization import METHOD_CODES
+from .numba_discretization import (
+    BILINEAR,
+    MAMBA,
+    ZOH,
+    input_factor,
+    libm_exp,
+    libm_expm1,
+    libm_log1p,
+    sigmoid,
+    softplus,
+    transition,
+)
 
 CHECKPOINT_EVERY = 64  # time steps between saved states for the backward's recomputation
 
 
-@nb.njit(inline="always", cache=True)
-def _softplus(x):
-    # torch.nn.functional.softplus with threshold 20
-    return x if x > 20.0 else math.log1p(math.exp(x))
-
-
-@nb.njit(inline="always", cache=True)
-def _sigmoid(x):
-    return 1.0 / (1.0 + math.exp(-x))
-
-
-@nb.njit(inline="always", cache=True)
-def _transition(x, method):
-    """Abar for x = dtA * A (<= 0)."""
-    if method == 2:
-        return (1.0 + 0.5 * x) / (1.0 - 0.5 * x)
-    return math.exp(x)
-
-
-@nb.njit(inline="always", cache=True)
-def _factor(dtB, a_n, method):
-    """Bbar / B for input step dtB and A[d, n] = a_n."""
-    if method == 0:
-        return dtB
-    if method == 1:
-        return math.expm1(dtB * a_n) / a_n
-    if method == 2:
-        return dtB / (1.0 - 0.5 * dtB * a_n)
-    return 1.0
-
-
 @nb.njit(parallel=True, cache=True)
-def _forward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, h0, lengths, method, use_softplus, has_z, event,
+def _forward(u, delta, A, Bm, Cm, Dv, z, bias, dt, sp_rate, h0, lengths, method, use_softplus, has_z, event,
              chunk, y, h_final, ckpt):
-    """u, delta, z, y: (B, D, L); A: (D, N); Bm, Cm: (B, L, N); Dv, bias, sp_rate: (D,); ts: (B, L);
+    """u, delta, z, y: (B, D, L); A: (D, N); Bm, Cm: (B, L, N); Dv, bias, sp_rate: (D,); dt: (B, L);
     h0, h_final: (B, D, N); lengths: (B,); ckpt: (B, D, n_chunks, N) -- state before each chunk."""
     nb_, nd, L = u.shape
     N = A.shape[1]
@@ -78,24 +58,25 @@ def _forward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, h0, lengths, method,
                 continue
             uv = u[b, d, t]
             dr = delta[b, d, t] + bias[d]
-            dtB = _softplus(dr) if use_softplus else dr
-            dtA = ts[b, t] * sp_rate[d] if event else dtB
+            dtB = softplus(dr, libm_exp, libm_log1p) if use_softplus else dr
+            dtA = dt[b, t] * sp_rate[d] if event else dtB
             s = 0.0
             for n in range(N):
                 a_n = A[d, n]
-                h[n] = _transition(dtA * a_n, method) * h[n] + _factor(dtB, a_n, method) * Bm[b, t, n] * uv
+                fac = input_factor(dtB, a_n, method, libm_expm1)
+                h[n] = transition(dtA * a_n, method, libm_exp) * h[n] + fac * Bm[b, t, n] * uv
                 s += h[n] * Cm[b, t, n]
             s += Dv[d] * uv
             if has_z:
                 zv = z[b, d, t]
-                s *= zv * _sigmoid(zv)
+                s *= zv * sigmoid(zv, libm_exp)
             y[b, d, t] = s
         for n in range(N):
             h_final[b, d, n] = h[n]
 
 
 @nb.njit(parallel=True, cache=True)
-def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, method, use_softplus, has_z, event,
+def _backward(u, delta, A, Bm, Cm, Dv, z, bias, dt, sp_rate, raw_rate, lengths, method, use_softplus, has_z, event,
               chunk, ckpt, dy, dh_final, n_groups,
               du, ddelta, dz, dh0, dA_p, dD_p, dbias_p, drate_p, dB_p, dC_p, dts_p):
     """Gradients. Per-(batch, channel) partial sums: dA_p (B, D, N), dD_p, dbias_p, drate_p (B, D);
@@ -136,12 +117,12 @@ def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, 
                         continue
                     uv = u[b, d, t]
                     dr = delta[b, d, t] + bias[d]
-                    dtB = _softplus(dr) if use_softplus else dr
-                    dtA = ts[b, t] * sp_rate[d] if event else dtB
+                    dtB = softplus(dr, libm_exp, libm_log1p) if use_softplus else dr
+                    dtA = dt[b, t] * sp_rate[d] if event else dtB
                     for n in range(N):
                         a_n = A[d, n]
-                        abar = _transition(dtA * a_n, method)
-                        fac = _factor(dtB, a_n, method)
+                        abar = transition(dtA * a_n, method, libm_exp)
+                        fac = input_factor(dtB, a_n, method, libm_expm1)
                         abar_buf[k, n] = abar
                         fac_buf[k, n] = fac
                         hs[k + 1, n] = abar * hs[k, n] + fac * Bm[b, t, n] * uv
@@ -156,15 +137,15 @@ def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, 
                     k = t - t0
                     uv = u[b, d, t]
                     dr = delta[b, d, t] + bias[d]
-                    dtB = _softplus(dr) if use_softplus else dr
-                    dtA = ts[b, t] * sp_rate[d] if event else dtB
+                    dtB = softplus(dr, libm_exp, libm_log1p) if use_softplus else dr
+                    dtA = dt[b, t] * sp_rate[d] if event else dtB
                     dyv = dy[b, d, t]
                     if has_z:
                         s = Dv[d] * uv
                         for n in range(N):
                             s += hs[k + 1, n] * Cm[b, t, n]
                         zv = z[b, d, t]
-                        sz = _sigmoid(zv)
+                        sz = sigmoid(zv, libm_exp)
                         ds = dyv * zv * sz
                         dz[b, d, t] = dyv * s * sz * (1.0 + zv * (1.0 - sz))
                     else:
@@ -185,7 +166,7 @@ def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, 
                         duv += gn * fac * bv
                         # Through Abar = transition(dtA * A).
                         da = gn * hs[k, n]
-                        if method == 2:
+                        if method == BILINEAR:
                             w = 1.0 - 0.5 * x
                             dx = da / (w * w)
                         else:
@@ -194,9 +175,9 @@ def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, 
                         dA_acc[n] += dx * dtA
                         # Through Bbar / B = factor(dtB, A).
                         df = gn * bv * uv
-                        if method == 0:
+                        if method == MAMBA:
                             ddtB += df
-                        elif method == 1:
+                        elif method == ZOH:
                             xb = dtB * a_n
                             e1 = fac * a_n  # expm1(dtB A), since fac = expm1(dtB A) / A
                             ddtB += df * (1.0 + e1)
@@ -206,17 +187,17 @@ def _backward(u, delta, A, Bm, Cm, Dv, z, bias, ts, sp_rate, raw_rate, lengths, 
                             else:
                                 phi = (xb * (1.0 + e1) - e1) / (xb * xb)
                             dA_acc[n] += df * dtB * dtB * phi
-                        elif method == 2:
+                        elif method == BILINEAR:
                             w = 1.0 - 0.5 * dtB * a_n
                             ddtB += df / (w * w)
                             dA_acc[n] += df * 0.5 * dtB * dtB / (w * w)
                         g[n] = abar * gn  # dL/dh_{t-1} through h_t
                     if event:
                         dts_p[b, grp, t] += ddtA * sp_rate[d]
-                        drate_acc += ddtA * ts[b, t] * _sigmoid(raw_rate[d])
+                        drate_acc += ddtA * dt[b, t] * sigmoid(raw_rate[d], libm_exp)
                     else:
                         ddtB += ddtA
-                    ddr = ddtB * _sigmoid(dr) if use_softplus else ddtB
+                    ddr = ddtB * sigmoid(dr, libm_exp) if use_softplus else ddtB
                     ddelta[b, d, t] = ddr
                     dbias_acc += ddr
                     du[b, d, t] = duv
@@ -242,7 +223,7 @@ def _np(t: torch.Tensor | None, shape=None) -> np.ndarray:
 
 class _CpuScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, timesteps, rate, initial_state, lengths, method,
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, dt, rate, initial_state, lengths, method,
                 use_softplus):
         batch, dim, L = u.shape
         N = A.shape[1]
@@ -255,18 +236,18 @@ class _CpuScan(torch.autograd.Function):
             u=_np(u), delta=_np(delta), A=_np(A), Bm=_np(B.transpose(1, 2)), Cm=_np(C.transpose(1, 2)),
             Dv=_np(D) if D is not None else np.zeros(dim, np.float32),
             z=_np(z, (1, 1, 1)), bias=_np(delta_bias) if delta_bias is not None else np.zeros(dim, np.float32),
-            ts=_np(timesteps, (1, 1)), sp_rate=torch.nn.functional.softplus(raw_rate).numpy(),
+            dt=_np(dt, (1, 1)), sp_rate=torch.nn.functional.softplus(raw_rate).numpy(),
         )
         h0 = np.zeros((batch, dim, N), np.float32) if initial_state is None else _np(initial_state)
         chunk = CHECKPOINT_EVERY
         y = _alloc(batch, dim, L)
         h_final = _alloc(batch, dim, N)
         ckpt = _alloc(batch, dim, max(1, -(-L // chunk)), N)
-        flags = (code, use_softplus, z is not None, timesteps is not None, chunk)
+        flags = (code, use_softplus, z is not None, dt is not None, chunk)
         _forward(arrays["u"], arrays["delta"], arrays["A"], arrays["Bm"], arrays["Cm"], arrays["Dv"], arrays["z"],
-                 arrays["bias"], arrays["ts"], arrays["sp_rate"], h0, lengths_np, *flags, y, h_final, ckpt)
+                 arrays["bias"], arrays["dt"], arrays["sp_rate"], h0, lengths_np, *flags, y, h_final, ckpt)
         ctx.saved = (arrays, raw_rate.numpy(), lengths_np, flags, ckpt)
-        ctx.present = tuple(t is not None for t in (D, z, delta_bias, timesteps, rate, initial_state))
+        ctx.present = tuple(t is not None for t in (D, z, delta_bias, dt, rate, initial_state))
         ctx.dtypes = (u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype)
         return torch.from_numpy(y).to(u.dtype), torch.from_numpy(h_final)
 
@@ -286,7 +267,7 @@ class _CpuScan(torch.autograd.Function):
         dy_np = _np(dy)
         dhf = f32(batch, dim, N) if dh_final is None else _np(dh_final)
         _backward(arrays["u"], arrays["delta"], arrays["A"], arrays["Bm"], arrays["Cm"], arrays["Dv"], arrays["z"],
-                  arrays["bias"], arrays["ts"], arrays["sp_rate"], raw_rate, lengths_np, code, use_softplus, has_z,
+                  arrays["bias"], arrays["dt"], arrays["sp_rate"], raw_rate, lengths_np, code, use_softplus, has_z,
                   event, chunk, ckpt, dy_np, dhf, groups,
                   du, ddelta, dz, dh0, dA_p, dD_p, dbias_p, drate_p, dB_p, dC_p, dts_p)
         t = torch.from_numpy
@@ -311,11 +292,11 @@ class _CpuScan(torch.autograd.Function):
 
 
 def selective_scan_cpu(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, timesteps=None, rate=None,
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, dt=None, rate=None,
     discretization="mamba", initial_state=None, lengths=None, return_final_state=False,
 ):
     """:func:`~evmamba.kernels.scan_ref.selective_scan_ref`'s contract, fused on the CPU (float32 arithmetic
     with float64 state and sums; float32 and bfloat16 inputs)."""
-    y, h = _CpuScan.apply(u, delta, A, B, C, D, z, delta_bias, timesteps, rate, initial_state, lengths,
+    y, h = _CpuScan.apply(u, delta, A, B, C, D, z, delta_bias, dt, rate, initial_state, lengths,
                           discretization, bool(delta_softplus))
     return (y, h) if return_final_state else y

@@ -8,7 +8,8 @@ Per channel ``d`` and state ``n``, with ``A = -exp(A_log) < 0``, the input step 
 input-dependent: ``softplus(dt_proj(x) + dt_bias)``) and the decay step ``dtA``:
 
 * standard mode: ``dtA = dtB``;
-* event mode: ``dtA = integration_timestep * softplus(rate[d])`` -- independent of the input.
+* event mode: ``dtA = dt * softplus(rate[d])`` -- independent of the input; ``dt`` is the element's time step (the
+  gap to the previous event, called ``integration_timesteps`` at the :class:`~evmamba.model.Mamba` boundary).
 
 ======== ============================================ ================================
 name     Abar (multiplies h)                          Bbar (multiplies u)
@@ -51,14 +52,14 @@ def input_step(dt_raw: torch.Tensor, dt_bias: torch.Tensor | None = None, softpl
     return F.softplus(dt_raw) if softplus else dt_raw
 
 
-def event_decay_step(timesteps: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
-    """Event-mode decay step ``dtA = timesteps * softplus(rate)``.
+def event_decay_step(dt: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+    """Event-mode decay step ``dtA = dt * softplus(rate)``.
 
-    ``timesteps`` and ``rate`` broadcast against each other: for example ``(B, 1, L) * (D, 1)`` gives the
+    ``dt`` and ``rate`` broadcast against each other: for example ``(B, 1, L) * (D, 1)`` gives the
     ``(B, D, L)`` decay step of a whole sequence and ``(B, 1) * (D,)`` the ``(B, D)`` step of one token.
     ``rate`` is the raw (pre-softplus) per-channel parameter; ``softplus(rate)`` is a rate in 1 / time unit.
     """
-    return timesteps * F.softplus(rate)
+    return dt * F.softplus(rate)
 
 
 def transition(dtA: torch.Tensor, A: torch.Tensor, method: str) -> torch.Tensor:

@@ -62,7 +62,7 @@ def selective_scan_ref(
     z: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = True,
-    timesteps: torch.Tensor | None = None,
+    dt: torch.Tensor | None = None,
     rate: torch.Tensor | None = None,
     discretization: str = "mamba",
     initial_state: torch.Tensor | None = None,
@@ -73,11 +73,11 @@ def selective_scan_ref(
     """Selective scan ``h_t = Abar_t h_{t-1} + Bbar_t u_t``, ``y_t = (C_t . h_t + D u_t) * silu(z_t)``.
 
     Shapes (any strides): ``u``, ``delta``, ``z``: ``(B, D, L)``; ``A``: ``(D, N)`` (negative);
-    ``B``, ``C``: ``(B, N, L)``; ``D``, ``delta_bias``, ``rate``: ``(D,)``; ``timesteps``: ``(B, L)``;
+    ``B``, ``C``: ``(B, N, L)``; ``D``, ``delta_bias``, ``rate``: ``(D,)``; ``dt``: ``(B, L)``;
     ``initial_state``: ``(B, D, N)``; ``lengths``: ``(B,)`` integers.
 
     * ``dtB = softplus(delta + delta_bias)`` (no softplus when ``delta_softplus`` is false).
-    * Event mode (``timesteps`` given): ``dtA = timesteps * softplus(rate)``; standard mode: ``dtA = dtB``.
+    * Event mode (``dt`` given): ``dtA = dt * softplus(rate)``; standard mode: ``dtA = dtB``.
       Inputs a mode does not use get a zero gradient rather than none (``rate`` in standard mode; ``delta``
       and ``delta_bias`` in event mode with ``dirac``), so that a layer's parameters always take part in the
       graph.
@@ -97,8 +97,8 @@ def selective_scan_ref(
     # Inputs that a mode does not use still get a (zero) gradient, so that every parameter of a layer takes
     # part in the graph in every mode (data-parallel training needs no `find_unused_parameters`).
     unused = []
-    if timesteps is not None:
-        dtA = event_decay_step(f(timesteps)[:, None, :], f(rate)[None, :, None])
+    if dt is not None:
+        dtA = event_decay_step(f(dt)[:, None, :], f(rate)[None, :, None])
         if discretization == "dirac":  # Bbar = B: the input step is not used at all
             unused.append(dtB)
     else:

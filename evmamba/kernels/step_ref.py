@@ -23,7 +23,7 @@ def mamba_step_ref(
     dt_bias: torch.Tensor,
     A: torch.Tensor | None,
     D: torch.Tensor,
-    timesteps: torch.Tensor | None = None,
+    dt: torch.Tensor | None = None,
     rate: torch.Tensor | None = None,
     discretization: str = "mamba",
     A_log: torch.Tensor | None = None,
@@ -37,7 +37,7 @@ def mamba_step_ref(
     ``x_proj_weight``: ``(R + 2N, Di)``; ``dt_proj_weight``: ``(Di, R)``; ``dt_bias``: ``(Di,)``.
     ``A``: ``(Di, N)`` (negative), or ``None`` with ``A_log`` ``(Di, N)`` given instead (``A = -exp(A_log)``,
     the layer's parameter; the fused kernel then computes ``A`` itself); ``D``: ``(Di,)``.
-    ``timesteps``: ``(B,)`` event-mode time step of this element (``None``: standard mode); ``rate``: ``(Di,)``.
+    ``dt``: ``(B,)`` event-mode time step of this element (``None``: standard mode); ``rate``: ``(Di,)``.
     """
     if A_log is not None:
         A = -torch.exp(A_log.float())
@@ -58,7 +58,7 @@ def mamba_step_ref(
     x_dbl = xc @ x_proj_weight.float().t()  # (B, R + 2N)
     dt_low, Bm, Cm = torch.split(x_dbl, [rank, n, n], dim=-1)
     dtB = input_step(dt_low @ dt_proj_weight.float().t(), dt_bias.float())  # (B, Di)
-    dtA = dtB if timesteps is None else event_decay_step(timesteps.float()[:, None], rate.float())
+    dtA = dtB if dt is None else event_decay_step(dt.float()[:, None], rate.float())
     a, fac = discretize(dtA[:, :, None], dtB[:, :, None], A.float(), discretization)  # (B, Di, N)
 
     h = a * ssm_state.float() + (fac * xc[:, :, None]) * Bm[:, None, :]

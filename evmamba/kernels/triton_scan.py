@@ -4,7 +4,8 @@
 :func:`~evmamba.kernels.scan_ref.selective_scan_ref` (without ``chunk_size``): same shapes, the same
 ``lengths`` semantics, zero (not ``None``) gradients for inputs a mode does not use. Inputs may have any
 strides (the kernels take strides; Triton specialises unit strides, so contiguous axes load vectorised).
-``float64`` inputs are served by the reference (the kernels compute in float32).
+The kernels compute in float32: ``float64`` inputs are refused (the reference serves them; see
+:mod:`evmamba.kernels.backends`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .discretization import check_discretization
-from .scan_ref import selective_scan_ref
-from .discretization import METHOD_CODES
+from .discretization import METHOD_CODES, check_discretization
 from .triton_primitives import INTERPRETING, next_pow2
 from .triton_scan_kernels import scan_bwd_kernel, scan_fwd_kernel
 
@@ -81,11 +80,12 @@ def _check_tensor(name: str, t, shape: tuple, device, floating: bool = True) -> 
         raise ValueError(f"{where}: {name} must have shape {tuple(shape)}; got {tuple(t.shape)}")
     if t.device != device:
         raise ValueError(f"{where}: {name} is on {t.device} but u is on {device}")
-    if floating and t.dtype not in _FLOATS + (torch.float64,):
-        raise TypeError(f"{where}: {name} must be float32, bfloat16 or float16; got {t.dtype}")
+    if floating and t.dtype not in _FLOATS:
+        raise TypeError(f"{where}: {name} must be float32, bfloat16 or float16 (float64 runs on the reference "
+                        f"backend); got {t.dtype}")
 
 
-def _validate(u, delta, A, B, C, D, z, delta_bias, timesteps, rate, discretization, initial_state, lengths):
+def _validate(u, delta, A, B, C, D, z, delta_bias, dt, rate, discretization, initial_state, lengths):
     where = "selective_scan_triton"
     if not isinstance(u, torch.Tensor) or u.dim() != 3:
         got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
@@ -108,10 +108,10 @@ def _validate(u, delta, A, B, C, D, z, delta_bias, timesteps, rate, discretizati
                            ("initial_state", initial_state, (batch, dim, n))):
         if t is not None:
             _check_tensor(name, t, shape, dev)
-    if timesteps is not None:
-        _check_tensor("timesteps", timesteps, (batch, L), dev)
+    if dt is not None:
+        _check_tensor("dt", dt, (batch, L), dev)
         if rate is None:
-            raise ValueError(f"{where}: rate (D,) is required with timesteps (event mode); got None")
+            raise ValueError(f"{where}: rate (D,) is required with dt (event mode); got None")
     if rate is not None:
         _check_tensor("rate", rate, (dim,), dev)
     if lengths is not None:
@@ -171,7 +171,7 @@ def segment_plan(batch: int, dim: int, L: int, cfg: LaunchConfig, device: torch.
     return _cdiv(n_chunks, per_seg), per_seg
 
 
-def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, timesteps, rate, method, initial_state,
+def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dt, rate, method, initial_state,
                  lengths, want_final: bool, save_states: bool):
     """Launch the forward kernel (after its carry pass when the sequence is split into segments).
     Returns ``(y, final_state or None, chunk_states or None)``."""
@@ -189,16 +189,16 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, timesteps,
         seg_P = _alloc(batch, n_segs, dim, n, device=dev, dtype=torch.float32)
     else:
         seg_E = seg_P = _dummy(u)
-    event = timesteps is not None
+    event = dt is not None
     d = _dummy(u)
     args = (
         u, delta, A, B, C, d if D is None else D, d if z is None else z, d if delta_bias is None else delta_bias,
-        d if timesteps is None else timesteps, d if rate is None else rate,
+        d if dt is None else dt, d if rate is None else rate,
         d if initial_state is None else initial_state, d if lengths is None else lengths,
         y, hT, states, seg_E, seg_P,
         L, dim, n, n_chunks, per_seg, n_segs,
         *u.stride(), *delta.stride(), *_strides3(z), *B.stride(), *C.stride(),
-        *((0, 0) if timesteps is None else timesteps.stride()), *y.stride(), *A.stride(),
+        *((0, 0) if dt is None else dt.stride()), *y.stride(), *A.stride(),
         *((0, 0, 0) if initial_state is None else initial_state.stride()),
     )
     flags = dict(
@@ -218,10 +218,10 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, timesteps,
     return y, (hT if want_final else None), (states if save_states else None)
 
 
-def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, timesteps, rate, method,
+def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, dt, rate, method,
                   lengths, states):
     """Launch the backward kernel (after its carry pass when split into segments) and reduce its partial sums.
-    Returns gradients in the inputs' dtypes: ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dtimesteps, drate,
+    Returns gradients in the inputs' dtypes: ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, ddt, drate,
     dinitial_state)`` (the last in float32)."""
     batch, dim, L = u.shape
     n = A.shape[1]
@@ -233,7 +233,7 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     n_segs, per_seg = segment_plan(batch, dim, L, cfg, u.device, "bwd")
     dev = u.device
     f32 = dict(device=dev, dtype=torch.float32)
-    event = timesteps is not None
+    event = dt is not None
     needs_delta = not (event and method == "dirac")
 
     du = _alloc(batch, dim, L, device=dev, dtype=u.dtype)
@@ -260,13 +260,13 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     def args(seg_offset: int) -> tuple:
         return (
             u, delta, A, B, C, d if D is None else D, d if z is None else z,
-            d if delta_bias is None else delta_bias, d if timesteps is None else timesteps,
+            d if delta_bias is None else delta_bias, d if dt is None else dt,
             d if rate is None else rate, d if lengths is None else lengths,
             states, dy, d if dhT is None else dhT, seg_P, seg_W,
             du, ddelta, dz, dB_part, dC_part, dts_part, dA_part, dD_part, dbias_part, drate_part, dh0,
             L, dim, n, n_chunks, per_seg, n_segs, batch, seg_offset,
             *u.stride(), *delta.stride(), *_strides3(z), *B.stride(), *C.stride(),
-            *((0, 0) if timesteps is None else timesteps.stride()), *dy.stride(), *A.stride(),
+            *((0, 0) if dt is None else dt.stride()), *dy.stride(), *A.stride(),
         )
 
     flags = dict(
@@ -285,7 +285,7 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     dA = dA_part.sum((0, 1)).to(A.dtype)
     dD = None if D is None else dD_part.sum((0, 1)).to(D.dtype)
     dbias = None if delta_bias is None else dbias_part.sum((0, 1)).to(delta_bias.dtype)
-    dts = dts_part.sum(0).to(timesteps.dtype) if event else None
+    dts = dts_part.sum(0).to(dt.dtype) if event else None
     drate = drate_part.sum((0, 1)).to(rate.dtype) if event else None
     return du, ddelta, dA, dB, dC, dD, (dz if z is not None else None), dbias, dts, drate, dh0
 
@@ -295,13 +295,13 @@ class SelectiveScanFunction(torch.autograd.Function):
     """Differentiable selective scan on the Triton kernels (see :func:`selective_scan_triton`)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, timesteps, rate, initial_state, lengths,
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, dt, rate, initial_state, lengths,
                 delta_softplus, method):
         y, hT, states = scan_forward(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, timesteps, rate, method, initial_state, lengths,
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, dt, rate, method, initial_state, lengths,
             want_final=True, save_states=True,
         )
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, timesteps, rate, lengths, states)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, dt, rate, lengths, states)
         ctx.delta_softplus = delta_softplus
         ctx.method = method
         ctx.h0_dtype = None if initial_state is None else initial_state.dtype
@@ -310,11 +310,11 @@ class SelectiveScanFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dhT):
-        u, delta, A, B, C, D, z, delta_bias, timesteps, rate, lengths, states = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, dt, rate, lengths, states = ctx.saved_tensors
         if dy is None:
             dy = torch.zeros_like(u)
         du, ddelta, dA, dB, dC, dD, dz, dbias, dts, drate, dh0 = scan_backward(
-            dy, dhT, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, timesteps, rate, ctx.method,
+            dy, dhT, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, dt, rate, ctx.method,
             lengths, states,
         )
         if rate is not None and drate is None:  # standard mode: the rate takes part with a zero gradient
@@ -323,9 +323,22 @@ class SelectiveScanFunction(torch.autograd.Function):
             dbias = torch.zeros_like(delta_bias)
         g = ctx.needs_input_grad
         pick = lambda i, t: t if g[i] else None  # noqa: E731
-        return (pick(0, du), pick(1, ddelta), pick(2, dA), pick(3, dB), pick(4, dC), pick(5, dD), pick(6, dz),
-                pick(7, dbias), pick(8, dts), pick(9, drate), pick(10, None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype)),
-                None, None, None)
+        return (
+            pick(0, du),
+            pick(1, ddelta),
+            pick(2, dA),
+            pick(3, dB),
+            pick(4, dC),
+            pick(5, dD),
+            pick(6, dz),
+            pick(7, dbias),
+            pick(8, dts),
+            pick(9, drate),
+            pick(10, None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype)),
+            None,
+            None,
+            None,
+        )
 
 
 def selective_scan_triton(
@@ -338,7 +351,7 @@ def selective_scan_triton(
     z: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = True,
-    timesteps: torch.Tensor | None = None,
+    dt: torch.Tensor | None = None,
     rate: torch.Tensor | None = None,
     discretization: str = "mamba",
     initial_state: torch.Tensor | None = None,
@@ -348,23 +361,20 @@ def selective_scan_triton(
     """Selective scan on the Triton kernels; the contract of :func:`~evmamba.kernels.scan_ref.selective_scan_ref`.
 
     Shapes (any strides): ``u``, ``delta``, ``z``: ``(B, D, L)``; ``A``: ``(D, N)``; ``B``, ``C``:
-    ``(B, N, L)``; ``D``, ``delta_bias``, ``rate``: ``(D,)``; ``timesteps``: ``(B, L)``; ``initial_state``:
+    ``(B, N, L)``; ``D``, ``delta_bias``, ``rate``: ``(D,)``; ``dt``: ``(B, L)``; ``initial_state``:
     ``(B, D, N)``; ``lengths``: ``(B,)`` integers. Returns ``y`` ``(B, D, L)`` in ``u``'s dtype (strides like
     ``u``), and with ``return_final_state`` the final state ``(B, D, N)`` in float32. Activations may be
     float32, bfloat16 or float16; all arithmetic and the state are float32.
     """
-    _validate(u, delta, A, B, C, D, z, delta_bias, timesteps, rate, discretization, initial_state, lengths)
-    if u.dtype == torch.float64:
-        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, timesteps, rate,
-                                  discretization, initial_state, lengths, return_final_state)
+    _validate(u, delta, A, B, C, D, z, delta_bias, dt, rate, discretization, initial_state, lengths)
     # The kernels read the (D,) and (B,) vectors with unit stride; a strided view is copied (D elements).
     D, delta_bias, rate, lengths = (None if v is None else v.contiguous() for v in (D, delta_bias, rate, lengths))
-    inputs = (u, delta, A, B, C, D, z, delta_bias, timesteps, rate, initial_state)
+    inputs = (u, delta, A, B, C, D, z, delta_bias, dt, rate, initial_state)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        y, hT = SelectiveScanFunction.apply(u, delta, A, B, C, D, z, delta_bias, timesteps, rate, initial_state,
+        y, hT = SelectiveScanFunction.apply(u, delta, A, B, C, D, z, delta_bias, dt, rate, initial_state,
                                             lengths, bool(delta_softplus), discretization)
     else:
-        y, hT, _ = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, timesteps, rate,
+        y, hT, _ = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dt, rate,
                                 discretization, initial_state, lengths, want_final=return_final_state,
                                 save_states=False)
     return (y, hT) if return_final_state else y

@@ -16,9 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .discretization import check_discretization
-from .step_ref import mamba_step_ref
-from .discretization import METHOD_CODES
+from .discretization import METHOD_CODES, check_discretization
 from .triton_primitives import INTERPRETING, input_factor, next_pow2, sigmoid, softplus, transition
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
@@ -250,7 +248,7 @@ def mamba_step_triton(
     dt_bias: torch.Tensor,
     A: torch.Tensor | None,
     D: torch.Tensor,
-    timesteps: torch.Tensor | None = None,
+    dt: torch.Tensor | None = None,
     rate: torch.Tensor | None = None,
     discretization: str = "mamba",
     A_log: torch.Tensor | None = None,
@@ -261,8 +259,8 @@ def mamba_step_triton(
     (the state is computed in float32 whatever its storage dtype); ``conv_weight`` ``(Di, K)``; ``conv_bias``
     ``(Di,)`` or ``None``; ``x_proj_weight`` ``(R + 2N, Di)``; ``dt_proj_weight`` ``(Di, R)``; ``dt_bias``,
     ``D``, ``rate`` ``(Di,)``; ``A`` ``(Di, N)``, or ``None`` and ``A_log`` ``(Di, N)`` (the kernel then takes
-    ``A = -exp(A_log)`` itself); ``timesteps`` ``(B,)`` (event mode) or ``None``.
-    Returns ``y`` ``(B, Di)`` in ``xz``'s dtype. ``float64`` inputs are served by the reference.
+    ``A = -exp(A_log)`` itself); ``dt`` ``(B,)`` (event mode) or ``None``.
+    Returns ``y`` ``(B, Di)`` in ``xz``'s dtype. ``float64`` inputs are refused (the reference serves them).
 
     Inputs are checked for shapes and devices only (no values), so the call is safe inside CUDA-graph capture.
     """
@@ -300,31 +298,30 @@ def mamba_step_triton(
     _check("x_proj_weight", x_proj_weight, (rank + 2 * n, di), dev)
     _check("dt_bias", dt_bias, (di,), dev)
     _check("D", D, (di,), dev)
-    if timesteps is not None:
-        _check("timesteps", timesteps, (batch,), dev)
+    if dt is not None:
+        _check("dt", dt, (batch,), dev)
         if rate is None:
-            raise ValueError(f"{where}: rate (Di,) is required with timesteps (event mode); got None")
+            raise ValueError(f"{where}: rate (Di,) is required with dt (event mode); got None")
         _check("rate", rate, (di,), dev)
     if xz.dtype == torch.float64:
-        return mamba_step_ref(xz, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-                              dt_bias, None if a_is_log else A, D, timesteps, rate, discretization,
-                              A_log=A if a_is_log else None)
+        raise TypeError(f"{where}: the kernel computes in float32; float64 runs on the reference backend "
+                        "(mamba_step_ref)")
 
     y = _alloc(batch, di, device=dev, dtype=xz.dtype)
     dummy = torch.empty(1, device=dev, dtype=torch.float32)
     args = (
         xz, conv_state, ssm_state, conv_weight, dummy if conv_bias is None else conv_bias, x_proj_weight,
-        dt_proj_weight, dt_bias, A, D, dummy if timesteps is None else timesteps, dummy if rate is None else rate, y,
+        dt_proj_weight, dt_bias, A, D, dummy if dt is None else dt, dummy if rate is None else rate, y,
         di, n, rank, kk,
         *xz.stride(), *conv_state.stride(), *ssm_state.stride(), *conv_weight.stride(), *x_proj_weight.stride(),
         *dt_proj_weight.stride(), *A.stride(), *y.stride(),
         # Vectors are read with their strides too: a time step taken as a column of a (B, L) tensor has
         # stride L, and reading it as contiguous gives each stream another stream's value.
-        *(0 if v is None else v.stride(0) for v in (timesteps, conv_bias, dt_bias, D, rate)),
+        *(0 if v is None else v.stride(0) for v in (dt, conv_bias, dt_bias, D, rate)),
     )
     flags = dict(
         KP=next_pow2(kk), NP=next_pow2(n), RP=next_pow2(rank),
-        METHOD=METHOD_CODES[discretization], EVENT=timesteps is not None, HAS_CBIAS=conv_bias is not None,
+        METHOD=METHOD_CODES[discretization], EVENT=dt is not None, HAS_CBIAS=conv_bias is not None,
         FAST=not INTERPRETING, A_IS_LOG=a_is_log,
     )
     if next_pow2(di) <= MAX_ONE_BLOCK:

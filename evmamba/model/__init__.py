@@ -1,6 +1,7 @@
-"""Models: the :class:`Mamba` layer and the classifiers built on it."""
+"""evmamba.model (layer 4): the :class:`Mamba` layer, embeddings, pooling, the classifiers built on it and their
+checkpoints (:mod:`.checkpoint`)."""
 
-from .classifier import EventClassifier
+from .classifier import ClassifierConfig, EventClassifier
 from .mamba import Mamba
 
-__all__ = ["EventClassifier", "Mamba"]
+__all__ = ["ClassifierConfig", "EventClassifier", "Mamba"]

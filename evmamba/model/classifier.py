@@ -28,21 +28,29 @@ stage from a copy of it on the current partial window; when the window completes
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from ..core.checks import check_int, check_number, is_number
+from ..kernels.discretization import check_discretization
+from ..pipeline.surfaces import SurfaceConfig
 from .embedding import EMBEDDINGS, TokenEmbedding
 from .mamba import Mamba
 from .pooling import (
     READOUTS,
+    add_to_window,
+    carry_token,
     pool_windows,
     pool_with_carry,
     readout,
     readout_accumulate,
     readout_commit,
     readout_value,
+    window_mean,
 )
 
 NORMS = ("rms", "layer")
@@ -50,19 +58,11 @@ MODEL_TYPE = "event_mamba"
 
 
 def _int_arg(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"EventClassifier: argument '{name}' must be an int >= {minimum}; got {value!r}")
-    if value < minimum:
-        raise ValueError(f"EventClassifier: argument '{name}' must be an int >= {minimum}; got {value}")
-    return value
+    return check_int(value, f"EventClassifier: argument '{name}'", minimum)
 
 
 def _float_arg(value: Any, name: str, minimum: float = 0.0, maximum: float = math.inf, open_max=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"EventClassifier: argument '{name}' must be a finite number; got {value!r}")
-    if value < minimum or value > maximum or (open_max and value == maximum):
-        raise ValueError(f"EventClassifier: argument '{name}' must lie in [{minimum}, {maximum}{')' if open_max else ']'}; got {value}")
-    return float(value)
+    return check_number(value, f"EventClassifier: argument '{name}'", minimum, maximum, open_max=open_max)
 
 
 def _strides(pool_stride, n_layers: int) -> list[int]:
@@ -79,15 +79,19 @@ def _strides(pool_stride, n_layers: int) -> list[int]:
                 f"({n_layers - 1} for n_layers={n_layers}); got {list(pool_stride)}"
             )
         return [_int_arg(s, "pool_stride[i]") for s in pool_stride] + [1]
-    raise TypeError(f"EventClassifier: argument 'pool_stride' must be None, an int or a list of ints; got {pool_stride!r}")
+    raise TypeError(
+        f"EventClassifier: argument 'pool_stride' must be None, an int or a list of ints; got {pool_stride!r}"
+    )
 
 
-class EventClassifier(nn.Module):
-    """Classify token streams with event-mode Mamba layers. See the module docstring for shapes and paths.
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The architecture of an :class:`EventClassifier`: the keys of a config's ``model`` section
+    (``type: event_mamba``), one field each, checked when the object is made (``TypeError`` / ``ValueError``
+    naming ``EventClassifier: argument 'KEY'``). The data give the rest (``vocab_size``, ``n_classes``, and
+    ``grid`` when the section leaves it out).
 
-    Args:
-        vocab_size: number of token ids (:func:`evmamba.pipeline.binning.vocab_size`).
-        n_classes: number of classes.
+    Fields:
         d_model: width of the residual stream.
         n_layers: number of Mamba blocks.
         d_state, d_conv, expand, dt_min, dt_max: passed to each :class:`~evmamba.model.Mamba`.
@@ -96,11 +100,12 @@ class EventClassifier(nn.Module):
             surface through a shared MLP, plus coarse position and polarity rows); the last two need ``grid``
             (:mod:`evmamba.model.embedding`).
         grid: ``(W', H', P)`` token grid, ``W' * H' * P == vocab_size``.
-        surface: the surfaces the ``"surface"`` embedding reads: a mapping with keys of
-            :class:`~evmamba.pipeline.surfaces.SurfaceConfig` (``radius``, ``tau_us``, ``scales``, ``kind``).
+        count_feature: add a learned ``log(count)`` feature to each token's embedding.
+        surface: the surfaces the ``"surface"`` embedding reads: a
+            :class:`~evmamba.pipeline.surfaces.SurfaceConfig` or a mapping of its keys (``radius``, ``tau_us``,
+            ``scales``, ``kind``); defaults when None.
         surface_hidden: hidden width of the surface MLP (0: linear).
         position_cells: coarse position cells along the longer grid axis (``"surface"``).
-        count_feature: add a learned ``log(count)`` feature to each token's embedding.
         pool_stride: ``None`` (no pooling), an int (pool after every layer but the last) or a list of
             ``n_layers - 1`` strides (after layer ``i``; 1 = none). Layers between poolings form a stage.
         input_pool: stride of a pooling of the token embeddings before the first layer (1 = none): a cheap
@@ -112,134 +117,205 @@ class EventClassifier(nn.Module):
             (:meth:`Mamba.init_event_rate`).
         event_mode: feed ``dt`` to the layers (event-based decay); False gives standard Mamba.
         dt_eps: added to each token's Δt in the ``dt_mean`` readout's weights.
-        use_fast_path: let the layers use their fused kernels where available.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        n_classes: int,
-        d_model: int = 64,
-        n_layers: int = 4,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: int = 2,
-        discretization: str = "zoh",
-        embedding: str = "table",
-        grid=None,
-        count_feature: bool = True,
-        surface=None,
-        surface_hidden: int = 64,
-        position_cells: int = 8,
-        pool_stride=None,
-        input_pool: int = 1,
-        readout: str = "mean",
-        norm: str = "rms",
-        dropout: float = 0.0,
-        tau_min: float = 1.0,
-        tau_max: float = 1000.0,
-        event_mode: bool = True,
-        dt_eps: float = 1e-3,
-        dt_min: float = 0.001,
-        dt_max: float = 0.1,
-        use_fast_path: bool = True,
-    ):
+    d_model: int = 64
+    n_layers: int = 4
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    discretization: str = "zoh"
+    embedding: str = "table"
+    grid: tuple[int, int, int] | None = None
+    count_feature: bool = True
+    surface: SurfaceConfig | None = None
+    surface_hidden: int = 64
+    position_cells: int = 8
+    pool_stride: int | tuple[int, ...] | None = None
+    input_pool: int = 1
+    readout: str = "mean"
+    norm: str = "rms"
+    dropout: float = 0.0
+    tau_min: float = 1.0
+    tau_max: float = 1000.0
+    event_mode: bool = True
+    dt_eps: float = 1e-3
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+
+    def __post_init__(self) -> None:
+        put = lambda key, value: object.__setattr__(self, key, value)  # noqa: E731  (frozen: normalise once)
+        for key in ("d_model", "n_layers", "d_state", "d_conv"):
+            put(key, _int_arg(getattr(self, key), key))
+        if not is_number(self.expand) or self.expand <= 0:
+            raise ValueError(f"EventClassifier: argument 'expand' must be a positive number; got {self.expand!r}")
+        check_discretization(self.discretization, "EventClassifier: argument 'discretization'")
+        for key, choices in (("embedding", EMBEDDINGS), ("readout", READOUTS), ("norm", NORMS)):
+            if getattr(self, key) not in choices:
+                raise ValueError(f"EventClassifier: argument '{key}' must be one of {choices}; "
+                                 f"got {getattr(self, key)!r}")
+        if isinstance(self.grid, Sequence) and not isinstance(self.grid, (str, bytes)):
+            put("grid", tuple(self.grid))  # checked against vocab_size by the embedding
+        put("count_feature", bool(self.count_feature))
+        if self.embedding != "surface" and self.surface is not None:
+            raise ValueError(
+                f"EventClassifier: argument 'surface' is for embedding='surface'; got embedding={self.embedding!r}"
+            )
+        if self.embedding == "surface" and not isinstance(self.surface, SurfaceConfig):
+            put("surface", SurfaceConfig.from_dict(self.surface, source="EventClassifier: argument 'surface'"))
+        put("surface_hidden", _int_arg(self.surface_hidden, "surface_hidden", 0))
+        put("position_cells", _int_arg(self.position_cells, "position_cells"))
+        _strides(self.pool_stride, self.n_layers)  # checks it
+        if isinstance(self.pool_stride, Sequence) and not isinstance(self.pool_stride, (str, bytes)):
+            put("pool_stride", tuple(int(v) for v in self.pool_stride))
+        put("input_pool", _int_arg(self.input_pool, "input_pool"))
+        put("dropout", _float_arg(self.dropout, "dropout", 0.0, 1.0, open_max=True))
+        for low, high in (("tau_min", "tau_max"), ("dt_min", "dt_max")):
+            for key in (low, high):
+                check_number(getattr(self, key), f"EventClassifier: argument '{key}'", 0.0, open_min=True)
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"EventClassifier: argument '{low}' must be <= '{high}'; "
+                                 f"got {getattr(self, low)} > {getattr(self, high)}")
+        put("event_mode", bool(self.event_mode))
+        put("dt_eps", _float_arg(self.dt_eps, "dt_eps", 0.0))
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """The field names, in order."""
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ClassifierConfig:
+        """From a mapping of field names (a ``model`` section without ``type``); an unknown key is a
+        ``ValueError`` naming ``model.KEY`` and the known ones."""
+        unknown = sorted(set(values) - set(cls.keys()))
+        if unknown:
+            raise ValueError(f"config: unknown key(s) {['model.' + k for k in unknown]}; known: {sorted(cls.keys())}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists, dicts), as checkpoints store them under ``model_config``."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["grid"] = None if self.grid is None else [int(v) for v in self.grid]
+        out["surface"] = None if self.surface is None else self.surface.to_dict()
+        if isinstance(self.pool_stride, tuple):
+            out["pool_stride"] = list(self.pool_stride)
+        return out
+
+
+class EventClassifier(nn.Module):
+    """Classify token streams with event-mode Mamba layers. See the module docstring for shapes and paths.
+
+    ``EventClassifier(vocab_size, n_classes, config=None, *, use_fast_path=True, **kwargs)``:
+
+    Args:
+        vocab_size: number of token ids (:func:`evmamba.pipeline.binning.vocab_size`).
+        n_classes: number of classes.
+        config: the architecture, a :class:`ClassifierConfig` (or a mapping of its fields); keyword arguments
+            named like its fields give or replace single fields (``EventClassifier(V, C, d_model=32)``).
+        use_fast_path: let the layers use their fused kernels where available (not part of the architecture).
+
+    :attr:`architecture` is the :class:`ClassifierConfig`; :attr:`config` the plain dict a checkpoint stores
+    (``vocab_size``, ``n_classes`` and the architecture's fields), from which the same model is rebuilt.
+    """
+
+    #: Constructor arguments that come from the data, not from the config's ``model`` section.
+    DATA_ARGS = ("vocab_size", "n_classes")
+
+    def __init__(self, vocab_size: int, n_classes: int, config: ClassifierConfig | Mapping | None = None, *,
+                 use_fast_path: bool = True, **kwargs):
         super().__init__()
+        if config is None:
+            config = ClassifierConfig.from_dict(kwargs)
+        elif isinstance(config, Mapping):
+            config = ClassifierConfig.from_dict({**config, **kwargs})
+        elif isinstance(config, ClassifierConfig):
+            config = replace(config, **kwargs) if kwargs else config
+        else:
+            raise TypeError(f"EventClassifier: argument 'config' must be a ClassifierConfig, a mapping or None; "
+                            f"got {type(config).__name__}")
+        self.architecture = c = config
         self.vocab_size = _int_arg(vocab_size, "vocab_size")
         self.n_classes = _int_arg(n_classes, "n_classes")
-        self.d_model = _int_arg(d_model, "d_model")
-        self.n_layers = _int_arg(n_layers, "n_layers")
-        if embedding not in EMBEDDINGS:
-            raise ValueError(f"EventClassifier: argument 'embedding' must be one of {EMBEDDINGS}; got {embedding!r}")
-        if readout not in READOUTS:
-            raise ValueError(f"EventClassifier: argument 'readout' must be one of {READOUTS}; got {readout!r}")
-        if norm not in NORMS:
-            raise ValueError(f"EventClassifier: argument 'norm' must be one of {NORMS}; got {norm!r}")
-        dropout = _float_arg(dropout, "dropout", 0.0, 1.0, open_max=True)
-        self.dt_eps = _float_arg(dt_eps, "dt_eps", 0.0)
-        self.readout_kind = readout
-        self.event_mode = bool(event_mode)
-        self.strides = _strides(pool_stride, self.n_layers)
-        input_pool = _int_arg(input_pool, "input_pool")
+        self.d_model, self.n_layers = c.d_model, c.n_layers
+        self.dt_eps = c.dt_eps
+        self.readout_kind = c.readout
+        self.event_mode = c.event_mode
+        self.strides = _strides(c.pool_stride, self.n_layers)
         # Stage k holds the layers between two poolings; stage_strides[k] is the stride after it. An input
         # pooling makes a first stage without layers.
-        self.stages: list[list[int]] = [[], []] if input_pool > 1 else [[]]
-        self.stage_strides: list[int] = [input_pool] if input_pool > 1 else []
+        self.stages: list[list[int]] = [[], []] if c.input_pool > 1 else [[]]
+        self.stage_strides: list[int] = [c.input_pool] if c.input_pool > 1 else []
         for i, s in enumerate(self.strides):
             self.stages[-1].append(i)
             if s > 1:
                 self.stage_strides.append(s)
                 self.stages.append([])
 
-        surface_hidden = _int_arg(surface_hidden, "surface_hidden", 0)
-        position_cells = _int_arg(position_cells, "position_cells")
-        if embedding != "surface" and surface is not None:
-            raise ValueError(f"EventClassifier: argument 'surface' is for embedding='surface'; got embedding={embedding!r}")
-        self.embedding = TokenEmbedding(self.vocab_size, self.d_model, embedding, grid, bool(count_feature),
-                                        surface=surface, surface_hidden=surface_hidden, position_cells=position_cells)
-        norm_cls = (lambda: nn.RMSNorm(self.d_model, eps=1e-5)) if norm == "rms" else (lambda: nn.LayerNorm(self.d_model))
+        self.embedding = TokenEmbedding(self.vocab_size, self.d_model, c.embedding, c.grid, c.count_feature,
+                                        surface=c.surface, surface_hidden=c.surface_hidden,
+                                        position_cells=c.position_cells)
+        norm_cls = (
+            (lambda: nn.RMSNorm(self.d_model, eps=1e-5)) if c.norm == "rms" else (lambda: nn.LayerNorm(self.d_model))
+        )
         self.layers = nn.ModuleList(
-            Mamba(self.d_model, d_state=d_state, d_conv=d_conv, expand=expand, dt_min=dt_min, dt_max=dt_max,
-                  discretization=discretization, layer_idx=i, use_fast_path=use_fast_path)
+            Mamba(self.d_model, d_state=c.d_state, d_conv=c.d_conv, expand=c.expand, dt_min=c.dt_min,
+                  dt_max=c.dt_max, discretization=c.discretization, layer_idx=i, use_fast_path=use_fast_path)
             for i in range(self.n_layers)
         )
         self.norms = nn.ModuleList(norm_cls() for _ in range(self.n_layers))
         self.final_norm = norm_cls()
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(c.dropout)
         self.head = nn.Linear(self.d_model, self.n_classes)
         with torch.no_grad():
             for layer in self.layers:
-                layer.init_event_rate(tau_min, tau_max)
+                layer.init_event_rate(c.tau_min, c.tau_max)
                 # Keep the residual stream's growth independent of depth (as GPT-2 and Mamba do).
                 layer.out_proj.weight.mul_(1.0 / math.sqrt(self.n_layers))
-        self.config = dict(
-            vocab_size=self.vocab_size, n_classes=self.n_classes, d_model=self.d_model, n_layers=self.n_layers,
-            d_state=d_state, d_conv=d_conv, expand=expand, discretization=discretization, embedding=embedding,
-            grid=None if grid is None else [int(v) for v in grid], count_feature=bool(count_feature),
-            surface=None if self.embedding.surface is None else self.embedding.surface.to_dict(),
-            surface_hidden=surface_hidden, position_cells=position_cells,
-            pool_stride=pool_stride if not isinstance(pool_stride, Sequence) else [int(s) for s in pool_stride],
-            input_pool=input_pool,
-            readout=readout, norm=norm, dropout=dropout, tau_min=tau_min, tau_max=tau_max,
-            event_mode=self.event_mode, dt_eps=self.dt_eps, dt_min=dt_min, dt_max=dt_max,
-        )
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """``vocab_size``, ``n_classes`` and the architecture's fields as plain values (a checkpoint's
+        ``model_config``): ``EventClassifier(**config)`` builds the same model."""
+        return {"vocab_size": self.vocab_size, "n_classes": self.n_classes, **self.architecture.to_dict()}
 
     # ------------------------------------------------------------------------------------------ building
-    #: Constructor arguments that come from the data, not from the config's ``model`` section.
-    DATA_ARGS = ("vocab_size", "n_classes")
-
     @classmethod
     def config_keys(cls) -> list[str]:
-        """The keys a ``model`` section of ``type: event_mamba`` may hold: ``type`` and the constructor's
-        arguments that do not come from the data (``grid`` does, when the section leaves it out)."""
-        import inspect
+        """The keys a ``model`` section of ``type: event_mamba`` may hold: ``type``, ``use_fast_path`` and
+        the fields of :class:`ClassifierConfig` (``grid`` comes from the data when the section leaves it out)."""
+        return sorted({"type", "use_fast_path"} | set(ClassifierConfig.keys()))
 
-        params = inspect.signature(cls.__init__).parameters
-        return sorted({"type"} | {k for k in params if k != "self" and k not in cls.DATA_ARGS})
-
-    @classmethod
-    def from_config(cls, model_cfg: Mapping, vocab_size: int, n_classes: int, grid=None) -> "EventClassifier":
-        """Build from a config's ``model`` section (keys are the constructor's; ``type``, if present, must be
-        ``"event_mamba"``). ``grid`` is used when the section does not give one."""
+    @staticmethod
+    def parse_section(model_cfg: Mapping) -> tuple[ClassifierConfig, bool]:
+        """A config's ``model`` section (a mapping or an OmegaConf node) -> ``(ClassifierConfig,
+        use_fast_path)``: unknown keys, a ``type`` other than ``event_mamba`` and bad values are errors naming
+        the key. The checks of a whole config (:func:`evmamba.training.sections.check_config`) run this."""
         if hasattr(model_cfg, "_metadata"):
             from omegaconf import OmegaConf
 
             model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
         if not isinstance(model_cfg, Mapping):
             raise TypeError(f"config section 'model' must be a mapping; got {type(model_cfg).__name__}")
-        kwargs = dict(model_cfg)
-        kind = kwargs.pop("type", MODEL_TYPE)
+        values = dict(model_cfg)
+        kind = values.pop("type", MODEL_TYPE)
         if kind != MODEL_TYPE:
             raise ValueError(f"config: key 'model.type' is {kind!r}; EventClassifier builds {MODEL_TYPE!r}")
-        known = set(cls.config_keys()) - {"type"}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise ValueError(f"config: unknown key(s) {['model.' + k for k in unknown]}; known: {sorted(known)}")
-        if kwargs.get("grid") is None and grid is not None:
-            kwargs["grid"] = list(grid)
-        if kwargs.get("embedding", "table") == "table":
-            kwargs.pop("grid", None)
-        return cls(vocab_size, n_classes, **kwargs)
+        use_fast_path = values.pop("use_fast_path", True)
+        if not isinstance(use_fast_path, bool):
+            raise ValueError(f"config: key 'model.use_fast_path' must be true or false; got {use_fast_path!r}")
+        return ClassifierConfig.from_dict(values), use_fast_path
+
+    @classmethod
+    def from_config(cls, model_cfg: Mapping, vocab_size: int, n_classes: int, grid=None) -> EventClassifier:
+        """Build from a config's ``model`` section (:meth:`parse_section`). ``grid`` is used when the section
+        does not give one (and dropped for the ``"table"`` embedding, which needs none)."""
+        config, use_fast_path = cls.parse_section(model_cfg)
+        if config.embedding == "table":
+            config = replace(config, grid=None)
+        elif config.grid is None and grid is not None:
+            config = replace(config, grid=tuple(grid))
+        return cls(vocab_size, n_classes, config, use_fast_path=use_fast_path)
 
     # ------------------------------------------------------------------------------------------ checks
     @property
@@ -257,10 +333,14 @@ class EventClassifier(nn.Module):
         want = (*tokens.shape, self.embedding.n_surface)
         if not isinstance(surfaces, torch.Tensor) or tuple(surfaces.shape) != want:
             got = tuple(surfaces.shape) if isinstance(surfaces, torch.Tensor) else type(surfaces).__name__
-            raise ValueError(f"EventClassifier: argument 'surfaces' must have shape {want} (the tokens' local surfaces, "
-                             f"evmamba.pipeline.surfaces.token_surfaces); got {got}")
+            raise ValueError(
+                f"EventClassifier: argument 'surfaces' must have shape {want} (the tokens' local surfaces, "
+                f"evmamba.pipeline.surfaces.token_surfaces); got {got}"
+            )
         if not surfaces.is_floating_point():
-            raise TypeError(f"EventClassifier: argument 'surfaces' must be a floating-point tensor; got {surfaces.dtype}")
+            raise TypeError(
+                f"EventClassifier: argument 'surfaces' must be a floating-point tensor; got {surfaces.dtype}"
+            )
 
     def _check_inputs(self, tokens, dt, counts, lengths, ndim: int, surfaces=None) -> None:
         shape = "(B, L)" if ndim == 2 else "(B,)"
@@ -271,7 +351,9 @@ class EventClassifier(nn.Module):
             raise TypeError(f"EventClassifier: argument 'tokens' must be an integer tensor; got {tokens.dtype}")
         if not isinstance(dt, torch.Tensor) or tuple(dt.shape) != tuple(tokens.shape):
             got = tuple(dt.shape) if isinstance(dt, torch.Tensor) else type(dt).__name__
-            raise ValueError(f"EventClassifier: argument 'dt' must have the shape of tokens {tuple(tokens.shape)}; got {got}")
+            raise ValueError(
+                f"EventClassifier: argument 'dt' must have the shape of tokens {tuple(tokens.shape)}; got {got}"
+            )
         if not dt.is_floating_point():
             raise TypeError(f"EventClassifier: argument 'dt' must be a floating-point tensor; got {dt.dtype}")
         if counts is not None and (not isinstance(counts, torch.Tensor) or tuple(counts.shape) != tuple(tokens.shape)):
@@ -293,7 +375,9 @@ class EventClassifier(nn.Module):
                 raise ValueError(f"EventClassifier: argument 'tokens' holds id {bad}, outside [0, {self.vocab_size})")
         if lengths is not None and lengths.numel():
             if int(lengths.min()) < 0 or int(lengths.max()) > tokens.shape[-1]:
-                raise ValueError(f"EventClassifier: argument 'lengths' must lie in [0, {tokens.shape[-1]}]; got {lengths.tolist()}")
+                raise ValueError(
+                    f"EventClassifier: argument 'lengths' must lie in [0, {tokens.shape[-1]}]; got {lengths.tolist()}"
+                )
 
     # ------------------------------------------------------------------------------------------ forward
     def _block(self, i: int, h, dt, lengths=None, cache=None):
@@ -402,16 +486,9 @@ class EventClassifier(nn.Module):
                     for key in ("conv_state", "lrnn_state"):
                         committed[key].copy_(torch.where(commit[:, None, None], work[key], committed[key]))
             if k < len(self.stage_strides):
-                carry, stride = cache["carry"][k], self.stage_strides[k]
-                total, n, dt_sum = carry["sum"] + h[:, 0], carry["n"] + 1.0, carry["dt"] + dt
-                h, dt = (total / n[:, None])[:, None], dt_sum
-                final = torch.ones_like(n, dtype=torch.bool) if commit is None else commit
-                complete = final & (n == stride)
-                keep = final & ~complete  # the window grows by a final token but stays open
-                carry["sum"].copy_(torch.where(keep[:, None], total, torch.where(complete[:, None], 0.0, carry["sum"])))
-                carry["n"].copy_(torch.where(keep, n, torch.where(complete, 0.0, carry["n"])))
-                carry["dt"].copy_(torch.where(keep, dt_sum, torch.where(complete, 0.0, carry["dt"])))
-                commit = complete
+                final = torch.ones_like(cache["present"]) if commit is None else commit
+                pooled, dt, commit = carry_token(cache["carry"][k], h[:, 0], dt, final, self.stage_strides[k])
+                h = pooled[:, None]
         y = self.final_norm(h)[:, 0]
         state = cache["readout"]
         feats = readout_value(state, y, dt, cache["present"], self.readout_kind, self.dt_eps)
@@ -457,9 +534,8 @@ class EventClassifier(nn.Module):
                 carry["n"].copy_(o_n)
                 if pending is not None:  # the open window plus this stage's pending output
                     x, x_dt, present = pending
-                    w = present.to(o_n.dtype)
-                    o_sum, o_dt, o_n = o_sum + w[:, None] * x, o_dt + w * x_dt, o_n + w
-                pending = (o_sum / o_n.clamp_min(1.0)[:, None], o_dt, o_n > 0)
+                    o_sum, o_dt, o_n = add_to_window(carry, x, x_dt, present.to(o_n.dtype))
+                pending = (window_mean(o_sum, o_n), o_dt, o_n > 0)
         state = cache["readout"]
         readout_accumulate(state, self.final_norm(h), dt, lengths, self.readout_kind, self.dt_eps)
         if pending is None:
@@ -499,8 +575,10 @@ class EventClassifier(nn.Module):
                     n = n.clamp_max(max_chunk)
                 width = int(n.max())
                 idx = (pos[:, None] + torch.arange(width, device=tokens.device)[None, :]).clamp_max(max(seqlen - 1, 0))
-                take = lambda t: None if t is None else t.gather(1, idx)  # noqa: E731
-                surf = None if surfaces is None else surfaces.gather(1, idx[:, :, None].expand(-1, -1, surfaces.shape[-1]))
+                take = lambda t, idx=idx: None if t is None else t.gather(1, idx)  # noqa: E731
+                surf = (
+                    None if surfaces is None else surfaces.gather(1, idx[:, :, None].expand(-1, -1, surfaces.shape[-1]))
+                )
                 logits = self.forward_chunk(take(tokens), take(dt), cache, take(counts), n, surf)
                 pos = pos + n
                 if bool((pos == ends[:, q]).all()):
@@ -509,7 +587,8 @@ class EventClassifier(nn.Module):
         return torch.stack(out, dim=1)
 
     def extra_repr(self) -> str:
-        return f"stages={self.stages}, strides={self.stage_strides}, readout={self.readout_kind!r}, event_mode={self.event_mode}"
+        return (f"stages={self.stages}, strides={self.stage_strides}, readout={self.readout_kind!r}, "
+                f"event_mode={self.event_mode}")
 
 
-__all__ = ["EventClassifier", "MODEL_TYPE", "NORMS", "READOUTS"]
+__all__ = ["ClassifierConfig", "EventClassifier", "MODEL_TYPE", "NORMS", "READOUTS"]

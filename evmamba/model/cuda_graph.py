@@ -1,5 +1,9 @@
 """Capture a recurrent step in a CUDA graph and replay it: batch-1 latency without per-kernel launch cost.
 
+:func:`capture_graph` is the one capture procedure of the project (warm-up on a side stream, then capture);
+:class:`CudaGraphStep` wraps it for a callable with inputs, and the stream loop's
+:class:`~evmamba.streaming.gpu_step.GraphStepper` uses it for the classifier's whole step.
+
 A model step at batch 1 is a few dozen tiny kernels; launching them one by one from Python costs more than
 running them. :class:`CudaGraphStep` records any step callable once, with static input and output buffers,
 and afterwards each call copies the new inputs into those buffers and replays the whole step as one graph.
@@ -25,7 +29,8 @@ Example (a stack of layers, one token per call)::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -39,6 +44,27 @@ def _flatten_outputs(out: Any) -> tuple[list[torch.Tensor], bool]:
         "CudaGraphStep: the step callable must return a tensor or a tuple/list of tensors; "
         f"got {type(out).__name__}"
     )
+
+
+def capture_graph(fn: Callable[[], Any], warmup: int = 3, device=None) -> tuple[torch.cuda.CUDAGraph, Any]:
+    """Record ``fn()`` (no arguments: it reads and writes tensors it holds) in a CUDA graph after ``warmup``
+    eager runs on a side stream (they compile kernels and settle the allocator's pools, which a capture may
+    not do). Returns ``(graph, what the captured run returned)``: its tensors are the static outputs that every
+    ``graph.replay()`` overwrites. The warm-up and capture runs execute ``fn`` for real, under
+    ``torch.no_grad()``: the caller restores or resets whatever state they changed. ``device``: the CUDA
+    device (default: the current one)."""
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
+        raise ValueError(f"capture_graph: warmup must be a positive int; got {warmup!r}")
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.no_grad(), torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
 
 
 class CudaGraphStep:
@@ -86,15 +112,7 @@ class CudaGraphStep:
 
         self._static_inputs = [t.detach().clone() for t in example_inputs]
         saved = [t.detach().clone() for t in state]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.no_grad(), torch.cuda.stream(stream):
-            for _ in range(warmup):
-                fn(*self._static_inputs)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph):
-            out = fn(*self._static_inputs)
+        graph, out = capture_graph(lambda: fn(*self._static_inputs), warmup)
         self._static_outputs, self._single = _flatten_outputs(out)
         self._graph = graph
         with torch.no_grad():
@@ -125,4 +143,4 @@ class CudaGraphStep:
         return outs[0] if self._single else tuple(outs)
 
 
-__all__ = ["CudaGraphStep"]
+__all__ = ["CudaGraphStep", "capture_graph"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -25,14 +25,6 @@ from ..pipeline.surfaces import SurfaceConfig
 EMBEDDINGS = ("table", "factorised", "surface")
 #: Embeddings that take each token's local surface as an input.
 SURFACE_EMBEDDINGS = ("surface",)
-
-
-def surface_config_of(model_section) -> SurfaceConfig | None:
-    """The :class:`~evmamba.pipeline.surfaces.SurfaceConfig` a config's ``model`` section asks the data to
-    provide, or None when its embedding takes no surfaces."""
-    if not hasattr(model_section, "get") or model_section.get("embedding", "table") not in SURFACE_EMBEDDINGS:
-        return None
-    return SurfaceConfig.from_dict(model_section.get("surface"), source="config: key 'model.surface'")
 
 
 def position_grid(grid, position_cells_per_axis: int) -> tuple[int, int, int]:

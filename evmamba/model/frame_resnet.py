@@ -8,7 +8,8 @@ after ``log1p`` (counts span orders of magnitude), then a 3x3 stem, one ResNet s
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -84,7 +85,7 @@ class FrameResNet(nn.Module):
         return sorted({"type"} | {k for k in params if k != "self" and k not in cls.DATA_ARGS})
 
     @classmethod
-    def from_config(cls, model_cfg: Mapping, n_time_bins: int, n_polarities: int, n_classes: int) -> "FrameResNet":
+    def from_config(cls, model_cfg: Mapping, n_time_bins: int, n_polarities: int, n_classes: int) -> FrameResNet:
         """Build from a config's ``model`` section (``type: frame_resnet`` and :meth:`config_keys`)."""
         if hasattr(model_cfg, "_metadata"):
             from omegaconf import OmegaConf

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core.checks import check_int, check_number
 from ..kernels import DISCRETIZATIONS, mamba_step, selective_scan
 from ..kernels.discretization import check_discretization
 
@@ -37,21 +38,8 @@ class EventRate(nn.Module):
         return F.softplus(self.bias)
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int; got {value!r} ({type(value).__name__})")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int; got {value}")
-    return value
-
-
 def _positive_float(value: Any, name: str, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number; got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite {'non-negative' if allow_zero else 'positive'} number; got {value}")
-    return value
+    return check_number(value, name, 0.0, open_min=not allow_zero)
 
 
 class Mamba(nn.Module):
@@ -103,9 +91,9 @@ class Mamba(nn.Module):
         discretization="mamba",
     ):
         super().__init__()
-        self.d_model = _positive_int(d_model, "d_model")
-        self.d_state = _positive_int(d_state, "d_state")
-        self.d_conv = _positive_int(d_conv, "d_conv")
+        self.d_model = check_int(d_model, "d_model")
+        self.d_state = check_int(d_state, "d_state")
+        self.d_conv = check_int(d_conv, "d_conv")
         if isinstance(expand, bool) or not isinstance(expand, (int, float)) or not expand > 0:
             raise ValueError(f"expand must be a positive number; got {expand!r}")
         d_inner = expand * d_model
@@ -118,7 +106,7 @@ class Mamba(nn.Module):
         elif isinstance(dt_rank, str):
             raise ValueError(f"dt_rank must be 'auto' or a positive int; got {dt_rank!r}")
         else:
-            self.dt_rank = _positive_int(dt_rank, "dt_rank")
+            self.dt_rank = check_int(dt_rank, "dt_rank")
         dt_min = _positive_float(dt_min, "dt_min")
         dt_max = _positive_float(dt_max, "dt_max")
         if dt_min > dt_max:
@@ -149,6 +137,12 @@ class Mamba(nn.Module):
 
         self._dt_init = (dt_init, dt_scale, dt_min, dt_max, dt_init_floor)
         self._init_ssm_parameters()
+
+    @property
+    def backend(self) -> str:
+        """The kernels' backend (:mod:`evmamba.kernels.backends`): ``"auto"`` (the fastest that serves the
+        tensors) with ``use_fast_path``, else ``"reference"``."""
+        return "auto" if self.use_fast_path else "reference"
 
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
@@ -184,10 +178,14 @@ class Mamba(nn.Module):
         r = 1.0 / tau
         self.dtA_proj.bias.copy_((r + torch.log(-torch.expm1(-r))).to(self.dtA_proj.bias))
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # lrnnx's Mamba has a `dtA_proj.weight` that its forward never uses; accept and drop it.
         state_dict.pop(prefix + "dtA_proj.weight", None)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     # ------------------------------------------------------------------ validation
     def _check_hidden(self, x: Any, name: str, seq_len_one: bool = False) -> None:
@@ -207,27 +205,27 @@ class Mamba(nn.Module):
             )
 
     @staticmethod
-    def _check_timesteps(ts: Any, batch: int, seqlen: int | None) -> torch.Tensor:
+    def _check_timesteps(dt: Any, batch: int, seqlen: int | None) -> torch.Tensor:
         name = "integration_timesteps"
-        if not isinstance(ts, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor; got {type(ts).__name__}")
-        if not ts.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor (time steps, e.g. in ms); got dtype {ts.dtype}")
+        if not isinstance(dt, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(dt).__name__}")
+        if not dt.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor (time steps, e.g. in ms); got dtype {dt.dtype}")
         if seqlen is None:  # step(): (B, 1) or (B,)
-            if ts.dim() == 2 and ts.shape[1] == 1:
-                ts = ts[:, 0]
-            if ts.dim() != 1 or ts.shape[0] != batch:
-                raise ValueError(f"{name} must have shape ({batch}, 1) or ({batch},) in step(); got {tuple(ts.shape)}")
-        elif ts.dim() != 2 or tuple(ts.shape) != (batch, seqlen):
-            raise ValueError(f"{name} must have shape (B, L) = ({batch}, {seqlen}); got {tuple(ts.shape)}")
+            if dt.dim() == 2 and dt.shape[1] == 1:
+                dt = dt[:, 0]
+            if dt.dim() != 1 or dt.shape[0] != batch:
+                raise ValueError(f"{name} must have shape ({batch}, 1) or ({batch},) in step(); got {tuple(dt.shape)}")
+        elif dt.dim() != 2 or tuple(dt.shape) != (batch, seqlen):
+            raise ValueError(f"{name} must have shape (B, L) = ({batch}, {seqlen}); got {tuple(dt.shape)}")
         # Checking values reads them on the host. forward() does it once per sequence; step() does it only for
         # CPU tensors, since on a GPU it would synchronise every token (and cannot run inside a CUDA graph).
-        if not (ts.is_cuda and seqlen is None):
-            if not bool(torch.isfinite(ts).all()):
+        if not (dt.is_cuda and seqlen is None):
+            if not bool(torch.isfinite(dt).all()):
                 raise ValueError(f"{name} must be finite; got NaN or inf")
-            if bool((ts < 0).any()):
-                raise ValueError(f"{name} must be non-negative (gaps between elements); got min {float(ts.min())}")
-        return ts
+            if bool((dt < 0).any()):
+                raise ValueError(f"{name} must be non-negative (gaps between elements); got min {float(dt.min())}")
+        return dt
 
     def _check_cache(self, cache: Any, batch: int) -> None:
         name = "inference_cache"
@@ -276,14 +274,14 @@ class Mamba(nn.Module):
         """
         self._check_hidden(hidden_states, "hidden_states")
         batch, seqlen, _ = hidden_states.shape
-        if integration_timesteps is not None:
-            integration_timesteps = self._check_timesteps(integration_timesteps, batch, seqlen)
+        # Inside the layer the time steps are `dt`, as everywhere below the layer's public boundary.
+        dt = None if integration_timesteps is None else self._check_timesteps(integration_timesteps, batch, seqlen)
         if lengths is not None:
             lengths = self._check_lengths(lengths, batch, seqlen)
         if inference_cache is not None:
             self._check_cache(inference_cache, batch)
             if inference_cache["seqlen_offset"] > 0 and seqlen == 1 and lengths is None:
-                out, _ = self._step(hidden_states, inference_cache, integration_timesteps)
+                out, _ = self._step(hidden_states, inference_cache, dt)
                 return out
         if seqlen == 0:  # nothing to do (and the convolution below rejects an empty sequence): the state stays
             return hidden_states.new_zeros((batch, 0, self.d_model))
@@ -309,13 +307,13 @@ class Mamba(nn.Module):
             z=z.transpose(1, 2),
             delta_bias=self.dt_proj.bias,
             delta_softplus=True,
-            timesteps=integration_timesteps,
+            dt=dt,
             rate=self.dtA_proj.bias,
             discretization=self.discretization,
             initial_state=ssm_state,
             lengths=lengths,
             return_final_state=ssm_state is not None,
-            use_fast_path=self.use_fast_path,
+            backend=self.backend,
         )
         if ssm_state is not None:
             y, last = result
@@ -348,18 +346,22 @@ class Mamba(nn.Module):
 
         ``integration_timesteps``: ``(B, 1)`` or ``(B,)`` (event mode when given); their values are checked
         for CPU tensors only (a check on the GPU would synchronise every token). The cache is updated in place
-        and returned; ``seqlen_offset`` advances by one. Extra keyword arguments are ignored.
+        and returned; ``seqlen_offset`` advances by one.
+
+        Extra keyword arguments are accepted and ignored: the layer's specification (``step(..., **kwargs)``,
+        shared/spec/mamba-api.md) fixes this signature so that callers written for other Mamba layers, which
+        pass more arguments, run unchanged. A misspelt argument is therefore not an error here.
         """
         self._check_hidden(x, "x", seq_len_one=True)
         batch = x.shape[0]
         self._check_cache(inference_cache, batch)
-        if integration_timesteps is not None:
-            integration_timesteps = self._check_timesteps(integration_timesteps, batch, None)
-        return self._step(x, inference_cache, integration_timesteps)
+        dt = None if integration_timesteps is None else self._check_timesteps(integration_timesteps, batch, None)
+        return self._step(x, inference_cache, dt)
 
-    def _step(self, x, cache, timesteps):
-        if timesteps is not None and timesteps.dim() == 2:
-            timesteps = timesteps[:, 0]
+    def _step(self, x, cache, dt):
+        """:meth:`step` without the checks: ``dt`` ``(B,)`` or ``(B, 1)`` or None."""
+        if dt is not None and dt.dim() == 2:
+            dt = dt[:, 0]
         xz = self.in_proj(x[:, 0])  # (B, 2 Di)
         y = mamba_step(
             xz,
@@ -372,11 +374,11 @@ class Mamba(nn.Module):
             self.dt_proj.bias,
             None,
             self.D,
-            timesteps=timesteps,
+            dt=dt,
             rate=self.dtA_proj.bias,
             discretization=self.discretization,
             A_log=self.A_log,
-            use_fast_path=self.use_fast_path,
+            backend=self.backend,
         )
         cache["seqlen_offset"] += 1
         return self.out_proj(y).unsqueeze(1), cache
@@ -387,7 +389,7 @@ class Mamba(nn.Module):
         ``dtype``: storage dtype of both tensors (default: the parameters' dtype); the state is accumulated in
         float32 whatever it is. ``max_seqlen`` is accepted for interface consistency and not used.
         """
-        batch_size = _positive_int(batch_size, "batch_size")
+        batch_size = check_int(batch_size, "batch_size")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"dtype must be None or a floating-point torch.dtype; got {dtype!r}")
         device = self.out_proj.weight.device

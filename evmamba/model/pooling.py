@@ -12,7 +12,10 @@ zero-gap tokens, such as the first, in the average).
 
 The running forms (``*_carry`` / ``readout_*`` with a state) serve the classifier's streaming paths: a
 stage's output arrives a chunk at a time, and what belongs to a window that is still open is *carried* --
-its sum, Δt sum and token count -- until the window completes.
+its sum, Δt sum and token count -- until the window completes. A carry is a dict ``{"sum": (B, d), "dt":
+(B,), "n": (B,)}`` (float). :func:`pool_with_carry` folds a chunk of final tokens into it; the rest --
+one token more, final or not -- is :func:`add_to_window`, :func:`window_mean` and :func:`carry_token`,
+shared by :meth:`~evmamba.model.classifier.EventClassifier.step` and ``forward_chunk``.
 """
 
 from __future__ import annotations
@@ -75,6 +78,35 @@ def pool_with_carry(h, dt, lengths, carry_sum, carry_dt, carry_n, stride: int):
     open_dt = dts.gather(1, n_complete[:, None])[:, 0]
     open_n = (total - n_complete * stride).to(carry_n.dtype)
     return hc, dtc, n_complete, (open_sum, open_dt, open_n)
+
+
+def add_to_window(window: dict, x: torch.Tensor, dt: torch.Tensor, weight: torch.Tensor):
+    """The open window ``window`` (a carry) with one more token ``x`` (B, d), ``dt`` (B,), counted where
+    ``weight`` (B,) is 1 and not where it is 0: ``(sum (B, d), Δt sum (B,), count (B,))``; ``window`` is unchanged."""
+    return window["sum"] + weight[:, None] * x, window["dt"] + weight * dt, window["n"] + weight
+
+
+def window_mean(total: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """The pooled token of a window: its sum (B, d) over its count (B,) (0 for an empty window)."""
+    return total / n.clamp_min(1.0)[:, None]
+
+
+def carry_token(carry: dict, x: torch.Tensor, dt: torch.Tensor, final: torch.Tensor, stride: int):
+    """One token of every stream through a running pooling of ``stride``, without host synchronisation (so a
+    CUDA graph can capture it): ``x`` (B, d), ``dt`` (B,), ``final`` (B,) bool.
+
+    Returns ``(pooled (B, d), Δt (B,), complete (B,) bool)``: the window the token falls in, as it stands with
+    the token (its mean and Δt sum), and whether the token completed it. Where the token is ``final`` it joins
+    the carry (a window that completes leaves it empty); where it is not (it may still change), the carry is
+    left as it was, and the window is evaluated on a copy.
+    """
+    total, dt_sum, n = add_to_window(carry, x, dt, torch.ones_like(carry["n"]))
+    complete = final & (n == stride)
+    keep = final & ~complete  # the window grows by a final token but stays open
+    carry["sum"].copy_(torch.where(keep[:, None], total, torch.where(complete[:, None], 0.0, carry["sum"])))
+    carry["n"].copy_(torch.where(keep, n, torch.where(complete, 0.0, carry["n"])))
+    carry["dt"].copy_(torch.where(keep, dt_sum, torch.where(complete, 0.0, carry["dt"])))
+    return window_mean(total, n), dt_sum, complete
 
 
 # ---------------------------------------------------------------------------------------------- readouts

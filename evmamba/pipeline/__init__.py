@@ -1,9 +1,11 @@
-"""evmamba.pipeline: event arrays -> filters and augmentations -> tokens with Δt -> padded batches.
+"""evmamba.pipeline (layer 3), events in and out: readers and writers of event files, event checks, filters,
+augmentations and mixing, binning into tokens with Δt, frames and local surfaces.
 
 Importing this package loads numpy only; the numba kernels are imported (and loaded from numba's cache, or
 compiled) on the first call that needs them.
 """
 
+from ..core.events import EVENT_DTYPE, SensorSize, check_sensor_size, empty_events, make_events
 from .augment import (
     AugmentConfig,
     add_noise,
@@ -25,39 +27,24 @@ from .augment import (
     spatial_jitter,
     time_stretch,
 )
-from .batching import BinnedDataset, LengthBucketSampler, TokenDataset, collate
 from .binning import BinningConfig, StreamingBinner, TokenSequence, bin_events, token_id, vocab_size
-from .events import (
-    EVENT_DTYPE,
-    SensorSize,
-    check_sensor_size,
-    empty_events,
-    make_events,
-    repair_events,
-    to_event_array,
-    validate_events,
-)
+from .events import repair_events, to_event_array, validate_events
 from .filters import crop_count, crop_time, denoise, refractory
 from .frames import downsample, frame_slices, to_frames
-from .mixing import EventMixDataset, mix_events, soft_label
+from .mixing import mix_events, soft_label
 
 __all__ = [
     "EVENT_DTYPE",
     "AugmentConfig",
-    "BinnedDataset",
     "BinningConfig",
-    "EventMixDataset",
-    "LengthBucketSampler",
     "SensorSize",
     "StreamingBinner",
-    "TokenDataset",
     "TokenSequence",
     "add_noise",
     "affine_events",
     "augment_events",
     "bin_events",
     "check_sensor_size",
-    "collate",
     "crop_count",
     "crop_time",
     "denoise",

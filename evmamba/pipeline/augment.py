@@ -40,12 +40,15 @@ Mixing two samples (``mix_*`` keys) needs a second recording and a mixed label; 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from .events import check_sensor_size, validate_events
+from ..core.checks import is_int
+from ..core.events import check_sensor_size
+from .events import validate_events
 
 MIX_MODES = ("subset", "region", "time")
 AFFINE_CENTERS = ("sensor", "random")
@@ -56,10 +59,6 @@ def _check_rng(rng, source: str) -> np.random.Generator:
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"{source}: rng must be a numpy.random.Generator; got {type(rng).__name__}")
     return rng
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
 def _is_num(v) -> bool:
@@ -137,7 +136,7 @@ def random_time_crop(events: np.ndarray, duration_us: int, rng, source: str = "e
     """
     validate_events(events, None, source)
     rng = _check_rng(rng, source)
-    if not _is_int(duration_us) or duration_us <= 0:
+    if not is_int(duration_us) or duration_us <= 0:
         raise ValueError(f"{source}: argument 'duration_us' must be a positive integer; got {duration_us!r}")
     if events.size == 0:
         return events
@@ -180,7 +179,7 @@ def random_time_stretch(events: np.ndarray, factor_range, rng, source: str = "ev
 def drop_time_window(events: np.ndarray, start_us: int, stop_us: int, source: str = "events") -> np.ndarray:
     """Remove every event with ``start_us <= t < stop_us`` (a new array)."""
     validate_events(events, None, source)
-    if not (_is_int(start_us) and _is_int(stop_us)) or stop_us < start_us:
+    if not (is_int(start_us) and is_int(stop_us)) or stop_us < start_us:
         raise ValueError(f"{source}: arguments 'start_us' and 'stop_us' must be integers with start_us <= stop_us; "
                          f"got {start_us!r}, {stop_us!r}")
     lo, hi = np.searchsorted(events["t"], [start_us, stop_us])
@@ -195,7 +194,7 @@ def random_drop_time(events: np.ndarray, fraction: float, rng, n_windows: int = 
     validate_events(events, None, source)
     rng = _check_rng(rng, source)
     fraction = _number(fraction, "fraction", source, lo=0, hi=1, hi_open=True)
-    if not _is_int(n_windows) or n_windows < 1:
+    if not is_int(n_windows) or n_windows < 1:
         raise ValueError(f"{source}: argument 'n_windows' must be an integer >= 1; got {n_windows!r}")
     if events.size == 0 or fraction == 0:
         return events.copy()
@@ -240,7 +239,7 @@ def drop_box(events: np.ndarray, sensor_size, box, source: str = "events") -> np
         x0, y0, x1, y1 = box
     except (TypeError, ValueError):
         x0 = None
-    if x0 is None or not all(_is_int(v) for v in (x0, y0, x1, y1)) or x1 < x0 or y1 < y0:
+    if x0 is None or not all(is_int(v) for v in (x0, y0, x1, y1)) or x1 < x0 or y1 < y0:
         raise ValueError(f"{source}: argument 'box' must be integers (x0, y0, x1, y1) with x0 <= x1, y0 <= y1; "
                          f"got {box!r}")
     return events[~in_box(events, (x0, y0, x1, y1))]
@@ -354,7 +353,7 @@ def random_affine(events: np.ndarray, sensor_size, rng, *, max_rotation_deg: flo
     max_rotation_deg = _number(max_rotation_deg, "max_rotation_deg", source, lo=0, hi=180)
     if scale_range is not None:
         scale_range = _range(scale_range, "scale_range", source, lo=0.0)
-    if not _is_int(max_shift) or max_shift < 0:
+    if not is_int(max_shift) or max_shift < 0:
         raise ValueError(f"{source}: argument 'max_shift' must be an integer >= 0; got {max_shift!r}")
     if center not in AFFINE_CENTERS:
         raise ValueError(f"{source}: argument 'center' must be one of {AFFINE_CENTERS}; got {center!r}")
@@ -388,7 +387,7 @@ def random_translate(events: np.ndarray, sensor_size, max_shift: int, rng, sourc
     ``[-max_shift, max_shift]``; events that leave the sensor are dropped. On a 1-D sensor only ``dx``
     applies (a channel shift)."""
     sensor_size, rng = _prepare(events, sensor_size, rng, source)
-    if not _is_int(max_shift) or max_shift < 0:
+    if not is_int(max_shift) or max_shift < 0:
         raise ValueError(f"{source}: argument 'max_shift' must be an integer >= 0; got {max_shift!r}")
     dx, dy = (int(v) for v in rng.integers(-max_shift, max_shift, size=2, endpoint=True))
     if _is_1d(sensor_size):
@@ -544,10 +543,10 @@ class AugmentConfig:
                 bound = f"in (0, {hi})" if hi is not None else "> 0"
                 bad(key, f"a pair [low, high] with low <= high, both {bound}")
 
-        if self.time_crop_us is not None and not (_is_int(self.time_crop_us) and self.time_crop_us > 0):
+        if self.time_crop_us is not None and not (is_int(self.time_crop_us) and self.time_crop_us > 0):
             bad("time_crop_us", "a positive integer or None")
         in_unit("drop_rate", closed=False)
-        if not (_is_int(self.max_shift) and self.max_shift >= 0):
+        if not (is_int(self.max_shift) and self.max_shift >= 0):
             bad("max_shift", "an integer >= 0")
         if not (_is_num(self.jitter_sigma) and self.jitter_sigma >= 0):
             bad("jitter_sigma", "a number >= 0")
@@ -555,7 +554,7 @@ class AugmentConfig:
         if self.time_stretch is not None:
             is_range("time_stretch")
         in_unit("drop_time_fraction", closed=False)
-        if not (_is_int(self.drop_time_windows) and self.drop_time_windows >= 1):
+        if not (is_int(self.drop_time_windows) and self.drop_time_windows >= 1):
             bad("drop_time_windows", "an integer >= 1")
         if not (_is_num(self.max_rotation_deg) and 0 <= self.max_rotation_deg <= 180):
             bad("max_rotation_deg", "a number of degrees in [0, 180]")
@@ -580,7 +579,7 @@ class AugmentConfig:
             bad("mix_replace", "true or false")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "augment config") -> "AugmentConfig":
+    def from_dict(cls, d: Mapping[str, Any], source: str = "augment config") -> AugmentConfig:
         """Build from a mapping; unknown keys are rejected (``ValueError`` naming them)."""
         if hasattr(d, "_metadata") and hasattr(d, "_get_node"):  # an OmegaConf container
             from omegaconf import OmegaConf

@@ -31,12 +31,14 @@ An empty recording (or one whose events are all cropped or filtered away) gives 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .events import EVENT_DTYPE, SensorSize, check_sensor_size, validate_events
+from ..core.events import EVENT_DTYPE, SensorSize, check_sensor_size
+from .events import validate_events
 
 TIME_UNITS_US = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0}
 
@@ -65,14 +67,14 @@ class TokenSequence(NamedTuple):
         return int(self.tokens.shape[0])
 
     @staticmethod
-    def empty() -> "TokenSequence":
+    def empty() -> TokenSequence:
         """A sequence with no tokens (arrays of length 0 with the usual dtypes)."""
         return TokenSequence(
             np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.float32), np.empty(0, np.int64)
         )
 
     @staticmethod
-    def concatenate(parts) -> "TokenSequence":
+    def concatenate(parts) -> TokenSequence:
         """Join sequences end to end (e.g. the outputs of a :class:`StreamingBinner`)."""
         parts = list(parts)
         if not parts:
@@ -129,9 +131,15 @@ class BinningConfig:
             raise ValueError(f"{source}: key 'polarity' must be true or false; got {self.polarity!r}")
         _int_option("bin_us", self.bin_us, 0, source)
         if self.time_unit not in TIME_UNITS_US:
-            raise ValueError(f"{source}: key 'time_unit' must be one of {sorted(TIME_UNITS_US)}; got {self.time_unit!r}")
+            raise ValueError(
+                f"{source}: key 'time_unit' must be one of {sorted(TIME_UNITS_US)}; got {self.time_unit!r}"
+            )
         fd = self.first_dt
-        if isinstance(fd, (bool, np.bool_)) or not isinstance(fd, (int, float, np.integer, np.floating)) or not math.isfinite(fd):
+        if (
+            isinstance(fd, (bool, np.bool_))
+            or not isinstance(fd, (int, float, np.integer, np.floating))
+            or not math.isfinite(fd)
+        ):
             raise ValueError(f"{source}: key 'first_dt' must be a finite number; got {fd!r}")
         _int_option("denoise_us", self.denoise_us, 0, source)
         _int_option("refractory_us", self.refractory_us, 0, source)
@@ -142,7 +150,7 @@ class BinningConfig:
         _int_option("max_events", self.max_events, 1, source, allow_none=True)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "binning config") -> "BinningConfig":
+    def from_dict(cls, d: Mapping[str, Any], source: str = "binning config") -> BinningConfig:
         """Build from a mapping (a plain dict or an OmegaConf ``DictConfig``); unknown keys are rejected."""
         if hasattr(d, "_metadata") and hasattr(d, "_get_node"):  # an OmegaConf container
             from omegaconf import OmegaConf
@@ -204,7 +212,9 @@ def token_id(x, y, p, sensor_size, cfg: BinningConfig):
     for name, arr, limit in (("x", xa, w), ("y", ya, h), ("p", pa, npol)):
         if arr.size and (arr.min() < 0 or arr.max() >= limit):
             bad = int(arr.min()) if arr.min() < 0 else int(arr.max())
-            raise ValueError(f"token_id: argument '{name}' has value {bad}, outside 0..{limit - 1} for sensor {sensor_size}")
+            raise ValueError(
+                f"token_id: argument '{name}' has value {bad}, outside 0..{limit - 1} for sensor {sensor_size}"
+            )
     k = cfg.downsample
     pa = pa if cfg.polarity else np.zeros_like(pa)
     ids = ((ya // k) * wk + xa // k) * pk + pa
@@ -278,7 +288,9 @@ class StreamingBinner:
         if isinstance(t_us, (bool, np.bool_)) or not isinstance(t_us, (int, np.integer)):
             raise TypeError(f"{self.source}: advance(t_us) needs an integer time in µs; got {t_us!r}")
         if t_us < self._now:
-            raise ValueError(f"{self.source}: advance(t_us={int(t_us)}) goes back before the stream's time {self._now} µs")
+            raise ValueError(
+                f"{self.source}: advance(t_us={int(t_us)}) goes back before the stream's time {self._now} µs"
+            )
         self._now = int(t_us)
         return self._close_bins_until(self._now)
 
@@ -344,14 +356,20 @@ class StreamingBinner:
         self._now = last_t
         if self.cfg.bin_us == 0:
             n = events.size
-            out = TokenSequence(np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.float32), np.empty(n, np.int64))
-            bad = K.emit_tokens(events, self._xtab, self._ytab, self._ptab, self._unit_us, self._first_dt, self._state, *out)
+            out = TokenSequence(
+                np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.float32), np.empty(n, np.int64)
+            )
+            bad = K.emit_tokens(
+                events, self._xtab, self._ytab, self._ptab, self._unit_us, self._first_dt, self._state, *out
+            )
             self._raise_if(bad)
             return out
         # The open bin's tokens go first in the buffers; one spare slot for the kernel's branch-free writes.
         m = self._pending.num_tokens
         size = m + events.size + 1
-        buf = TokenSequence(np.empty(size, np.int32), np.empty(size, np.int32), np.empty(size, np.float32), np.empty(size, np.int64))
+        buf = TokenSequence(
+            np.empty(size, np.int32), np.empty(size, np.int32), np.empty(size, np.float32), np.empty(size, np.int64)
+        )
         if m:
             for dst, src in zip(buf, self._pending):
                 dst[:m] = src
@@ -384,7 +402,11 @@ def bin_events(events: np.ndarray, sensor_size, cfg: BinningConfig, source: str 
     binner = StreamingBinner(sensor_size, cfg, source=source)
     c = binner.cfg
     plain = c.bin_us == 0 and not (
-        c.denoise_us or c.refractory_us or c.t_start_us is not None or c.t_stop_us is not None or c.max_events is not None
+        c.denoise_us
+        or c.refractory_us
+        or c.t_start_us is not None
+        or c.t_stop_us is not None
+        or c.max_events is not None
     )
     if plain and isinstance(events, np.ndarray) and events.dtype == EVENT_DTYPE and events.ndim == 1 and events.size:
         # Every event reaches the token loop, which checks coordinates and time order as it reads them:

@@ -1,13 +1,9 @@
-"""The in-memory event representation shared by readers, binning and the stream loop.
+"""Checks, repairs and conversions of event arrays, shared by readers, binning and the stream loop.
 
-An event stream is a 1-D numpy structured array of :data:`EVENT_DTYPE` (13 bytes per event, packed):
-
-* ``x``, ``y`` -- pixel coordinates (``uint16``); 1-D spike data (SHD, SSC) use ``x`` = channel, ``y`` = 0;
-* ``t`` -- timestamp in integer microseconds (``int64``), non-decreasing;
-* ``p`` -- polarity, 0 (OFF) or 1 (ON) (``uint8``); single-polarity sources use 0.
-
-A sensor size is ``(width, height, polarities)`` as in tonic, e.g. ``(128, 128, 2)`` for a DVS128 and
-``(700, 1, 1)`` for SHD.
+The event dtype and the sensor size are defined in :mod:`evmamba.core.events` (and importable from here):
+an event stream is a 1-D numpy structured array of :data:`EVENT_DTYPE` with ``x``, ``y`` (``uint16``), ``t``
+(integer microseconds, ``int64``, non-decreasing) and ``p`` (0 or 1, ``uint8``); a sensor size is
+``(width, height, polarities)`` as in tonic.
 
 Every public entry point of :mod:`evmamba.pipeline` checks its input with :func:`validate_events`; the
 check is one compiled pass over the array, so it costs about a nanosecond per event. Data that breaks the
@@ -19,43 +15,17 @@ from __future__ import annotations
 
 import numpy as np
 
-EVENT_DTYPE = np.dtype([("x", "<u2"), ("y", "<u2"), ("t", "<i8"), ("p", "u1")])
-
-SensorSize = tuple[int, int, int]
+from ..core.events import EVENT_DTYPE, SensorSize, check_sensor_size, empty_events, make_events
 
 # Limits used when a check has no sensor size: nothing a uint16/uint8 field can hold exceeds them.
 _NO_LIMIT = 1 << 17
 
 
-def make_events(x, y, t, p) -> np.ndarray:
-    """Pack four equal-length sequences into an :data:`EVENT_DTYPE` array (no validation)."""
-    n = len(t)
-    ev = np.empty(n, dtype=EVENT_DTYPE)
-    ev["x"], ev["y"], ev["t"], ev["p"] = x, y, t, p
-    return ev
-
-
-def empty_events() -> np.ndarray:
-    """A zero-length :data:`EVENT_DTYPE` array."""
-    return np.empty(0, dtype=EVENT_DTYPE)
-
-
-def check_sensor_size(sensor_size, source: str = "sensor_size") -> SensorSize:
-    """Return ``sensor_size`` as a tuple of three positive ints or raise ``ValueError`` naming ``source``."""
-    try:
-        w, h, p = (int(v) for v in sensor_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"{source}: sensor_size must be (width, height, polarities); got {sensor_size!r}") from None
-    if w <= 0 or h <= 0 or p not in (1, 2):
-        raise ValueError(f"{source}: sensor_size must be positive with 1 or 2 polarities; got {(w, h, p)}")
-    if w > 65536 or h > 65536:
-        raise ValueError(f"{source}: sensor_size {(w, h, p)} exceeds the uint16 coordinate range of EVENT_DTYPE")
-    return (w, h, p)
-
-
 def _check_array(events, source: str) -> None:
     if not isinstance(events, np.ndarray):
-        raise TypeError(f"{source}: events must be a numpy structured array of EVENT_DTYPE; got {type(events).__name__}")
+        raise TypeError(
+            f"{source}: events must be a numpy structured array of EVENT_DTYPE; got {type(events).__name__}"
+        )
     if events.dtype != EVENT_DTYPE:
         raise TypeError(
             f"{source}: events must have dtype {EVENT_DTYPE.descr}; got {events.dtype.descr} "
@@ -107,7 +77,9 @@ def _raise_bad_event(events, sensor_size, source, code, i, lower, t_min) -> None
             "(chunks of a stream must continue in time order)"
         )
     if code == 2:
-        raise ValueError(f"{source}: field 't' is not sorted: event {i} has t={int(t[i])} µs after t={int(t[i - 1])} µs")
+        raise ValueError(
+            f"{source}: field 't' is not sorted: event {i} has t={int(t[i])} µs after t={int(t[i - 1])} µs"
+        )
     field, limit = {3: ("x", 0), 4: ("y", 1), 5: ("p", 2)}[code]
     bound = sensor_size[limit]
     raise ValueError(
@@ -159,7 +131,9 @@ def to_event_array(array, source: str = "events") -> np.ndarray:
         return array
     names = getattr(getattr(array, "dtype", None), "names", None)
     if not isinstance(array, np.ndarray) or names is None:
-        raise TypeError(f"{source}: expected a numpy structured array with fields x, y, t, p; got {type(array).__name__}")
+        raise TypeError(
+            f"{source}: expected a numpy structured array with fields x, y, t, p; got {type(array).__name__}"
+        )
     out = np.empty(array.shape[0] if array.ndim else 1, dtype=EVENT_DTYPE)
     for field in ("x", "y", "t", "p"):
         if field not in names:
@@ -178,3 +152,15 @@ def to_event_array(array, source: str = "events") -> np.ndarray:
                 raise ValueError(f"{source}: field '{field}' has value {bad}, outside {info.min}..{info.max}")
         out[field] = col
     return out
+
+
+__all__ = [
+    "EVENT_DTYPE",
+    "SensorSize",
+    "check_sensor_size",
+    "empty_events",
+    "make_events",
+    "repair_events",
+    "to_event_array",
+    "validate_events",
+]

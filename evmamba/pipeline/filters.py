@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .events import EVENT_DTYPE, check_sensor_size, validate_events
+from ..core.checks import is_int
+from ..core.events import EVENT_DTYPE, check_sensor_size
+from .events import validate_events
 
 
 def _positive_int(name: str, value, source: str, minimum: int = 1) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ValueError(f"{source}: argument '{name}' must be an integer >= {minimum}; got {value!r}")
     return int(value)
 

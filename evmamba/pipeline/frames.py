@@ -23,7 +23,8 @@ import math
 
 import numpy as np
 
-from .events import EVENT_DTYPE, check_sensor_size, validate_events
+from ..core.events import EVENT_DTYPE, check_sensor_size
+from .events import validate_events
 
 
 def _number(name: str, value, source: str, *, positive: bool = True, integer: bool = False):
@@ -164,7 +165,9 @@ def downsample(
     """
     from ._frame_kernels import scale_events
 
-    validate_events(events, None if sensor_size is None else check_sensor_size(sensor_size, f"{source}: sensor_size"), source)
+    validate_events(
+        events, None if sensor_size is None else check_sensor_size(sensor_size, f"{source}: sensor_size"), source
+    )
     if target_size is not None:
         if sensor_size is None:
             raise ValueError(f"{source}: target_size needs sensor_size")

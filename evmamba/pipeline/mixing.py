@@ -7,7 +7,7 @@ returns the merged events and ``lam``, the share of the merged events that came 
 is then the soft label ``(1 - lam) * onehot(a) + lam * onehot(b)`` (:func:`soft_label`), trained with
 cross-entropy against soft targets.
 
-:class:`EventMixDataset` does this for a dataset of recordings: it augments each sample with
+:class:`~evmamba.datasets.wrappers.EventMixDataset` does this for a dataset of recordings: it augments each sample with
 :func:`~evmamba.pipeline.augment.augment_events`, mixes it with probability ``mix_p`` with a partner drawn
 from the same split, and returns ``(events, soft label)``. :func:`as_soft_label` is the check that the batch
 collate functions apply to such labels.
@@ -19,16 +19,15 @@ import math
 
 import numpy as np
 
+from ..core.events import check_sensor_size
 from .augment import (
     MIX_MODES,
-    AugmentConfig,
     _check_rng,
     _range,
-    augment_events,
     in_box,
     random_box,
 )
-from .events import check_sensor_size, validate_events
+from .events import validate_events
 
 
 def mix_events(a: np.ndarray, b: np.ndarray, sensor_size, rng, *, mode: str = "subset", ratio=(0.2, 0.5),
@@ -116,71 +115,3 @@ def as_soft_label(label, source: str = "label"):
     return label.astype(np.float32, copy=False)
 
 
-class EventMixDataset:
-    """Training recordings, augmented and mixed in pairs: ``base[i] -> (events, soft label)``.
-
-    ``base[i] -> (events, label)`` with integer labels. Item ``i`` is augmented by
-    :func:`~evmamba.pipeline.augment.augment_events` with the generator seeded ``(seed, epoch, i)`` (the
-    seeding of :class:`~evmamba.pipeline.batching.BinnedDataset`); then, with probability ``cfg.mix_p``
-    drawn from the generator ``(seed, epoch, i, 2)``, a partner ``j`` is drawn from ``partners`` (dataset
-    positions of the same split; default all), augmented with the generator ``(seed, epoch, i, 3)`` and
-    merged in by :func:`mix_events`. The label is always a float32 vector of ``n_classes`` (default
-    ``len(base.classes)``): one-hot for an unmixed item. Everything is a function of ``(seed, epoch, i)``,
-    so an epoch is reproducible and resumable; call :meth:`set_epoch` at each epoch.
-    """
-
-    def __init__(self, base, sensor_size, cfg: AugmentConfig, *, partners=None, n_classes: int | None = None,
-                 seed: int = 0, allow_hflip: bool = True, source: str = "dataset") -> None:
-        if not hasattr(base, "__getitem__") or not hasattr(base, "__len__"):
-            raise TypeError(f"{source}: base must support len() and indexing; got {type(base).__name__}")
-        if not isinstance(cfg, AugmentConfig):
-            raise TypeError(f"{source}: cfg must be an AugmentConfig; got {type(cfg).__name__}")
-        self.sensor_size = check_sensor_size(sensor_size, f"{source}: sensor_size")
-        cfg.check_sensor(self.sensor_size, source)
-        if n_classes is None:
-            if not hasattr(base, "classes"):
-                raise TypeError(f"{source}: give n_classes, or a base with a 'classes' list")
-            n_classes = len(base.classes)
-        if isinstance(n_classes, (bool, np.bool_)) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
-            raise ValueError(f"{source}: argument 'n_classes' must be a positive integer; got {n_classes!r}")
-        partners = np.arange(len(base)) if partners is None else np.asarray(partners)
-        if partners.ndim != 1 or partners.size == 0 or not np.issubdtype(partners.dtype, np.integer):
-            raise ValueError(f"{source}: argument 'partners' must be a non-empty 1-D sequence of sample indices; "
-                             f"got {partners.dtype} {partners.shape}")
-        if partners.min() < 0 or partners.max() >= len(base):
-            raise ValueError(f"{source}: argument 'partners' holds indices outside 0..{len(base) - 1}")
-        self.base, self.cfg = base, cfg
-        self.partners = partners.astype(np.int64)
-        self.n_classes = int(n_classes)
-        self.classes = getattr(base, "classes", None)
-        self.seed, self.allow_hflip, self.source = int(seed), bool(allow_hflip), source
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation and mixing draws of this epoch."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def _augmented(self, index: int, rng: np.random.Generator, where: str) -> tuple[np.ndarray, int]:
-        events, label = self.base[index]
-        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or not 0 <= label < self.n_classes:
-            raise ValueError(f"{where}: label must be an integer in [0, {self.n_classes}); got {label!r}")
-        if self.cfg.per_sample:
-            events = augment_events(events, self.sensor_size, self.cfg, rng, allow_hflip=self.allow_hflip, source=where)
-        return events, int(label)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        index = int(index)
-        where = f"{self.source}[{index}]"
-        events, label = self._augmented(index, np.random.default_rng([self.seed, self.epoch, index]), where)
-        mix_rng = np.random.default_rng([self.seed, self.epoch, index, 2])
-        if self.cfg.mix_p and mix_rng.random() < self.cfg.mix_p:
-            j = int(self.partners[mix_rng.integers(self.partners.size)])
-            other, label_b = self._augmented(j, np.random.default_rng([self.seed, self.epoch, index, 3]),
-                                             f"{self.source}[{j}] (mixed into item {index})")
-            events, lam = mix_events(events, other, self.sensor_size, mix_rng, mode=self.cfg.mix_mode,
-                                     ratio=self.cfg.mix_ratio, replace=self.cfg.mix_replace, source=where)
-            return events, soft_label(label, label_b, lam, self.n_classes)
-        return events, soft_label(label, label, 0.0, self.n_classes)

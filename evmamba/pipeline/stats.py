@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .events import check_sensor_size, validate_events
+from ..core.events import check_sensor_size
+from .events import validate_events
 
 #: Width of the windows over which the peak event rate is measured, µs (10 ms).
 PEAK_WINDOW_US = 10_000

@@ -21,18 +21,19 @@ Shapes and units: token times are int64 µs; ``tau_us`` in µs; surfaces are ``(
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
+
+from ..core.checks import is_number
 
 KINDS = ("time", "count")
 
 
 def _positive_number(value: Any) -> bool:
-    return (not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
-            and math.isfinite(value) and value > 0)
+    return is_number(value) and value > 0
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,9 @@ class SurfaceConfig:
         taus = self.tau_us if isinstance(self.tau_us, Sequence) and not isinstance(self.tau_us, str) else [self.tau_us]
         if not taus or not all(_positive_number(v) for v in taus):
             raise ValueError(f"{source}: key 'tau_us' must be a positive number or a list of them; got {self.tau_us!r}")
-        scales = self.scales if isinstance(self.scales, Sequence) and not isinstance(self.scales, str) else [self.scales]
+        scales = (
+            self.scales if isinstance(self.scales, Sequence) and not isinstance(self.scales, str) else [self.scales]
+        )
         if not scales or not all(not isinstance(s, (bool, np.bool_)) and isinstance(s, (int, np.integer)) and s >= 1
                                  for s in scales):
             raise ValueError(f"{source}: key 'scales' must be a positive int or a list of them; got {self.scales!r}")
@@ -69,7 +72,7 @@ class SurfaceConfig:
         object.__setattr__(self, "scales", tuple(int(s) for s in scales))
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None, source: str = "surface config") -> "SurfaceConfig":
+    def from_dict(cls, d: Mapping[str, Any] | None, source: str = "surface config") -> SurfaceConfig:
         """From a mapping (plain dict or OmegaConf); missing keys take the defaults, unknown keys are errors."""
         if d is None:
             return cls()
@@ -139,7 +142,9 @@ class SurfaceTracker:
         t_us = np.ascontiguousarray(t_us, dtype=np.int64)
         n = tokens.shape[0]
         if tokens.ndim != 1 or t_us.shape != (n,):
-            raise ValueError(f"SurfaceTracker.push: tokens and t_us must be 1-D of one length; got {tokens.shape}, {t_us.shape}")
+            raise ValueError(
+                f"SurfaceTracker.push: tokens and t_us must be 1-D of one length; got {tokens.shape}, {t_us.shape}"
+            )
         counts = np.ones(n, np.int32) if counts is None else np.ascontiguousarray(counts)
         if counts.shape != (n,):
             raise ValueError(f"SurfaceTracker.push: counts must have shape ({n},); got {counts.shape}")
@@ -147,7 +152,9 @@ class SurfaceTracker:
         if n:
             w, h, p = self.grid
             if int(tokens.min()) < 0 or int(tokens.max()) >= w * h * p:
-                raise ValueError(f"SurfaceTracker.push: token ids must lie in [0, {w * h * p}) for the grid {self.grid}")
+                raise ValueError(
+                    f"SurfaceTracker.push: token ids must lie in [0, {w * h * p}) for the grid {self.grid}"
+                )
             surfaces_into(tokens, t_us, counts, w, h, p, self._rx, self._ry, self._scales, self._inv_tau,
                           self._kind, self._last, self._acc, out)
         return out
@@ -167,30 +174,10 @@ class SurfacedSequence(NamedTuple):
         return int(self.tokens.shape[0])
 
 
-class WithSurfaces:
-    """``(sequence, label)`` items of ``dataset`` -> ``(SurfacedSequence, label)``: each whole sequence's surfaces
-    on the token grid ``grid`` (computed per item, after any augmentation and before any crop, so a cropped
-    window keeps the context of the tokens before it). Passes ``set_epoch`` through."""
-
-    def __init__(self, dataset, grid, cfg: SurfaceConfig):
-        self.dataset, self.grid, self.cfg = dataset, tuple(int(v) for v in grid), cfg
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-
-    def __getitem__(self, i):
-        seq, label = self.dataset[i]
-        return SurfacedSequence(seq.tokens, seq.counts, seq.dt, seq.t, token_surfaces(seq, self.grid, self.cfg)), label
-
-
 def token_surfaces(seq, grid, cfg: SurfaceConfig) -> np.ndarray:
     """Surfaces ``(L, F)`` float32 of a whole token sequence (a :class:`~evmamba.pipeline.binning.TokenSequence`
     or anything with ``tokens``, ``t`` and ``counts``), starting from an empty state."""
     return SurfaceTracker(grid, cfg).push(seq.tokens, seq.t, seq.counts)
 
 
-__all__ = ["KINDS", "SurfaceConfig", "SurfaceTracker", "SurfacedSequence", "WithSurfaces", "token_surfaces"]
+__all__ = ["KINDS", "SurfaceConfig", "SurfaceTracker", "SurfacedSequence", "token_surfaces"]

@@ -11,8 +11,8 @@ it). :func:`token_counts` applies the binning's crops and filters once (through 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import numpy as np
 from numba import njit

@@ -1,4 +1,4 @@
-"""evmamba.render: pictures of event streams (``evmamba view``).
+"""evmamba.render (layer 3, beside the pipeline): pictures of event streams (``evmamba view``).
 
 * :mod:`.images` -- accumulated event frames (ON / OFF colours) of a camera, raster plots of spike data
   (time on x, channel on y), and the plan of frame windows over a recording;

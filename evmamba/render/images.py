@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..pipeline.events import check_sensor_size, validate_events
+from ..core.events import check_sensor_size
+from ..pipeline.events import validate_events
 
 RGB = tuple[int, int, int]
 
@@ -66,7 +67,7 @@ class Scale:
             raise ValueError(f"Scale: zoom ({self.zoom}) and reduce ({self.reduce}) cannot both be above 1")
 
     @classmethod
-    def parse(cls, value, what: str = "--scale") -> "Scale":
+    def parse(cls, value, what: str = "--scale") -> Scale:
         """A number: an integer >= 1 zooms, ``1/k`` (0.5, 0.25, ...) reduces by ``k``."""
         try:
             f = float(value)
@@ -84,7 +85,7 @@ class Scale:
         return cls(reduce=k)
 
     @classmethod
-    def auto(cls, extent: int, small: int = 256, large: int = 800, target: int = 640) -> "Scale":
+    def auto(cls, extent: int, small: int = 256, large: int = 800, target: int = 640) -> Scale:
         """A scale for a sensor side (or channel count) ``extent``: zoom small sensors to about ``small``
         pixels, reduce those above ``large`` to at most ``target``."""
         if extent < small:

@@ -20,10 +20,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
+
+from ..core.files import replacing, temporary_sibling
 
 RGB = tuple[int, int, int]
 MIN_GIF_FRAME_MS = 20
@@ -41,8 +43,9 @@ def output_kind(path) -> str:
 
 
 def _tmp_for(path: Path) -> Path:
+    # The extension stays last: ffmpeg chooses the container by it.
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.tmp{path.suffix}")
+    return temporary_sibling(path, keep_suffix=True)
 
 
 def gif_palette(exact: Iterable[RGB]) -> list[RGB]:
@@ -106,10 +109,9 @@ def write_gif(frames: Iterable[np.ndarray], path, frame_ms: float, exact_colors:
         raise ValueError(f"{path}: no frames to write")
     ms = max(MIN_GIF_FRAME_MS, int(round(frame_ms / 10.0)) * 10)
     path = Path(path)
-    tmp = _tmp_for(path)
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms, loop=0,
-                   optimize=False)
-    os.replace(tmp, path)
+    with replacing(path, keep_suffix=True) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms, loop=0,
+                       optimize=False)
     return len(images)
 
 
@@ -118,9 +120,8 @@ def write_png(image: np.ndarray, path) -> None:
     from PIL import Image
 
     path = Path(path)
-    tmp = _tmp_for(path)
-    Image.fromarray(np.asarray(image, np.uint8), "RGB").save(tmp, format="PNG", optimize=True)
-    os.replace(tmp, path)
+    with replacing(path, keep_suffix=True) as tmp:
+        Image.fromarray(np.asarray(image, np.uint8), "RGB").save(tmp, format="PNG", optimize=True)
 
 
 def find_ffmpeg() -> str:

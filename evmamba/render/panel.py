@@ -62,11 +62,15 @@ class ProbabilityPanel:
         times_us = np.asarray(times_us, dtype=np.int64)
         probs = np.asarray(probs, dtype=np.float64)
         if probs.ndim != 2 or probs.shape[0] != times_us.shape[0] or probs.shape[1] != len(classes):
-            raise ValueError(f"ProbabilityPanel: probs must be (M={times_us.shape[0]}, C={len(classes)}); got {probs.shape}")
+            raise ValueError(
+                f"ProbabilityPanel: probs must be (M={times_us.shape[0]}, C={len(classes)}); got {probs.shape}"
+            )
         if times_us.size > 1 and (np.diff(times_us) < 0).any():
             raise ValueError("ProbabilityPanel: times_us must be non-decreasing")
         if width < 160 or height < PANEL_MIN_HEIGHT:
-            raise ValueError(f"ProbabilityPanel: the panel needs at least 160 x {PANEL_MIN_HEIGHT} pixels; got {width} x {height}")
+            raise ValueError(
+                f"ProbabilityPanel: the panel needs at least 160 x {PANEL_MIN_HEIGHT} pixels; got {width} x {height}"
+            )
         self.times, self.probs, self.classes = times_us, probs, [str(c) for c in classes]
         self.duration = max(int(duration_us), 1)
         self.width, self.height = int(width), int(height)

@@ -1,11 +1,12 @@
-"""evmamba.streaming: the real-time loop -- events in, a decision available at any moment.
+"""evmamba.streaming (layer 6): the real-time loop -- events in, a decision available at any moment.
 
 * :mod:`.sources` -- event files, dataset samples, stdin and UDP (:mod:`.protocol`: the wire formats);
 * :mod:`.pacing` -- replay in real time, N times faster, or as fast as possible;
 * :mod:`.backlog` -- the bounded input queue and its policies (block, drop oldest, coarser bins via
   :mod:`.coarsen`);
-* :mod:`.fast_step` -- the classifier step compiled for the CPU; :mod:`.gpu_step` -- the fused step in a
-  CUDA graph; :mod:`.concurrent` -- many streams at once;
+* :mod:`.steppers` -- the :class:`Stepper` interface of both steppers: :mod:`.fast_step` -- the classifier
+  step compiled for the CPU; :mod:`.gpu_step` -- the fused step in a CUDA graph; :mod:`.concurrent` -- many
+  streams at once;
 * :mod:`.decisions`, :mod:`.summary` -- early and final decisions, latency and throughput figures;
 * :mod:`.liveview` -- the terminal view of ``--live``; :mod:`.probabilities` -- a whole recording's
   logits over time through the same binning and step (``evmamba view``);
@@ -16,7 +17,7 @@ Names are imported on first use, so that importing the package stays cheap.
 
 from __future__ import annotations
 
-from .._lazy import lazy_getattr
+from ..core.lazy import lazy_getattr
 
 _EXPORTS = {
     "StreamLoop": "evmamba.streaming.loop",
@@ -26,6 +27,9 @@ _EXPORTS = {
     "FastStepper": "evmamba.streaming.fast_step",
     "export_weights": "evmamba.streaming.fast_step",
     "GraphStepper": "evmamba.streaming.gpu_step",
+    "Stepper": "evmamba.streaming.steppers",
+    "StepOutput": "evmamba.streaming.steppers",
+    "warm_up": "evmamba.streaming.steppers",
     "EventQueue": "evmamba.streaming.backlog",
     "POLICIES": "evmamba.streaming.backlog",
     "Pacer": "evmamba.streaming.pacing",
@@ -33,6 +37,7 @@ _EXPORTS = {
     "Chunk": "evmamba.streaming.sources",
     "Recording": "evmamba.streaming.sources",
     "RecordingSource": "evmamba.streaming.sources",
+    "source_from_specs": "evmamba.streaming.sources",
     "ByteStreamSource": "evmamba.streaming.sources",
     "UdpSource": "evmamba.streaming.sources",
     "DecisionTracker": "evmamba.streaming.decisions",

@@ -9,7 +9,7 @@ accepted and never dropped), so a burst cannot grow memory without bound. When a
   than the capacity keeps only its newest ``capacity`` events). Every dropped event is counted;
 * ``coarsen`` -- like ``block`` for the source, but the loop, when it finds more than half the capacity
   waiting, takes the whole backlog at once and merges its tokens into coarser time bins
-  (:func:`evmamba.streaming.coarsen.merge_coarse`): less compute per event, no event lost.
+  (:class:`evmamba.streaming.coarsen.Coarsener`): less compute per event, no event lost.
 
 A dropped chunk that carried a recording boundary leaves the boundary in the queue as an empty marker.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-from ..pipeline.events import empty_events
+from ..core.events import empty_events
 from .sources import Chunk
 
 POLICIES = ("block", "drop_oldest", "coarsen")
@@ -150,10 +150,6 @@ class EventQueue:
         """Closed by the producer and drained."""
         with self._cond:
             return self._closed and not self._items
-
-    def should_coarsen(self) -> bool:
-        """Under the ``coarsen`` policy: more than half the capacity is waiting."""
-        return self.policy == "coarsen" and self.backlog * 2 > self.capacity
 
 
 __all__ = ["EventQueue", "POLICIES"]

@@ -4,7 +4,7 @@
 small operator calls per token, each costing microseconds of dispatch on a CPU: milliseconds per token,
 far from real time for a DVS stream. :class:`FastStepper` instead exports the weights once
 (:func:`export_weights`: contiguous float32 arrays, matrices stored transposed) and runs every token of a
-chunk in one numba call (:func:`evmamba.streaming._step_kernels.run_tokens`), so the per-call overhead is
+chunk in one numba call (:func:`evmamba.kernels.cpu_step.run_tokens`), so the per-call overhead is
 paid once per chunk while logits are still produced after every token.
 
 It computes the same function as the classifier's ``step`` and ``forward`` (tested: relative error below
@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..kernels import cpu_step as K
 from ..kernels.discretization import METHOD_CODES
-from . import _step_kernels as K
+from .steppers import StepOutput
 
 
 def _f32(t: torch.Tensor) -> np.ndarray:
@@ -151,15 +152,9 @@ def export_weights(model) -> FastWeights:
                        n_surface, w2t.shape[0], model.surface_config)
 
 
-class StepOutput(NamedTuple):
-    """Logits after the tokens of a chunk that were asked for: ``logits`` (M, C), ``index`` (M,) positions."""
-
-    logits: np.ndarray
-    index: np.ndarray
-
-
 class FastStepper:
-    """One or more streams' recurrent state plus the compiled step; see the module docstring.
+    """One or more streams' recurrent state plus the compiled step (a :class:`~evmamba.streaming.steppers.Stepper`);
+    see the module docstring.
 
     ``FastStepper(model_or_weights, n_streams=1)``; :meth:`run` advances stream ``s`` by a chunk of tokens;
     :meth:`reset` zeroes a stream's state (a new recording). The weights are copied at construction: later
@@ -242,7 +237,9 @@ class FastStepper:
         stream = self._check_stream(stream)
         tokens = np.ascontiguousarray(tokens)
         if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-            raise ValueError(f"FastStepper.run: argument 'tokens' must be a 1-D integer array; got {tokens.dtype} {tokens.shape}")
+            raise ValueError(
+                f"FastStepper.run: argument 'tokens' must be a 1-D integer array; got {tokens.dtype} {tokens.shape}"
+            )
         n = tokens.shape[0]
         dt = np.ascontiguousarray(dt, dtype=np.float32)
         if dt.shape != (n,):
@@ -271,8 +268,10 @@ class FastStepper:
             surfaces = np.ascontiguousarray(surfaces, dtype=np.float32) if surfaces is not None else None
             if surfaces is None or surfaces.shape != (n, self.n_surface):
                 got = None if surfaces is None else surfaces.shape
-                raise ValueError(f"FastStepper.run: the model needs argument 'surfaces' of shape ({n}, {self.n_surface}) "
-                                 f"(evmamba.pipeline.surfaces); got {got}")
+                raise ValueError(
+                    f"FastStepper.run: the model needs argument 'surfaces' of shape ({n}, {self.n_surface}) "
+                    f"(evmamba.pipeline.surfaces); got {got}"
+                )
         elif surfaces is not None:
             raise ValueError("FastStepper.run: argument 'surfaces' is only for models with the 'surface' embedding")
         else:
@@ -284,16 +283,5 @@ class FastStepper:
         return StepOutput(out.logits.copy(), out.index.copy()) if copy else out
 
 
-def discretize_np(dta: np.ndarray, dtb: np.ndarray, a: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(Abar, Bbar / B)`` through the kernel's own float32 functions (for tests against
-    :func:`evmamba.kernels.discretization.discretize`); all arguments broadcast to one shape."""
-    dta, dtb, a = np.broadcast_arrays(*(np.asarray(v, np.float32) for v in (dta, dtb, a)))
-    abar = np.empty(dta.shape, np.float32)
-    fac = np.empty(dta.shape, np.float32)
-    K.discretize_into(dta.ravel().copy(), dtb.ravel().copy(), a.ravel().copy(), METHOD_CODES[method],
-                      abar.reshape(-1), fac.reshape(-1))
-    return abar, fac
-
-
-__all__ = ["FastStepper", "FastWeights", "StepOutput", "discretize_np", "export_weights"]
+__all__ = ["FastStepper", "FastWeights", "StepOutput", "export_weights"]
 

@@ -17,12 +17,10 @@ tests of the bookkeeping on machines without a GPU).
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
-from .fast_step import StepOutput
+from .steppers import StepOutput
 
 
 def _zero_rows(cache, rows: torch.Tensor) -> None:
@@ -79,16 +77,10 @@ class GraphStepper:
         self.graph = None
         if not self.graphed:
             return
-        side = torch.cuda.Stream(device=dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.no_grad(), torch.cuda.stream(side):
-            for _ in range(warmup):  # compiles the kernels and settles the allocator before capture
-                self._one_step()
-        torch.cuda.current_stream(dev).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(self.graph):
-            self._one_step()
-        self.reset()
+        from ..model.cuda_graph import capture_graph
+
+        self.graph, _ = capture_graph(self._one_step, warmup, dev)
+        self.reset()  # the warm-up and capture runs stepped the streams for real
 
     def _one_step(self) -> None:
         """One token of every stream: read at ``pos``, step, write the logits at ``pos``, ``pos += 1``."""
@@ -121,7 +113,9 @@ class GraphStepper:
             raise ValueError(f"GraphStepper.run_batch: expected {self.n_streams} rows; got {b}")
         if self.n_surface and (surfaces is None or surfaces.shape != (b, t_total, self.n_surface)):
             got = None if surfaces is None else surfaces.shape
-            raise ValueError(f"GraphStepper.run_batch: the model needs surfaces of shape {(b, t_total, self.n_surface)}; got {got}")
+            raise ValueError(
+                f"GraphStepper.run_batch: the model needs surfaces of shape {(b, t_total, self.n_surface)}; got {got}"
+            )
         out = np.empty((b, t_total, self.n_classes), np.float32) if copy_out else None
         for s in range(0, t_total, self.block):
             n = min(self.block, t_total - s)
@@ -156,56 +150,24 @@ class GraphStepper:
         if self.graphed:
             torch.cuda.current_stream(self.device).synchronize()
 
-    def run(self, tokens, dt, counts=None, need=None, stream: int = 0, check: bool = True,
+    def run(self, tokens, dt, counts=None, need=None, stream: int = 0, copy: bool = True, check: bool = True,
             surfaces=None) -> StepOutput:
-        """Batch-1 interface of :class:`~evmamba.streaming.fast_step.FastStepper.run` (stream 0 only)."""
+        """:meth:`Stepper.run <evmamba.streaming.steppers.Stepper.run>` at batch 1 (stream 0 only; the result
+        is always a fresh array, whatever ``copy``)."""
         if self.n_streams != 1:
             raise ValueError("GraphStepper.run serves one stream; use run_batch for several")
         tokens = np.asarray(tokens)
         n = tokens.shape[0]
         if n and check and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
             raise ValueError(f"GraphStepper.run: argument 'tokens' holds ids outside [0, {self.vocab_size})")
-        logits = self.run_batch(tokens[None], np.asarray(dt)[None], None if counts is None else np.asarray(counts)[None],
-                                surfaces=None if surfaces is None else np.asarray(surfaces)[None])
+        logits = self.run_batch(
+            tokens[None],
+            np.asarray(dt)[None],
+            None if counts is None else np.asarray(counts)[None],
+            surfaces=None if surfaces is None else np.asarray(surfaces)[None],
+        )
         index = np.arange(n) if need is None else np.flatnonzero(np.asarray(need))
         return StepOutput(logits[0, index], index)
-
-    @torch.no_grad()
-    def token_latencies(self, tokens: np.ndarray, dt: np.ndarray, counts: np.ndarray,
-                        surfaces: np.ndarray | None = None) -> np.ndarray:
-        """Per-token latency at batch 1, in seconds: copy one token in, replay, copy the logits out, wait.
-
-        What a caller that needs each token's logits on the host before the next token sees.
-        """
-        if self.n_streams != 1 or not self.graphed:
-            raise ValueError("GraphStepper.token_latencies measures batch 1 on a CUDA device")
-        lat = np.empty(tokens.shape[0])
-        h_tok = torch.zeros(1, dtype=torch.long).pin_memory()
-        h_val = torch.zeros(2, dtype=torch.float32).pin_memory()
-        h_out = torch.zeros(self.n_classes, dtype=torch.float32).pin_memory()
-        h_surf = torch.zeros(max(self.n_surface, 1), dtype=torch.float32).pin_memory()
-        n_tok, n_val = h_tok.numpy(), h_val.numpy()  # numpy views: writing them costs no torch dispatch
-        stream = torch.cuda.current_stream(self.device)
-        self.pos.zero_()
-        for i in range(tokens.shape[0]):
-            p = i % self.block  # the graph reads and writes at pos, which it advances itself
-            if p == 0 and i:
-                self.pos.zero_()
-            t0 = time.perf_counter()
-            n_tok[0] = tokens[i]
-            n_val[0] = dt[i]
-            n_val[1] = counts[i]
-            self.tok[0, p:p + 1].copy_(h_tok, non_blocking=True)
-            self.dt[0, p:p + 1].copy_(h_val[:1], non_blocking=True)
-            self.cnt[0, p:p + 1].copy_(h_val[1:], non_blocking=True)
-            if self.n_surface:
-                h_surf.numpy()[:] = surfaces[i]
-                self.surf[0, p].copy_(h_surf, non_blocking=True)
-            self.graph.replay()
-            h_out.copy_(self.logits[0, p], non_blocking=True)
-            stream.synchronize()
-            lat[i] = time.perf_counter() - t0
-        return lat
 
 
 __all__ = ["GraphStepper"]

@@ -35,13 +35,14 @@ def load_stream_model(path) -> StreamModel:
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file for a checkpoint that
     is not a token model (``event_mamba``) or lacks a ``binning`` section.
     """
-    from ..training.checkpoint import find_checkpoint, load_checkpoint
-    from ..training.models import model_from_checkpoint
+    from ..model.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 
     ckpt_path = find_checkpoint(path, "model.pt")
     ckpt = load_checkpoint(ckpt_path)
     if ckpt["model_type"] != "event_mamba":
-        raise ValueError(f"{ckpt_path}: model_type {ckpt['model_type']!r}; the stream loop runs token models (event_mamba)")
+        raise ValueError(
+            f"{ckpt_path}: model_type {ckpt['model_type']!r}; the stream loop runs token models (event_mamba)"
+        )
     config = ckpt["config"] or {}
     if "binning" not in config:
         raise ValueError(f"{ckpt_path}: the saved config has no 'binning' section")

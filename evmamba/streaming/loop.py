@@ -28,8 +28,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -39,9 +40,9 @@ from .backlog import EventQueue
 from .coarsen import Coarsener
 from .decisions import DecisionTracker, softmax
 from .liveview import LiveView
-from .stop_signals import StopSignals
 from .pacing import Pacer
 from .sources import Chunk, Source
+from .stop_signals import StopSignals
 from .summary import RecordingResult, StreamSummary
 
 
@@ -61,7 +62,7 @@ class LoopConfig:
     predictions: bool = True  # write prediction lines (decisions and the summary are always written)
     batch_events: int = 1 << 16  # most events the loop takes from the queue at once
 
-    def check(self) -> "LoopConfig":
+    def check(self) -> LoopConfig:
         """Validate every field; ``ValueError`` naming the field and its value."""
 
         def need_int(name: str, minimum: int, optional: bool = False) -> None:
@@ -129,11 +130,11 @@ class _Timing:
         self.arrivals, self.reach = arrivals, reach
 
     @classmethod
-    def single(cls, arrival: float) -> "_Timing":
+    def single(cls, arrival: float) -> _Timing:
         return cls(np.array([arrival]), np.array([cls.LAST], np.int64))
 
     @classmethod
-    def of(cls, batch: list[Chunk], taken: float) -> "_Timing":
+    def of(cls, batch: list[Chunk], taken: float) -> _Timing:
         arrivals = np.array([c.arrival if c.arrival is not None else taken for c in batch])
         reach = np.array([c.t_end if c.t_end is not None else (int(c.events["t"][-1]) if c.n_events else -1)
                           for c in batch], np.int64)
@@ -148,8 +149,9 @@ class _Timing:
 class StreamLoop:
     """Runs a source through binner and stepper; see the module docstring.
 
-    ``stepper``: an object with ``run(tokens, dt, counts, need) -> StepOutput`` and ``reset()``
-    (:class:`~evmamba.streaming.fast_step.FastStepper`, :class:`~evmamba.streaming.gpu_step.GraphStepper`).
+    ``stepper``: a :class:`~evmamba.streaming.steppers.Stepper` (the loop calls ``run(tokens, dt, counts,
+    need, check=False[, surfaces=])`` and ``reset()``, and reads ``vocab_size`` and, when present,
+    ``surface_config``).
     ``emit``: called with each output record (dict); ``live``: an optional :class:`LiveView`;
     ``on_logits``: called as ``on_logits(recording, tokens_after (M,), logits (M, C))`` after each step
     with the evaluated tokens' logits (for consumers that want more than the JSON lines carry).
@@ -172,7 +174,9 @@ class StreamLoop:
         self.surfaces = None if surface is None else SurfaceTracker(token_grid(self.sensor_size, binning), surface)
         vocab = vocab_size(self.sensor_size, binning)
         if vocab != stepper.vocab_size:
-            raise ValueError(f"StreamLoop: the binning gives {vocab} token ids but the classifier has {stepper.vocab_size}")
+            raise ValueError(
+                f"StreamLoop: the binning gives {vocab} token ids but the classifier has {stepper.vocab_size}"
+            )
         self.decisions = DecisionTracker(self.cfg.early_threshold, self.cfg.early_tokens)
         coarse = self.cfg.coarse_us or max(4 * binning.bin_us, 1000)
         self.coarsener = Coarsener(stepper.vocab_size, int(coarse), TIME_UNITS_US[binning.time_unit])
@@ -273,7 +277,7 @@ class StreamLoop:
             self.summary.coarsened_events += merged.n_events
         self._process(merged, timing, coarse)
 
-    def _process(self, chunk: Chunk, timing: "_Timing", coarse: bool) -> None:
+    def _process(self, chunk: Chunk, timing: _Timing, coarse: bool) -> None:
         if chunk.new_recording and self._rec is not None:
             self._finish(timing, int(chunk.events["t"][0]) if chunk.n_events else None)
         if self._rec is None:
@@ -309,7 +313,7 @@ class StreamLoop:
         if self.surfaces is not None:
             self.surfaces.reset()
 
-    def _consume(self, events: np.ndarray, t_end: int | None, timing: "_Timing", coarse: bool) -> None:
+    def _consume(self, events: np.ndarray, t_end: int | None, timing: _Timing, coarse: bool) -> None:
         rec = self._rec
         t0 = time.perf_counter()
         self._cpu0 = time.thread_time()
@@ -330,7 +334,7 @@ class StreamLoop:
             seq = merged
         self._step(seq, timing, t0)
 
-    def _step(self, seq: TokenSequence, timing: "_Timing", t0: float, release: int | None = None) -> None:
+    def _step(self, seq: TokenSequence, timing: _Timing, t0: float, release: int | None = None) -> None:
         rec = self._rec
         n = seq.num_tokens
         s = self.summary
@@ -341,13 +345,13 @@ class StreamLoop:
                 pos = rec.tokens + np.arange(1, n + 1)
                 need = (pos % every == 0)
                 need[-1] = True
-            ts = time.perf_counter()
+            t_step = time.perf_counter()
             if self.surfaces is None:
                 out = self.stepper.run(seq.tokens, seq.dt, seq.counts, need, check=False)
             else:
                 surf = self.surfaces.push(seq.tokens, seq.t, seq.counts)
                 out = self.stepper.run(seq.tokens, seq.dt, seq.counts, need, check=False, surfaces=surf)
-            s.step_s += time.perf_counter() - ts
+            s.step_s += time.perf_counter() - t_step
             logits, index = out.logits, out.index
             tokens_after = rec.tokens + index + 1
             events_after = rec.events_tokenised + np.cumsum(seq.counts, dtype=np.int64)[index]
@@ -378,7 +382,7 @@ class StreamLoop:
         s.compute_s += done - t0
         s.compute_cpu_s += time.thread_time() - self._cpu0
 
-    def _record_latency(self, seq: TokenSequence, timing: "_Timing", done: float, release: int | None) -> None:
+    def _record_latency(self, seq: TokenSequence, timing: _Timing, done: float, release: int | None) -> None:
         """Each token's latency: from the arrival of the chunk that released it to ``done``. A time-bin
         token is released when the stream passes its bin's end; an unmerged token by its own event."""
         if release is not None:
@@ -412,7 +416,7 @@ class StreamLoop:
                        "class": int(top[i]), "label": self._class_name(int(top[i])), "confidence": float(conf[i]),
                        "events": int(events_after[i]), "tokens": int(tokens_after[i])})
 
-    def _finish(self, timing: "_Timing", release: int | None = None) -> None:
+    def _finish(self, timing: _Timing, release: int | None = None) -> None:
         """End the recording in progress: flush the open bin, write the final decision, reset. The flushed
         tokens were released by the event at ``release`` µs (the end of the batch when None)."""
         rec = self._rec

@@ -24,7 +24,9 @@ def parse_speed(value) -> float:
         try:
             speed = float(text)
         except ValueError:
-            raise ValueError(f"--speed: expected 'max' or a positive factor such as 1, 2 or 0.5; got {value!r}") from None
+            raise ValueError(
+                f"--speed: expected 'max' or a positive factor such as 1, 2 or 0.5; got {value!r}"
+            ) from None
     else:
         raise ValueError(f"--speed: expected 'max' or a positive factor; got {value!r}")
     if not speed > 0 or math.isnan(speed):

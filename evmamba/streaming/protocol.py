@@ -22,7 +22,7 @@ datagram (1 472 bytes of UDP payload), the loopback interface up to 5 037 (65 50
 and timestamp, big-endian, timestamp multiplier 1): a datagram is an int32 sequence number followed by
 (int32 address, int32 timestamp in µs) pairs. Addresses are decoded with the DVS128 layout (x in bits
 1-7, y in bits 8-14, bit 0 = OFF, bit 15 = special event, skipped), the layout that
-:func:`~evmamba.datasets.readers.read_aedat2_dvs128` reads; like that reader's default, x is the address
+:func:`~evmamba.pipeline.readers.read_aedat2_dvs128` reads; like that reader's default, x is the address
 field as sent, not mirrored as jAER's own display shows it (x = 127 - field). The 32-bit timestamps wrap
 every 71.6 minutes; :class:`JaerDecoder` unwraps them across datagrams.
 
@@ -36,7 +36,7 @@ import struct
 
 import numpy as np
 
-from ..pipeline.events import EVENT_DTYPE
+from ..core.events import EVENT_DTYPE
 
 MAGIC = b"EVMB"
 VERSION = 1
@@ -97,7 +97,9 @@ def decode_header(buf, source: str = "packet", max_packet: int = MAX_DATAGRAM) -
     if magic != MAGIC:
         raise PacketError("garbage", f"{source}: bad magic {bytes(magic)!r} (expected {MAGIC!r})")
     if version != VERSION or flags & ~FLAG_END or reserved:
-        raise PacketError("garbage", f"{source}: unsupported version {version} / flags {flags:#x} / reserved {reserved}")
+        raise PacketError(
+            "garbage", f"{source}: unsupported version {version} / flags {flags:#x} / reserved {reserved}"
+        )
     if count > max_events(max_packet):
         raise PacketError(
             "oversized",
@@ -118,7 +120,9 @@ def decode_packet(buf, source: str = "packet", max_packet: int = MAX_DATAGRAM) -
     flags, seq, count = decode_header(buf, source, max_packet)
     want = HEADER_SIZE + RECORD_SIZE * count
     if len(buf) < want:
-        raise PacketError("short", f"{source}: {len(buf)} bytes, but its header announces {count} events ({want} bytes)")
+        raise PacketError(
+            "short", f"{source}: {len(buf)} bytes, but its header announces {count} events ({want} bytes)"
+        )
     if len(buf) > want:
         raise PacketError("oversized", f"{source}: {len(buf)} bytes, more than the {want} its header announces")
     events = np.frombuffer(buf, dtype=EVENT_DTYPE, count=count, offset=HEADER_SIZE).copy()

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..pipeline.events import SensorSize, empty_events, validate_events
+from ..core.events import SensorSize, empty_events
+from ..pipeline.events import validate_events
 from . import protocol
 
 
@@ -153,9 +154,9 @@ class RecordingSource(Source):
 
 
 def file_recordings(paths: Iterable, sensor_size: SensorSize | None = None) -> list[Recording]:
-    """One :class:`Recording` per event file (any format :func:`~evmamba.datasets.readers.read_events`
+    """One :class:`Recording` per event file (any format :func:`~evmamba.pipeline.readers.read_events`
     reads); the files are read when replayed."""
-    from ..datasets.readers import read_events
+    from ..pipeline.readers import read_events
 
     out = []
     for p in paths:
@@ -356,7 +357,7 @@ class UdpSource(Source):
             while not self._closed:
                 try:
                     n = self.sock.recv_into(buf)
-                except socket.timeout:
+                except TimeoutError:
                     idle = time.perf_counter() - last_data
                     if self.idle_end_s is not None and not self._check.pending_new and idle >= self.idle_end_s:
                         self._check.pending_new = True
@@ -405,7 +406,67 @@ def parse_udp(spec: str) -> tuple[str, int]:
     return host, int(port)
 
 
+# -------------------------------------------------------------------------------- sources by name
+def _parse_samples(spec: str, default_split: str) -> tuple[str, list[int]]:
+    body = spec[len("sample:"):]
+    split, _, idx = body.rpartition(":")
+    split = split or default_split
+    try:
+        indices = [int(v) for v in idx.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--source {spec!r}: expected sample:[SPLIT:]I[,J...] with integer indices") from None
+    if not indices:
+        raise ValueError(f"--source {spec!r}: no sample index given")
+    return split, indices
+
+
+def source_from_specs(specs: Sequence[str], model, *, split: str = "test", chunk_us: int = 1000,
+                      udp_format: str = "evmamba", max_packet: int = 65507, idle_end_s: float | None = None,
+                      stdin=None):
+    """The source that ``evmamba stream --source SPEC ...`` reads, for a model's sensor and classes.
+
+    ``specs``: event files; ``sample:[SPLIT:]I[,J...]`` (samples of the model's dataset, ``split`` by
+    default; their sensor and classes must be the model's); ``-`` (evmamba packets on ``stdin``, default
+    ``sys.stdin.buffer``) or ``udp://HOST:PORT`` (datagrams in ``udp_format``). A live source stands alone.
+    ``model``: a :class:`~evmamba.streaming.loading.StreamModel`. Recordings are replayed in slices of
+    ``chunk_us`` of stream time. ``ValueError`` naming the spec for anything else.
+    """
+    import sys
+
+    sm = model
+    live = [s for s in specs if s == "-" or s.startswith("udp:")]
+    if live and len(specs) > 1:
+        raise ValueError(f"--source: a live source ({live[0]}) cannot be combined with other sources")
+    if live:
+        spec = live[0]
+        if spec == "-":
+            return ByteStreamSource(
+                sys.stdin.buffer if stdin is None else stdin, sm.sensor_size, name="stdin", max_packet=max_packet
+            )
+        host, port = parse_udp(spec)
+        return UdpSource(host, port, sm.sensor_size, fmt=udp_format, max_packet=max_packet, idle_end_s=idle_end_s)
+    recordings = []
+    for spec in specs:
+        if spec.startswith("sample:"):
+            which, indices = _parse_samples(spec, split)
+            recs, sensor, classes = sample_recordings(sm.config.get("dataset") or {}, which, indices)
+            if tuple(sensor) != tuple(sm.sensor_size):
+                raise ValueError(
+                    f"--source {spec!r}: the dataset's sensor {sensor} differs from the model's {sm.sensor_size}"
+                )
+            if [str(c) for c in classes] != list(sm.classes):
+                raise ValueError(
+                    f"--source {spec!r}: the dataset's classes {[str(c) for c in classes]} differ from the "
+                    f"model's {list(sm.classes)} ({sm.path}); labels would be scored against other classes"
+                )
+            recordings += recs
+        else:
+            recordings += file_recordings([spec], sm.sensor_size)
+    return RecordingSource(recordings, sm.sensor_size, chunk_us=chunk_us, name="recordings")
+
+
 __all__ = [
+    "source_from_specs",
     "ByteStreamSource", "Chunk", "Recording", "RecordingSource", "Source", "SourceStats", "UdpSource",
     "file_recordings", "parse_udp", "sample_recordings", "slice_recording",
 ]

@@ -28,7 +28,7 @@ class StopSignals:
         self.received = signal.Signals(signum).name
         self.event.set()
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)

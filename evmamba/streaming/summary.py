@@ -143,18 +143,27 @@ def format_summary(d: dict[str, Any]) -> str:
     lines = [
         f"events {d['events']:,}  tokens {d['tokens']:,}  recordings {d['recordings']}  "
         f"stream {d['duration_s']:.3f} s  compute {d['compute_s']:.3f} s  wall {d['wall_s']:.3f} s",
-        f"real-time factor {num(d['real_time_factor'])} (CPU time: {num(d['real_time_factor_cpu'])})  events/s {num(d['events_per_s'], '{:,.0f}')}  "
+        f"real-time factor {num(d['real_time_factor'])} (CPU time: {num(d['real_time_factor_cpu'])})  "
+        f"events/s {num(d['events_per_s'], '{:,.0f}')}  "
         f"step {num(d['us_per_token_step'])} µs/token",
         f"latency p50 {num(d['latency_us_p50'], '{:.0f}')} µs  p99 {num(d['latency_us_p99'], '{:.0f}')} µs  "
         f"max {num(d['latency_us_max'], '{:.0f}')} µs",
-        f"dropped events {d['dropped_events']:,}  queue high-water {d['queue_high_water']:,} / {d['queue_capacity']:,} events"
-        + (f"  coarsened events {d['coarsened_events']:,} (tokens merged {d['tokens_merged']:,})" if d["coarsened_events"] else ""),
+        f"dropped events {d['dropped_events']:,}  "
+        f"queue high-water {d['queue_high_water']:,} / {d['queue_capacity']:,} events"
+        + (
+            f"  coarsened events {d['coarsened_events']:,} (tokens merged {d['tokens_merged']:,})"
+            if d["coarsened_events"]
+            else ""
+        ),
     ]
     src = {k: v for k, v in (d.get("source") or {}).items() if v and k not in ("packets", "events")}
     if src:
         lines.append("source: " + ", ".join(f"{k} {v}" for k, v in src.items()))
     if d.get("accuracy") is not None:
-        lines.append(f"accuracy {d['accuracy']:.3f} over {sum(1 for r in d['per_recording'] if 'label' in r)} labelled recordings")
+        lines.append(
+            f"accuracy {d['accuracy']:.3f} over {sum(1 for r in d['per_recording'] if 'label' in r)} "
+            "labelled recordings"
+        )
     if d.get("interrupted"):
         lines.append("interrupted (Ctrl-C or SIGTERM): totals cover the events processed until then")
     return "\n".join(lines)

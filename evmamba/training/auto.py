@@ -40,13 +40,15 @@ The model's embedding is chosen in one place, :data:`DEFAULT_EMBEDDING` inside
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
+from ..model.checkpoint import TOKEN_MODEL
 from ..pipeline.binning import TIME_UNITS_US, BinningConfig, vocab_size
-from .data import TOKEN_MODEL, model_type, section
+from .data import model_type, section
 
 #: Candidate time-bin widths, µs (0: one token per event).
 BIN_LADDER_US = (0, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,

@@ -1,10 +1,11 @@
-"""Datasets and loaders for training and evaluation, from a resolved config.
+"""The data of a run, from a resolved config: which datasets, caches and wrappers (:mod:`evmamba.datasets`)
+serve training, validation and test, and the loaders over them.
 
 Token models (``model.type: event_mamba``) read the HDF5 token cache of each split (built on first use by
 :func:`evmamba.datasets.cache.ensure_cache`). With an active ``augment`` section, training items are instead
 made on the fly from the raw recordings (augment, then bin) by
-:class:`evmamba.pipeline.batching.BinnedDataset`; with mixing on (``augment.mix_p > 0``),
-:class:`evmamba.pipeline.mixing.EventMixDataset` augments each recording, mixes it with a partner drawn from
+:class:`evmamba.datasets.wrappers.BinnedDataset`; with mixing on (``augment.mix_p > 0``),
+:class:`evmamba.datasets.wrappers.EventMixDataset` augments each recording, mixes it with a partner drawn from
 the training items (never from the validation hold-out) and gives it a soft label, which the collate
 functions pass on as ``soft_labels``. ``train.max_tokens`` crops long training sequences to a random
 window. Frame models (``model.type: frame_resnet``) turn raw recordings into event-count frames with
@@ -23,19 +24,22 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..pipeline.binning import BinningConfig, token_grid as binning_token_grid, vocab_size as binning_vocab_size
+from ..datasets.batching import ShardedBatches, collate_frames
+from ..datasets.wrappers import FrameDataset, IndexedSubset, TokenCrop
+from ..model.checkpoint import FRAME_MODEL, TOKEN_MODEL, DataInfo
+from ..pipeline.binning import BinningConfig
+from ..pipeline.binning import token_grid as binning_token_grid
+from ..pipeline.binning import vocab_size as binning_vocab_size
 from .distributed import DistInfo, wait_for_main
 from .reproducibility import worker_init
 from .settings import train_settings
-
-TOKEN_MODEL = "event_mamba"
-FRAME_MODEL = "frame_resnet"
 
 
 def model_type(cfg: Mapping) -> str:
@@ -60,244 +64,33 @@ def section(cfg: Mapping, name: str) -> dict[str, Any]:
     return dict(value)
 
 
-@dataclass
-class DataInfo:
-    """What a model needs to know about the data (stored in checkpoints as a plain dict)."""
-
-    kind: str
-    n_classes: int
-    classes: list[str]
-    sensor_size: list[int]
-    vocab_size: int | None = None
-    grid: list[int] | None = None
-    n_time_bins: int | None = None
-    frame_size: list[int] | None = None  # (W, H, P) of the frames after downsampling
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DataInfo":
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
-
-
 def token_grid(sensor_size, binning: BinningConfig) -> list[int]:
     """``(W', H', P)`` of the token ids (DESIGN §5), as a list for checkpoints."""
     return [int(v) for v in binning_token_grid(tuple(int(v) for v in sensor_size), binning)]
 
 
-# ------------------------------------------------------------------------------------------ wrappers
-class IndexedSubset:
-    """``dataset[indices[i]]`` as item ``i``; passes :meth:`set_epoch` through."""
+@dataclass(frozen=True)
+class FramesConfig:
+    """The ``frames`` section (frame models): ``n_time_bins`` equal time slices per recording, spatial
+    ``downsample`` k, and ``memoize`` (keep unaugmented frames in memory after the first access). Values are
+    checked by :class:`~evmamba.datasets.wrappers.FrameDataset` when the data are built."""
 
-    def __init__(self, dataset, indices):
-        self.dataset = dataset
-        self.indices = np.asarray(indices, dtype=np.int64)
+    n_time_bins: int = 8
+    downsample: int = 1
+    memoize: bool = True
 
-    def __len__(self) -> int:
-        return int(self.indices.shape[0])
-
-    def __getitem__(self, i):
-        return self.dataset[int(self.indices[i])]
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-
-    def window(self, i, start: int, stop: int | None):
-        """``dataset.window(indices[i], start, stop)`` (a :class:`~evmamba.datasets.cache.TokenCache`'s)."""
-        return self.dataset.window(int(self.indices[i]), start, stop)
-
-
-class TokenCrop:
-    """Crop each item's token sequence to a random window of at most ``max_tokens`` (training only); the
-    window is drawn from ``(seed, epoch, index)``.
-
-    With ``lengths`` (tokens of each item, known ahead) the dataset must have ``window(i, start, stop)``
-    (a token cache or an :class:`IndexedSubset` of one): only the window is read, so a long recording
-    costs its crop, not its length, in reading time and memory. The windows are the same either way."""
-
-    def __init__(self, dataset, max_tokens: int, seed: int, lengths=None):
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValueError(f"config: key 'train.max_tokens' must be a positive int or null; got {max_tokens!r}")
-        if lengths is not None:
-            lengths = np.asarray(lengths, dtype=np.int64)
-            if lengths.shape != (len(dataset),):
-                raise ValueError(f"TokenCrop: 'lengths' must have one entry per item ({len(dataset)}); got {lengths.shape}")
-            if not hasattr(dataset, "window"):
-                raise TypeError(f"TokenCrop: with 'lengths', the dataset ({type(dataset).__name__}) needs window()")
-        self.dataset, self.max_tokens, self.seed, self.epoch = dataset, max_tokens, int(seed), 0
-        self.lengths = lengths
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-
-    def _start(self, i, n: int) -> int:
-        return int(np.random.default_rng([self.seed, self.epoch, int(i), 1]).integers(0, n - self.max_tokens + 1))
-
-    def __getitem__(self, i):
-        if self.lengths is not None:
-            n = int(self.lengths[i])
-            start = self._start(i, n) if n > self.max_tokens else 0
-            return self.dataset.window(i, start, start + self.max_tokens)
-        seq, label = self.dataset[i]
-        n = seq.num_tokens
-        if n <= self.max_tokens:
-            return seq, label
-        start = self._start(i, n)
-        return type(seq)(*(a[start:start + self.max_tokens] for a in seq)), label
-
-
-class FrameDataset:
-    """Recordings -> ``(frames (T, P, H, W) int16, label)`` with ``T = n_time_bins`` equal time slices.
-
-    ``downsample`` k maps pixel x to ``x // k`` (as the token binner does). ``augment`` (an
-    :class:`~evmamba.pipeline.augment.AugmentConfig`, training only) is applied to the events first, with a
-    generator seeded by ``(seed, epoch, index)``. Without augmentation, frames are kept in memory after
-    the first access when ``memoize``. A ``base`` that gives soft labels (an
-    :class:`~evmamba.pipeline.mixing.EventMixDataset`) passes them on, and :meth:`set_epoch` reaches it.
-    """
-
-    def __init__(self, base, n_time_bins: int, downsample: int = 1, augment=None, seed: int = 0,
-                 allow_hflip: bool = True, memoize: bool = True):
-        from ..pipeline.events import check_sensor_size
-
-        if isinstance(n_time_bins, bool) or not isinstance(n_time_bins, int) or n_time_bins < 1:
-            raise ValueError(f"config: key 'frames.n_time_bins' must be a positive int; got {n_time_bins!r}")
-        if isinstance(downsample, bool) or not isinstance(downsample, int) or downsample < 1:
-            raise ValueError(f"config: key 'frames.downsample' must be a positive int; got {downsample!r}")
-        self.base = base
-        self.sensor_size = check_sensor_size(base.sensor_size, "frames: sensor_size")
-        w, h, p = self.sensor_size
-        self.k = downsample
-        self.frame_size = (-(-w // downsample), -(-h // downsample), p)
-        self.n_time_bins = n_time_bins
-        self.augment = augment if augment is not None and augment.active else None
-        self.seed, self.epoch, self.allow_hflip = int(seed), 0, bool(allow_hflip)
-        self.memo: dict[int, tuple[np.ndarray, int]] | None = {} if memoize and self.augment is None else None
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        if hasattr(self.base, "set_epoch"):
-            self.base.set_epoch(epoch)
-
-    def frames(self, events: np.ndarray, source: str = "events") -> np.ndarray:
-        """``(T, P, H', W')`` int16 counts of one recording (all zeros for an empty one)."""
-        from ..pipeline.frames import to_frames
-
-        if self.k > 1:
-            events = events.copy()
-            events["x"] //= self.k
-            events["y"] //= self.k
-        return to_frames(events, self.frame_size, n_time_bins=self.n_time_bins, source=source)
-
-    def __getitem__(self, i):
-        i = int(i)
-        if self.memo is not None and i in self.memo:
-            return self.memo[i]
-        events, label = self.base[i]
-        if self.augment is not None:
-            from ..pipeline.augment import augment_events
-
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            events = augment_events(events, self.sensor_size, self.augment, rng, allow_hflip=self.allow_hflip,
-                                    source=f"frames[{i}]")
-        item = self.frames(events, source=f"frames[{i}]"), label if isinstance(label, np.ndarray) else int(label)
-        if self.memo is not None:
-            self.memo[i] = item
-        return item
-
-
-#: Keys of the ``frames`` section (frame models) and their defaults; read by :func:`build_data`.
-FRAMES_DEFAULTS: dict[str, Any] = {"n_time_bins": 8, "downsample": 1, "memoize": True}
-
-
-def check_frames_section(cfg: Mapping) -> dict[str, Any]:
-    """The ``frames`` section completed with :data:`FRAMES_DEFAULTS`; ``ValueError`` naming unknown keys
-    (values are checked by :class:`FrameDataset`)."""
-    given = section(cfg, "frames")
-    unknown = sorted(set(given) - set(FRAMES_DEFAULTS))
-    if unknown:
-        raise ValueError(f"config: unknown key(s) {['frames.' + k for k in unknown]}; valid: {sorted(FRAMES_DEFAULTS)}")
-    if "memoize" in given and not isinstance(given["memoize"], bool):
-        raise ValueError(f"config: key 'frames.memoize' must be true or false; got {given['memoize']!r}")
-    return {**FRAMES_DEFAULTS, **given}
-
-
-def collate_frames(batch) -> dict[str, torch.Tensor]:
-    """``[(frames (T, P, H, W), label), ...]`` -> ``frames`` (B, T, P, H, W) int16, ``labels`` (B,) int64;
-    with soft labels (mixed samples) also ``soft_labels`` (B, C) float32, and ``labels`` is their argmax."""
-    from ..pipeline.batching import stack_soft_labels
-    from ..pipeline.mixing import as_soft_label
-
-    frames = torch.from_numpy(np.stack([np.asarray(f) for f, _ in batch]))
-    soft = [v for i, (_, lab) in enumerate(batch)
-            if (v := as_soft_label(lab, f"collate_frames: item {i} label")) is not None]
-    if soft:
-        out_soft = stack_soft_labels(soft, len(batch), "collate_frames")
-        return {"frames": frames, "labels": out_soft.argmax(-1), "soft_labels": out_soft}
-    labels = torch.tensor([int(lab) for _, lab in batch], dtype=torch.long)
-    return {"frames": frames, "labels": labels}
-
-
-# ------------------------------------------------------------------------------------------ samplers
-class ShardedBatches:
-    """Global batches of a sampler (e.g. a :class:`~evmamba.pipeline.batching.LengthBucketSampler` with batch
-    size ``per-process batch x world``), each split over ``world`` processes: process ``rank`` takes items
-    ``rank, rank + world, ...`` of every global batch. So ``world`` processes see, step by step, exactly the
-    samples one process sees with the global batch size, and with the data-parallel mean of their
-    gradients (weighted by :meth:`shares`) take the same optimizer steps. Neighbours in a length-sorted
-    global batch go to different processes, so their shares have about the same lengths.
-
-    ``even`` (training, where DDP synchronises every step): every process gets one share of every global
-    batch, so a global batch with fewer than ``world`` items (at most the last one) is dropped. Otherwise
-    (evaluation) such a batch gives shares to the first processes only, and every sample is seen once.
-    """
-
-    def __init__(self, sampler, rank: int = 0, world: int = 1, even: bool = True):
-        for name, v, lo in (("rank", rank, 0), ("world", world, 1)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-                raise ValueError(f"ShardedBatches: argument '{name}' must be an int >= {lo}; got {v!r}")
-        if rank >= world:
-            raise ValueError(f"ShardedBatches: rank {rank} must be below world {world}")
-        self.sampler, self.rank, self.world, self.even = sampler, int(rank), int(world), bool(even)
-        self._epoch_batches: tuple[int, list[list[int]]] | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def _global(self) -> list[list[int]]:
-        # The sampler's batches depend only on (seed, epoch); kept per epoch, as len() is asked every step.
-        epoch = getattr(self.sampler, "epoch", None)
-        if self._epoch_batches is None or self._epoch_batches[0] != epoch or epoch is None:
-            batches = [list(b) for b in self.sampler.batches()]
-            if self.world > 1 and self.even:
-                batches = [b for b in batches if len(b) >= self.world]
-            self._epoch_batches = (epoch, batches)
-        return self._epoch_batches[1]
-
-    def _mine(self) -> list[list[int]]:
-        return [b[self.rank::self.world] for b in self._global() if len(b) > self.rank]
-
-    def shares(self) -> list[float]:
-        """Per batch of this process, in order: its size x ``world`` / the global batch's size. Scaling each
-        process's mean loss by it makes the average over processes the mean over the global batch, also
-        when the global batch does not split evenly (1.0 for every batch that does)."""
-        return [len(b[self.rank::self.world]) * self.world / len(b) for b in self._global() if len(b) > self.rank]
-
-    def __len__(self) -> int:
-        return len(self._mine())
-
-    def __iter__(self):
-        return iter(self._mine())
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> FramesConfig:
+        """The section of a whole config (defaults when absent); ``ValueError`` naming unknown keys and a
+        ``memoize`` that is not a bool."""
+        given = section(cfg, "frames")
+        valid = sorted(f.name for f in fields(cls))
+        unknown = sorted(set(given) - set(valid))
+        if unknown:
+            raise ValueError(f"config: unknown key(s) {['frames.' + k for k in unknown]}; valid: {valid}")
+        if "memoize" in given and not isinstance(given["memoize"], bool):
+            raise ValueError(f"config: key 'frames.memoize' must be true or false; got {given['memoize']!r}")
+        return cls(**given)
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -420,9 +213,9 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
 
     Every split must have the same classes and sensor size (``ValueError`` naming both otherwise); datasets
     decide them once for all their splits."""
+    from ..datasets.batching import collate
+    from ..datasets.wrappers import BinnedDataset, EventMixDataset
     from ..pipeline.augment import AugmentConfig
-    from ..pipeline.batching import BinnedDataset, collate
-    from ..pipeline.mixing import EventMixDataset
 
     info = info or DistInfo()
     train_cfg = section(cfg, "train")
@@ -435,12 +228,12 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
 
     if kind == TOKEN_MODEL:
         from ..datasets.cache import TokenCache
-
-        from ..model.embedding import surface_config_of
-        from ..pipeline.surfaces import WithSurfaces
+        from ..datasets.wrappers import WithSurfaces
+        from ..model.classifier import EventClassifier
 
         binning = BinningConfig.from_dict(section(cfg, "binning"), source="config: section 'binning'")
-        surface = surface_config_of(section(cfg, "model"))  # the local surfaces the model reads, if any
+        # The local surfaces the model reads, if any.
+        surface = EventClassifier.parse_section(section(cfg, "model"))[0].surface
         limit_gb = train_settings(cfg)["cache_memory_gb"]
         in_memory = True if limit_gb is None else None  # None: loaded whole up to the limit, else read per sample
         limit = None if limit_gb is None else int(limit_gb * 1e9)
@@ -510,8 +303,8 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
         return result
 
     # Frame models: recordings -> frames.
-    frames_cfg = check_frames_section(cfg)
-    n_bins, k, memo = frames_cfg["n_time_bins"], frames_cfg["downsample"], bool(frames_cfg["memoize"])
+    frames_cfg = FramesConfig.from_config(cfg)
+    n_bins, k, memo = frames_cfg.n_time_bins, frames_cfg.downsample, frames_cfg.memoize
     parts = recording_splits(cfg, train=train, test_split=test_split)
     named = {"train": "train", "val": splits.get("val", "train"), "test": test_split}
     check_splits_agree({f"split {named[key]!r} ({key}) of dataset {getattr(p.dataset, 'name', 'dataset')!r}":
@@ -549,7 +342,7 @@ def make_loader(dataset, lengths: np.ndarray, batch_size: int, collate: Callable
     the processes, split over them (:class:`ShardedBatches`), so that N processes at batch B step through the
     same samples as one at N x B. Returns ``(loader, batch_sampler)``; call ``batch_sampler.set_epoch(e)``
     (and the dataset's ``set_epoch``) before each epoch."""
-    from ..pipeline.batching import LengthBucketSampler
+    from ..datasets.batching import LengthBucketSampler
 
     info = info or DistInfo()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

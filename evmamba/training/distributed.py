@@ -91,11 +91,6 @@ def wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside a DDP wrapper (or the model itself)."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
 def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     """Sum a few numbers over all processes (identity in a single process)."""
     if not info.enabled:

@@ -10,8 +10,9 @@ has free now, less 10 % headroom for everything the estimate does not count).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -16,16 +16,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..core.files import write_text_atomic
+
 EPOCH_COLUMNS = (
     "epoch", "step", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
     "test_accuracy", "grad_norm", "epoch_seconds", "samples_per_second", "tokens_per_second",
 )
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _clean(value: Any) -> Any:
@@ -47,8 +43,8 @@ class MetricsLogger:
         self.jsonl_path = self.dir / "metrics.jsonl"
         self.epochs: list[dict[str, Any]] = []
         if resume_epoch is None:
-            _atomic_write(self.csv_path, ",".join(EPOCH_COLUMNS) + "\n")
-            _atomic_write(self.jsonl_path, "")
+            write_text_atomic(self.csv_path, ",".join(EPOCH_COLUMNS) + "\n")
+            write_text_atomic(self.jsonl_path, "")
         else:
             self._truncate(resume_epoch)
         self.tb = None
@@ -72,13 +68,13 @@ class MetricsLogger:
                     lines.append(line)
                     if row.get("kind") == "epoch":
                         self.epochs.append(row)
-        _atomic_write(self.jsonl_path, "".join(line + "\n" for line in lines))
+        write_text_atomic(self.jsonl_path, "".join(line + "\n" for line in lines))
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=EPOCH_COLUMNS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for row in self.epochs:
             writer.writerow({k: _clean(row.get(k)) for k in EPOCH_COLUMNS})
-        _atomic_write(self.csv_path, out.getvalue())
+        write_text_atomic(self.csv_path, out.getvalue())
 
     def log_step(self, row: dict[str, Any]) -> None:
         """A JSON line with ``kind: "step"`` (and TensorBoard scalars under ``step/``)."""

@@ -1,4 +1,5 @@
-"""Building models from a config or a checkpoint, and feeding them a batch.
+"""Building models from a config, and feeding them a batch (rebuilding one from a checkpoint:
+:func:`evmamba.model.checkpoint.model_from_checkpoint`).
 
 ``model.type: event_mamba`` -> :class:`~evmamba.model.classifier.EventClassifier` over tokens;
 ``model.type: frame_resnet`` -> :class:`~evmamba.model.frame_resnet.FrameResNet` over event-count frames.
@@ -6,14 +7,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..model.checkpoint import TOKEN_MODEL, DataInfo
 from ..model.classifier import EventClassifier
-from .data import FRAME_MODEL, TOKEN_MODEL, DataInfo, model_type, section
+from .data import model_type, section
 
 
 def build_model(cfg: Mapping, info: DataInfo) -> torch.nn.Module:
@@ -28,9 +29,10 @@ def build_model(cfg: Mapping, info: DataInfo) -> torch.nn.Module:
 
 
 def check_model_section(cfg: Mapping) -> None:
-    """Check the keys of the config's ``model`` section against the constructor of the model its ``type``
-    names (``ValueError`` naming the unknown keys and listing the valid ones); values are checked when the
-    model is built."""
+    """Check the config's ``model`` section for the model its ``type`` names: unknown keys (``ValueError``
+    naming them and listing the valid ones) and, for token models, every value (parsed into the
+    :class:`~evmamba.model.classifier.ClassifierConfig` the model is built from). A frame model's values are
+    checked when it is built."""
     kind = model_type(cfg)
     given = section(cfg, "model")
     if kind == TOKEN_MODEL:
@@ -44,39 +46,8 @@ def check_model_section(cfg: Mapping) -> None:
         raise ValueError(
             f"config: unknown key(s) {['model.' + k for k in unknown]} for model.type {kind!r}; valid: {valid}"
         )
-
-
-def check_same_data(ckpt_data: Mapping[str, Any], info: DataInfo, where) -> None:
-    """Refuse data that a checkpoint's model was not trained on: ``ckpt_data`` (a checkpoint's ``data``) and
-    ``info`` (the data at hand) must have the same class names, in the same order, and the same sensor
-    size. ``ValueError`` naming ``where`` (the checkpoint) and both lists otherwise."""
-    theirs = DataInfo.from_dict(ckpt_data)
-    if theirs.classes is not None and [str(c) for c in theirs.classes] != [str(c) for c in info.classes]:
-        raise ValueError(
-            f"{where}: the model was trained on the classes {list(theirs.classes)}, but the data have "
-            f"{list(info.classes)}; class indices would not match (use the dataset the model was trained on)"
-        )
-    for key in ("sensor_size", "vocab_size", "n_time_bins", "frame_size"):
-        mine, want = getattr(info, key), getattr(theirs, key)
-        if mine is not None and want is not None and list(np.atleast_1d(mine)) != list(np.atleast_1d(want)):
-            raise ValueError(f"{where}: the model was trained with {key}={want}, but the data give {mine}")
-
-
-def model_from_checkpoint(ckpt: Mapping[str, Any]) -> tuple[torch.nn.Module, DataInfo]:
-    """Rebuild the model stored in a checkpoint (see :mod:`.checkpoint`) and load its weights."""
-    info = DataInfo.from_dict(ckpt["data"])
-    kwargs = dict(ckpt["model_config"])
-    if ckpt["model_type"] == TOKEN_MODEL:
-        vocab, n_classes = kwargs.pop("vocab_size"), kwargs.pop("n_classes")
-        model: torch.nn.Module = EventClassifier(vocab, n_classes, **kwargs)
-    elif ckpt["model_type"] == FRAME_MODEL:
-        from ..model.frame_resnet import FrameResNet
-
-        model = FrameResNet(**kwargs)
-    else:
-        raise ValueError(f"checkpoint: unknown model_type {ckpt['model_type']!r}")
-    model.load_state_dict(ckpt["model"])
-    return model, info
+    if kind == TOKEN_MODEL:
+        EventClassifier.parse_section(given)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

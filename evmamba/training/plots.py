@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+
+from ..core.files import write_bytes_atomic
 
 
 def _figure():
@@ -29,10 +32,7 @@ def _save(fig, path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return write_bytes_atomic(path, buf.getvalue())
 
 
 def plot_training_curves(epochs: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:

@@ -9,8 +9,9 @@ section         checked by
                 class's constructor arguments)
 ``binning``     :meth:`evmamba.pipeline.binning.BinningConfig.from_dict` (its dataclass fields)
 ``augment``     :meth:`evmamba.pipeline.augment.AugmentConfig.from_dict` (its dataclass fields)
-``model``       :func:`evmamba.training.models.check_model_section` (the model class's constructor)
-``frames``      :func:`evmamba.training.data.check_frames_section` (:data:`~evmamba.training.data.FRAMES_DEFAULTS`)
+``model``       :func:`evmamba.training.models.check_model_section` (the fields of
+                :class:`~evmamba.model.classifier.ClassifierConfig`, or the frame model's constructor)
+``frames``      :meth:`evmamba.training.data.FramesConfig.from_config` (its dataclass fields)
 ``train``       :func:`evmamba.training.settings.train_settings` (:data:`~evmamba.training.settings.TRAIN_SETTINGS`)
 ``cache_dir``   a folder name (or null)
 ==============  ==============================================================================================
@@ -21,7 +22,8 @@ A new section is added to :data:`SECTIONS` with the function that checks it, nex
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 __all__ = ["SECTIONS", "check_config"]
 
@@ -51,9 +53,9 @@ def _check_model(cfg: Mapping) -> None:
 
 
 def _check_frames(cfg: Mapping) -> None:
-    from .data import check_frames_section
+    from .data import FramesConfig
 
-    check_frames_section(cfg)
+    FramesConfig.from_config(cfg)
 
 
 def _check_train(cfg: Mapping) -> None:

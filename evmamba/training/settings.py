@@ -8,9 +8,11 @@ data builders all read the section through it, so a key added here is known ever
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
+
+from ..core.checks import is_number
 
 __all__ = ["Setting", "TRAIN_DEFAULTS", "TRAIN_SETTINGS", "train_settings"]
 
@@ -50,20 +52,16 @@ class Setting:
         if self.kind == "str":
             return isinstance(value, str) and (self.choices is None or value in self.choices)
         if self.kind == "numbers":
-            return isinstance(value, (list, tuple)) and all(_is_number(v) for v in value)
+            return isinstance(value, (list, tuple)) and all(is_number(v) for v in value)
         if self.kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
             return False
-        if self.kind == "number" and not _is_number(value):
+        if self.kind == "number" and not is_number(value):
             return False
         if self.minimum is not None and value < self.minimum:
             return False
         if self.maximum is not None and (value > self.maximum or (self.below and value == self.maximum)):
             return False
         return True
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 #: Every key of the ``train`` section (documented in docs/training.md).

@@ -29,10 +29,10 @@ import math
 import sys
 import time
 
-import numpy as np
-
-from .streaming.backlog import POLICIES
-from .streaming.pacing import parse_speed
+from ..streaming.backlog import POLICIES
+from ..streaming.pacing import parse_speed
+from ..streaming.sources import source_from_specs
+from ..streaming.steppers import warm_up
 
 EXAMPLE = ("evmamba stream --checkpoint checkpoints/dvsgesture.pt "
            "--source ../shared/data/dvsgesture_slayer_bs2/5.bs2 --speed max --live")
@@ -40,26 +40,53 @@ EXAMPLE = ("evmamba stream --checkpoint checkpoints/dvsgesture.pt "
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a .pt checkpoint or a run folder (its model.pt)")
-    parser.add_argument("--source", action="append", required=True, metavar="SRC",
-                        help="event file, sample:[SPLIT:]I[,J..], '-' (stdin) or udp://HOST:PORT; repeat for more recordings")
+    parser.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        metavar="SRC",
+        help="event file, sample:[SPLIT:]I[,J..], '-' (stdin) or udp://HOST:PORT; repeat for more recordings",
+    )
     parser.add_argument("--split", default="test", help="dataset split for sample: sources (default test)")
     parser.add_argument("--speed", default="1", help="replay speed: 1 (real time), a factor, or max (default 1)")
     parser.add_argument("--chunk-us", type=int, default=1000, help="replay slice in µs of stream time (default 1000)")
-    parser.add_argument("--udp-format", choices=("evmamba", "jaer"), default="evmamba", help="datagram format (default evmamba)")
-    parser.add_argument("--max-packet", type=int, default=65507,
-                        help="largest accepted packet in bytes, UDP datagram (at most 65507) or stdin packet (default 65507)")
+    parser.add_argument(
+        "--udp-format", choices=("evmamba", "jaer"), default="evmamba", help="datagram format (default evmamba)"
+    )
+    parser.add_argument(
+        "--max-packet",
+        type=int,
+        default=65507,
+        help="largest accepted packet in bytes, UDP datagram (at most 65507) or stdin packet (default 65507)",
+    )
     parser.add_argument("--idle-end-s", type=float, default=None, help="UDP: this much silence ends a recording")
     parser.add_argument("--policy", choices=POLICIES, default="block", help="when compute falls behind (default block)")
-    parser.add_argument("--queue-events", type=int, default=1 << 20, help="input queue capacity in events (default 1048576)")
-    parser.add_argument("--coarse-us", type=int, default=None, help="coarse bin width for --policy coarsen (default 4 x bin_us, >= 1000)")
-    parser.add_argument("--report-every-ms", type=float, default=100.0, help="stream time between prediction lines; 0 = every token (default 100)")
+    parser.add_argument(
+        "--queue-events", type=int, default=1 << 20, help="input queue capacity in events (default 1048576)"
+    )
+    parser.add_argument(
+        "--coarse-us",
+        type=int,
+        default=None,
+        help="coarse bin width for --policy coarsen (default 4 x bin_us, >= 1000)",
+    )
+    parser.add_argument(
+        "--report-every-ms",
+        type=float,
+        default=100.0,
+        help="stream time between prediction lines; 0 = every token (default 100)",
+    )
     parser.add_argument("--no-predictions", action="store_true", help="write only decisions and the summary")
-    parser.add_argument("--early-threshold", type=float, default=0.9, help="early decision probability (default 0.9; > 1 disables)")
+    parser.add_argument(
+        "--early-threshold", type=float, default=0.9, help="early decision probability (default 0.9; > 1 disables)"
+    )
     parser.add_argument("--early-tokens", type=int, default=50, help="tokens the threshold must hold (default 50)")
     parser.add_argument("--reset-gap-ms", type=float, default=None, help="a silence this long starts a new recording")
     parser.add_argument("--logits-every", type=int, default=1, help="evaluate the logits every N tokens (default 1)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--streams", type=int, default=1, help="concurrent streams from the recordings (throughput mode)")
+    parser.add_argument(
+        "--streams", type=int, default=1, help="concurrent streams from the recordings (throughput mode)"
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help="write the summary as JSON here")
     parser.add_argument("--out", default=None, metavar="PATH", help="write the JSON lines here instead of stdout")
     parser.add_argument("--quiet", action="store_true", help="no JSON lines")
@@ -72,74 +99,6 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as exc:
         print(f"evmamba stream: {exc}", file=sys.stderr)
         return 1
-
-
-# ---------------------------------------------------------------------------------------------- sources
-def _parse_samples(spec: str, default_split: str) -> tuple[str, list[int]]:
-    body = spec[len("sample:"):]
-    split, _, idx = body.rpartition(":")
-    split = split or default_split
-    try:
-        indices = [int(v) for v in idx.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--source {spec!r}: expected sample:[SPLIT:]I[,J...] with integer indices") from None
-    if not indices:
-        raise ValueError(f"--source {spec!r}: no sample index given")
-    return split, indices
-
-
-def build_source(specs: list[str], sm, args):
-    """The :class:`~evmamba.streaming.sources.Source` for the ``--source`` values."""
-    from .streaming import sources as S
-
-    live = [s for s in specs if s == "-" or s.startswith("udp:")]
-    if live and len(specs) > 1:
-        raise ValueError(f"--source: a live source ({live[0]}) cannot be combined with other sources")
-    if live:
-        spec = live[0]
-        if spec == "-":
-            return S.ByteStreamSource(sys.stdin.buffer, sm.sensor_size, name="stdin", max_packet=args.max_packet)
-        host, port = S.parse_udp(spec)
-        return S.UdpSource(host, port, sm.sensor_size, fmt=args.udp_format, max_packet=args.max_packet,
-                           idle_end_s=args.idle_end_s)
-    recordings = []
-    for spec in specs:
-        if spec.startswith("sample:"):
-            split, indices = _parse_samples(spec, args.split)
-            recs, sensor, classes = S.sample_recordings(sm.config.get("dataset") or {}, split, indices)
-            if tuple(sensor) != tuple(sm.sensor_size):
-                raise ValueError(f"--source {spec!r}: the dataset's sensor {sensor} differs from the model's {sm.sensor_size}")
-            if [str(c) for c in classes] != list(sm.classes):
-                raise ValueError(f"--source {spec!r}: the dataset's classes {[str(c) for c in classes]} differ from the "
-                                 f"model's {list(sm.classes)} ({sm.path}); labels would be scored against other classes")
-            recordings += recs
-        else:
-            recordings += S.file_recordings([spec], sm.sensor_size)
-    return S.RecordingSource(recordings, sm.sensor_size, chunk_us=args.chunk_us, name="recordings")
-
-
-def warm_up(stepper, binning, sensor_size) -> None:
-    """Compile (or load from numba's cache) the binner and step kernels before the clock starts."""
-    from .pipeline import StreamingBinner, make_events
-
-    binner = StreamingBinner(sensor_size, binning)
-    step = max(binning.bin_us, 1)
-    ev = make_events([0, 0, 0], [0, 0, 0], [0, step, 2 * step], [0, 0, 0])
-    seqs = [binner.push(ev), binner.advance(3 * step), binner.flush()]
-    n_surface = getattr(stepper, "n_surface", 0)
-    surf = lambda n: np.zeros((n, n_surface), np.float32) if n_surface else None  # noqa: E731
-    for seq in seqs:
-        if seq.num_tokens:
-            stepper.run(seq.tokens, seq.dt, seq.counts, np.ones(seq.num_tokens, np.uint8), surfaces=surf(seq.num_tokens))
-    stepper.run(np.zeros(2, np.int32), np.zeros(2, np.float32), np.ones(2, np.int32), np.ones(2, np.uint8),
-                surfaces=surf(2))
-    stepper.reset()
-    surface = getattr(stepper, "surface_config", None)
-    if surface is not None:  # compile (or load) the surface kernel too
-        from .pipeline.binning import token_grid
-        from .pipeline.surfaces import SurfaceTracker
-
-        SurfaceTracker(token_grid(tuple(sensor_size), binning), surface).push(np.zeros(2, np.int32), np.zeros(2, np.int64))
 
 
 def _device(name: str, streams: int) -> str:
@@ -167,7 +126,7 @@ class _Terminate:
         self.received = True
         raise KeyboardInterrupt
 
-    def __enter__(self) -> "_Terminate":
+    def __enter__(self) -> _Terminate:
         import signal
         import threading
 
@@ -190,9 +149,9 @@ def stream(args: argparse.Namespace) -> int:
 
 
 def _stream(args: argparse.Namespace) -> int:
-    from .bench.common import write_json
-    from .streaming.loading import load_stream_model
-    from .streaming.summary import format_summary
+    from ..core.output import write_json
+    from ..streaming.loading import load_stream_model
+    from ..streaming.summary import format_summary
 
     speed = parse_speed(args.speed)
     if args.streams < 1:
@@ -202,17 +161,18 @@ def _stream(args: argparse.Namespace) -> int:
     if args.streams > 1:
         return _throughput(args, sm, device)
 
-    from .streaming.fast_step import FastStepper
-    from .streaming.loop import JsonLines, LiveView, LoopConfig, StreamLoop
+    from ..streaming.fast_step import FastStepper
+    from ..streaming.loop import JsonLines, LiveView, LoopConfig, StreamLoop
 
     if device.startswith("cuda"):
-        from .streaming.gpu_step import GraphStepper
+        from ..streaming.gpu_step import GraphStepper
 
         stepper = GraphStepper(sm.model, 1, device=device)
     else:
         stepper = FastStepper(sm.model)
     warm_up(stepper, sm.binning, sm.sensor_size)
-    source = build_source(args.source, sm, args)
+    source = source_from_specs(args.source, sm, split=args.split, chunk_us=args.chunk_us, udp_format=args.udp_format,
+                               max_packet=args.max_packet, idle_end_s=args.idle_end_s)
     if source.live:
         print(f"evmamba stream: reading {source.name} ({sm.sensor_size[0]}x{sm.sensor_size[1]} sensor); Ctrl-C stops",
               file=sys.stderr, flush=True)
@@ -250,22 +210,23 @@ def _stream(args: argparse.Namespace) -> int:
 
 
 def _throughput(args, sm, device: str) -> int:
-    from .bench.common import write_json
-    from .streaming import concurrent
-    from .streaming.sources import RecordingSource
+    from ..core.output import write_json
+    from ..streaming import concurrent
+    from ..streaming.sources import RecordingSource
 
-    source = build_source(args.source, sm, args)
+    source = source_from_specs(args.source, sm, split=args.split, chunk_us=args.chunk_us, udp_format=args.udp_format,
+                               max_packet=args.max_packet, idle_end_s=args.idle_end_s)
     if not isinstance(source, RecordingSource):
         raise ValueError("--streams > 1 replays recordings (files or sample: sources), not live sources")
     binned, bin_s = concurrent.bin_recordings(source.recordings, sm.sensor_size, sm.binning, sm.model.surface_config)
     t0 = time.perf_counter()
     if device.startswith("cuda"):
-        from .streaming.gpu_step import GraphStepper
+        from ..streaming.gpu_step import GraphStepper
 
         stepper = GraphStepper(sm.model, args.streams, device=device)
         result = concurrent.run_gpu(stepper, binned, args.streams)
     else:
-        from .streaming.fast_step import FastStepper
+        from ..streaming.fast_step import FastStepper
 
         stepper = FastStepper(sm.model, n_streams=args.streams)
         warm_up(stepper, sm.binning, sm.sensor_size)
@@ -281,9 +242,12 @@ def _throughput(args, sm, device: str) -> int:
         finally:
             if out is not sys.stdout:
                 out.close()
-    print(f"{result['streams']} streams on {result['device']}: {result['events']:,} events, {result['tokens']:,} tokens "
-          f"in {result['step_s']:.3f} s -> {result['events_per_s']:,.0f} events/s "
-          f"(binning {bin_s:.3f} s once per recording)", file=sys.stderr)
+    print(
+        f"{result['streams']} streams on {result['device']}: {result['events']:,} events, {result['tokens']:,} tokens "
+        f"in {result['step_s']:.3f} s -> {result['events_per_s']:,.0f} events/s "
+        f"(binning {bin_s:.3f} s once per recording)",
+        file=sys.stderr,
+    )
     write_json(args.json, {"command": "stream", "settings": {"checkpoint": sm.path, "sources": list(args.source),
                                                                "streams": args.streams}, **result})
     return 0
@@ -295,5 +259,5 @@ def _dumps(record) -> str:
     return json.dumps(record, separators=(",", ":"))
 
 
-__all__ = ["build_source", "configure", "run", "stream", "warm_up"]
+__all__ = ["configure", "run", "stream"]
 

@@ -1,10 +1,13 @@
 """The evmamba command line: preprocess | train | evaluate | baseline | stream | info | view | bench.
 
-Each sub-command lives in its own module, imported only when it runs, so that ``evmamba --help`` stays fast
-and a broken optional dependency of one command does not break the others. A command module provides
-``configure(parser)`` (adds its arguments), ``run(args) -> int`` (the exit status) and ``EXAMPLE`` (one
-command line, shown at the end of its ``--help``); it may provide ``DESCRIPTION``, plain text shown under
-the usage line. Help texts are plain text: they are printed as written, without reStructuredText markup.
+The top layer: each command is a module of this package (``evmamba bench NAME`` runs a module of
+:mod:`evmamba.bench`), imported only when it runs, so that ``evmamba --help`` stays fast and a broken optional
+dependency of one command does not break the others. A command module holds argument parsing and printing
+only; the work is done by the library below it (no library module imports a command). A command module
+provides ``configure(parser)`` (adds its arguments), ``run(args) -> int`` (the exit status) and ``EXAMPLE``
+(one command line, shown at the end of its ``--help``); it may provide ``DESCRIPTION``, plain text shown
+under the usage line. Help texts are plain text: they are printed as written, without reStructuredText
+markup.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "preprocess": ("evmamba.datasets.preprocess", "bin a dataset into tokens and write one HDF5 file per split"),
-    "train": ("evmamba.train", "train a classifier from a YAML config"),
-    "evaluate": ("evmamba.evaluate", "evaluate a checkpoint on full test streams"),
-    "baseline": ("evmamba.baseline", "nearest-neighbour accuracy on event-count histograms, for any config"),
-    "stream": ("evmamba.stream", "classify a live or replayed event stream token by token"),
-    "info": ("evmamba.info", "describe event files or a dataset: counts, duration, rates, polarity, classes"),
-    "view": ("evmamba.view", "render a recording as event frames (GIF, MP4, PNG), with class probabilities"),
+    "preprocess": ("evmamba.cli.preprocess", "bin a dataset into tokens and write one HDF5 file per split"),
+    "train": ("evmamba.cli.train", "train a classifier from a YAML config"),
+    "evaluate": ("evmamba.cli.evaluate", "evaluate a checkpoint on full test streams"),
+    "baseline": ("evmamba.cli.baseline", "nearest-neighbour accuracy on event-count histograms, for any config"),
+    "stream": ("evmamba.cli.stream", "classify a live or replayed event stream token by token"),
+    "info": ("evmamba.cli.info", "describe event files or a dataset: counts, duration, rates, polarity, classes"),
+    "view": ("evmamba.cli.view", "render a recording as event frames (GIF, MP4, PNG), with class probabilities"),
 }
 
 # evmamba bench <name>: name -> (module, one-line help)
@@ -69,7 +72,7 @@ def _add_lazy(subparsers, name: str, module: str, help_text: str, argv_name: str
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evmamba", description=DESCRIPTION, epilog=_example(EXAMPLE),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"evmamba {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

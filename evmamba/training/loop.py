@@ -1,67 +1,59 @@
-"""``evmamba train``: train a classifier from a YAML config.
+"""The training loop behind ``evmamba train``: config, data, model, epochs, checkpoints and the selected model.
 
-    evmamba train [--config synthetic] [key.sub=value ...] [--out DIR] [--resume RUN_DIR_OR_CKPT] [--force]
-    torchrun --nproc_per_node 4 -m evmamba train --config dvsgesture      # one process per GPU (DDP)
+The run folder receives the resolved ``config.yaml``, ``metrics.csv`` and ``metrics.jsonl``, ``curves.png``,
+``last.pt`` (full training state, written after every epoch), ``best.pt`` (best validation accuracy, when
+there is a validation split), ``epoch_NNN.pt`` (with ``train.save_every``) and ``model.pt``: the weights of
+the selected model -- best on validation if there is a validation split, else the last. A resumed run
+continues from a full checkpoint exactly where it stopped, with the config saved in it (overrides still
+apply); the data must still have the checkpoint's classes and sensor size.
 
-The run folder (``--out``, default ``runs/<config>-<date>-<time>``) receives the resolved ``config.yaml``,
-``metrics.csv`` and ``metrics.jsonl``, ``curves.png``, ``last.pt`` (full training state, written after every
-epoch), ``best.pt`` (best validation accuracy, when there is a validation split), ``epoch_NNN.pt`` (with
-``train.save_every``) and ``model.pt``: the weights of the selected model -- best on validation if there is
-a validation split, else the last -- for ``evmamba evaluate`` and streaming. ``--resume`` continues from a
-full checkpoint exactly where the run stopped, with the config saved in it (``key=value`` overrides still
-apply, e.g. ``train.epochs=N`` for more; the data must still have the checkpoint's classes and sensor
-size). The last line printed is the test accuracy of the selected model.
-
-The whole config is checked first: an unknown section or key, or a value of the wrong kind, is an error
-naming it. A token-model config with neither a ``binning`` nor a ``model`` section (say, only ``dataset``)
-gets the settings it leaves out chosen from the data (:mod:`evmamba.training.auto`; one printed line per
-decision). Token caches are built on first use and rebuilt when the data change; ``--force`` rebuilds
-them regardless. Before the first step, the peak memory of the largest training and evaluation batches is
-estimated and printed; a run that would not fit stops with an error naming the setting to lower
-(:mod:`evmamba.training.memory`).
+The whole config is checked first (:func:`evmamba.training.sections.check_config`); a token-model config
+with neither a ``binning`` nor a ``model`` section gets the settings it leaves out chosen from the data
+(:mod:`evmamba.training.auto`). Before the first step, the peak memory of the largest batches is estimated
+and a run that would not fit stops with an error naming the setting to lower (:mod:`evmamba.training.memory`).
+One process per GPU under ``torchrun`` trains data-parallel (:mod:`evmamba.training.distributed`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
-import sys
+import os
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import load_config, save_config, to_container
-from .model.classifier import EventClassifier
-from .training import distributed as ddp
-from .training.auto import auto_enabled, resolve_config
-from .training.checkpoint import export_model, find_checkpoint, load_checkpoint, save_checkpoint
-from .training.data import build_data, make_loader, model_type, section, steps_per_epoch
-from .training.memory import available_memory_bytes, check_training_memory, largest_batch
-from .training.metrics import MetricsLogger
-from .training.models import build_model, check_same_data, evaluate_loader, forward_loss, to_device
-from .training.optim import build_optimizer, build_scheduler
-from .training.plots import plot_training_curves
-from .training.reproducibility import rng_state, seed_everything, set_rng_state
-from .training.sections import check_config
-from .training.settings import TRAIN_DEFAULTS, train_settings  # noqa: F401  (TRAIN_DEFAULTS: for importers)
+from ..core.config import load_config, save_config, to_container
+from ..model.checkpoint import check_same_data, export_model, find_checkpoint, load_checkpoint, save_checkpoint
+from ..model.classifier import EventClassifier
+from . import distributed as ddp
+from .auto import auto_enabled, resolve_config
+from .data import build_data, make_loader, model_type, section, steps_per_epoch
+from .memory import available_memory_bytes, check_training_memory, largest_batch
+from .metrics import MetricsLogger
+from .models import build_model, evaluate_loader, forward_loss, to_device
+from .optim import build_optimizer, build_scheduler
+from .plots import plot_training_curves
+from .reproducibility import rng_state, seed_everything, set_rng_state
+from .sections import check_config
+from .settings import train_settings
 
 DEFAULT_CONFIG = "synthetic"
 
-EXAMPLE = "evmamba train --config nmnist_small train.epochs=20 --out runs/nmnist_small"
 
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a run went and what its selected model scored on the test split."""
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"config name in configs/ or a YAML path (default {DEFAULT_CONFIG})")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. train.epochs=3")
-    parser.add_argument("--out", default=None, help="run folder (default runs/<config>-<date>-<time>)")
-    parser.add_argument("--resume", default=None, metavar="RUN_DIR_OR_CKPT", help="continue from a run folder's last.pt or a checkpoint")
-    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:K (default: train.device)")
-    parser.add_argument("--force", action="store_true", help="rebuild the token caches even if up to date")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run_dir: Path
+    test_accuracy: float
+    n_test: int
+    selected: str  # "last epoch" or "best validation epoch N"
 
 
 def _carry_best(source: Path, run_dir: Path, best: dict[str, Any]) -> None:
@@ -73,33 +65,40 @@ def _carry_best(source: Path, run_dir: Path, best: dict[str, Any]) -> None:
             save_checkpoint({k: v for k, v in ckpt.items() if k not in ("format", "version")}, dst)
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        return train(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"evmamba train: {exc}", file=sys.stderr)
-        return 1
-
-
-def train(args: argparse.Namespace) -> int:
+def train(
+    config: str | os.PathLike = DEFAULT_CONFIG,
+    overrides: Sequence[str] = (),
+    *,
+    out: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    device: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the model of a config (a name in the configs folder or a YAML path, with ``key.sub=value``
+    ``overrides``) into the run folder ``out`` (default ``runs/<config>-<date>-<time>``), or continue the run
+    of ``resume`` (a run folder or a full checkpoint); ``device`` overrides ``train.device``; ``force``
+    rebuilds the token caches; ``progress`` shows progress bars (main process only). Prints one line per
+    epoch and, last, the test accuracy of the selected model. Returns where it went and what it scored.
+    """
     # ---- config, run folder, process group
     resumed = None
-    if args.resume:
-        ckpt_path = find_checkpoint(args.resume, "last.pt")
+    if resume:
+        ckpt_path = find_checkpoint(resume, "last.pt")
         resumed = load_checkpoint(ckpt_path, need_training_state=True)
         from omegaconf import OmegaConf
 
-        cfg = OmegaConf.merge(OmegaConf.create(resumed["config"]), OmegaConf.from_dotlist(list(args.overrides)))
-        run_dir = Path(args.out) if args.out else ckpt_path.parent
+        cfg = OmegaConf.merge(OmegaConf.create(resumed["config"]), OmegaConf.from_dotlist(list(overrides)))
+        run_dir = Path(out) if out else ckpt_path.parent
     else:
-        cfg = load_config(args.config, args.overrides)
-        stem = Path(str(args.config)).stem
-        run_dir = Path(args.out) if args.out else Path("runs") / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
+        cfg = load_config(config, overrides)
+        stem = Path(str(config)).stem
+        run_dir = Path(out) if out else Path("runs") / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
     check_config(cfg)  # every section and key, before any work
     tc = train_settings(cfg)
-    info = ddp.setup(args.device or tc["device"])
+    info = ddp.setup(device or tc["device"])
     device, main = info.device, info.is_main
-    progress = main and not args.no_progress
+    progress = main and progress
     if resumed is None and auto_enabled(cfg):  # settings the config leaves out, chosen from the data
         cfg = resolve_config(cfg, progress=progress, echo=print if main else None,
                              available_bytes=available_memory_bytes(device))
@@ -108,7 +107,7 @@ def train(args: argparse.Namespace) -> int:
     seed_everything(int(tc["seed"]))
 
     # ---- data, model, optimizer
-    data = build_data(cfg, info, progress=progress, force=bool(getattr(args, "force", False)))
+    data = build_data(cfg, info, progress=progress, force=bool(force))
     if resumed is not None:
         check_same_data(resumed["data"], data.info, ckpt_path)
     model = build_model(cfg, data.info).to(device)
@@ -151,7 +150,11 @@ def train(args: argparse.Namespace) -> int:
         if resumed is not None:
             _carry_best(ckpt_path.parent, run_dir, best)
         n_params = sum(p.numel() for p in model.parameters())
-        sizes = f"{len(data.train)} train" + (f" / {len(data.val)} val" if data.val is not None else "") + f" / {len(data.test)} test"
+        sizes = (
+            f"{len(data.train)} train"
+            + (f" / {len(data.val)} val" if data.val is not None else "")
+            + f" / {len(data.test)} test"
+        )
         print(f"{section(cfg, 'dataset').get('name')}: {sizes} samples, {data.info.n_classes} classes; "
               f"{type(model).__name__} with {n_params:,} parameters on {device}"
               f"{f' x {info.world_size} processes' if info.enabled else ''}; run folder {run_dir}"
@@ -244,8 +247,14 @@ def train(args: argparse.Namespace) -> int:
                 save_checkpoint(state, run_dir / "best.pt")
             if tc["save_every"] and (epoch + 1) % tc["save_every"] == 0:
                 save_checkpoint(state, run_dir / f"epoch_{epoch + 1:03d}.pt")
-            parts = [f"epoch {epoch + 1}/{epochs}", f"loss {row['train_loss']:.4f}", f"train acc {row['train_accuracy']:.4f}"]
-            parts += [f"{k.replace('_accuracy', '')} acc {row[k]:.4f}" for k in ("val_accuracy", "test_accuracy") if k in row]
+            parts = [
+                f"epoch {epoch + 1}/{epochs}",
+                f"loss {row['train_loss']:.4f}",
+                f"train acc {row['train_accuracy']:.4f}",
+            ]
+            parts += [
+                f"{k.replace('_accuracy', '')} acc {row[k]:.4f}" for k in ("val_accuracy", "test_accuracy") if k in row
+            ]
             parts.append(f"{seconds:.1f} s")
             print(", ".join(parts), flush=True)
         ddp.barrier(info)
@@ -267,4 +276,7 @@ def train(args: argparse.Namespace) -> int:
         print(f"test accuracy: {test_acc:.4f} ({round(test_acc * test_n)}/{test_n} samples, {what}; "
               f"model saved to {run_dir / 'model.pt'})", flush=True)
     ddp.cleanup(info)
-    return 0
+    return TrainResult(run_dir, float(test_acc), int(test_n), what)
+
+
+__all__ = ["DEFAULT_CONFIG", "TrainResult", "train"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evmamba.pipeline.events import SensorSize
+from evmamba.core.events import SensorSize
 
 from .common import check_path, check_policy, finish_events, pack_events, resolve_sensor_size, sniff_container
 

@@ -1,6 +1,7 @@
 """``evmamba baseline``: the nearest-neighbour accuracy a model has to beat, for any config.
 
-    evmamba baseline --config NAME [key.sub=value ...] [--json PATH] [--k K] [--cell C] [--time-bins T] [--sqrt|--no-sqrt]
+    evmamba baseline --config NAME [key.sub=value ...] [--json PATH] [--k K] [--cell C] [--time-bins T]
+                     [--sqrt|--no-sqrt]
 
 The recordings come from the config exactly as ``evmamba train`` reads and splits them (same dataset,
 folds and validation hold-out); binning, model and augmentation sections are not used. Every recording
@@ -18,21 +19,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .bench.common import format_table, write_json
-from .config import load_config
-from .training.auto import resolve_config
-from .training.sections import check_config
+from ..core.config import load_config
+from ..core.output import format_table, write_json
+from ..training.auto import resolve_config
+from ..training.sections import check_config
 
 DEFAULT_CONFIG = "synthetic"
 EXAMPLE = "evmamba baseline --config nmnist_small --json baseline.json"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"config name in configs/ or a YAML path (default {DEFAULT_CONFIG})")
+    parser.add_argument(
+        "--config", default=DEFAULT_CONFIG, help=f"config name in configs/ or a YAML path (default {DEFAULT_CONFIG})"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. dataset.fold=2")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON here")
     parser.add_argument("--split", default="test", help="split of queries (default test)")
-    parser.add_argument("--k", type=int, default=None, help="neighbours that vote (default: chosen on validation, else 1)")
+    parser.add_argument(
+        "--k", type=int, default=None, help="neighbours that vote (default: chosen on validation, else 1)"
+    )
     parser.add_argument("--cell", type=int, default=None,
                         help="cell size in pixels, channels on 1-D data (default: chosen on validation, else the "
                              "smallest giving at most 256 cells)")
@@ -45,7 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .evaluation.nn_baseline import BaselineOptions, run_baseline
+    from ..evaluation.nn_baseline import BaselineOptions, run_baseline
 
     options = BaselineOptions(cell=args.cell, time_bins=args.time_bins, sqrt=args.sqrt, k=args.k,
                               test_split=args.split, max_memory_gb=args.max_memory_gb,

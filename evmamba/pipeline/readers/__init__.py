@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evmamba.pipeline.events import SensorSize
+from evmamba.core.events import SensorSize
 
 from .aedat import DVS128_SENSOR, read_aedat2_dvs128, read_aedat4
 from .arrays import events_from_fields, events_from_structured, read_hdf5_events, read_numpy, write_events
@@ -166,5 +166,6 @@ __all__ = [
     "read_prophesee_dat",
     "read_prophesee_evt2",
     "read_prophesee_evt3",
+    "read_prophesee_header",
     "write_events",
 ]

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evmamba.pipeline.events import EVENT_DTYPE
+from evmamba.core.events import EVENT_DTYPE
 
 #: Bytes per word of each encoding.
 WORD_BYTES = {"evt2": 4, "evt3": 2}
@@ -95,7 +95,9 @@ def _as_bytes(data, what: str) -> np.ndarray:
     """``data`` (bytes-like or a 1-D uint8 array) as a uint8 array without copying."""
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8 or data.ndim != 1:
-            raise TypeError(f"{what}: expected bytes or a 1-D uint8 array; got an array of {data.dtype} with shape {data.shape}")
+            raise TypeError(
+                f"{what}: expected bytes or a 1-D uint8 array; got an array of {data.dtype} with shape {data.shape}"
+            )
         return np.ascontiguousarray(data)  # the words are a view of these bytes
     if isinstance(data, (bytes, bytearray, memoryview)):
         return np.frombuffer(data, dtype=np.uint8)

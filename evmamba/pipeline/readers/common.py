@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from evmamba.pipeline.events import EVENT_DTYPE, SensorSize, check_sensor_size, validate_events
+from evmamba.core.events import EVENT_DTYPE, SensorSize, check_sensor_size
+from evmamba.pipeline.events import validate_events
 
 #: Accepted values of ``on_unsorted``: ``"error"`` raises ``ValueError`` naming the first out-of-order event;
 #: ``"sort"`` reorders the events by time with a stable sort (events with equal times keep file order).

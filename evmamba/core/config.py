@@ -7,16 +7,23 @@ resolved on load, so the saved config records the values a run actually used.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from .files import write_text_atomic
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+#: The shipped configs: the copy inside an installed package (``evmamba/configs/``, made by setup.py), else the
+#: top-level ``configs/`` of a source checkout or an editable install, where users read and edit them.
+CONFIG_DIR = next((d for d in (_PACKAGE / "configs", _PACKAGE.parent / "configs") if d.is_dir()), _PACKAGE / "configs")
 
 
 def find_config(name_or_path: str | os.PathLike) -> Path:
-    """A config file by path, or by name in the project's ``configs/`` folder (``synthetic`` -> ``configs/synthetic.yaml``)."""
+    """A config file by path, or by name among the shipped configs (:data:`CONFIG_DIR`: ``synthetic`` ->
+    ``configs/synthetic.yaml``), or in a ``configs/`` folder of the working directory."""
     p = Path(name_or_path)
     if p.is_file():
         return p
@@ -50,8 +57,4 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, OmegaConf.to_yaml(cfg, resolve=True))

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from evmamba.pipeline.events import EVENT_DTYPE, SensorSize, check_sensor_size, validate_events
+from evmamba.core.events import EVENT_DTYPE, SensorSize, check_sensor_size
+from evmamba.core.files import replacing
+from evmamba.pipeline.events import validate_events
 
 from .common import check_path, check_policy, finish_events, pack_events, resolve_sensor_size
 
@@ -229,10 +231,7 @@ def write_events(path, events: np.ndarray, sensor_size=None, *, compress: bool =
         raise ValueError(f"{out}: cannot write events to a {suffix or 'suffix-less'} file; use one of {_WRITABLE}")
     size = None if sensor_size is None else check_sensor_size(sensor_size, f"{out}: sensor_size")
     validate_events(events, size, source=f"events for {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # The temp file lives in the target folder so that os.replace stays on one file system (atomic).
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(out) as tmp:
         if suffix in (".h5", ".hdf5"):
             import h5py
 
@@ -249,8 +248,4 @@ def write_events(path, events: np.ndarray, sensor_size=None, *, compress: bool =
                     if size is not None:
                         arrays["sensor_size"] = np.asarray(size, dtype=np.int64)
                     (np.savez_compressed if compress else np.savez)(fh, **arrays)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return out

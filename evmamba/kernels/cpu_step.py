@@ -1,4 +1,5 @@
-"""Compiled loops behind :mod:`evmamba.streaming.fast_step`: the whole classifier step for a run of tokens.
+"""The compiled CPU step of a whole classifier for a run of tokens (numba), behind
+:class:`evmamba.streaming.fast_step.FastStepper`.
 
 One call advances one stream by ``T`` tokens and writes the logits after each requested token. Everything a
 token needs -- embedding lookup, each layer's norm, ``in_proj``, the causal convolution, SiLU, ``x_proj``,
@@ -9,12 +10,10 @@ once to contiguous float32 arrays (:func:`evmamba.streaming.fast_step.export_wei
 Layouts are chosen so that the compiler can vectorise without reassociating sums (``fastmath`` stays off):
 every matrix is stored input-major (``W.T``), so a product is a sequence of ``out[:] += x[i] * W_T[i, :]``
 updates over contiguous memory, and the states are stored ``(K, E)`` and ``(N, E)`` so that the state update
-runs along the ``E`` channels. The exponentials of the state update (``E * N`` per layer and token) are the
-hot spot; :func:`fexp` and :func:`fexpm1` are branch-free float32 versions that vectorise (the C library's
-``expf`` does not), accurate to a few units in the last place, i.e. well inside the 1e-5 agreement required
-with :meth:`~evmamba.model.classifier.EventClassifier.step`.
-
-The formulas are those of :mod:`evmamba.kernels.discretization` (codes in its :data:`~evmamba.kernels.discretization.METHOD_CODES`).
+runs along the ``E`` channels. The discretization and the float32 exponentials of the state update (the hot
+spot: ``E * N`` per layer and token) come from :mod:`evmamba.kernels.numba_discretization`, shared with the
+CPU scan; their few units in the last place are well inside the 1e-5 agreement required with
+:meth:`~evmamba.model.classifier.EventClassifier.step`.
 """
 
 from __future__ import annotations
@@ -24,140 +23,27 @@ import math
 import numpy as np
 from numba import njit
 
-# fastmath stays off (no reassociation: results do not depend on the vector width); error_model="numpy" lets
-# a division by zero give inf/nan instead of raising, which keeps divisions inside vectorised loops.
-_JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
+from .numba_discretization import JIT as _JIT
+from .numba_discretization import fexp, fexpm1, flog1p, input_factor, silu, softplus, transition
 
 READOUT_CODES = {"mean": 0, "last": 1, "dt_mean": 2}
 NORM_CODES = {"rms": 0, "layer": 1}
 EMBED_CODES = {"table": 0, "factorised": 1, "surface": 2}
 
-_LOG2E = np.float32(1.4426950408889634)
-# ln 2 split in a part with few mantissa bits (k * _LN2_HI is exact) and the rest.
-_LN2_HI = np.float32(0.693359375)
-_LN2_LO = np.float32(-2.12194440e-4)
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _HALF = np.float32(0.5)
 
 
 @njit(**_JIT, inline="always")
-def fexp(x):
-    """``exp(x)`` for float32 ``x``, relative error below 1e-7; inputs are clamped to [-87, 88].
-
-    Range reduction ``x = k ln2 + r`` (|r| <= ln2 / 2), a degree-7 Taylor polynomial for ``exp(r)`` and the
-    scaling by ``2**k`` done on the exponent bits. Below -87 the true value (< 1.7e-38) is returned as
-    ``exp(-87)``: no term of the model can tell the two apart.
-    """
-    x = min(max(x, np.float32(-87.0)), np.float32(88.0))
-    k = np.floor(x * _LOG2E + _HALF)
-    r = x - k * _LN2_HI
-    r = r - k * _LN2_LO
-    p = np.float32(1.0 / 5040.0)
-    p = p * r + np.float32(1.0 / 720.0)
-    p = p * r + np.float32(1.0 / 120.0)
-    p = p * r + np.float32(1.0 / 24.0)
-    p = p * r + np.float32(1.0 / 6.0)
-    p = p * r + _HALF
-    p = p * r + _F1
-    p = p * r + _F1
-    bits = np.int32(np.float32(p).view(np.int32) + (np.int32(k) << np.int32(23)))
-    return bits.view(np.float32)
-
-
-@njit(**_JIT, inline="always")
-def fexpm1(x):
-    """``exp(x) - 1`` for float32 ``x`` without cancellation near 0: a degree-9 Taylor polynomial for
-    ``|x| < 0.5`` (relative error < 1e-8), ``fexp(x) - 1`` elsewhere (where the result is at least 0.39)."""
-    p = np.float32(1.0 / 362880.0)
-    p = p * x + np.float32(1.0 / 40320.0)
-    p = p * x + np.float32(1.0 / 5040.0)
-    p = p * x + np.float32(1.0 / 720.0)
-    p = p * x + np.float32(1.0 / 120.0)
-    p = p * x + np.float32(1.0 / 24.0)
-    p = p * x + np.float32(1.0 / 6.0)
-    p = p * x + _HALF
-    p = p * x + _F1
-    small = p * x
-    big = fexp(x) - _F1
-    return small if abs(x) < _HALF else big
-
-
-@njit(**_JIT, inline="always")
-def transition(x, method):
-    """``Abar`` from ``x = dtA * A`` (<= 0): ``(1 + x/2) / (1 - x/2)`` for bilinear (2), else ``exp(x)``."""
-    if method == 2:
-        half = _HALF * x
-        return (_F1 + half) / (_F1 - half)
-    return fexp(x)
-
-
-@njit(**_JIT, inline="always")
-def input_factor(dtb, a, method):
-    """``Bbar / B``: ``dtB`` (mamba, 0), ``expm1(dtB A) / A`` (zoh, 1), ``dtB / (1 - dtB A / 2)``
-    (bilinear, 2) or 1 (dirac, 3)."""
-    if method == 0:
-        return dtb
-    if method == 1:
-        return fexpm1(dtb * a) / a
-    if method == 2:
-        return dtb / (_F1 - _HALF * (dtb * a))
-    return _F1
-
-
-@njit(**_JIT, inline="always")
 def _update_row(srow, arow, dta, dtb, xc, bn, cn, y, method):
     """State row ``n`` over the channels: ``h = Abar h + (Bbar/B * x) B[n]``; ``y += h C[n]``."""
     for d in range(srow.size):
-        a = transition(dta[d] * arow[d], method)
-        fac = input_factor(dtb[d], arow[d], method)
+        a = transition(dta[d] * arow[d], method, fexp)
+        fac = input_factor(dtb[d], arow[d], method, fexpm1)
         hh = a * srow[d] + (fac * xc[d]) * bn
         srow[d] = hh
         y[d] += hh * cn
-
-
-@njit(**_JIT)
-def discretize_into(dta, dtb, a, method, abar, fac):
-    """Elementwise ``abar = transition(dta * a)`` and ``fac = input_factor(dtb, a)`` (for tests)."""
-    for i in range(dta.size):
-        abar[i] = transition(dta[i] * a[i], method)
-        fac[i] = input_factor(dtb[i], a[i], method)
-
-
-@njit(**_JIT, inline="always")
-def flog1p(u):
-    """``log(1 + u)`` for float32 ``0 <= u <= 1``, relative error about 1e-7, branch-free.
-
-    ``v = 1 + u`` is rounded, so ``log(v) * u / (v - 1)`` corrects for the rounding (exact ``u`` when
-    ``v == 1``). ``log(v)`` for ``v`` in [1, 2]: halve ``v`` above sqrt(2) (adding ln 2), then the
-    series ``2 atanh(s)`` with ``s = (m - 1) / (m + 1)``, ``|s| < 0.172``, to the ninth power.
-    """
-    v = _F1 + u
-    big = v > np.float32(1.4142135)
-    m = v * _HALF if big else v
-    s = (m - _F1) / (m + _F1)
-    s2 = s * s
-    p = np.float32(1.0 / 9.0)
-    p = p * s2 + np.float32(1.0 / 7.0)
-    p = p * s2 + np.float32(1.0 / 5.0)
-    p = p * s2 + np.float32(1.0 / 3.0)
-    p = p * s2 + _F1
-    logv = np.float32(2.0) * s * p + (np.float32(0.6931471805599453) if big else _F0)
-    w = v - _F1
-    return u if w == _F0 else logv * (u / w)
-
-
-@njit(**_JIT, inline="always")
-def softplus(x):
-    """``torch.nn.functional.softplus(x)`` (beta 1, threshold 20) for float32 ``x``:
-    ``max(x, 0) + log1p(exp(-|x|))``, and ``x`` itself above 20."""
-    sp = max(x, _F0) + flog1p(fexp(-abs(x)))
-    return x if x > np.float32(20.0) else sp
-
-
-@njit(**_JIT, inline="always")
-def _silu(x):
-    return x / (_F1 + fexp(-x))
 
 
 @njit(**_JIT)
@@ -201,8 +87,8 @@ def _matvec(x, w_t, bias, out):
 
 
 @njit(**_JIT)
-def _layer(l, x, dt, event, method, W, conv, ssm, ws):
-    """One Mamba layer ``l`` on the normalised input ``x`` ``(D,)`` with token gap ``dt``; updates the
+def _layer(li, x, dt, event, method, W, conv, ssm, ws):
+    """One Mamba layer ``li`` on the normalised input ``x`` ``(D,)`` with token gap ``dt``; updates the
     layer's ``conv`` ``(K, E)`` and ``ssm`` ``(N, E)`` states in place and returns the output in ``ws.out``."""
     (in_wt, in_b, conv_w, conv_b, xp_wt, dtp_wt, dt_b, a_neg, d_skip, rate, out_wt, out_b) = W
     xz, xc, xdbl, dtb, dta, y, out = ws
@@ -211,44 +97,44 @@ def _layer(l, x, dt, event, method, W, conv, ssm, ws):
     n_state = ssm.shape[0]
     rank = dtp_wt.shape[1]
 
-    _matvec(x, in_wt[l], in_b[l], xz)
+    _matvec(x, in_wt[li], in_b[li], xz)
     # Causal depthwise convolution over the K latest inputs (oldest first), then SiLU.
     for k in range(k_conv - 1):
         for d in range(e):
             conv[k, d] = conv[k + 1, d]
     for d in range(e):
         conv[k_conv - 1, d] = xz[d]
-    cw = conv_w[l]
+    cw = conv_w[li]
     for d in range(e):
         xc[d] = _F0
     for k in range(k_conv):
         for d in range(e):
             xc[d] += conv[k, d] * cw[k, d]
-    cb = conv_b[l]
+    cb = conv_b[li]
     for d in range(e):
-        xc[d] = _silu(xc[d] + cb[d])
+        xc[d] = silu(xc[d] + cb[d], fexp)
 
     # x_proj -> (dt_low, B, C); dt_proj + bias -> softplus -> the input step.
     nx = xdbl.size
     for j in range(nx):
         xdbl[j] = _F0
-    xw = xp_wt[l]
+    xw = xp_wt[li]
     for d in range(e):
         v = xc[d]
         for j in range(nx):
             xdbl[j] += v * xw[d, j]
-    dw = dtp_wt[l]
+    dw = dtp_wt[li]
     for d in range(e):
         dtb[d] = _F0
     for r in range(rank):
         v = xdbl[r]
         for d in range(e):
             dtb[d] += v * dw[r, d]
-    bias = dt_b[l]
+    bias = dt_b[li]
     for d in range(e):
-        dtb[d] = softplus(dtb[d] + bias[d])
+        dtb[d] = softplus(dtb[d] + bias[d], fexp, flog1p)
     if event:
-        rt = rate[l]
+        rt = rate[li]
         for d in range(e):
             dta[d] = dt * rt[d]
     else:
@@ -258,7 +144,7 @@ def _layer(l, x, dt, event, method, W, conv, ssm, ws):
     # State update along the channels, one state index n at a time; y accumulates C . h.
     for d in range(e):
         y[d] = _F0
-    an = a_neg[l]
+    an = a_neg[li]
     for n in range(n_state):
         bn = xdbl[rank + n]
         cn = xdbl[rank + n_state + n]
@@ -273,10 +159,10 @@ def _layer(l, x, dt, event, method, W, conv, ssm, ws):
             _update_row(srow, arow, dta, dtb, xc, bn, cn, y, 2)
         else:
             _update_row(srow, arow, dta, dtb, xc, bn, cn, y, 3)
-    ds = d_skip[l]
+    ds = d_skip[li]
     for d in range(e):
-        y[d] = (y[d] + ds[d] * xc[d]) * _silu(xz[e + d])
-    _matvec(y, out_wt[l], out_b[l], out)
+        y[d] = (y[d] + ds[d] * xc[d]) * silu(xz[e + d], fexp)
+    _matvec(y, out_wt[li], out_b[li], out)
 
 
 @njit(**_JIT)
@@ -302,7 +188,7 @@ def _embed(t, tok, counts, surf, E, h, hid):
         if hid.size > 0 and s_w2t.shape[0] > 0:
             _matvec(srow, s_w1t, s_b1, hid)
             for i in range(hid.size):
-                hid[i] = _silu(hid[i])
+                hid[i] = silu(hid[i], fexp)
             _matvec(hid, s_w2t, s_b2, h)
         else:
             _matvec(srow, s_w1t, s_b1, h)
@@ -349,15 +235,15 @@ def run_tokens(tokens, counts, dts, surf, need, E, W, H, S, ws, lws, out_logits,
         commit = -1  # -1: this stage's input is final; 1: a window just completed; 0: a window is open
         skipped = False
         for k in range(n_stages):
-            for l in range(stage_start[k], stage_start[k + 1]):
-                _norm(h, norm_w[l], norm_b[l], norm_kind, norm_eps, xn)
+            for li in range(stage_start[k], stage_start[k + 1]):
+                _norm(h, norm_w[li], norm_b[li], norm_kind, norm_eps, xn)
                 if commit == 0:
                     # Run from the state of the last complete window; the result is thrown away.
-                    conv_scratch[l, :, :] = conv[l]
-                    ssm_scratch[l, :, :] = ssm[l]
-                    _layer(l, xn, dtv, event, method, W, conv_scratch[l], ssm_scratch[l], lws)
+                    conv_scratch[li, :, :] = conv[li]
+                    ssm_scratch[li, :, :] = ssm[li]
+                    _layer(li, xn, dtv, event, method, W, conv_scratch[li], ssm_scratch[li], lws)
                 else:
-                    _layer(l, xn, dtv, event, method, W, conv[l], ssm[l], lws)
+                    _layer(li, xn, dtv, event, method, W, conv[li], ssm[li], lws)
                 out = lws[6]
                 for j in range(d_model):
                     h[j] += out[j]

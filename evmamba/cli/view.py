@@ -34,7 +34,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="a .pt checkpoint or run folder: add the class-probability panel")
     parser.add_argument("--window-ms", type=float, default=None, help="events accumulated per frame, ms")
     parser.add_argument("--step-ms", type=float, default=None, help="time between frames, ms (default: the window)")
-    parser.add_argument("--start-ms", type=float, default=0.0, help="first frame starts this long after the first event")
+    parser.add_argument(
+        "--start-ms", type=float, default=0.0, help="first frame starts this long after the first event"
+    )
     parser.add_argument("--duration-ms", type=float, default=None, help="render only this much of the recording")
     parser.add_argument("--speed", type=float, default=1.0,
                         help="playback speed of GIF/MP4: 1 = real time, 0.1 = ten times slower (default 1)")
@@ -42,9 +44,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiles", type=int, default=8, help="frames in a PNG grid (default 8)")
     parser.add_argument("--columns", type=int, default=None,
                         help="tiles per row of a PNG grid (default 4, or 2 with a checkpoint)")
-    parser.add_argument("--scale", default=None,
-                        help="image pixels per sensor pixel: 2, 4 ... or 0.5, 0.25 ... (default: fit to about 256-640 px)")
-    parser.add_argument("--raster-width", type=int, default=480, help="raster plots: pixels across the window (default 480)")
+    parser.add_argument(
+        "--scale",
+        default=None,
+        help="image pixels per sensor pixel: 2, 4 ... or 0.5, 0.25 ... (default: fit to about 256-640 px)",
+    )
+    parser.add_argument(
+        "--raster-width", type=int, default=480, help="raster plots: pixels across the window (default 480)"
+    )
     parser.add_argument("--flip-y", action="store_true", help="draw y = 0 at the bottom (as jAER shows a DVS128)")
     parser.add_argument("--on-color", default=None, metavar="HEX", help="ON events (default #ffc400)")
     parser.add_argument("--off-color", default=None, metavar="HEX", help="OFF events (default #288cff)")
@@ -84,10 +91,10 @@ def _format_time(us: int, total_us: int) -> str:
 def view(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .datasets.readers import read_events
-    from .render import images as I
-    from .render import output as O
-    from .render import panel as P
+    from ..pipeline.readers import read_events
+    from ..render import images as I
+    from ..render import output as O
+    from ..render import panel as P
 
     src = Path(args.file)
     out = Path(args.out) if args.out else Path(src.name).with_suffix(".gif")
@@ -111,7 +118,7 @@ def view(args: argparse.Namespace) -> int:
 
     model = None
     if args.checkpoint:
-        from .streaming.loading import load_stream_model
+        from ..streaming.loading import load_stream_model
 
         model = load_stream_model(args.checkpoint)
         try:
@@ -152,7 +159,7 @@ def view(args: argparse.Namespace) -> int:
     panel = None
     lot = None
     if model is not None:
-        from .streaming.probabilities import logits_over_time
+        from ..streaming.probabilities import logits_over_time
 
         stop = int(plan.stops[chosen[-1]])
         seen = events[: int(np.searchsorted(t, stop, side="left"))]

@@ -17,8 +17,8 @@ import os
 import sys
 import time
 
-from ..config import load_config
-from .cache import inspect_cache, update_cache
+from ..core.config import load_config
+from ..datasets.cache import inspect_cache, update_cache
 
 EXAMPLE = "evmamba preprocess --config nmnist_small --workers 2"
 
@@ -44,12 +44,11 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print(f"evmamba preprocess: --workers must be >= 1; got {args.workers}", file=sys.stderr)
         return 2
+    from ..training.auto import resolve_config  # imports torch: only when the command runs
+    from ..training.sections import check_config
+
     try:
         cfg = load_config(args.config, args.overrides)
-        # A command, so it may use the layer above the datasets: the config check knows every section.
-        from ..training.auto import resolve_config
-        from ..training.sections import check_config
-
         check_config(cfg)
         # A config without binning (or model) section: the binning `evmamba train` would choose.
         cfg = resolve_config(cfg, progress=not args.no_progress)

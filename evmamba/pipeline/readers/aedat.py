@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evmamba.pipeline.events import SensorSize
+from evmamba.core.events import SensorSize
 
 from .common import check_path, check_policy, finish_events, pack_events, resolve_sensor_size, unwrap_u32_time
 

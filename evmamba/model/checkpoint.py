@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically, loaded with ``torch.load(..., weights_only=True)``.
+"""Checkpoint I/O next to the model: written atomically, loaded with ``torch.load(..., weights_only=True)``,
+and the model rebuilt from one (:func:`model_from_checkpoint`) -- what inference needs, without training.
 
 A checkpoint is a dict of tensors and plain Python values only (no pickled objects), so loading it cannot run
 code. Keys:
@@ -16,10 +17,21 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from ..core.files import replacing
+
+#: ``model_type`` of a checkpoint (and ``model.type`` of a config): tokens in, event-mode Mamba layers ...
+TOKEN_MODEL = "event_mamba"
+#: ... or event-count frames in, a small ResNet.
+FRAME_MODEL = "frame_resnet"
+MODEL_TYPES = (TOKEN_MODEL, FRAME_MODEL)
 
 FORMAT = "evmamba-checkpoint"
 VERSION = 1
@@ -30,20 +42,13 @@ TRAINING_STATE = ("optimizer", "scheduler", "rng", "epoch", "step")
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` (with ``format`` and ``version`` added) to ``path`` atomically: a temporary file in the
     same folder, flushed to disk, then renamed over ``path``; a crash leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "version": VERSION, **state}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path) as tmp:
         with open(tmp, "wb") as fh:
             torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return Path(path)
 
 
 def _load_failure(path: Path, exc: Exception) -> str:
@@ -119,3 +124,62 @@ def find_checkpoint(path: str | os.PathLike, name: str = "last.pt") -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint here (give a .pt file or a run folder holding {name})")
     return path
+
+
+# ------------------------------------------------------------------------------------- the model in it
+@dataclass
+class DataInfo:
+    """What a model needs to know about the data it was trained on (stored in checkpoints as a plain dict)."""
+
+    kind: str
+    n_classes: int
+    classes: list[str]
+    sensor_size: list[int]
+    vocab_size: int | None = None
+    grid: list[int] | None = None
+    n_time_bins: int | None = None
+    frame_size: list[int] | None = None  # (W, H, P) of the frames after downsampling
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DataInfo:
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+
+
+def check_same_data(ckpt_data: Mapping[str, Any], info: DataInfo, where) -> None:
+    """Refuse data that a checkpoint's model was not trained on: ``ckpt_data`` (a checkpoint's ``data``) and
+    ``info`` (the data at hand) must have the same class names, in the same order, and the same sensor
+    size. ``ValueError`` naming ``where`` (the checkpoint) and both lists otherwise."""
+    theirs = DataInfo.from_dict(ckpt_data)
+    if theirs.classes is not None and [str(c) for c in theirs.classes] != [str(c) for c in info.classes]:
+        raise ValueError(
+            f"{where}: the model was trained on the classes {list(theirs.classes)}, but the data have "
+            f"{list(info.classes)}; class indices would not match (use the dataset the model was trained on)"
+        )
+    for key in ("sensor_size", "vocab_size", "n_time_bins", "frame_size"):
+        mine, want = getattr(info, key), getattr(theirs, key)
+        if mine is not None and want is not None and list(np.atleast_1d(mine)) != list(np.atleast_1d(want)):
+            raise ValueError(f"{where}: the model was trained with {key}={want}, but the data give {mine}")
+
+
+def model_from_checkpoint(ckpt: Mapping[str, Any]) -> tuple[torch.nn.Module, DataInfo]:
+    """Rebuild the model stored in a checkpoint and load its weights: ``(model, data description)``.
+
+    ``model_config`` is the plain dict of constructor arguments that the model's ``config`` holds."""
+    info = DataInfo.from_dict(ckpt["data"])
+    kwargs = dict(ckpt["model_config"])
+    if ckpt["model_type"] == TOKEN_MODEL:
+        from .classifier import EventClassifier
+
+        vocab, n_classes = kwargs.pop("vocab_size"), kwargs.pop("n_classes")
+        model: torch.nn.Module = EventClassifier(vocab, n_classes, **kwargs)
+    elif ckpt["model_type"] == FRAME_MODEL:
+        from .frame_resnet import FrameResNet  # torchvision takes a second to import: only when needed
+
+        model = FrameResNet(**kwargs)
+    else:
+        raise ValueError(f"checkpoint: unknown model_type {ckpt['model_type']!r}; known: {list(MODEL_TYPES)}")
+    model.load_state_dict(ckpt["model"])
+    return model, info

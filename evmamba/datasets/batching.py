@@ -1,25 +1,24 @@
-"""Token datasets, batch collation with right padding, and a length-bucketing batch sampler.
+"""Batches: collation with right padding, a length-bucketing batch sampler, and its split over processes.
 
 A *token dataset* is anything with ``len()`` and ``ds[i] -> (sequence, label)`` where ``sequence`` is a
 :class:`~evmamba.pipeline.binning.TokenSequence` (or anything with ``tokens``, ``counts`` and ``dt`` -- as
-attributes, mapping keys, or the first three items of a tuple). :class:`BinnedDataset` makes one from a
-dataset of raw event recordings; :func:`collate` turns a list of items into padded tensors for the model;
-:class:`LengthBucketSampler` groups items of similar length so that little of a batch is padding.
+attributes, mapping keys, or the first three items of a tuple);
+:class:`~evmamba.datasets.wrappers.BinnedDataset` makes one from a dataset of raw event recordings.
+:func:`collate` turns a list of items into padded tensors for the model (:func:`collate_frames` for frame
+items); :class:`LengthBucketSampler` groups items of similar length so that little of a batch is padding;
+:class:`ShardedBatches` splits its global batches over data-parallel processes.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .augment import AugmentConfig, augment_events
-from .binning import BinningConfig, TokenSequence, _check_cfg, bin_events
-from .events import check_sensor_size
-from .mixing import as_soft_label
-
-EMPTY_POLICIES = ("error", "keep")
+from ..pipeline.binning import TokenSequence
+from ..pipeline.mixing import as_soft_label
 
 
 @runtime_checkable
@@ -29,67 +28,6 @@ class TokenDataset(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> tuple[TokenSequence, int]: ...
-
-
-class BinnedDataset:
-    """A token dataset over a dataset of recordings: ``base[i] -> (events, label)`` becomes
-    ``(bin_events(augment(events)), label)``.
-
-    ``augment`` (training only) draws its randomness from a generator seeded with ``(seed, epoch, index)``,
-    so an epoch is reproducible and different epochs differ; call :meth:`set_epoch` at each epoch.
-    ``allow_hflip=False`` declares that left/right carries meaning for this dataset's labels.
-    ``empty`` says what an item with no tokens does: ``"error"`` raises ``ValueError`` naming the item,
-    ``"keep"`` returns the empty sequence (it collates to length 0).
-    """
-
-    def __init__(
-        self,
-        base,
-        sensor_size,
-        cfg: BinningConfig,
-        *,
-        augment: AugmentConfig | None = None,
-        allow_hflip: bool = True,
-        seed: int = 0,
-        empty: str = "error",
-        source: str = "dataset",
-    ) -> None:
-        if not hasattr(base, "__getitem__") or not hasattr(base, "__len__"):
-            raise TypeError(f"{source}: base must support len() and indexing; got {type(base).__name__}")
-        if augment is not None and not isinstance(augment, AugmentConfig):
-            raise TypeError(f"{source}: augment must be an AugmentConfig or None; got {type(augment).__name__}")
-        if empty not in EMPTY_POLICIES:
-            raise ValueError(f"{source}: argument 'empty' must be one of {EMPTY_POLICIES}; got {empty!r}")
-        self.base = base
-        self.sensor_size = check_sensor_size(sensor_size, f"{source}: sensor_size")
-        self.cfg = _check_cfg(cfg, source)
-        self.augment = augment if augment is not None and augment.active else None
-        self.allow_hflip = bool(allow_hflip)
-        self.seed = int(seed)
-        self.empty = empty
-        self.source = source
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation draws of this epoch (and of ``base``, when it draws too: an
-        :class:`~evmamba.pipeline.mixing.EventMixDataset`)."""
-        self.epoch = int(epoch)
-        if hasattr(self.base, "set_epoch"):
-            self.base.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> tuple[TokenSequence, int]:
-        events, label = self.base[index]
-        where = f"{self.source}[{index}]"
-        if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-            events = augment_events(events, self.sensor_size, self.augment, rng, allow_hflip=self.allow_hflip, source=where)
-        seq = bin_events(events, self.sensor_size, self.cfg, source=where)
-        if seq.num_tokens == 0 and self.empty == "error":
-            raise ValueError(f"{where}: the recording gives no tokens (empty, or everything was cropped or filtered)")
-        return seq, label
 
 
 def _field(seq: Any, name: str, position: int):
@@ -106,9 +44,9 @@ def collate(batch: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
     Returns ``tokens`` (B, Lmax) int64, ``counts`` (B, Lmax) float32, ``dt`` (B, Lmax) float32 -- all 0 in
     the padding -- and ``labels`` (B,) int64, ``lengths`` (B,) int64. ``Lmax`` is the longest sequence of
     the batch (0 when all are empty). Sequences with ``surfaces`` ``(L, F)`` (every item of the batch, see
-    :class:`~evmamba.pipeline.surfaces.WithSurfaces`) also give ``surfaces`` (B, Lmax, F) float32, 0 in the
+    :class:`~evmamba.datasets.wrappers.WithSurfaces`) also give ``surfaces`` (B, Lmax, F) float32, 0 in the
     padding. Labels are integers, or, for mixed samples
-    (:class:`~evmamba.pipeline.mixing.EventMixDataset`), soft labels -- float vectors of class weights --
+    (:class:`~evmamba.datasets.wrappers.EventMixDataset`), soft labels -- float vectors of class weights --
     for every item of the batch: they come as ``soft_labels`` (B, C) float32, and ``labels`` is then their
     argmax. Raises ``TypeError``/``ValueError`` naming the item and field.
     """
@@ -128,7 +66,9 @@ def collate(batch: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
         try:
             arrays = [np.asarray(_field(seq, name, pos)) for pos, name in enumerate(("tokens", "counts", "dt"))]
         except (KeyError, IndexError, TypeError):
-            raise TypeError(f"collate: item {i} sequence needs tokens, counts and dt; got {type(seq).__name__}") from None
+            raise TypeError(
+                f"collate: item {i} sequence needs tokens, counts and dt; got {type(seq).__name__}"
+            ) from None
         for name, a in zip(("tokens", "counts", "dt"), arrays):
             if a.ndim != 1:
                 raise ValueError(f"collate: item {i} field '{name}' must be 1-D; got shape {a.shape}")
@@ -238,7 +178,10 @@ class LengthBucketSampler:
     ) -> None:
         lengths = np.asarray(lengths)
         if lengths.ndim != 1 or (lengths.size and not np.issubdtype(lengths.dtype, np.integer)):
-            raise ValueError(f"LengthBucketSampler: argument 'lengths' must be a 1-D sequence of integers; got {lengths.dtype} {lengths.shape}")
+            raise ValueError(
+                "LengthBucketSampler: argument 'lengths' must be a 1-D sequence of integers; "
+                f"got {lengths.dtype} {lengths.shape}"
+            )
         for name, v in (("batch_size", batch_size), ("pool_batches", pool_batches)):
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"LengthBucketSampler: argument '{name}' must be an integer >= 1; got {v!r}")
@@ -313,3 +256,73 @@ class LengthBucketSampler:
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches())
+
+
+def collate_frames(batch) -> dict[str, Any]:
+    """``[(frames (T, P, H, W), label), ...]`` -> ``frames`` (B, T, P, H, W) int16, ``labels`` (B,) int64;
+    with soft labels (mixed samples) also ``soft_labels`` (B, C) float32, and ``labels`` is their argmax."""
+    import torch
+
+    frames = torch.from_numpy(np.stack([np.asarray(f) for f, _ in batch]))
+    soft = [v for i, (_, lab) in enumerate(batch)
+            if (v := as_soft_label(lab, f"collate_frames: item {i} label")) is not None]
+    if soft:
+        out_soft = stack_soft_labels(soft, len(batch), "collate_frames")
+        return {"frames": frames, "labels": out_soft.argmax(-1), "soft_labels": out_soft}
+    labels = torch.tensor([int(lab) for _, lab in batch], dtype=torch.long)
+    return {"frames": frames, "labels": labels}
+
+
+# ------------------------------------------------------------------------------------------ samplers
+class ShardedBatches:
+    """Global batches of a sampler (e.g. a :class:`~evmamba.datasets.batching.LengthBucketSampler` with batch
+    size ``per-process batch x world``), each split over ``world`` processes: process ``rank`` takes items
+    ``rank, rank + world, ...`` of every global batch. So ``world`` processes see, step by step, exactly the
+    samples one process sees with the global batch size, and with the data-parallel mean of their
+    gradients (weighted by :meth:`shares`) take the same optimizer steps. Neighbours in a length-sorted
+    global batch go to different processes, so their shares have about the same lengths.
+
+    ``even`` (training, where DDP synchronises every step): every process gets one share of every global
+    batch, so a global batch with fewer than ``world`` items (at most the last one) is dropped. Otherwise
+    (evaluation) such a batch gives shares to the first processes only, and every sample is seen once.
+    """
+
+    def __init__(self, sampler, rank: int = 0, world: int = 1, even: bool = True):
+        for name, v, lo in (("rank", rank, 0), ("world", world, 1)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"ShardedBatches: argument '{name}' must be an int >= {lo}; got {v!r}")
+        if rank >= world:
+            raise ValueError(f"ShardedBatches: rank {rank} must be below world {world}")
+        self.sampler, self.rank, self.world, self.even = sampler, int(rank), int(world), bool(even)
+        self._epoch_batches: tuple[int, list[list[int]]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def _global(self) -> list[list[int]]:
+        # The sampler's batches depend only on (seed, epoch); kept per epoch, as len() is asked every step.
+        epoch = getattr(self.sampler, "epoch", None)
+        if self._epoch_batches is None or self._epoch_batches[0] != epoch or epoch is None:
+            batches = [list(b) for b in self.sampler.batches()]
+            if self.world > 1 and self.even:
+                batches = [b for b in batches if len(b) >= self.world]
+            self._epoch_batches = (epoch, batches)
+        return self._epoch_batches[1]
+
+    def _mine(self) -> list[list[int]]:
+        return [b[self.rank::self.world] for b in self._global() if len(b) > self.rank]
+
+    def shares(self) -> list[float]:
+        """Per batch of this process, in order: its size x ``world`` / the global batch's size. Scaling each
+        process's mean loss by it makes the average over processes the mean over the global batch, also
+        when the global batch does not split evenly (1.0 for every batch that does)."""
+        return [len(b[self.rank::self.world]) * self.world / len(b) for b in self._global() if len(b) > self.rank]
+
+    def __len__(self) -> int:
+        return len(self._mine())
+
+    def __iter__(self):
+        return iter(self._mine())
+
+
+__all__ = ["LengthBucketSampler", "ShardedBatches", "TokenDataset", "collate", "collate_frames", "stack_soft_labels"]

@@ -29,8 +29,12 @@ _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("targets", nargs="+", metavar="FILE_OR_CONFIG",
-                        help="event files, config names (nmnist_small) or YAML paths; key.sub=value overrides apply to configs")
+    parser.add_argument(
+        "targets",
+        nargs="+",
+        metavar="FILE_OR_CONFIG",
+        help="event files, config names (nmnist_small) or YAML paths; key.sub=value overrides apply to configs",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--split", action="append", default=None, metavar="SPLIT",
                         help="dataset split to describe (repeatable; default: train, validation, test)")
@@ -68,14 +72,14 @@ def run(args: argparse.Namespace) -> int:
 def describe(target: str, overrides: list[str], splits: list[str] | None, max_recordings: int | None,
              progress: bool) -> dict[str, Any]:
     """The record of one target: an event file when the path is a file that is not YAML, else a config."""
-    from .datasets.inspect import file_info
+    from ..datasets.inspect import file_info
 
     p = Path(target)
     if p.is_file() and p.suffix.lower() not in (".yaml", ".yml"):
         return {"kind": "file", **file_info(p)}
     if p.is_dir():
         raise ValueError(f"{p}: is a folder; name an event file in it, or a config whose dataset.root is the folder")
-    from .config import find_config
+    from ..core.config import find_config
 
     try:
         find_config(target)
@@ -87,11 +91,11 @@ def describe(target: str, overrides: list[str], splits: list[str] | None, max_re
 def dataset_record(config: str, overrides: list[str], splits: list[str] | None, max_recordings: int | None,
                    progress: bool) -> dict[str, Any]:
     """Sensor, classes and per-split figures of a config's dataset (see the module docstring)."""
-    from .config import find_config, load_config
-    from .datasets.inspect import split_info
-    from .datasets.registry import build_dataset
-    from .training.auto import resolve_config
-    from .training.data import section
+    from ..core.config import find_config, load_config
+    from ..datasets.inspect import split_info
+    from ..datasets.registry import build_dataset
+    from ..training.auto import resolve_config
+    from ..training.data import section
 
     # A dataset-only config: the splits `evmamba train` would make (a folder without splits: the hold-out).
     cfg = resolve_config(load_config(config, overrides), progress=progress, echo=None, dataset_only=True)
@@ -179,7 +183,7 @@ def _spread(s, fmt) -> str:
 
 
 def _format_dataset(r: dict[str, Any]) -> str:
-    from .bench.common import format_table
+    from ..core.output import format_table
 
     lines = [f"{r['dataset']}  (config {r['config']})", f"  sensor   {_sensor(r['sensor_size'])}",
              f"  classes  {len(r['classes'])}: {', '.join(r['classes'])}"]

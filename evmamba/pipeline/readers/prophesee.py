@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evmamba.pipeline.events import SensorSize
+from evmamba.core.events import SensorSize
 
 from .common import check_path, check_policy, finish_events, pack_events, resolve_sensor_size, unwrap_u32_time
 from .evt import WORD_BYTES, decode_evt2, decode_evt3
@@ -133,7 +133,9 @@ def _check_raw_header(fields: dict[str, str], encoding: str, source: str) -> Non
         raise ValueError(f"{source}: the header says {found}, not {encoding}")
 
 
-def _read_raw(p: Path, encoding: str, sensor_size, on_unsorted: str, allow_empty: bool) -> tuple[np.ndarray, SensorSize]:
+def _read_raw(
+    p: Path, encoding: str, sensor_size, on_unsorted: str, allow_empty: bool
+) -> tuple[np.ndarray, SensorSize]:
     source = str(p)
     check_policy(on_unsorted, source)
     fields, body = _read_file(p, source)
@@ -144,7 +146,7 @@ def _read_raw(p: Path, encoding: str, sensor_size, on_unsorted: str, allow_empty
         decoder = _DECODERS[encoding].__name__
         raise ValueError(
             f"{source}: truncated {encoding} file: {n_bytes} bytes after the header is not a multiple of "
-            f"{word}-byte words (cut while writing? evmamba.datasets.readers.evt.{decoder} decodes the whole "
+            f"{word}-byte words (cut while writing? evmamba.pipeline.readers.evt.{decoder} decodes the whole "
             "words of the data after the header)"
         )
     events, stats = _DECODERS[encoding](body, source)
@@ -203,7 +205,7 @@ def read_prophesee_evt2(
 ) -> tuple[np.ndarray, SensorSize]:
     """Read a Prophesee EVT 2.0 ``.raw`` file; returns ``(events, sensor_size)`` (sensor: module docstring).
 
-    Decoded by :func:`~evmamba.datasets.readers.evt.decode_evt2`: t in µs from the sensor's 34-bit clock
+    Decoded by :func:`~evmamba.pipeline.readers.evt.decode_evt2`: t in µs from the sensor's 34-bit clock
     (wrap-arounds counted), p = 1 for CD_ON; trigger and extension words are skipped. Raises ``ValueError``
     naming the file when the header is missing or names another format, the data is truncated (a partial
     last word), for unsorted times (see ``on_unsorted``) and for events
@@ -221,7 +223,7 @@ def read_prophesee_evt3(
 ) -> tuple[np.ndarray, SensorSize]:
     """Read a Prophesee EVT 3.0 ``.raw`` file; returns ``(events, sensor_size)`` (sensor: module docstring).
 
-    Decoded by :func:`~evmamba.datasets.readers.evt.decode_evt3`: t in µs from the 24-bit time base
+    Decoded by :func:`~evmamba.pipeline.readers.evt.decode_evt3`: t in µs from the 24-bit time base
     (TIME_HIGH bits 12-23, TIME_LOW bits 0-11, wrap-arounds counted), vectors expanded. Raises
     ``ValueError`` as :func:`read_prophesee_evt2` does.
     """

@@ -1,4 +1,4 @@
-"""Compiled word loops behind :mod:`evmamba.datasets.readers.evt` (Prophesee EVT 2.0 and EVT 3.0).
+"""Compiled word loops behind :mod:`evmamba.pipeline.readers.evt` (Prophesee EVT 2.0 and EVT 3.0).
 
 Both formats are stateful: a CD word carries only the low bits of its timestamp (EVT 2.0) or only what
 changed since the previous word (EVT 3.0), so the words are walked in order, into an output sized by an
@@ -12,7 +12,7 @@ for the ones kept: a data-dependent branch per word costs more than a discarded 
 word types follow each other unpredictably. ``out`` therefore needs :data:`SLACK` spare slots past the
 bound. Each walk returns ``(n_events, counters)``, the counters an int64 array indexed by the ``C_*``
 constants below; the wrapper in ``evt.py`` turns them into an
-:class:`~evmamba.datasets.readers.evt.EvtStats`. The walks also note what the readers would otherwise check
+:class:`~evmamba.pipeline.readers.evt.EvtStats`. The walks also note what the readers would otherwise check
 in another pass over the output: the largest x and y, and how many events are earlier than the event
 before them (``C_BACKWARD_STEPS``).
 """

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evmamba.pipeline.events import SensorSize
+from evmamba.core.events import SensorSize
 
 from .common import (
     check_path,

@@ -1,0 +1,132 @@
+"""Which implementation runs a selective scan or a layer step: an explicit choice of backend, or ``"auto"``.
+
+* ``reference`` -- plain PyTorch: :func:`~evmamba.kernels.scan_ref.selective_scan_ref` and
+  :func:`~evmamba.kernels.step_ref.mamba_step_ref`, any device and dtype;
+* ``numba`` -- the fused CPU scan :func:`~evmamba.kernels.cpu_scan.selective_scan_cpu` (scan only);
+* ``triton`` -- the GPU kernels :func:`~evmamba.kernels.triton_scan.selective_scan_triton` and
+  :func:`~evmamba.kernels.triton_step.mamba_step_triton`.
+
+``"auto"`` picks by the tensors: CUDA tensors go to ``triton`` when Triton imports; float32, bfloat16 and
+float16 CPU tensors go to ``numba`` (scan; the step of one element runs on the reference); everything else,
+float64 included, to ``reference``. An explicit backend that cannot serve the tensors (``numba`` for a CUDA
+tensor, ``triton`` without CUDA, either for float64) is a ``ValueError`` naming it. Every backend has the
+reference's signature and agrees with it within tolerance (the tests compare them in float64).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .scan_ref import selective_scan_ref
+from .step_ref import mamba_step_ref
+
+SCAN_BACKENDS = ("reference", "numba", "triton")
+STEP_BACKENDS = ("reference", "triton")
+_LOW_PRECISION = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernels import (Triton installed)."""
+    try:
+        from . import triton_scan  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _triton_serves(t: torch.Tensor) -> bool:
+    from .triton_primitives import INTERPRETING  # the CPU interpreter serves CPU tensors (tests)
+
+    return (t.is_cuda or INTERPRETING) and t.dtype in _LOW_PRECISION
+
+
+def _choose(t: torch.Tensor, backend: str, known: tuple[str, ...], what: str) -> str:
+    if not isinstance(backend, str) or (backend != "auto" and backend not in known):
+        raise ValueError(f"{what}: backend must be 'auto' or one of {known}; got {backend!r}")
+    if backend == "auto":
+        if t.is_cuda and t.dtype in _LOW_PRECISION and triton_available():
+            return "triton"
+        if "numba" in known and t.device.type == "cpu" and t.dtype in _LOW_PRECISION:
+            return "numba"
+        return "reference"
+    if backend == "numba" and not (t.device.type == "cpu" and t.dtype in _LOW_PRECISION):
+        raise ValueError(f"{what}: backend 'numba' serves float32/bfloat16/float16 CPU tensors; got {t.dtype} "
+                         f"on {t.device}")
+    if backend == "triton" and not (triton_available() and _triton_serves(t)):
+        raise ValueError(f"{what}: backend 'triton' serves float32/bfloat16/float16 CUDA tensors with Triton "
+                         f"installed; got {t.dtype} on {t.device}")
+    return backend
+
+
+def scan_backend(u: torch.Tensor, backend: str = "auto") -> str:
+    """The backend that :func:`selective_scan` runs for input ``u`` (``backend``: a name or ``"auto"``)."""
+    return _choose(u, backend, SCAN_BACKENDS, "selective_scan")
+
+
+def step_backend(xz: torch.Tensor, backend: str = "auto") -> str:
+    """The backend that :func:`mamba_step` runs for input ``xz`` (``backend``: a name or ``"auto"``)."""
+    return _choose(xz, backend, STEP_BACKENDS, "mamba_step")
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    dt: torch.Tensor | None = None,
+    rate: torch.Tensor | None = None,
+    discretization: str = "mamba",
+    initial_state: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    return_final_state: bool = False,
+    *,
+    backend: str = "auto",
+):
+    """:func:`~evmamba.kernels.scan_ref.selective_scan_ref` (same arguments, shapes and results) on
+    ``backend`` (see the module docstring)."""
+    chosen = scan_backend(u, backend)
+    if chosen == "triton":
+        from .triton_scan import selective_scan_triton as scan
+    elif chosen == "numba":
+        from .cpu_scan import selective_scan_cpu as scan
+    else:
+        scan = selective_scan_ref
+    return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dt, rate, discretization, initial_state,
+                lengths, return_final_state)
+
+
+def mamba_step(
+    xz: torch.Tensor,
+    conv_state: torch.Tensor,
+    ssm_state: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    x_proj_weight: torch.Tensor,
+    dt_proj_weight: torch.Tensor,
+    dt_bias: torch.Tensor,
+    A: torch.Tensor | None,
+    D: torch.Tensor,
+    dt: torch.Tensor | None = None,
+    rate: torch.Tensor | None = None,
+    discretization: str = "mamba",
+    A_log: torch.Tensor | None = None,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """:func:`~evmamba.kernels.step_ref.mamba_step_ref` (same arguments, shapes and results) on ``backend``
+    (see the module docstring)."""
+    if step_backend(xz, backend) == "triton":
+        from .triton_step import mamba_step_triton as step
+    else:
+        step = mamba_step_ref
+    return step(xz, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D, dt,
+                rate, discretization, A_log)
+
+
+__all__ = ["SCAN_BACKENDS", "STEP_BACKENDS", "mamba_step", "scan_backend", "selective_scan", "step_backend",
+           "triton_available"]
