@@ -5,9 +5,10 @@
 #   bash scripts/baselines.sh            # everything
 #   bash scripts/baselines.sh poker_dvs  # one block: synthetic, nmnist_small, poker_dvs, dvsgesture_samples
 #
-# Each config is run twice: as it is (these configs hold out no validation split, so the baseline takes its
-# fixed defaults) and with train.val_fraction=0.2, where the baseline chooses its cell size, time bins,
-# square roots and k on the held-out fifth of the train split (the test split is never used to choose).
+# Each config is run twice: as it is (the same split as the model: nmnist_small and poker_dvs hold out 10 % of
+# the train split for validation, on which the baseline chooses its cell size, time bins, square roots and k;
+# synthetic holds out nothing, so the baseline takes its fixed defaults) and with train.val_fraction=0.2 (a
+# held-out fifth chooses). The test split is never used to choose.
 # POKER-DVS runs its five folds; scripts/summarize_folds.py pools them (every recording is in one test fold).
 set -euo pipefail
 only=${1:-all}
