@@ -22,15 +22,15 @@ from evmamba.training.memory import check_training_memory, largest_batch
 # the step (parameters, a warm-up step's compiled kernels and allocator pools included), against the estimate
 # without the parameters (they exist before the step).
 MEASURE = r"""
-import json, resource, sys
+import json, sys
 import torch
 from evmamba.model.classifier import EventClassifier
 from evmamba.model.memory import training_step_bytes
 
-def rss():
+def status(field):
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
 
 kwargs, batch, length = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
@@ -49,9 +49,13 @@ def step(b, n, opt):
 
 step(2, 64, torch.optim.AdamW(model.parameters()))  # compiles the CPU scan
 opt = torch.optim.AdamW(model.parameters())  # fresh optimizer state, allocated in the measured step
-before = rss()
+before = status("VmRSS")
+# The process's peak so far may be a compilation's (a fresh environment compiles the numba kernels in the
+# warm-up step), not this step's: reset the high-water mark to the current size first (Linux: clear_refs 5).
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
 step(batch, length, opt)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = status("VmHWM")
 est = training_step_bytes(model, batch, length)
 print(json.dumps({"measured": peak - before, "estimated": est.total - est.parameters}))
 """
