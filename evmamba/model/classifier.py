@@ -38,7 +38,8 @@ import torch.nn as nn
 from ..core.checks import check_int, check_number, is_number
 from ..kernels.discretization import check_discretization
 from ..pipeline.surfaces import SurfaceConfig
-from .embedding import EMBEDDINGS, TokenEmbedding
+from .context import ContextConfig, ContextStage
+from .embedding import EMBEDDINGS, TokenEmbedding, check_grid
 from .mamba import Mamba
 from .pooling import (
     READOUTS,
@@ -106,6 +107,10 @@ class ClassifierConfig:
             ``scales``, ``kind``); defaults when None.
         surface_hidden: hidden width of the surface MLP (0: linear).
         position_cells: coarse position cells along the longer grid axis (``"surface"``).
+        context: None (off) or the :class:`~evmamba.model.context.ContextConfig` (or a mapping of its keys
+            ``radius``, ``dilation``, ``channels``, ``tau``, ``activation``) of a context stage after the
+            embedding: each token adds a learned projection of its latest neighbours' embeddings
+            (:mod:`evmamba.model.context`). Needs ``grid``, whatever the embedding.
         pool_stride: ``None`` (no pooling), an int (pool after every layer but the last) or a list of
             ``n_layers - 1`` strides (after layer ``i``; 1 = none). Layers between poolings form a stage.
         input_pool: stride of a pooling of the token embeddings before the first layer (1 = none): a cheap
@@ -131,6 +136,7 @@ class ClassifierConfig:
     surface: SurfaceConfig | None = None
     surface_hidden: int = 64
     position_cells: int = 8
+    context: ContextConfig | None = None
     pool_stride: int | tuple[int, ...] | None = None
     input_pool: int = 1
     readout: str = "mean"
@@ -165,6 +171,8 @@ class ClassifierConfig:
             put("surface", SurfaceConfig.from_dict(self.surface, source="EventClassifier: argument 'surface'"))
         put("surface_hidden", _int_arg(self.surface_hidden, "surface_hidden", 0))
         put("position_cells", _int_arg(self.position_cells, "position_cells"))
+        if self.context is not None and not isinstance(self.context, ContextConfig):
+            put("context", ContextConfig.from_dict(self.context, source="EventClassifier: argument 'context'"))
         _strides(self.pool_stride, self.n_layers)  # checks it
         if isinstance(self.pool_stride, Sequence) and not isinstance(self.pool_stride, (str, bytes)):
             put("pool_stride", tuple(int(v) for v in self.pool_stride))
@@ -198,6 +206,7 @@ class ClassifierConfig:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["grid"] = None if self.grid is None else [int(v) for v in self.grid]
         out["surface"] = None if self.surface is None else self.surface.to_dict()
+        out["context"] = None if self.context is None else self.context.to_dict()
         if isinstance(self.pool_stride, tuple):
             out["pool_stride"] = list(self.pool_stride)
         return out
@@ -255,6 +264,15 @@ class EventClassifier(nn.Module):
         self.embedding = TokenEmbedding(self.vocab_size, self.d_model, c.embedding, c.grid, c.count_feature,
                                         surface=c.surface, surface_hidden=c.surface_hidden,
                                         position_cells=c.position_cells)
+        self.context = None
+        if c.context is not None:
+            if c.grid is None:
+                raise ValueError(
+                    "EventClassifier: argument 'context' needs the token grid (W', H', P) to find each token's "
+                    "neighbours: give 'grid' (a config's model section takes it from the binning when it leaves it out)"
+                )
+            self.context = ContextStage(check_grid(c.grid, self.vocab_size, "EventClassifier: argument 'grid'"),
+                                        self.d_model, c.context)
         norm_cls = (
             (lambda: nn.RMSNorm(self.d_model, eps=1e-5)) if c.norm == "rms" else (lambda: nn.LayerNorm(self.d_model))
         )
@@ -309,9 +327,9 @@ class EventClassifier(nn.Module):
     @classmethod
     def from_config(cls, model_cfg: Mapping, vocab_size: int, n_classes: int, grid=None) -> EventClassifier:
         """Build from a config's ``model`` section (:meth:`parse_section`). ``grid`` is used when the section
-        does not give one (and dropped for the ``"table"`` embedding, which needs none)."""
+        does not give one (and dropped for the ``"table"`` embedding without a context stage, which needs none)."""
         config, use_fast_path = cls.parse_section(model_cfg)
-        if config.embedding == "table":
+        if config.embedding == "table" and config.context is None:
             config = replace(config, grid=None)
         elif config.grid is None and grid is not None:
             config = replace(config, grid=tuple(grid))
@@ -386,7 +404,10 @@ class EventClassifier(nn.Module):
 
     def features(self, tokens, dt, counts=None, lengths=None, surfaces=None):
         """The last stage's normalised outputs: ``(h (B, L', d), dt' (B, L'), lengths' (B,) or None)``."""
-        h = self.drop(self.embedding(tokens, counts, surfaces))
+        h = self.embedding(tokens, counts, surfaces)
+        if self.context is not None:
+            h = self.context(h, tokens, dt, lengths)
+        h = self.drop(h)
         dt = dt.float()
         for k, stage in enumerate(self.stages):
             for i in stage:
@@ -408,7 +429,9 @@ class EventClassifier(nn.Module):
         Keys: ``layers`` (each layer's committed :class:`Mamba` cache), ``scratch`` (working copies for the
         layers after the first pooling, ``None`` for the first stage), ``carry`` (per pooling: ``sum``
         (B, d), ``dt`` (B,), ``n`` (B,) -- the open window), ``readout`` (``sum`` (B, d), ``weight`` (B,),
-        ``last`` (B, d)). ``dtype``: storage dtype of the layer states (default: the parameters').
+        ``last`` (B, d)), ``context`` (the context stage's state, :meth:`ContextStage.allocate_state
+        <evmamba.model.context.ContextStage.allocate_state>`, or None without one). ``dtype``: storage dtype
+        of the layer states (default: the parameters').
         """
         batch_size = _int_arg(batch_size, "batch_size")
         device = self.head.weight.device if device is None else torch.device(device)
@@ -430,6 +453,7 @@ class EventClassifier(nn.Module):
             "readout": {"sum": torch.zeros(batch_size, self.d_model, **f32), "weight": torch.zeros(batch_size, **f32),
                         "last": torch.zeros(batch_size, self.d_model, **f32)},
             "present": torch.ones(batch_size, dtype=torch.bool, device=device),
+            "context": None if self.context is None else self.context.allocate_state(batch_size, device),
         }
 
     @staticmethod
@@ -442,6 +466,8 @@ class EventClassifier(nn.Module):
         for d in [*cache["carry"], cache["readout"]]:
             for v in d.values():
                 v.zero_()
+        if cache.get("context") is not None:
+            ContextStage.reset_state(cache["context"])
 
     def _check_cache(self, cache: Any, batch: int) -> None:
         if not isinstance(cache, dict) or not {"layers", "scratch", "carry", "readout"} <= set(cache):
@@ -450,6 +476,10 @@ class EventClassifier(nn.Module):
             raise ValueError(
                 f"EventClassifier: the cache holds {cache['readout']['sum'].shape[0]} streams but the input has {batch}"
             )
+        if (self.context is not None) != (cache.get("context") is not None):
+            raise TypeError("EventClassifier: argument 'cache' was allocated for a model with"
+                            f"{'out' if self.context is not None else ''} a context stage; use this model's "
+                            "allocate_inference_cache()")
 
     def step(self, tokens: torch.Tensor, dt: torch.Tensor, cache: dict, counts: torch.Tensor | None = None,
              surfaces: torch.Tensor | None = None):
@@ -467,6 +497,8 @@ class EventClassifier(nn.Module):
         self._check_surfaces(surfaces, tokens)
         h = self.embedding(tokens[:, None], None if counts is None else counts[:, None],
                            None if surfaces is None else surfaces[:, None])  # (B, 1, d)
+        if self.context is not None:
+            h = self.context.step(h[:, 0], tokens, dt, cache["context"])[:, None]
         dt = dt.float()
         commit = None  # None: this stage's input is final (always so for the first stage)
         for k, stage in enumerate(self.stages):
@@ -508,6 +540,8 @@ class EventClassifier(nn.Module):
         if lengths is None:
             lengths = torch.full((batch,), seqlen, dtype=torch.long, device=tokens.device)
         h = self.embedding(tokens, counts, surfaces)
+        if self.context is not None:
+            h = self.context.forward_chunk(h, tokens, dt, lengths, cache["context"])
         dt = dt.float() * (torch.arange(seqlen, device=dt.device)[None, :] < lengths[:, None])
         pending = None  # the stage input that is not final yet: (x (B, d), dt (B,), present (B,) bool)
         for k, stage in enumerate(self.stages):

@@ -20,7 +20,9 @@ output (``R + 2 N``), the scan's copies of B and C (``2 N``) and its state check
 gradients of u, Δ and z, the incoming gradient and its copy, the gradient of the ``in_proj`` output).
 The embedding and input pooling keep about ``5 d`` per input token (the ``surface`` embedding's MLP another
 ``2 h + d`` for its hidden width ``h``, and its input ``F``); each pooling between stages ``2 d`` per
-token of the stage before it, and the final norm and readout ``4 d`` per token of the last stage.
+token of the stage before it, and the final norm and readout ``4 d`` per token of the last stage. A context
+stage (:mod:`evmamba.model.context`) keeps its gathered neighbour values (``N C`` for ``N`` neighbours of
+``C`` channels) and a few small tensors per input token, and its backward pass needs about ``2 N C`` more.
 
 These coefficients were checked against the peak resident memory of real training steps on the CPU
 (``tests/test_memory.py``: within a factor of 2; in practice within about 25 %). On a GPU with bf16
@@ -84,9 +86,17 @@ def _shapes(model) -> dict:
     emb = model.embedding
     surface = emb.n_surface if emb.needs_surfaces else 0
     hidden = int(model.config.get("surface_hidden", 0)) if surface else 0
+    context = model.context
+    if context is not None:
+        from .context import saved_floats_per_token
+
+        ctx_saved, ctx_values = saved_floats_per_token(context), context.n_neighbours * context.channels
+    else:
+        ctx_saved = ctx_values = 0
     return dict(d=model.d_model, di=layer.d_inner, n=layer.d_state, r=layer.dt_rank,
                 params=sum(p.numel() for p in model.parameters()),
-                dropout=model.config.get("dropout", 0.0) > 0, surface=surface, hidden=hidden)
+                dropout=model.config.get("dropout", 0.0) > 0, surface=surface, hidden=hidden,
+                ctx_saved=ctx_saved, ctx_values=ctx_values)
 
 
 def stage_lengths(model, length: int) -> list[int]:
@@ -115,7 +125,9 @@ def _activation_floats(model, batch: int, length: int) -> tuple[float, float]:
     saved = 5 * d * batch * length  # embedding, count feature, input pooling
     if s["surface"]:  # the surface MLP's input, hidden pre- and post-activation, and output
         saved += (s["surface"] + 2 * s["hidden"] + d) * batch * length
-    transient = 0.0
+    saved += (s["ctx_saved"] + d) * batch * length  # the context stage (0 without one), and its residual sum
+    # Its backward pass: the gradient of the gathered neighbour values, and of their decayed copy.
+    transient = 2.0 * s["ctx_values"] * batch * length
     for k, stage in enumerate(model.stages):
         tokens = batch * lengths[k]
         saved += len(stage) * layer_floats(d, di, s["n"], s["r"], s["dropout"]) * tokens
@@ -145,7 +157,7 @@ def inference_bytes(model, batch: int, length: int) -> MemoryEstimate:
     s = _shapes(model)
     d, di = s["d"], s["di"]
     lengths = stage_lengths(model, length)
-    biggest = (5 * d + s["surface"] + 2 * s["hidden"]) * batch * length
+    biggest = (5 * d + s["surface"] + 2 * s["hidden"] + s["ctx_saved"]) * batch * length
     for k, stage in enumerate(model.stages):
         if stage:
             biggest = max(biggest, (layer_floats(d, di, s["n"], s["r"]) + 2 * d) * batch * lengths[k])

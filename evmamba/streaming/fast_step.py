@@ -68,6 +68,9 @@ def export_weights(model) -> FastWeights:
 
     if not isinstance(model, EventClassifier):
         raise TypeError(f"FastStepper: model must be an EventClassifier; got {type(model).__name__}")
+    if getattr(model, "context", None) is not None:
+        raise ValueError("FastStepper: the model has a context stage (model.context), which the compiled CPU step "
+                         "does not implement; run it on a GPU (`evmamba stream --device cuda`, GraphStepper)")
     layers = list(model.layers)
     first = layers[0]
     e, n, r, kc = first.d_inner, first.d_state, first.dt_rank, first.d_conv

@@ -361,7 +361,8 @@ def choose_train(stats: DataStats, binning: BinningConfig, model_section: Mappin
                     f"{_fmt_n(median)} tokens; the longest seen {_fmt_n(float(tokens.max()) if tokens.size else 0)})")
     vocab = vocab_size(stats.sensor_size, binning)
     kwargs = {k: v for k, v in model_section.items() if k != "type"}
-    if kwargs.get("embedding", "table") != "table" and kwargs.get("grid") is None:
+    needs_grid = kwargs.get("embedding", "table") != "table" or kwargs.get("context") is not None
+    if needs_grid and kwargs.get("grid") is None:
         from .data import token_grid
 
         kwargs["grid"] = token_grid(stats.sensor_size, binning)
