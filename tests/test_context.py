@@ -3,6 +3,7 @@ definition, forward == step == chunks == prefixes through the classifier, config
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -232,12 +233,21 @@ def test_other_embeddings_and_a_1d_grid(embedding, extra):
     assert model.context.n_neighbours == 3  # (2r+1) x 1 offsets, one polarity
 
 
-def test_graph_stepper_on_the_cpu_runs_the_context_and_resets_rows():
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu,
+                                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_graph_stepper_runs_the_context_and_resets_rows(device):
+    """On CUDA the step (context scatter/gather included) is captured in a CUDA graph: same logits as forward."""
     from evmamba.streaming.gpu_step import GraphStepper
 
     model = make_model()
     tokens, dt, counts = random_stream(2, 12, VOCAB)
-    stepper = GraphStepper(model, n_streams=2, device="cpu", block=5)
+    stepper = GraphStepper(copy.deepcopy(model), n_streams=2, device=device, block=5)
     with torch.no_grad():
         want = model(tokens, dt, counts)
         got = stepper.run_batch(tokens.numpy(), dt.numpy(), counts.numpy())
