@@ -10,10 +10,11 @@
   model the fused kernel does not serve.
 
 The default (``fused=None``) takes the fused step when :func:`fused_support` accepts the model and says so in
-:attr:`GraphStepper.step_kind`; ``fused=True`` raises instead of falling back. The graph reads its token from a device buffer at a
-device-side position that it advances itself, and writes the logits into a device buffer at that position,
-so a chunk of ``T`` tokens costs one host-to-device copy, ``T`` graph replays and one device-to-host copy:
-no per-token Python tensor work and no host synchronisation between tokens.
+:attr:`GraphStepper.step_kind`; ``fused=True`` raises instead of falling back.
+
+The graph reads its token from a device buffer at a device-side position that it advances itself, and writes
+the logits into a device buffer at that position, so a chunk of ``T`` tokens costs one host-to-device copy,
+``T`` graph replays and one device-to-host copy: no per-token Python tensor work and no host synchronisation between tokens.
 
 ``n_streams = B`` runs ``B`` streams in lockstep (one token of every stream per replay): the throughput
 mode for many concurrent streams (:meth:`run_batch`). Rows are reset one by one (:meth:`reset`) when a
@@ -21,7 +22,8 @@ stream starts a new recording. The same object serves the :class:`~evmamba.strea
 at batch 1 through :meth:`run`, with :class:`~evmamba.streaming.fast_step.FastStepper`'s interface.
 
 For CUDA devices only; ``device="cpu"`` runs the very same step eagerly, without a graph (slow: for
-tests of the bookkeeping on machines without a GPU).
+tests of the bookkeeping on machines without a GPU; the fused kernel there only with ``fused=True`` under
+``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import torch
 from .steppers import StepOutput
 
 STEP_KINDS = ("fused", "unfused")
+#: The ``--gpu-step`` choices of the commands and the ``fused`` argument of :class:`GraphStepper` each gives.
+GPU_STEP_CHOICES = {"auto": None, "fused": True, "unfused": False}
 
 
 def fused_support(model) -> str | None:
@@ -310,4 +314,4 @@ class GraphStepper:
         return StepOutput(logits[0, index], index)
 
 
-__all__ = ["STEP_KINDS", "GraphStepper", "fused_support", "pack"]
+__all__ = ["GPU_STEP_CHOICES", "STEP_KINDS", "GraphStepper", "fused_support", "pack"]
