@@ -14,7 +14,8 @@ The default (``fused=None``) takes the fused step when :func:`fused_support` acc
 
 The graph reads its token from a device buffer at a device-side position that it advances itself, and writes
 the logits into a device buffer at that position, so a chunk of ``T`` tokens costs one host-to-device copy,
-``T`` graph replays and one device-to-host copy: no per-token Python tensor work and no host synchronisation between tokens.
+``T`` graph replays and one device-to-host copy: no per-token Python tensor work and no host synchronisation
+between tokens.
 
 ``n_streams = B`` runs ``B`` streams in lockstep (one token of every stream per replay): the throughput
 mode for many concurrent streams (:meth:`run_batch`). Rows are reset one by one (:meth:`reset`) when a
