@@ -199,3 +199,31 @@ def test_graph_replays_equal_the_classifier_step(batch):
     for i in range(20):
         want = ref.step(tok[:, i].cuda(), dt[:, i].double().cuda(), cache, cnt[:, i].double().cuda())
         assert rel(got[:, i], want) < 1e-4, f"token {i}"
+
+
+@torch.no_grad()
+def test_concurrent_streams_feed_the_fused_step_records():
+    """``concurrent.run_gpu`` with the fused stepper (input records made once): each stream's final decision
+    is the float64 classifier step's on its recording."""
+    from evmamba.pipeline.binning import TokenSequence
+    from evmamba.streaming import concurrent
+
+    model = make_model(**CONFIGS["table-mean-zoh"])
+    binned = []
+    for seed, n in ((5, 7), (6, 4)):
+        tok, dt, cnt, _ = make_inputs(model, 1, n, seed)
+        binned.append(concurrent.Binned(f"r{seed}", None, TokenSequence(tok[0].numpy(), cnt[0].numpy().astype(np.int32),
+                                                                         dt[0].numpy(), np.zeros(n, np.int64)),
+                                        int(cnt.sum()), 0))
+    g = GraphStepper(copy.deepcopy(model), 3, device="cuda" if CUDA else "cpu", block=4, fused=True)
+    result = concurrent.run_gpu(g, binned, 3)
+    for rec, b in zip(result["per_stream"], (binned[0], binned[1], binned[0])):
+        ref = copy.deepcopy(model).double()
+        cache = ref.allocate_inference_cache(1, dtype=torch.float64)
+        seq = b.seq
+        for i in range(seq.num_tokens):
+            last = ref.step(torch.tensor(seq.tokens[i:i + 1], dtype=torch.long), torch.tensor(seq.dt[i:i + 1]).double(),
+                            cache, torch.tensor(seq.counts[i:i + 1]).double())[0]
+        probs = torch.softmax(last, 0)
+        assert rec["recording"] == b.name and rec["class"] == int(probs.argmax())
+        assert rec["confidence"] == pytest.approx(float(probs.max()), rel=1e-5)

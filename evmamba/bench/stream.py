@@ -321,6 +321,22 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
         out.update(streams_replay_us_per_step=us,
                    streams_replay_events_per_s=n_streams * per_token / (us * 1e-6),
                    streams_replay_tokens_per_s=n_streams / (us * 1e-6))
+        if gb.fused and block_streams is None:
+            # Other blockings of the streams over programs, the replays alone (zero inputs: the kernel's work
+            # does not depend on the values).
+            sweep = {}
+            del gb
+            for bs in (4, 8, 32):
+                g = GraphStepper(sm.model, n_streams, device="cuda", block=64, fused=True, block_streams=bs)
+                g.graph.replay()
+                start.record()
+                for _ in range(g.block):
+                    g.graph.replay()
+                end.record()
+                end.synchronize()
+                sweep[bs] = start.elapsed_time(end) * 1e3 / g.block
+                del g
+            out["streams_replay_us_per_step_by_block_streams"] = sweep
 
     attempt("batch1", batch1)
     if "g1" in state:

@@ -245,25 +245,48 @@ class GraphStepper:
             raise ValueError(
                 f"GraphStepper.run_batch: the model needs surfaces of shape {(b, t_total, self.n_surface)}; got {got}"
             )
-        out = np.empty((b, t_total, self.n_classes), np.float32) if copy_out else None
-        for s in range(0, t_total, self.block):
-            n = min(self.block, t_total - s)
+
+        def feed(s: int, n: int) -> None:
             if s and not copy_out:
                 self._sync()  # the host staging buffers may still be read by the previous block's copy
             if self.fused:
                 self._fill_records(s, n, tokens, dt, counts, surfaces)
-            else:
-                self._h_tok[:, :n] = torch.from_numpy(np.ascontiguousarray(tokens[:, s:s + n], dtype=np.int64))
-                self._h_dt[:, :n] = torch.from_numpy(np.ascontiguousarray(dt[:, s:s + n], dtype=np.float32))
-                if counts is not None:
-                    self._h_cnt[:, :n] = torch.from_numpy(np.ascontiguousarray(counts[:, s:s + n], dtype=np.float32))
-                if self.n_surface:
-                    self._h_surf[:, :n] = torch.from_numpy(
-                        np.ascontiguousarray(surfaces[:, s:s + n], dtype=np.float32))
-                    self.surf.copy_(self._h_surf, non_blocking=True)
-                self.tok.copy_(self._h_tok, non_blocking=True)
-                self.dt.copy_(self._h_dt, non_blocking=True)
-                self.cnt.copy_(self._h_cnt, non_blocking=True)
+                return
+            self._h_tok[:, :n] = torch.from_numpy(np.ascontiguousarray(tokens[:, s:s + n], dtype=np.int64))
+            self._h_dt[:, :n] = torch.from_numpy(np.ascontiguousarray(dt[:, s:s + n], dtype=np.float32))
+            if counts is not None:
+                self._h_cnt[:, :n] = torch.from_numpy(np.ascontiguousarray(counts[:, s:s + n], dtype=np.float32))
+            if self.n_surface:
+                self._h_surf[:, :n] = torch.from_numpy(np.ascontiguousarray(surfaces[:, s:s + n], dtype=np.float32))
+                self.surf.copy_(self._h_surf, non_blocking=True)
+            self.tok.copy_(self._h_tok, non_blocking=True)
+            self.dt.copy_(self._h_dt, non_blocking=True)
+            self.cnt.copy_(self._h_cnt, non_blocking=True)
+
+        return self._run_blocks(t_total, feed, copy_out)
+
+    @torch.no_grad()
+    def run_records(self, records: torch.Tensor, copy_out: bool = True) -> np.ndarray | None:
+        """The fused step's :meth:`run_batch` on input records made beforehand: ``records`` ``(B, T, 3 + F)``
+        float32 on the host (:func:`~evmamba.kernels.triton_model_step.pack_inputs`' layout; pinned, so that
+        each block is one asynchronous copy straight into the device buffer) -> logits ``(B, T, C)``."""
+        if not self.fused:
+            raise ValueError("GraphStepper.run_records: input records feed the fused step only; use run_batch")
+        want = (self.n_streams, self.inp.shape[-1])
+        if not isinstance(records, torch.Tensor) or records.dim() != 3 or (records.shape[0], records.shape[2]) != want \
+                or records.dtype != torch.float32:
+            got = tuple(records.shape) if isinstance(records, torch.Tensor) else type(records).__name__
+            raise ValueError(f"GraphStepper.run_records: records must be float32 of shape ({want[0]}, T, {want[1]}); "
+                             f"got {got}")
+        return self._run_blocks(
+            records.shape[1], lambda s, n: self.inp[:, :n].copy_(records[:, s:s + n], non_blocking=True), copy_out)
+
+    def _run_blocks(self, t_total: int, feed, copy_out: bool) -> np.ndarray | None:
+        """``feed(s, n)`` puts tokens ``s .. s + n`` of every stream into the device buffers; then ``n`` replays."""
+        out = np.empty((self.n_streams, t_total, self.n_classes), np.float32) if copy_out else None
+        for s in range(0, t_total, self.block):
+            n = min(self.block, t_total - s)
+            feed(s, n)
             self.pos.zero_()
             for _ in range(n):
                 self._replay()
