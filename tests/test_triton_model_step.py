@@ -23,6 +23,9 @@ GPU = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA device
 GRID = [5, 4, 2]
 VOCAB = 40
 SURFACE = dict(radius=1, tau_us=[3000.0], scales=[1])
+# Compiled, the kernel uses the approximate exp2/log2 instructions (as the layer step does); the interpreter
+# computes exactly in float32.
+TOL = 1e-4 if CUDA else 1e-5
 
 # name -> classifier settings (d_model 16, d_state 8 unless given): every embedding, pooling 1 and 4,
 # 2 or 3 layers, each readout, both norms, all four discretizations, event and standard mode.
@@ -70,7 +73,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def check_against_step(model, batch, length, device, block_streams=None, tol=1e-5, seed=1):
+def check_against_step(model, batch, length, device, block_streams=None, tol=TOL, seed=1):
     """Run the fused kernel ``length`` times (it advances its own position) next to the float64 classifier's
     ``step``; compare every token's logits and, at the end, the committed layer states."""
     dev = torch.device(device)
@@ -155,8 +158,8 @@ def test_graph_stepper_fused_mode_with_a_row_reset(device):
         return torch.stack(rows)
 
     for b in (0, 2):
-        assert rel(torch.from_numpy(np.concatenate([first[b], second[b]])), reference(b, 0)) < 1e-5
-    assert rel(torch.from_numpy(second[1]), reference(1, 6)) < 1e-5
+        assert rel(torch.from_numpy(np.concatenate([first[b], second[b]])), reference(b, 0)) < TOL
+    assert rel(torch.from_numpy(second[1]), reference(1, 6)) < TOL
 
 
 def test_the_default_step_on_the_cpu_is_the_classifier_step():
@@ -226,4 +229,4 @@ def test_concurrent_streams_feed_the_fused_step_records():
                             cache, torch.tensor(seq.counts[i:i + 1]).double())[0]
         probs = torch.softmax(last, 0)
         assert rec["recording"] == b.name and rec["class"] == int(probs.argmax())
-        assert rec["confidence"] == pytest.approx(float(probs.max()), rel=1e-5)
+        assert rec["confidence"] == pytest.approx(float(probs.max()), rel=TOL)
