@@ -15,10 +15,12 @@
 Plus µs per token of the step alone for a few model sizes (random weights, the densest trial's tokens)
 and of the classifier's PyTorch ``step`` (one token per call) for comparison.
 
-**GPU** (``--device cuda``): the fused Triton step captured in a CUDA graph
-(:class:`~evmamba.streaming.gpu_step.GraphStepper`): per-token latency at batch 1 (copy in, replay,
-copy out, synchronise), µs per token when a trial's tokens are replayed back to back, the loop's
-real-time factor at ``--speed max``, and aggregate events/s of 1 024 concurrent streams in lockstep.
+**GPU** (``--device cuda``): the step captured in a CUDA graph
+(:class:`~evmamba.streaming.gpu_step.GraphStepper`) -- the one-kernel fused model step when the model allows
+it, else the classifier's own step (``--gpu-step``; the table and the JSON say which ran): per-token latency
+at batch 1 (copy in, replay, copy out, synchronise), µs per token when a trial's tokens are replayed back to
+back, the loop's real-time factor at ``--speed max``, and aggregate events/s of ``--streams`` (1 024)
+concurrent streams in lockstep.
 
 ``--quick``: trials 1 and 5 only, one real-time replay, fewer model sizes and GPU steps.
 """
@@ -47,6 +49,11 @@ def configure(parser) -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu (default) or cuda")
     parser.add_argument("--quick", action="store_true", help="two trials, one real-time replay")
     parser.add_argument("--streams", type=int, default=1024, help="concurrent streams on the GPU (default 1024)")
+    parser.add_argument("--gpu-step", default="auto", choices=("auto", "fused", "unfused"),
+                        help="GPU step: fused (one kernel per token; an error if the model is not supported), "
+                             "unfused (the classifier's step) or auto (fused when supported; default)")
+    parser.add_argument("--block-streams", type=int, default=None,
+                        help="streams per program of the fused kernel at --streams (default: 16)")
     parser.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON")
 
 
@@ -174,6 +181,8 @@ def _token_latencies(stepper, tokens: np.ndarray, dt: np.ndarray, counts: np.nda
 
     if stepper.n_streams != 1 or not stepper.graphed:
         raise ValueError("token latencies are measured at batch 1 on a CUDA device")
+    if stepper.fused:
+        return _fused_token_latencies(stepper, tokens, dt, counts, surfaces)
     lat = np.empty(tokens.shape[0])
     h_tok = torch.zeros(1, dtype=torch.long).pin_memory()
     h_val = torch.zeros(2, dtype=torch.float32).pin_memory()
@@ -203,7 +212,34 @@ def _token_latencies(stepper, tokens: np.ndarray, dt: np.ndarray, counts: np.nda
     return lat
 
 
-def bench_gpu(sm, recs, quick: bool, n_streams: int) -> dict:
+def _fused_token_latencies(stepper, tokens, dt, counts, surfaces=None) -> np.ndarray:
+    """:func:`_token_latencies` for the fused step: one packed record (id, gap, count, surface) copied in per
+    token, one launch, the logits copied out."""
+    import torch
+
+    lat = np.empty(tokens.shape[0])
+    h_rec = torch.zeros(stepper.inp.shape[-1], dtype=torch.float32).pin_memory()
+    h_out = torch.zeros(stepper.n_classes, dtype=torch.float32).pin_memory()
+    rec = h_rec.numpy()
+    stream = torch.cuda.current_stream(stepper.device)
+    stepper.pos.zero_()
+    for i in range(tokens.shape[0]):
+        p = i % stepper.block
+        if p == 0 and i:
+            stepper.pos.zero_()
+        t0 = time.perf_counter()
+        rec[0], rec[1], rec[2] = tokens[i], dt[i], counts[i]
+        if stepper.n_surface:
+            rec[3:] = surfaces[i]
+        stepper.inp[0, p].copy_(h_rec, non_blocking=True)
+        stepper.graph.replay()
+        h_out.copy_(stepper.logits[0, p], non_blocking=True)
+        stream.synchronize()
+        lat[i] = time.perf_counter() - t0
+    return lat
+
+
+def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", block_streams=None) -> dict:
     """GPU figures (see the module docstring). Each part runs on its own: a failure is recorded under
     ``errors`` and the other parts still run."""
     import traceback
@@ -212,8 +248,9 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int) -> dict:
 
     from ..pipeline.binning import bin_events
     from ..streaming import concurrent
-    from ..streaming.gpu_step import GraphStepper
+    from ..streaming.gpu_step import GPU_STEP_CHOICES, GraphStepper
 
+    fused = GPU_STEP_CHOICES[gpu_step]
     if not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device")
     out: dict = {"device_name": torch.cuda.get_device_name(0), "errors": {}}
@@ -236,7 +273,8 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int) -> dict:
     def batch1():
         from ..streaming.steppers import warm_up
 
-        g1 = state["g1"] = GraphStepper(sm.model, 1, device="cuda")
+        g1 = state["g1"] = GraphStepper(sm.model, 1, device="cuda", fused=fused)
+        out.update(batch1_step=g1.step_kind, step_fallback_reason=g1.fallback_reason if fused is None else None)
         warm_up(g1, sm.binning, sm.sensor_size)
         n_lat = min(densest.num_tokens, 2000 if quick else 5000)
         _token_latencies(g1, densest.tokens[:200], densest.dt[:200], densest.counts[:200], part(200))  # warm
@@ -262,12 +300,43 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int) -> dict:
 
     def many():
         binned, bin_s = concurrent.bin_recordings(recs, sm.sensor_size, sm.binning, sm.model.surface_config)
-        gb = GraphStepper(sm.model, n_streams, device="cuda", block=256)
+        gb = GraphStepper(sm.model, n_streams, device="cuda", block=256, fused=fused, block_streams=block_streams)
+        out.update(streams_step=gb.step_kind, streams_block_streams=getattr(gb, "block_streams", None))
         concurrent.run_gpu(gb, binned, n_streams, max_steps=256)  # warm
         res = concurrent.run_gpu(gb, binned, n_streams, max_steps=1024 if quick else 4096)
         res.pop("per_stream")
         out["streams"] = res
         out["streams_binning_s"] = bin_s
+        # The step alone: graph replays back to back on inputs already on the device (no host traffic), timed
+        # with CUDA events; events/s at the run's mean events per token.
+        gb.pos.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(gb.block):
+            gb.graph.replay()
+        end.record()
+        end.synchronize()
+        us = start.elapsed_time(end) * 1e3 / gb.block
+        per_token = res["events"] / max(res["tokens"], 1)
+        out.update(streams_replay_us_per_step=us,
+                   streams_replay_events_per_s=n_streams * per_token / (us * 1e-6),
+                   streams_replay_tokens_per_s=n_streams / (us * 1e-6))
+        if gb.fused and block_streams is None:
+            # Other blockings of the streams over programs, the replays alone (zero inputs: the kernel's work
+            # does not depend on the values).
+            sweep = {}
+            del gb
+            for bs in (4, 8, 32):
+                g = GraphStepper(sm.model, n_streams, device="cuda", block=64, fused=True, block_streams=bs)
+                g.graph.replay()
+                start.record()
+                for _ in range(g.block):
+                    g.graph.replay()
+                end.record()
+                end.synchronize()
+                sweep[bs] = start.elapsed_time(end) * 1e3 / g.block
+                del g
+            out["streams_replay_us_per_step_by_block_streams"] = sweep
 
     attempt("batch1", batch1)
     if "g1" in state:
@@ -320,12 +389,14 @@ def run(args) -> int:
               f"CPU time {record['median_step_alone_us_per_token_cpu']:.2f}); "
               f"PyTorch step {res['torch_step_us_per_token']:.0f} µs/token")
     else:
-        res = bench_gpu(sm, recs, args.quick, args.streams)
+        res = bench_gpu(sm, recs, args.quick, args.streams, args.gpu_step, args.block_streams)
         record["gpu"] = res
         s = res.get("streams") or {}
         get = lambda d, k: d.get(k, "-") if d.get(k) is not None else "-"  # noqa: E731
+        ns = s.get("streams", args.streams)
         print(format_table(["measure", "value"], [
             ["device", res["device_name"]],
+            ["step (batch 1 / streams)", f"{res.get('batch1_step', '-')} / {res.get('streams_step', '-')}"],
             ["batch-1 token latency p50 (µs)", get(res, "batch1_latency_us_p50")],
             ["batch-1 token latency p99 (µs)", get(res, "batch1_latency_us_p99")],
             ["batch-1 token latency max (µs)", get(res, "batch1_latency_us_max")],
@@ -333,7 +404,11 @@ def run(args) -> int:
             [f"loop RTF at --speed max ({res.get('loop_trial', '-')})", get(res, "loop_real_time_factor")],
             [f"{s.get('streams', args.streams)} streams: events/s", get(s, "events_per_s")],
             [f"{s.get('streams', args.streams)} streams: tokens/s", get(s, "tokens_per_s")],
+            [f"{ns} streams, replays alone: µs per step", get(res, "streams_replay_us_per_step")],
+            [f"{ns} streams, replays alone: events/s", get(res, "streams_replay_events_per_s")],
         ]))
+        if res.get("step_fallback_reason"):
+            print(f"the fused step did not run: {res['step_fallback_reason']}", file=sys.stderr)
         if res["errors"]:
             print(f"errors: {res['errors']}", file=sys.stderr)
     record["load_average_after"] = _load()

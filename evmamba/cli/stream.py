@@ -18,8 +18,10 @@ with ``--json PATH``, written there with the machine's description. Ctrl-C or SI
 still prints and writes the summary (exit status 130 or 143).
 
 ``--streams N`` runs N concurrent streams of the given recordings as fast as possible (throughput mode:
-final decisions and aggregate events/s only). ``--device cuda`` runs the classifier's fused step in a
-CUDA graph; the default (``auto``) uses the compiled CPU step unless ``--streams`` > 1 and a GPU is present.
+final decisions and aggregate events/s only). ``--device cuda`` runs the classifier's step in a CUDA graph:
+one fused kernel per token when the model allows it (``--gpu-step auto``, the default; ``fused`` makes an
+unsupported model an error, ``unfused`` runs the classifier's own ``step``); which step ran is printed. The
+default device (``auto``) uses the compiled CPU step unless ``--streams`` > 1 and a GPU is present.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--streams", type=int, default=1, help="concurrent streams from the recordings (throughput mode)"
     )
+    parser.add_argument("--gpu-step", default="auto", choices=GPU_STEPS,
+                        help="on CUDA: fused (one kernel per token), unfused (the classifier's step) or auto "
+                             "(fused when the model allows it; default)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the summary as JSON here")
     parser.add_argument("--out", default=None, metavar="PATH", help="write the JSON lines here instead of stdout")
     parser.add_argument("--quiet", action="store_true", help="no JSON lines")
@@ -99,6 +104,23 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as exc:
         print(f"evmamba stream: {exc}", file=sys.stderr)
         return 1
+
+
+GPU_STEPS = ("auto", "fused", "unfused")  # evmamba.streaming.gpu_step.GPU_STEP_CHOICES (not imported at start-up)
+
+
+def graph_stepper(model, n_streams: int, device, gpu_step: str = "auto", **kwargs):
+    """A :class:`~evmamba.streaming.gpu_step.GraphStepper` for ``--gpu-step``; says on standard error which
+    step runs (and why not the fused one, when ``auto`` fell back)."""
+    from ..streaming.gpu_step import GPU_STEP_CHOICES, GraphStepper
+
+    if gpu_step not in GPU_STEP_CHOICES:
+        raise ValueError(f"--gpu-step: expected one of {tuple(GPU_STEP_CHOICES)}; got {gpu_step!r}")
+    fused = GPU_STEP_CHOICES[gpu_step]
+    stepper = GraphStepper(model, n_streams, device=device, fused=fused, **kwargs)
+    why = "" if stepper.fused or gpu_step == "unfused" else f" ({stepper.fallback_reason})"
+    print(f"GPU step: {stepper.step_kind}{why}", file=sys.stderr, flush=True)
+    return stepper
 
 
 def _device(name: str, streams: int) -> str:
@@ -165,9 +187,7 @@ def _stream(args: argparse.Namespace) -> int:
     from ..streaming.loop import JsonLines, LiveView, LoopConfig, StreamLoop
 
     if device.startswith("cuda"):
-        from ..streaming.gpu_step import GraphStepper
-
-        stepper = GraphStepper(sm.model, 1, device=device)
+        stepper = graph_stepper(sm.model, 1, device, args.gpu_step)
     else:
         stepper = FastStepper(sm.model)
     warm_up(stepper, sm.binning, sm.sensor_size)
@@ -197,6 +217,7 @@ def _stream(args: argparse.Namespace) -> int:
     record = summary.to_dict()
     record["settings"] = {
         "checkpoint": sm.path, "device": device, "speed": "max" if math.isinf(speed) else speed,
+        "gpu_step": getattr(stepper, "step_kind", None),
         "sources": list(args.source), "binning": sm.binning.to_dict(), "policy": args.policy,
         "queue_events": args.queue_events, "chunk_us": args.chunk_us, "logits_every": args.logits_every,
         "early_threshold": args.early_threshold, "early_tokens": args.early_tokens,
@@ -221,10 +242,9 @@ def _throughput(args, sm, device: str) -> int:
     binned, bin_s = concurrent.bin_recordings(source.recordings, sm.sensor_size, sm.binning, sm.model.surface_config)
     t0 = time.perf_counter()
     if device.startswith("cuda"):
-        from ..streaming.gpu_step import GraphStepper
-
-        stepper = GraphStepper(sm.model, args.streams, device=device)
+        stepper = graph_stepper(sm.model, args.streams, device, args.gpu_step)
         result = concurrent.run_gpu(stepper, binned, args.streams)
+        result["gpu_step"] = stepper.step_kind
     else:
         from ..streaming.fast_step import FastStepper
 

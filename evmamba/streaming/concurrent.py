@@ -9,7 +9,8 @@ binner's tokens); the binning time is measured and reported with the rest.
   stream; this mode shows that the state of many streams costs nothing extra.
 * GPU (:class:`~evmamba.streaming.gpu_step.GraphStepper` with ``B = N``): every replay of the captured step
   advances all ``N`` streams by one token. Streams are padded to the longest (the padding's logits are
-  ignored and its compute is reported as ``padding_tokens``).
+  ignored and its compute is reported as ``padding_tokens``). The fused step's input records are made
+  before the clock starts, like the token arrays of the other steps.
 """
 
 from __future__ import annotations
@@ -104,9 +105,24 @@ def run_gpu(stepper, binned: list[Binned], n_streams: int, max_steps: int | None
         tok[b, :n], dt[b, :n], cnt[b, :n] = s.seq.tokens[:n], s.seq.dt[:n], s.seq.counts[:n]
         if with_surfaces:
             surf[b, :n] = s.surfaces[:n]
+    records = None
+    if getattr(stepper, "fused", False):
+        # The fused step's input records, made once like the arrays above, in pinned memory: a block of tokens
+        # is then one asynchronous copy.
+        import torch
+
+        from ..kernels.triton_model_step import pack_inputs
+
+        records = pack_inputs(torch.from_numpy(tok), torch.from_numpy(dt), torch.from_numpy(cnt),
+                              None if surf is None else torch.from_numpy(surf))
+        if stepper.graphed:
+            records = records.pin_memory()
     stepper.reset()
     t0 = time.perf_counter()
-    logits = stepper.run_batch(tok, dt, cnt, surfaces=surf)
+    if records is not None:
+        logits = stepper.run_records(records)
+    else:
+        logits = stepper.run_batch(tok, dt, cnt, surfaces=surf)
     elapsed = time.perf_counter() - t0
     used = np.minimum(lengths, steps)
     last = [logits[b, used[b] - 1] if used[b] else None for b in range(n_streams)]

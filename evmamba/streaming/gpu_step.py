@@ -1,10 +1,21 @@
-"""The GPU step of the stream loop: the classifier's ``step`` (fused Triton layer step) in one CUDA graph.
+"""The GPU step of the stream loop: one token of the classifier in one CUDA graph.
 
-:class:`GraphStepper` captures a whole model step -- embedding, every layer's fused step kernel, pooling,
-readout and head -- once, and replays it per token. The graph reads its token from a device buffer at a
-device-side position that it advances itself, and writes the logits into a device buffer at that position,
-so a chunk of ``T`` tokens costs one host-to-device copy, ``T`` graph replays and one device-to-host copy:
-no per-token Python tensor work and no host synchronisation between tokens.
+:class:`GraphStepper` captures a whole model step once and replays it per token, in one of two forms (``step``):
+
+* ``"fused"`` -- ONE Triton kernel for the whole step (:mod:`evmamba.kernels.triton_model_step`: embedding,
+  every layer, pooling carry, readout and head) on weights packed once by :func:`pack`, reading one packed
+  input record per stream and token;
+* ``"unfused"`` -- the classifier's own :meth:`~evmamba.model.classifier.EventClassifier.step` (about 40 small
+  kernels per token, one of them the fused Triton layer step per layer): the reference, and the path for a
+  model the fused kernel does not serve.
+
+The default (``fused=None``) takes the fused step when :func:`fused_support` accepts the model and says so in
+:attr:`GraphStepper.step_kind`; ``fused=True`` raises instead of falling back.
+
+The graph reads its token from a device buffer at a device-side position that it advances itself, and writes
+the logits into a device buffer at that position, so a chunk of ``T`` tokens costs one host-to-device copy,
+``T`` graph replays and one device-to-host copy: no per-token Python tensor work and no host synchronisation
+between tokens.
 
 ``n_streams = B`` runs ``B`` streams in lockstep (one token of every stream per replay): the throughput
 mode for many concurrent streams (:meth:`run_batch`). Rows are reset one by one (:meth:`reset`) when a
@@ -12,7 +23,8 @@ stream starts a new recording. The same object serves the :class:`~evmamba.strea
 at batch 1 through :meth:`run`, with :class:`~evmamba.streaming.fast_step.FastStepper`'s interface.
 
 For CUDA devices only; ``device="cpu"`` runs the very same step eagerly, without a graph (slow: for
-tests of the bookkeeping on machines without a GPU).
+tests of the bookkeeping on machines without a GPU; the fused kernel there only with ``fused=True`` under
+``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
@@ -21,6 +33,79 @@ import numpy as np
 import torch
 
 from .steppers import StepOutput
+
+STEP_KINDS = ("fused", "unfused")
+#: The ``--gpu-step`` choices of the commands and the ``fused`` argument of :class:`GraphStepper` each gives.
+GPU_STEP_CHOICES = {"auto": None, "fused": True, "unfused": False}
+
+
+def fused_support(model) -> str | None:
+    """Why the fused one-kernel step cannot run ``model`` (a message naming the setting), or None if it can."""
+    from ..kernels import triton_model_step as T
+    from ..model.classifier import EventClassifier
+
+    if not isinstance(model, EventClassifier):
+        return f"the fused GPU step runs an EventClassifier; got {type(model).__name__}"
+    first = model.layers[0]
+    limits = [("d_model", model.d_model, T.MAX_D_MODEL), ("d_inner (expand * d_model)", first.d_inner, T.MAX_D_INNER),
+              ("d_state", first.d_state, T.MAX_D_STATE), ("d_conv", first.d_conv, T.MAX_D_CONV),
+              ("n_classes", model.n_classes, T.MAX_CLASSES)]
+    emb = model.embedding
+    if emb.needs_surfaces:
+        limits.append(("the surface's features", emb.n_surface, T.MAX_SURFACE))
+        mlp = emb.surface_mlp
+        if isinstance(mlp, torch.nn.Sequential):
+            limits.append(("surface_hidden", mlp[0].out_features, T.MAX_SURFACE))
+    for name, value, top in limits:
+        if value > top:
+            return f"the fused GPU step serves {name} up to {top}; the model has {name}={value}"
+    if model.vocab_size >= 1 << 24:
+        return (f"the fused GPU step passes token ids as float32 (exact below 2**24); the model has "
+                f"vocab_size={model.vocab_size}")
+    for layer in model.layers:
+        if (layer.d_inner, layer.d_state, layer.dt_rank, layer.d_conv, layer.discretization) != (
+                first.d_inner, first.d_state, first.dt_rank, first.d_conv, first.discretization):
+            return "the fused GPU step needs every layer of the same sizes and discretization"
+    return None
+
+
+@torch.no_grad()
+def pack(model, device="cuda"):
+    """The model's weights for the fused step (:class:`~evmamba.kernels.triton_model_step.ModelStepWeights`):
+    the CPU step's export (:func:`~evmamba.streaming.fast_step.export_weights`, the same layout and the same
+    derived values, ``A = -exp(A_log)`` and the event rates) as float32 tensors on ``device``. Raises
+    ``TypeError`` for another model class and ``ValueError`` naming the setting the kernel does not serve."""
+    from ..kernels.triton_model_step import ModelStepWeights
+    from ..model.classifier import EventClassifier
+    from .fast_step import export_weights
+
+    if not isinstance(model, EventClassifier):
+        raise TypeError(f"pack: model must be an EventClassifier; got {type(model).__name__}")
+    why = fused_support(model)
+    if why is not None:
+        raise ValueError(f"pack: {why}")
+    fw = export_weights(model)
+    dev = torch.device(device)
+
+    def t(a):
+        a = torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32))
+        # An empty array (a table the embedding kind does not have) still needs a valid pointer.
+        return (a if a.numel() else torch.zeros(1)).to(dev).contiguous()
+
+    (emb_kind, has_count, table, xt, yt, pt, gw, gp, count_w, w1t, b1, w2t, b2, pos, cell, nx) = fw.embed
+    (norm_kind, eps, norm_w, norm_b, fnorm_w, fnorm_b, head_wt, head_b, _, _, readout, dt_eps, event,
+     method) = fw.head
+    strides = torch.tensor([model.architecture.input_pool, *model.strides], dtype=torch.int32, device=dev)
+    return ModelStepWeights(
+        *(t(a) for a in (table, xt, yt, pt, pos, count_w, w1t, b1, w2t, b2, norm_w, norm_b)),
+        *(t(a) for a in fw.layers),
+        *(t(a) for a in (fnorm_w, fnorm_b, head_wt, head_b)), strides,
+        n_layers=model.n_layers, d_model=fw.d_model, d_inner=fw.d_inner, d_state=fw.d_state, dt_rank=fw.dt_rank,
+        d_conv=fw.d_conv, n_classes=fw.n_classes, n_surface=fw.n_surface, surface_hidden=fw.surface_hidden,
+        embed=int(emb_kind), has_count=bool(has_count), grid_w=int(gw), grid_p=int(gp), pos_cell=int(cell),
+        pos_nx=int(nx), norm=int(norm_kind), norm_eps=float(eps), readout=int(readout), dt_eps=float(dt_eps),
+        event=bool(event), method=int(method),
+    )
 
 
 def _zero_rows(cache, rows: torch.Tensor) -> None:
@@ -43,37 +128,70 @@ class GraphStepper:
     """``B`` streams of an :class:`~evmamba.model.classifier.EventClassifier` stepped by a CUDA graph.
 
     ``block``: tokens per stream held on the device at once (a longer chunk is run in blocks).
+    ``fused``: None (default) runs the one-kernel step when :func:`fused_support` accepts the model and the
+    classifier's own ``step`` otherwise; True requires the fused step (``ValueError`` naming the unsupported
+    setting); False runs the classifier's ``step``. :attr:`step_kind` says which runs (``"fused"`` or
+    ``"unfused"``) and :attr:`fallback_reason` why the default did not fuse. ``block_streams``: streams per
+    program of the fused kernel (default :func:`~evmamba.kernels.triton_model_step.default_block_streams`).
     """
 
-    def __init__(self, model, n_streams: int = 1, device="cuda", block: int = 1024, warmup: int = 3):
+    def __init__(self, model, n_streams: int = 1, device="cuda", block: int = 1024, warmup: int = 3,
+                 fused: bool | None = None, block_streams: int | None = None):
         if isinstance(n_streams, bool) or not isinstance(n_streams, int) or n_streams < 1:
             raise ValueError(f"GraphStepper: argument 'n_streams' must be a positive int; got {n_streams!r}")
+        if fused not in (None, True, False):
+            raise ValueError(f"GraphStepper: argument 'fused' must be None, True or False; got {fused!r}")
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("GraphStepper: CUDA is not available; use the CPU stepper (FastStepper) instead")
         self.graphed = self.device.type == "cuda"
         self.model = model.to(self.device).eval()
+        self.fallback_reason = fused_support(self.model) if fused is not False else "fused=False"
+        if self.fallback_reason is None and not self.graphed:
+            from ..kernels.triton_primitives import INTERPRETING
+
+            # On the CPU (tests without a GPU) the eager classifier step is the default; the fused kernel runs
+            # there only when asked for, on Triton's interpreter.
+            if fused is None or not INTERPRETING:
+                self.fallback_reason = "the fused kernel runs on CUDA (or under TRITON_INTERPRET=1 when asked for)"
+        if fused and self.fallback_reason is not None:
+            raise ValueError(f"GraphStepper: the fused step was asked for but {self.fallback_reason}")
+        self.fused = self.fallback_reason is None
+        self.step_kind = "fused" if self.fused else "unfused"
         self.n_streams, self.block = n_streams, int(block)
         self.vocab_size, self.n_classes = model.vocab_size, model.n_classes
         b, dev = n_streams, self.device
-        self.cache = self.model.allocate_inference_cache(b, device=dev)
-        self.tok = torch.zeros(b, self.block, dtype=torch.long, device=dev)
-        self.dt = torch.zeros(b, self.block, dtype=torch.float32, device=dev)
-        self.cnt = torch.ones(b, self.block, dtype=torch.float32, device=dev)
-        # The local surfaces of each token, for a "surface" embedding (None otherwise).
+        # The local surfaces of each token, for a "surface" embedding (0: none).
         self.n_surface = model.embedding.n_surface if model.embedding.needs_surfaces else 0
         self.surface_config = model.surface_config
-        self.surf = (torch.zeros(b, self.block, self.n_surface, dtype=torch.float32, device=dev)
-                     if self.n_surface else None)
         self.pos = torch.zeros(1, dtype=torch.long, device=dev)
         self.logits = torch.zeros(b, self.block, self.n_classes, dtype=torch.float32, device=dev)
-        # Pinned host staging buffers: asynchronous copies in both directions.
         pin = (lambda t: t.pin_memory()) if self.graphed else (lambda t: t)  # noqa: E731
-        self._h_tok = pin(torch.zeros(b, self.block, dtype=torch.long))
-        self._h_dt = pin(torch.zeros(b, self.block, dtype=torch.float32))
-        self._h_cnt = pin(torch.ones(b, self.block, dtype=torch.float32))
-        self._h_surf = pin(torch.zeros(b, self.block, self.n_surface, dtype=torch.float32)) if self.n_surface else None
         self._h_logits = pin(torch.zeros(b, self.block, self.n_classes, dtype=torch.float32))
+        if self.fused:
+            from ..kernels import triton_model_step as T
+
+            self.weights = w = pack(self.model, dev)
+            self.cache = T.allocate_state(w, b, dev)
+            self.block_streams = T.default_block_streams(b) if block_streams is None else int(block_streams)
+            # One float32 record per stream and token: id, gap, count, surface (one copy in per block).
+            self.inp = torch.zeros(b, self.block, w.record, dtype=torch.float32, device=dev)
+            self.inp[:, :, 2] = 1.0
+            self._h_inp = pin(self.inp.cpu())
+            self._counter = torch.zeros(1, dtype=torch.int32, device=dev)
+        else:
+            self.cache = self.model.allocate_inference_cache(b, device=dev)
+            self.tok = torch.zeros(b, self.block, dtype=torch.long, device=dev)
+            self.dt = torch.zeros(b, self.block, dtype=torch.float32, device=dev)
+            self.cnt = torch.ones(b, self.block, dtype=torch.float32, device=dev)
+            self.surf = (torch.zeros(b, self.block, self.n_surface, dtype=torch.float32, device=dev)
+                         if self.n_surface else None)
+            # Pinned host staging buffers: asynchronous copies in both directions.
+            self._h_tok = pin(torch.zeros(b, self.block, dtype=torch.long))
+            self._h_dt = pin(torch.zeros(b, self.block, dtype=torch.float32))
+            self._h_cnt = pin(torch.ones(b, self.block, dtype=torch.float32))
+            self._h_surf = (pin(torch.zeros(b, self.block, self.n_surface, dtype=torch.float32))
+                            if self.n_surface else None)
         self.graph = None
         if not self.graphed:
             return
@@ -84,6 +202,13 @@ class GraphStepper:
 
     def _one_step(self) -> None:
         """One token of every stream: read at ``pos``, step, write the logits at ``pos``, ``pos += 1``."""
+        if self.fused:
+            from ..kernels.triton_model_step import model_step_triton
+
+            # One launch; its last program advances pos.
+            model_step_triton(self.weights, self.cache, self.inp, self.pos, self.logits, self._counter,
+                              self.block_streams)
+            return
         idx = self.pos.expand(self.n_streams)[:, None]
         tok = self.tok.gather(1, idx)[:, 0]
         dt = self.dt.gather(1, idx)[:, 0]
@@ -97,7 +222,11 @@ class GraphStepper:
     def reset(self, stream=None) -> None:
         """Zero the state of ``stream`` (an int, a sequence of ints, or None for all streams)."""
         if stream is None:
-            self.model.reset_inference_cache(self.cache)
+            if self.fused:
+                for v in self.cache.values():
+                    v.zero_()
+            else:
+                self.model.reset_inference_cache(self.cache)
             return
         rows = torch.as_tensor(np.atleast_1d(np.asarray(stream, dtype=np.int64)), device=self.device)
         _zero_rows(self.cache, rows)
@@ -116,9 +245,13 @@ class GraphStepper:
             raise ValueError(
                 f"GraphStepper.run_batch: the model needs surfaces of shape {(b, t_total, self.n_surface)}; got {got}"
             )
-        out = np.empty((b, t_total, self.n_classes), np.float32) if copy_out else None
-        for s in range(0, t_total, self.block):
-            n = min(self.block, t_total - s)
+
+        def feed(s: int, n: int) -> None:
+            if s and not copy_out:
+                self._sync()  # the host staging buffers may still be read by the previous block's copy
+            if self.fused:
+                self._fill_records(s, n, tokens, dt, counts, surfaces)
+                return
             self._h_tok[:, :n] = torch.from_numpy(np.ascontiguousarray(tokens[:, s:s + n], dtype=np.int64))
             self._h_dt[:, :n] = torch.from_numpy(np.ascontiguousarray(dt[:, s:s + n], dtype=np.float32))
             if counts is not None:
@@ -129,6 +262,31 @@ class GraphStepper:
             self.tok.copy_(self._h_tok, non_blocking=True)
             self.dt.copy_(self._h_dt, non_blocking=True)
             self.cnt.copy_(self._h_cnt, non_blocking=True)
+
+        return self._run_blocks(t_total, feed, copy_out)
+
+    @torch.no_grad()
+    def run_records(self, records: torch.Tensor, copy_out: bool = True) -> np.ndarray | None:
+        """The fused step's :meth:`run_batch` on input records made beforehand: ``records`` ``(B, T, 3 + F)``
+        float32 on the host (:func:`~evmamba.kernels.triton_model_step.pack_inputs`' layout; pinned, so that
+        each block is one asynchronous copy straight into the device buffer) -> logits ``(B, T, C)``."""
+        if not self.fused:
+            raise ValueError("GraphStepper.run_records: input records feed the fused step only; use run_batch")
+        want = (self.n_streams, self.inp.shape[-1])
+        if not isinstance(records, torch.Tensor) or records.dim() != 3 or (records.shape[0], records.shape[2]) != want \
+                or records.dtype != torch.float32:
+            got = tuple(records.shape) if isinstance(records, torch.Tensor) else type(records).__name__
+            raise ValueError(f"GraphStepper.run_records: records must be float32 of shape ({want[0]}, T, {want[1]}); "
+                             f"got {got}")
+        return self._run_blocks(
+            records.shape[1], lambda s, n: self.inp[:, :n].copy_(records[:, s:s + n], non_blocking=True), copy_out)
+
+    def _run_blocks(self, t_total: int, feed, copy_out: bool) -> np.ndarray | None:
+        """``feed(s, n)`` puts tokens ``s .. s + n`` of every stream into the device buffers; then ``n`` replays."""
+        out = np.empty((self.n_streams, t_total, self.n_classes), np.float32) if copy_out else None
+        for s in range(0, t_total, self.block):
+            n = min(self.block, t_total - s)
+            feed(s, n)
             self.pos.zero_()
             for _ in range(n):
                 self._replay()
@@ -139,6 +297,16 @@ class GraphStepper:
         if not copy_out:
             self._sync()
         return out
+
+    def _fill_records(self, s: int, n: int, tokens, dt, counts, surfaces) -> None:
+        """Write tokens ``s .. s + n`` of every stream into the fused step's input records and copy them in."""
+        rec = self._h_inp.numpy()
+        rec[:, :n, 0] = tokens[:, s:s + n]
+        rec[:, :n, 1] = dt[:, s:s + n]
+        rec[:, :n, 2] = 1.0 if counts is None else counts[:, s:s + n]
+        if self.n_surface:
+            rec[:, :n, 3:] = surfaces[:, s:s + n]
+        self.inp.copy_(self._h_inp, non_blocking=True)
 
     def _replay(self) -> None:
         if self.graph is not None:
@@ -170,4 +338,4 @@ class GraphStepper:
         return StepOutput(logits[0, index], index)
 
 
-__all__ = ["GraphStepper"]
+__all__ = ["GPU_STEP_CHOICES", "STEP_KINDS", "GraphStepper", "fused_support", "pack"]

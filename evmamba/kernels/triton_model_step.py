@@ -1,0 +1,453 @@
+"""One token of a whole token classifier in ONE Triton kernel: :func:`model_step_triton`.
+
+The GPU counterpart of :mod:`evmamba.kernels.cpu_step` (same weight packing, same order of operations): per
+stream, the embedding (``table``, ``factorised`` or ``surface`` with its MLP, plus the count feature), then for
+every layer its norm (RMS or Layer), ``in_proj``, the causal convolution's state shift, SiLU, ``x_proj``,
+``dt_proj`` and softplus, the discretization (all four, standard or event mode with one ``dt`` per stream), the
+state update, ``C . h``, the ``D`` skip, the SiLU gate, ``out_proj`` and the residual; the event pooling
+carry between stages, the final norm, the running readout (``mean``, ``last``, ``dt_mean``) and the head.
+The per-stream state buffers are updated in place.
+
+**Pooling.** A pooling slot follows the embedding (the input pooling) and every layer; a stride of 1 is the
+identity (its carry stays empty and is never read or written), so the stages need no branching. ``keep`` per
+stream says whether the current token's values are final: it starts true and becomes "this token completed
+the window" at each pooling. Where it is false the layers run from the committed state and the new state is
+not stored -- exactly :meth:`EventClassifier.step <evmamba.model.classifier.EventClassifier.step>`'s scratch
+copy and ``torch.where(commit, ...)``, without the copy.
+
+**Blocking.** One program advances ``BS`` streams, so the weights are read once per ``BS`` streams (at 4 096
+streams and ``BS = 16``, 256 reads of ~350 KB instead of 4 096). With ``BS >= 16`` the products go through
+``tl.dot`` in full fp32 (``input_precision="ieee"``; every padded size is then at least 16); below, through
+broadcast multiply and sum (``BS = 1`` is the batch-1 latency case).
+
+**Inputs.** One float32 record per stream and token, ``(tok, dt, count, surface[0..F))``: one host-to-device
+copy feeds a token (ids are exact in float32 below 2**24, which the packing checks). The kernel reads the
+record at a device-side position ``pos`` and writes the logits at ``pos``; with ``advance`` the last program
+to finish moves ``pos`` on by one (an atomic count of finished programs), so a CUDA graph of this one launch
+steps through a block of tokens by itself.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .discretization import DISCRETIZATIONS, METHOD_CODES
+from .triton_primitives import INTERPRETING, input_factor, next_pow2, sigmoid, softplus, transition
+
+EMBED_CODES = {"table": 0, "factorised": 1, "surface": 2}
+NORM_CODES = {"rms": 0, "layer": 1}
+READOUT_CODES = {"mean": 0, "last": 1, "dt_mean": 2}
+#: Record layout of one token's input: id, gap, event count, then the local surface's F values.
+RECORD_HEAD = 3
+#: Largest sizes served (register budget of one program); the packing refuses anything larger.
+MAX_D_MODEL = 256
+MAX_D_INNER = 512
+MAX_D_STATE = 64
+MAX_D_CONV = 8
+MAX_SURFACE = 256
+MAX_CLASSES = 1024
+
+
+class ModelStepWeights(NamedTuple):
+    """A classifier's parameters on the device, float32 and contiguous, in the CPU step's layout
+    (matrices input-major; see :func:`evmamba.streaming.fast_step.export_weights`). ``L`` layers, ``D`` d_model,
+    ``E`` d_inner, ``N`` d_state, ``R`` dt_rank, ``K`` d_conv, ``C`` classes, ``F`` surface features, ``H`` the
+    surface MLP's hidden width (0: linear).
+
+    Tensors: ``table`` (V, D), ``x_tab`` (W', D), ``y_tab`` (H', D), ``p_tab`` (P, D), ``pos_tab`` (cells, D),
+    ``count_w`` (D,), ``s_w1t`` (F, H or D), ``s_b1``, ``s_w2t`` (H, D), ``s_b2`` (D,); ``norm_w``/``norm_b``
+    (L, D); ``in_wt`` (L, D, 2E), ``in_b`` (L, 2E), ``conv_w`` (L, K, E), ``conv_b`` (L, E), ``xp_wt``
+    (L, E, R + 2N), ``dtp_wt`` (L, R, E), ``dt_b`` (L, E), ``a_neg`` (L, N, E) (``A = -exp(A_log)``),
+    ``d_skip`` (L, E), ``rate`` (L, E) (``softplus`` of the event rate), ``out_wt`` (L, E, D), ``out_b``
+    (L, D); ``fnorm_w``/``fnorm_b`` (D,), ``head_wt`` (D, C), ``head_b`` (C,); ``strides`` (L + 1,) int32:
+    the input pooling's stride, then the stride after each layer (1: none).
+    """
+
+    table: torch.Tensor
+    x_tab: torch.Tensor
+    y_tab: torch.Tensor
+    p_tab: torch.Tensor
+    pos_tab: torch.Tensor
+    count_w: torch.Tensor
+    s_w1t: torch.Tensor
+    s_b1: torch.Tensor
+    s_w2t: torch.Tensor
+    s_b2: torch.Tensor
+    norm_w: torch.Tensor
+    norm_b: torch.Tensor
+    in_wt: torch.Tensor
+    in_b: torch.Tensor
+    conv_w: torch.Tensor
+    conv_b: torch.Tensor
+    xp_wt: torch.Tensor
+    dtp_wt: torch.Tensor
+    dt_b: torch.Tensor
+    a_neg: torch.Tensor
+    d_skip: torch.Tensor
+    rate: torch.Tensor
+    out_wt: torch.Tensor
+    out_b: torch.Tensor
+    fnorm_w: torch.Tensor
+    fnorm_b: torch.Tensor
+    head_wt: torch.Tensor
+    head_b: torch.Tensor
+    strides: torch.Tensor
+    # Sizes and codes (plain ints and floats).
+    n_layers: int
+    d_model: int
+    d_inner: int
+    d_state: int
+    dt_rank: int
+    d_conv: int
+    n_classes: int
+    n_surface: int
+    surface_hidden: int
+    embed: int
+    has_count: bool
+    grid_w: int
+    grid_p: int
+    pos_cell: int
+    pos_nx: int
+    norm: int
+    norm_eps: float
+    readout: int
+    dt_eps: float
+    event: bool
+    method: int
+
+    @property
+    def record(self) -> int:
+        """Floats per input record: id, gap, count and the surface."""
+        return RECORD_HEAD + self.n_surface
+
+
+def allocate_state(w: ModelStepWeights, n_streams: int, device) -> dict:
+    """Zeroed per-stream state for :func:`model_step_triton` (float32; every tensor's first axis is the
+    stream, so a stream is reset by zeroing its rows): ``conv`` (B, L, K, E), ``ssm`` (B, L, N, E), the pooling
+    carries ``carry_sum`` (B, L + 1, D), ``carry_dt`` and ``carry_n`` (B, L + 1) (one slot per pooling, unused
+    where the stride is 1), the readout's ``ro_sum`` (B, D), ``ro_w`` (B,) and ``ro_last`` (B, D)."""
+    f = dict(device=device, dtype=torch.float32)
+    b, nl = n_streams, w.n_layers
+    return {
+        "conv": torch.zeros(b, nl, w.d_conv, w.d_inner, **f),
+        "ssm": torch.zeros(b, nl, w.d_state, w.d_inner, **f),
+        "carry_sum": torch.zeros(b, nl + 1, w.d_model, **f),
+        "carry_dt": torch.zeros(b, nl + 1, **f),
+        "carry_n": torch.zeros(b, nl + 1, **f),
+        "ro_sum": torch.zeros(b, w.d_model, **f),
+        "ro_w": torch.zeros(b, **f),
+        "ro_last": torch.zeros(b, w.d_model, **f),
+    }
+
+
+def pack_inputs(tokens: torch.Tensor, dt: torch.Tensor, counts: torch.Tensor | None = None,
+                surfaces: torch.Tensor | None = None) -> torch.Tensor:
+    """``tokens`` (B, T) ids, ``dt`` (B, T), ``counts`` (B, T) or None (1), ``surfaces`` (B, T, F) or None ->
+    the kernel's input records ``(B, T, 3 + F)`` float32."""
+    parts = [tokens.to(torch.float32)[..., None], dt.to(torch.float32)[..., None],
+             (torch.ones_like(dt, dtype=torch.float32) if counts is None else counts.to(torch.float32))[..., None]]
+    if surfaces is not None:
+        parts.append(surfaces.to(torch.float32))
+    return torch.cat(parts, dim=-1).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------- pieces
+@triton.jit
+def _mm(x, w, DOT: tl.constexpr):
+    """``x`` (S, I) @ ``w`` (I, J) -> (S, J) in float32: ``tl.dot`` (full precision) or a broadcast sum."""
+    if DOT:
+        return tl.dot(x, w, input_precision="ieee")
+    else:
+        return tl.sum(x[:, :, None] * w[None, :, :], axis=1)
+
+
+@triton.jit
+def _mat(ptr, ROWS: tl.constexpr, COLS: tl.constexpr, RP: tl.constexpr, CP: tl.constexpr, LD: tl.constexpr):
+    """A (ROWS, COLS) block of a row-major matrix with leading dimension ``LD``, zero-padded to (RP, CP)."""
+    r = tl.arange(0, RP)
+    c = tl.arange(0, CP)
+    return tl.load(ptr + r[:, None] * LD + c[None, :], mask=(r[:, None] < ROWS) & (c[None, :] < COLS), other=0.0)
+
+
+@triton.jit
+def _vec(ptr, N: tl.constexpr, NP: tl.constexpr):
+    i = tl.arange(0, NP)
+    return tl.load(ptr + i, mask=i < N, other=0.0)
+
+
+@triton.jit
+def _rows(ptr, idx, mb, D: tl.constexpr, DP: tl.constexpr):
+    """Rows ``idx`` (S,) of a (., D) table -> (S, DP), zero for masked streams and padded columns."""
+    d = tl.arange(0, DP)
+    return tl.load(ptr + idx[:, None] * D + d[None, :], mask=mb[:, None] & (d[None, :] < D), other=0.0)
+
+
+@triton.jit
+def _norm(h, w_ptr, b_ptr, eps, D: tl.constexpr, DP: tl.constexpr, NORM: tl.constexpr):
+    """RMSNorm (``NORM`` 0) or LayerNorm (1) of each row of ``h`` (S, DP) over its first D columns (the padded
+    columns of ``h`` are zero and stay zero)."""
+    md = tl.arange(0, DP) < D
+    w = _vec(w_ptr, D, DP)
+    if NORM == 0:
+        ms = tl.sum(h * h, axis=1) / D
+        return h * (1.0 / tl.sqrt(ms + eps))[:, None] * w[None, :]
+    else:
+        mean = tl.sum(h, axis=1) / D
+        c = tl.where(md[None, :], h - mean[:, None], 0.0)
+        var = tl.sum(c * c, axis=1) / D
+        return c * (1.0 / tl.sqrt(var + eps))[:, None] * w[None, :] + _vec(b_ptr, D, DP)[None, :]
+
+
+@triton.jit
+def _pool(h, dtv, keep, b, mb, stride, slot, csum_ptr, cdt_ptr, cn_ptr,
+          NSLOT: tl.constexpr, D: tl.constexpr, DP: tl.constexpr):
+    """One token through pooling slot ``slot`` of stride ``stride``: ``(pooled (S, DP), Δt sum (S,), keep')``.
+    The window's carry grows where the token is final (``keep``) and empties when it completes; where the token
+    is not final it is left as it was (:func:`evmamba.model.pooling.carry_token`). Stride 1: ``h``, ``dtv``,
+    ``keep`` unchanged, and the carry is neither read nor written."""
+    d = tl.arange(0, DP)
+    md = d < D
+    on = mb & (stride > 1)
+    row = b * NSLOT + slot
+    cs = tl.load(csum_ptr + row[:, None] * D + d[None, :], mask=on[:, None] & md[None, :], other=0.0)
+    cd = tl.load(cdt_ptr + row, mask=on, other=0.0)
+    cn = tl.load(cn_ptr + row, mask=on, other=0.0)
+    total = cs + h
+    n = cn + 1.0
+    dt_sum = cd + dtv
+    complete = keep & (n == stride.to(tl.float32))
+    grow = keep & (n != stride.to(tl.float32))
+    put = on & keep
+    tl.store(csum_ptr + row[:, None] * D + d[None, :], tl.where(grow[:, None], total, 0.0),
+             mask=put[:, None] & md[None, :])
+    tl.store(cdt_ptr + row, tl.where(grow, dt_sum, 0.0), mask=put)
+    tl.store(cn_ptr + row, tl.where(grow, n, 0.0), mask=put)
+    return total / n[:, None], dt_sum, complete
+
+
+# ----------------------------------------------------------------------------------------------- kernel
+@triton.jit
+def model_step_kernel(
+    inp_ptr, pos_ptr, counter_ptr, logits_ptr,
+    conv_ptr, ssm_ptr, csum_ptr, cdt_ptr, cn_ptr, ro_sum_ptr, ro_w_ptr, ro_last_ptr,
+    table_ptr, xt_ptr, yt_ptr, pt_ptr, post_ptr, cw_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
+    nw_ptr, nb_ptr, inw_ptr, inb_ptr, convw_ptr, convb_ptr, xpw_ptr, dtpw_ptr, dtb_ptr, aneg_ptr, dsk_ptr,
+    rate_ptr, outw_ptr, outb_ptr, fnw_ptr, fnb_ptr, headw_ptr, headb_ptr, strides_ptr,
+    B, s_in_b, s_in_t, s_lo_b, s_lo_t, grid_w, grid_p, pos_cell, pos_nx, norm_eps, dt_eps,
+    NL: tl.constexpr, D: tl.constexpr, E: tl.constexpr, N: tl.constexpr, R: tl.constexpr, K: tl.constexpr,
+    C: tl.constexpr, F: tl.constexpr, H: tl.constexpr,
+    BS: tl.constexpr, DP: tl.constexpr, EP: tl.constexpr, NP: tl.constexpr, RP: tl.constexpr,
+    KP: tl.constexpr, CP: tl.constexpr, FP: tl.constexpr, HP: tl.constexpr,
+    EMBED: tl.constexpr, HAS_COUNT: tl.constexpr, NORM: tl.constexpr, READOUT: tl.constexpr,
+    EVENT: tl.constexpr, METHOD: tl.constexpr, DOT: tl.constexpr, FAST: tl.constexpr, ADVANCE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = pid.to(tl.int64) * BS + tl.arange(0, BS)
+    mb = b < B
+    d = tl.arange(0, DP)
+    md = d < D
+    e = tl.arange(0, EP)
+    me = e < E
+    n = tl.arange(0, NP)
+    mn = n < N
+    kk = tl.arange(0, KP)
+    NSLOT: tl.constexpr = NL + 1
+    pos = tl.load(pos_ptr)
+
+    # ---- the token's record: id, gap, count (and the surface)
+    rec = inp_ptr + b * s_in_b + pos * s_in_t
+    tok = tl.load(rec, mask=mb, other=0.0).to(tl.int32)
+    dtv = tl.load(rec + 1, mask=mb, other=0.0)
+
+    # ---- embedding (TokenEmbedding.forward)
+    if EMBED == 0:
+        h = _rows(table_ptr, tok, mb, D, DP)
+    elif EMBED == 1:
+        xy = tok // grid_p
+        h = _rows(xt_ptr, xy % grid_w, mb, D, DP) + _rows(yt_ptr, xy // grid_w, mb, D, DP)
+        h = h + _rows(pt_ptr, tok % grid_p, mb, D, DP)
+    else:
+        f = tl.arange(0, FP)
+        s = tl.load(rec[:, None] + 3 + f[None, :], mask=mb[:, None] & (f[None, :] < F), other=0.0)
+        if H > 0:
+            hid = _mm(s, _mat(w1_ptr, F, H, FP, HP, H), DOT) + _vec(b1_ptr, H, HP)[None, :]
+            hid = hid * sigmoid(hid, FAST)
+            h = _mm(hid, _mat(w2_ptr, H, D, HP, DP, D), DOT) + _vec(b2_ptr, D, DP)[None, :]
+        else:
+            h = _mm(s, _mat(w1_ptr, F, D, FP, DP, D), DOT) + _vec(b1_ptr, D, DP)[None, :]
+        xy = tok // grid_p
+        cell = ((xy // grid_w) // pos_cell) * pos_nx + (xy % grid_w) // pos_cell
+        h = (h + _rows(post_ptr, cell, mb, D, DP)) + _rows(pt_ptr, tok % grid_p, mb, D, DP)
+    if HAS_COUNT:
+        cnt = tl.load(rec + 2, mask=mb, other=1.0)
+        h = h + tl.log(tl.maximum(cnt, 1.0))[:, None] * _vec(cw_ptr, D, DP)[None, :]
+
+    # ---- the input pooling (slot 0), then every layer followed by its pooling
+    keep = mb
+    h, dtv, keep = _pool(h, dtv, keep, b, mb, tl.load(strides_ptr), 0, csum_ptr, cdt_ptr, cn_ptr, NSLOT, D, DP)
+    m_ke = (kk[:, None] < K) & me[None, :]
+    m_ne = mn[:, None] & me[None, :]
+    for li in tl.static_range(NL):
+        xn = _norm(h, nw_ptr + li * D, nb_ptr + li * D, norm_eps, D, DP, NORM)
+        inw = inw_ptr + li * D * 2 * E
+        inb = inb_ptr + li * 2 * E
+        x = _mm(xn, _mat(inw, D, E, DP, EP, 2 * E), DOT) + _vec(inb, E, EP)[None, :]
+        z = _mm(xn, _mat(inw + E, D, E, DP, EP, 2 * E), DOT) + _vec(inb + E, E, EP)[None, :]
+
+        # Causal convolution: the window is the state shifted by one with the new input last.
+        cbase = conv_ptr + (b * NL + li) * (K * E)
+        cptr = cbase[:, None, None] + kk[None, :, None] * E + e[None, None, :]
+        m_w = mb[:, None, None] & m_ke[None, :, :]
+        old = tl.load(cptr + E, mask=m_w & (kk[None, :, None] + 1 < K), other=0.0)
+        window = tl.where(kk[None, :, None] == K - 1, x[:, None, :], old)
+        # Every element is read above before any is overwritten below, whichever thread holds it.
+        tl.debug_barrier()
+        tl.store(cptr, window, mask=m_w & keep[:, None, None])
+        cw = _mat(convw_ptr + li * K * E, K, E, KP, EP, E)
+        xc = tl.sum(window * cw[None, :, :], axis=1) + _vec(convb_ptr + li * E, E, EP)[None, :]
+        xc = xc * sigmoid(xc, FAST)
+
+        # x_proj -> (dt_low, B, C); dt_proj + bias -> softplus: the input step.
+        XW: tl.constexpr = R + 2 * N
+        xpw = xpw_ptr + li * E * XW
+        dt_low = _mm(xc, _mat(xpw, E, R, EP, RP, XW), DOT)
+        bm = _mm(xc, _mat(xpw + R, E, N, EP, NP, XW), DOT)
+        cm = _mm(xc, _mat(xpw + R + N, E, N, EP, NP, XW), DOT)
+        dtb = softplus(_mm(dt_low, _mat(dtpw_ptr + li * R * E, R, E, RP, EP, E), DOT)
+                       + _vec(dtb_ptr + li * E, E, EP)[None, :], FAST)
+        if EVENT:
+            dta = dtv[:, None] * _vec(rate_ptr + li * E, E, EP)[None, :]
+        else:
+            dta = dtb
+
+        # State update (S, N, E), C . h, D skip and gate.
+        a = tl.load(aneg_ptr + li * N * E + n[:, None] * E + e[None, :], mask=m_ne, other=-1.0)[None, :, :]
+        abar = transition(dta[:, None, :], a, a * 1.4426950408889634, METHOD, FAST)
+        if METHOD == 3:
+            bx = xc[:, None, :] * bm[:, :, None]
+        else:
+            bx = input_factor(dtb[:, None, :], a, 1.0 / a, METHOD, FAST) * (xc[:, None, :] * bm[:, :, None])
+        sptr = ssm_ptr + (b * NL + li)[:, None, None] * (N * E) + n[None, :, None] * E + e[None, None, :]
+        m_s = mb[:, None, None] & m_ne[None, :, :]
+        hs = abar * tl.load(sptr, mask=m_s, other=0.0) + bx
+        tl.store(sptr, hs, mask=m_s & keep[:, None, None])
+        y = tl.sum(hs * cm[:, :, None], axis=1) + _vec(dsk_ptr + li * E, E, EP)[None, :] * xc
+        y = y * (z * sigmoid(z, FAST))
+        out = _mm(y, _mat(outw_ptr + li * E * D, E, D, EP, DP, D), DOT) + _vec(outb_ptr + li * D, D, DP)[None, :]
+        h = h + out
+        h, dtv, keep = _pool(h, dtv, keep, b, mb, tl.load(strides_ptr + li + 1), li + 1, csum_ptr, cdt_ptr, cn_ptr,
+                             NSLOT, D, DP)
+
+    # ---- final norm, running readout, head
+    y = _norm(h, fnw_ptr, fnb_ptr, norm_eps, D, DP, NORM)
+    m_bd = mb[:, None] & md[None, :]
+    if READOUT == 1:
+        feats = y
+        tl.store(ro_last_ptr + b[:, None] * D + d[None, :], y, mask=m_bd & keep[:, None])
+    else:
+        if READOUT == 0:
+            wt = tl.full([BS], 1.0, tl.float32)
+        else:
+            wt = dtv + dt_eps
+        rs = tl.load(ro_sum_ptr + b[:, None] * D + d[None, :], mask=m_bd, other=0.0)
+        rw = tl.load(ro_w_ptr + b, mask=mb, other=0.0)
+        acc = rs + wt[:, None] * y
+        feats = acc / tl.maximum(rw + wt, 1e-30)[:, None]
+        tl.store(ro_sum_ptr + b[:, None] * D + d[None, :], acc, mask=m_bd & keep[:, None])
+        tl.store(ro_w_ptr + b, rw + wt, mask=mb & keep)
+    c = tl.arange(0, CP)
+    logits = _mm(feats, _mat(headw_ptr, D, C, DP, CP, C), DOT) + _vec(headb_ptr, C, CP)[None, :]
+    tl.store(logits_ptr + b[:, None] * s_lo_b + pos * s_lo_t + c[None, :], logits,
+             mask=mb[:, None] & (c[None, :] < C))
+
+    if ADVANCE:
+        # The last program to finish moves the position on (all have read it by then) and re-arms the count.
+        done = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
+        last = done == tl.num_programs(0) - 1
+        tl.store(pos_ptr, pos + 1, mask=last)
+        tl.store(counter_ptr, 0, mask=last)
+
+
+# ----------------------------------------------------------------------------------------------- launch
+def _pad(n: int, dot: bool) -> int:
+    return max(next_pow2(n), 16 if dot else 1)
+
+
+def default_block_streams(n_streams: int) -> int:
+    """Streams per program: 1 for one stream (latency), 16 (``tl.dot`` tiles) from 16 streams on, the next
+    power of two in between."""
+    return min(16, next_pow2(n_streams))
+
+
+def model_step_triton(w: ModelStepWeights, state: dict, inputs: torch.Tensor, pos: torch.Tensor,
+                      logits: torch.Tensor, counter: torch.Tensor | None = None, block_streams: int | None = None,
+                      num_warps: int | None = None) -> None:
+    """Advance ``B`` streams by one token in one launch.
+
+    ``inputs`` ``(B, T, 3 + F)`` float32 records (:func:`pack_inputs`); ``pos`` ``(1,)`` int64 on the device:
+    the token position read in ``inputs`` and written in ``logits`` ``(B, T, C)`` float32; ``state`` from
+    :func:`allocate_state`, updated in place. With ``counter`` (a zeroed ``(1,)`` int32 tensor) the kernel
+    advances ``pos`` by one itself. ``block_streams``: streams per program (a power of two; default
+    :func:`default_block_streams`). Shapes and devices are checked, not values (safe inside a graph capture).
+    """
+    where = "model_step_triton"
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 3 or inputs.shape[-1] != w.record:
+        got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise ValueError(f"{where}: inputs must have shape (B, T, {w.record}); got {got}")
+    batch, steps, _ = inputs.shape
+    dev = inputs.device
+    if not INTERPRETING and dev.type != "cuda":
+        raise ValueError(f"{where}: inputs must be on a CUDA device (the Triton kernel runs on the GPU); got {dev}")
+    if inputs.dtype != torch.float32 or inputs.stride(-1) != 1:
+        raise ValueError(f"{where}: inputs must be float32 with a contiguous last axis")
+    if tuple(logits.shape) != (batch, steps, w.n_classes) or logits.dtype != torch.float32 or logits.stride(-1) != 1:
+        raise ValueError(f"{where}: logits must be float32 of shape {(batch, steps, w.n_classes)}; "
+                         f"got {logits.dtype} {tuple(logits.shape)}")
+    if tuple(pos.shape) != (1,) or pos.dtype != torch.int64:
+        raise ValueError(f"{where}: pos must be a (1,) int64 tensor; got {pos.dtype} {tuple(pos.shape)}")
+    want = allocate_state(w, 0, "meta")
+    for key, t in want.items():
+        got = state.get(key)
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != (batch, *t.shape[1:]) or \
+                got.dtype != torch.float32 or not got.is_contiguous() or got.device != dev:
+            raise ValueError(f"{where}: state[{key!r}] must be a contiguous float32 tensor of shape "
+                             f"{(batch, *t.shape[1:])} on {dev}")
+    for t in (logits, pos) + tuple(x for x in w if isinstance(x, torch.Tensor)):
+        if t.device != dev:
+            raise ValueError(f"{where}: every tensor must be on {dev}; got one on {t.device}")
+    if counter is not None and (tuple(counter.shape) != (1,) or counter.dtype != torch.int32):
+        raise ValueError(f"{where}: counter must be a (1,) int32 tensor")
+    bs = default_block_streams(batch) if block_streams is None else int(block_streams)
+    if bs < 1 or bs & (bs - 1):
+        raise ValueError(f"{where}: block_streams must be a power of two; got {block_streams!r}")
+    dot = bs >= 16
+    if num_warps is None:
+        num_warps = 8 if dot else 4
+    hid = w.surface_hidden
+    grid = (triton.cdiv(batch, bs),)
+    model_step_kernel[grid](
+        inputs, pos, pos if counter is None else counter, logits,
+        state["conv"], state["ssm"], state["carry_sum"], state["carry_dt"], state["carry_n"], state["ro_sum"],
+        state["ro_w"], state["ro_last"],
+        w.table, w.x_tab, w.y_tab, w.p_tab, w.pos_tab, w.count_w, w.s_w1t, w.s_b1, w.s_w2t, w.s_b2,
+        w.norm_w, w.norm_b, w.in_wt, w.in_b, w.conv_w, w.conv_b, w.xp_wt, w.dtp_wt, w.dt_b, w.a_neg, w.d_skip,
+        w.rate, w.out_wt, w.out_b, w.fnorm_w, w.fnorm_b, w.head_wt, w.head_b, w.strides,
+        batch, inputs.stride(0), inputs.stride(1), logits.stride(0), logits.stride(1),
+        w.grid_w, w.grid_p, w.pos_cell, w.pos_nx, float(w.norm_eps), float(w.dt_eps),
+        NL=w.n_layers, D=w.d_model, E=w.d_inner, N=w.d_state, R=w.dt_rank, K=w.d_conv, C=w.n_classes,
+        F=w.n_surface, H=hid,
+        BS=bs, DP=_pad(w.d_model, dot), EP=_pad(w.d_inner, dot), NP=_pad(w.d_state, dot), RP=_pad(w.dt_rank, dot),
+        KP=next_pow2(w.d_conv), CP=_pad(w.n_classes, dot), FP=_pad(max(w.n_surface, 1), dot),
+        HP=_pad(max(hid, 1), dot),
+        EMBED=w.embed, HAS_COUNT=bool(w.has_count), NORM=w.norm, READOUT=w.readout, EVENT=bool(w.event),
+        METHOD=w.method, DOT=dot, FAST=not INTERPRETING, ADVANCE=counter is not None,
+        num_warps=num_warps,
+    )
+
+
+__all__ = ["DISCRETIZATIONS", "EMBED_CODES", "METHOD_CODES", "NORM_CODES", "READOUT_CODES", "ModelStepWeights",
+           "allocate_state", "default_block_streams", "model_step_triton", "pack_inputs"]
