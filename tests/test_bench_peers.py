@@ -17,12 +17,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from evmamba.bench import layer as layer_bench
-from evmamba.bench.peers import (MAMBA_PARAMETERS, Peers, agreement, copy_parameters, import_bypassing_inits,
-                                 load_peers, max_rel_diff)
+from evmamba.bench.peers import (
+    MAMBA_PARAMETERS,
+    Peers,
+    agreement,
+    copy_parameters,
+    import_bypassing_inits,
+    load_peers,
+    max_rel_diff,
+)
 from evmamba.cli import main
 from evmamba.model import Mamba
 
-no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed on a machine with no accelerator")
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(),
+                             reason="checks the message printed on a machine with no accelerator")
 
 
 class StandInMamba(nn.Module):
@@ -203,3 +211,69 @@ def test_layer_bench_arguments(capsys):
     kparser = __import__("evmamba.cli", fromlist=["build_parser"]).build_parser(["bench", "kernels"])
     kargs = kparser.parse_args(["bench", "kernels", "--peers", "--scan-only"])
     assert kargs.peers == "" and kargs.scan_only
+
+
+# ------------------------------------------------------------------ the scan's arguments mapped to the peers'
+def _naive_scan(u, delta, A, B, C, D, z, delta_bias, softplus, deltaA=None):
+    """A sequential selective scan written here: ``(B, D, L)`` activations, ``(B, N, L)`` B and C; ``deltaA``
+    ``(B, D, L)``, when given, is the decay step as is (no bias, no softplus)."""
+    delta = delta.double() + (0 if delta_bias is None else delta_bias.double()[:, None])
+    delta = F.softplus(delta) if softplus else delta
+    decay = delta if deltaA is None else deltaA.double()
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float64)
+    ys = []
+    for t in range(u.shape[-1]):
+        h = torch.exp(decay[..., t, None] * A.double()) * h + (delta[..., t] * u[..., t].double())[..., None] * \
+            B[:, None, :, t].double()
+        ys.append((h * C[:, None, :, t].double()).sum(-1))
+    y = torch.stack(ys, -1) + D.double()[:, None] * u.double()
+    return (y * F.silu(z.double())).to(u.dtype)
+
+
+def fake_mamba_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                    return_last_state=False):  # mamba_ssm's selective_scan_fn signature
+    return _naive_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+def fake_lrnnx_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, deltaA=None, delta_softplus=False,
+                    return_last_state=False, discretization="mamba"):  # lrnnx's selective_scan_fn signature
+    assert discretization == "mamba" and not return_last_state
+    return _naive_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, deltaA)
+
+
+@pytest.mark.parametrize("event", [False, True])
+def test_peer_scans_map_our_arguments_onto_theirs(event):
+    from evmamba.bench.kernels import _time_peer_scan, peer_scans
+    from evmamba.kernels.scan_ref import selective_scan_ref
+
+    g = torch.Generator().manual_seed(3)
+    b, d, L, n = 2, 5, 7, 4
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    p = dict(u=r(b, d, L), delta=r(b, d, L) * 0.5, A=-(torch.rand(d, n, generator=g) + 0.1), B=r(b, n, L),
+             C=r(b, n, L), D=r(d), z=r(b, d, L), delta_bias=r(d) * 0.5 - 1.0,
+             dt=torch.rand(b, L, generator=g) * 2 if event else None, rate=r(d) - 1.0 if event else None)
+    trainable = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"] + (["rate"] if event else [])
+    pg = {k: (v.clone().requires_grad_() if k in trainable else v) for k, v in p.items()}
+    dy = r(b, d, L)
+    y_ours = selective_scan_ref(**p)
+    grads_ours = torch.autograd.grad(selective_scan_ref(**pg), [pg[k] for k in trainable], dy)
+    peers = Peers(mamba_scan=fake_mamba_scan, lrnnx_scan=fake_lrnnx_scan)
+    scans = peer_scans(peers, event)
+    assert [name for name, _ in scans] == (["lrnnx"] if event else ["mamba_ssm", "lrnnx"])
+    for name, fn in scans:
+        row = _time_peer_scan(name, fn, p, pg, trainable, dy, y_ours, grads_ours, "float32", 2, 1.0, 4.0,
+                              timer=lambda f, reps: (f(), 2.0)[1])
+        assert "error" not in row, row
+        assert row["y_rel_diff"] < 1e-5 and row["grad_rel_diff"] < 1e-4 and row["agree"] == "ok", row
+        assert row["fwd_speedup"] == 2.0 and row["fwd_bwd_speedup"] == 0.5
+
+
+def test_a_failing_peer_scan_is_a_row_with_its_error():
+    from evmamba.bench.kernels import _time_peer_scan
+
+    def broken(**_):
+        raise RuntimeError("selective_scan_cuda: no kernel image for this device")
+
+    row = _time_peer_scan("mamba_ssm", broken, {}, {}, [], None, None, (), "float32", 1, 1.0, 1.0,
+                          timer=lambda f, reps: 1.0)
+    assert row["error"].startswith("RuntimeError: selective_scan_cuda: no kernel image")

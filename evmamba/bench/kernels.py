@@ -201,12 +201,15 @@ def peer_scans(peers, event: bool) -> list[tuple[str, Callable[..., Any]]]:
     return out
 
 
-def _time_peer_scan(name, fn, p, pg, trainable, dy, y_ours, grads_ours, dtype_name, reps, fwd_ms, fb_ms):
-    """One peer on our inputs: agreement of the output and of every gradient, then its times. Any error is
-    recorded in the row (and printed), never raised."""
+def _time_peer_scan(name, fn, p, pg, trainable, dy, y_ours, grads_ours, dtype_name, reps, fwd_ms, fb_ms,
+                    timer=None):
+    """One peer on our inputs: agreement of the output and of every gradient, then its times (``timer(fn,
+    reps) -> ms``, CUDA events by default). Any error is recorded in the row (and printed), never raised."""
     import torch
 
     from .peers import agreement, max_rel_diff
+
+    timer = _median_ms if timer is None else timer
 
     row: dict[str, Any] = dict(peer=name, ours_fwd_ms=fwd_ms, ours_fwd_bwd_ms=fb_ms)
     try:
@@ -223,12 +226,12 @@ def _time_peer_scan(name, fn, p, pg, trainable, dy, y_ours, grads_ours, dtype_na
         row["grad_rel_diff"], row["grad_worst"] = worst, worst_name
         row["agree"] = "ok" if agreement(max(row["y_rel_diff"], worst), dtype_name) == "ok" else "DIFFERS"
         with torch.no_grad():
-            row["peer_fwd_ms"] = _median_ms(lambda: fn(**p), reps)
+            row["peer_fwd_ms"] = timer(lambda: fn(**p), reps)
 
         def fwd_bwd():
             torch.autograd.grad(fn(**pg), leaves, dy, allow_unused=True)
 
-        row["peer_fwd_bwd_ms"] = _median_ms(fwd_bwd, reps)
+        row["peer_fwd_bwd_ms"] = timer(fwd_bwd, reps)
         row["fwd_speedup"] = row["peer_fwd_ms"] / fwd_ms
         row["fwd_bwd_speedup"] = row["peer_fwd_bwd_ms"] / fb_ms
     except Exception as exc:  # noqa: BLE001 - a peer's failure is a result to report
