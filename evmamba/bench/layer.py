@@ -12,9 +12,10 @@ causal_conv1d imports) in standard mode -- it has no event mode, so our event mo
 mode, the nearest it offers -- and lrnnx's ``Mamba`` in both modes. Every side gets the same weights (copied from
 one seeded layer, :func:`~evmamba.bench.peers.copy_parameters`) and the same input, and before anything is timed
 the outputs and input gradients are compared (our standard mode with mamba_ssm's and lrnnx's standard mode, our
-event mode with lrnnx's event mode): the max relative difference is printed, a disagreement is reported in
-the row. Times are medians of ``--reps`` runs (CUDA events) after warm-up; forward under ``torch.no_grad``;
-forward + backward takes the gradients of the input and every parameter.
+event mode with lrnnx's event mode; cuDNN's TF32 convolution off for the check only): the max relative difference
+is printed, a disagreement is reported in the row. Times are medians of ``--reps`` runs (CUDA events) after
+warm-up; forward under ``torch.no_grad``; forward + backward takes the gradients of the input and every parameter.
+lrnnx's CUDA scan takes float32 inputs only, so it sits out bfloat16.
 """
 
 from __future__ import annotations
@@ -68,6 +69,32 @@ def _call(module, side: str, mode: str, x, dt):
     return module(x)
 
 
+class _NoTF32:
+    """cuDNN's TF32 convolutions off inside (restored after): the float32 agreement check compares the
+    implementations, not TF32's 10-bit rounding of our ``nn.Conv1d`` against causal_conv1d's exact float32."""
+
+    def __enter__(self):
+        import torch
+
+        self.saved = None
+        try:
+            self.saved = torch.backends.cudnn.allow_tf32
+            torch.backends.cudnn.allow_tf32 = False
+        except Exception:  # noqa: BLE001 - a torch without the switch: compare as it is
+            self.saved = None
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.saved is not None:
+            try:
+                torch.backends.cudnn.allow_tf32 = self.saved
+            except Exception:  # noqa: BLE001
+                pass
+        return False
+
+
 def compare_outputs(ref_module, ref_side, ref_mode, other_module, other_side, other_mode, x, dt, dy,
                     dtype_name: str) -> dict[str, Any]:
     """Run both layers on ``x`` (under the dtype's autocast) and compare the outputs and the input gradients:
@@ -81,9 +108,9 @@ def compare_outputs(ref_module, ref_side, ref_mode, other_module, other_side, ot
         outs = []
         for module, side, mode in ((ref_module, ref_side, ref_mode), (other_module, other_side, other_mode)):
             xi = x.detach().clone().requires_grad_()
-            with _autocast(dtype_name, x.device.type):
+            with _NoTF32(), _autocast(dtype_name, x.device.type):
                 y = _call(module, side, mode, xi, dt)
-            (dx,) = torch.autograd.grad(y, [xi], dy.to(y.dtype))
+                (dx,) = torch.autograd.grad(y, [xi], dy.to(y.dtype))
             xs.append(dx)
             outs.append(y.detach())
         res = {"y_rel_diff": max_rel_diff(outs[0], outs[1]), "dx_rel_diff": max_rel_diff(xs[0], xs[1])}
@@ -163,6 +190,10 @@ def bench_case(batch: int, L: int, d_model: int, dtype_name: str, reps: int, pee
     if timer is None:
         from .kernels import _median_ms as timer
     ours, mamba_layer, lrnnx_layer, notes = build_layers(d_model, device, peers)
+    if lrnnx_layer is not None and dtype_name != "float32":
+        # Its C++ refuses non-float32 inputs (the autocast activations would be bfloat16).
+        notes.append(f"lrnnx not timed in {dtype_name}: its CUDA scan takes float32 inputs only")
+        lrnnx_layer = None
     g = torch.Generator(device=device).manual_seed(1)
     x = torch.randn(batch, L, d_model, device=device, generator=g)
     dt = torch.rand(batch, L, device=device, generator=g) * 2.0  # gaps in the units of the layer's time constants
