@@ -277,3 +277,19 @@ def test_a_failing_peer_scan_is_a_row_with_its_error():
     row = _time_peer_scan("mamba_ssm", broken, {}, {}, [], None, None, (), "float32", 1, 1.0, 1.0,
                           timer=lambda f, reps: 1.0)
     assert row["error"].startswith("RuntimeError: selective_scan_cuda: no kernel image")
+
+
+def test_peer_table_prints_measured_skipped_and_failed_rows(capsys):
+    from evmamba.bench.kernels import _peer_line, print_peer_table
+
+    scan = dict(shape=[16, 256, 8192, 16], dtype="float32", mode="standard", fwd_ms=0.5, fwd_bwd_ms=2.0, peers=[
+        dict(peer="mamba_ssm", ours_fwd_ms=0.5, ours_fwd_bwd_ms=2.0, peer_fwd_ms=1.0, peer_fwd_bwd_ms=3.0,
+             fwd_speedup=2.0, fwd_bwd_speedup=1.5, y_rel_diff=1e-6, grad_rel_diff=2e-5, grad_worst="A", agree="ok"),
+        dict(peer="lrnnx", skipped="lrnnx's CUDA scan takes float32 inputs only", ours_fwd_ms=0.5,
+             ours_fwd_bwd_ms=2.0),
+        dict(peer="lrnnx", error="RuntimeError: boom", ours_fwd_ms=0.5, ours_fwd_bwd_ms=2.0)])
+    print_peer_table([scan])
+    out = capsys.readouterr().out
+    assert "2.00x" in out and "1.50x" in out and "2.0e-05 (A) ok" in out
+    assert "skipped: float32 only" in out and "ERROR: RuntimeError: boom" in out
+    assert "(2x)" in _peer_line(scan, scan["peers"][0]) and "skipped" in _peer_line(scan, scan["peers"][1])
