@@ -36,6 +36,7 @@ T0=$(date +%s)
 say() { echo "[peers +$(( $(date +%s) - T0 ))s] $*"; }
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 mkdir -p "$SITE" "$LRNNX_SITE" "$WORK"
+rm -f "$WORK"/*.result  # a result line is this call's, never an earlier one's
 
 # ---------------------------------------------------------------- the machine
 say "budget ${BUDGET}s; sdists from $SRC; install to $SITE (lrnnx: $LRNNX_SITE); work in $WORK"
@@ -168,7 +169,7 @@ build_one lrnnx "lrnnx-*.tar.gz" "$LRNNX_SITE" selective_scan_cuda selective_sca
 
 status=0
 echo
-say "summary (site $SITE; run the benchmarks with --peers $SITE)"
+say "summary after $(( $(date +%s) - T0 ))s (site $SITE; run the benchmarks with --peers $SITE)"
 for name in causal-conv1d mamba-ssm lrnnx; do
     res=$(cat "$WORK/$name.result" 2>/dev/null || echo "FAILED (no result: the build did not run)")
     echo "peer $name: $res"
