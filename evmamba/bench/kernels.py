@@ -15,6 +15,13 @@ What it measures (CUDA device required), each a median of ``--reps`` timed runs 
    replayed as a CUDA graph; and the fused step kernel alone.
 
 ``--sweep`` first times a few tile shapes of the forward and backward kernels at (16, 256, 8192).
+
+``--peers [FOLDER]`` also times the peers (:mod:`evmamba.bench.peers`) on the same inputs in the same run, each
+after checking that its outputs and gradients agree with ours (max relative difference, printed; a disagreement
+is reported in the row): standard-mode rows against mamba_ssm's ``selective_scan_fn`` and lrnnx's, event-mode
+rows against lrnnx's scan with ``deltaA = dt * softplus(rate)`` materialised as ``(B, D, L)`` (its input; the
+time to compute it is counted as lrnnx's). mamba_ssm has no event mode. ``--scan-only`` skips the convolution,
+step and profile parts.
 """
 
 from __future__ import annotations
@@ -48,6 +55,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="first scan shape only, fewer step sizes")
     parser.add_argument("--sweep", action="store_true", help="also time a few tile shapes of the scan kernels")
     parser.add_argument("--no-steps", action="store_true", help="skip the step-latency part")
+    parser.add_argument("--scan-only", action="store_true", help="time the selective scan only (no conv, step or "
+                        "profile parts)")
+    parser.add_argument("--peers", nargs="?", const="", default=None, metavar="FOLDER",
+                        help="also time mamba_ssm's and lrnnx's scans on the same inputs, imported from FOLDER (as "
+                        "built by scripts/peers/build.sh; default $EVMAMBA_PEERS_SITE or /tmp/peers-site)")
 
 
 def _median_ms(fn: Callable[[], Any], reps: int, warmup: int = 3) -> float:
@@ -124,7 +136,9 @@ def scan_bytes(batch, dim, L, n, elt, event, backward, chunk) -> int:
     return fwd + states + bwd_read + bwd_write
 
 
-def bench_scan(shape, dtype_name, event, reps) -> dict[str, Any]:
+def bench_scan(shape, dtype_name, event, reps, peers=None) -> dict[str, Any]:
+    """Our scan's forward and forward + backward times at ``shape``; with ``peers`` (a
+    :class:`~evmamba.bench.peers.Peers`) also each peer's on the same inputs (see :func:`peer_scans`)."""
     import torch
 
     from evmamba.kernels.triton_scan import CHUNK, selective_scan_triton
@@ -145,11 +159,93 @@ def bench_scan(shape, dtype_name, event, reps) -> dict[str, Any]:
 
     fb_ms = _median_ms(fwd_bwd, reps)
     elt = torch.finfo(dtype).bits // 8
-    return dict(
+    record = dict(
         shape=list(shape), dtype=dtype_name, mode="event" if event else "standard",
         fwd_ms=fwd_ms, fwd_bytes=scan_bytes(batch, dim, L, n, elt, event, False, CHUNK),
         fwd_bwd_ms=fb_ms, fwd_bwd_bytes=scan_bytes(batch, dim, L, n, elt, event, True, CHUNK),
     )
+    if peers is not None:
+        with torch.no_grad():
+            y_ours = selective_scan_triton(**p)
+        grads_ours = torch.autograd.grad(selective_scan_triton(**pg), leaves, dy)
+        record["peers"] = []
+        for name, fn in peer_scans(peers, event):
+            if name == "lrnnx" and dtype_name != "float32":
+                record["peers"].append(dict(peer=name, skipped=LRNNX_FP32_ONLY, ours_fwd_ms=fwd_ms,
+                                            ours_fwd_bwd_ms=fb_ms))
+                continue
+            record["peers"].append(_time_peer_scan(name, fn, p, pg, trainable, dy, y_ours, grads_ours, dtype_name,
+                                                   reps, fwd_ms, fb_ms))
+    return record
+
+
+#: lrnnx's compiled scan instantiates float32 inputs only (its C++ refuses any other), so it sits out bfloat16.
+LRNNX_FP32_ONLY = "lrnnx's CUDA scan takes float32 inputs only"
+
+
+def peer_scans(peers, event: bool) -> list[tuple[str, Callable[..., Any]]]:
+    """The peers' scans that compute what ours computes in this mode, as functions of our keyword arguments
+    (``u, delta, A, B, C, D, z, delta_bias, dt, rate``). Their ``B``, ``C`` are ``(B, N, L)`` like ours (they
+    also take ``(B, G, N, L)``); ``D`` and ``delta_bias`` float32 as here; ``delta_softplus=True`` as ours."""
+    import torch.nn.functional as F
+
+    out = []
+    if not event and peers.mamba_scan is not None:
+        scan = peers.mamba_scan
+        out.append(("mamba_ssm", lambda u, delta, A, B, C, D, z, delta_bias, **_: scan(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus=True)))
+    if peers.lrnnx_scan is not None:
+        scan = peers.lrnnx_scan
+        if event:
+            # lrnnx takes the decay step itself, (B, D, L) in the input dtype, with the strides of delta.
+            def lrnnx_event(u, delta, A, B, C, D, z, delta_bias, dt, rate, **_):
+                dtA = (dt[:, None, :] * F.softplus(rate)[None, :, None]).to(u.dtype).contiguous()
+                return scan(u, delta, A, B, C, D, z, delta_bias, dtA, True, False, "mamba")
+
+            out.append(("lrnnx", lrnnx_event))
+        else:
+            out.append(("lrnnx", lambda u, delta, A, B, C, D, z, delta_bias, **_: scan(
+                u, delta, A, B, C, D, z, delta_bias, None, True, False, "mamba")))
+    return out
+
+
+def _time_peer_scan(name, fn, p, pg, trainable, dy, y_ours, grads_ours, dtype_name, reps, fwd_ms, fb_ms,
+                    timer=None):
+    """One peer on our inputs: agreement of the output and of every gradient, then its times (``timer(fn,
+    reps) -> ms``, CUDA events by default). Any error is recorded in the row (and printed), never raised."""
+    import torch
+
+    from .peers import agreement, max_rel_diff
+
+    timer = _median_ms if timer is None else timer
+
+    row: dict[str, Any] = dict(peer=name, ours_fwd_ms=fwd_ms, ours_fwd_bwd_ms=fb_ms)
+    try:
+        with torch.no_grad():
+            y_peer = fn(**p)
+        row["y_rel_diff"] = max_rel_diff(y_ours, y_peer)
+        leaves = [pg[k] for k in trainable]
+        grads_peer = torch.autograd.grad(fn(**pg), leaves, dy, allow_unused=True)
+        worst, worst_name = 0.0, ""
+        for k, g_ours, g_peer in zip(trainable, grads_ours, grads_peer):
+            d = float("inf") if g_peer is None else max_rel_diff(g_ours, g_peer)
+            if d > worst or not worst_name:
+                worst, worst_name = d, k
+        row["grad_rel_diff"], row["grad_worst"] = worst, worst_name
+        row["agree"] = "ok" if agreement(max(row["y_rel_diff"], worst), dtype_name) == "ok" else "DIFFERS"
+        with torch.no_grad():
+            row["peer_fwd_ms"] = timer(lambda: fn(**p), reps)
+
+        def fwd_bwd():
+            torch.autograd.grad(fn(**pg), leaves, dy, allow_unused=True)
+
+        row["peer_fwd_bwd_ms"] = timer(fwd_bwd, reps)
+        row["fwd_speedup"] = row["peer_fwd_ms"] / fwd_ms
+        row["fwd_bwd_speedup"] = row["peer_fwd_bwd_ms"] / fb_ms
+    except Exception as exc:  # noqa: BLE001 - a peer's failure is a result to report
+        row["error"] = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+        print(f"  peer {name} failed: {row['error']}", flush=True)
+    return row
 
 
 def bench_conv(shape, dtype_name, reps) -> dict[str, Any]:
@@ -330,12 +426,22 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    peers = None
+    if args.peers is not None:
+        from .peers import default_site, load_peers
+
+        peers = load_peers(args.peers or default_site())
+        report_peers(peers)
     if not torch.cuda.is_available():
         print("evmamba bench kernels: needs a CUDA GPU (none visible); nothing measured")
         return 1
     if args.reps < 20:
         print(f"note: --reps {args.reps} is below the 20 runs the numbers are meant to be a median of")
     record: dict[str, Any] = {"benchmark": "kernels", "reps": args.reps}
+    if peers is not None:
+        record["peers"] = peers.summary()
+        if not peers.any:
+            peers = None  # ours alone, as said above
     bw = copy_bandwidth(args.reps)
     record["copy_bandwidth_bytes_per_s"] = bw
     print(f"copy bandwidth (read + write): {bw / 1e12:.3f} TB/s")
@@ -347,10 +453,15 @@ def run(args: argparse.Namespace) -> int:
     cases = [(s, dt, ev) for s in shapes for dt in ("float32", "bfloat16") for ev in (True, False)]
     scans, convs = [], []
     for shape, dt, ev in tqdm(cases, desc="scan", unit="case"):
-        scans.append(bench_scan(shape, dt, ev, args.reps))
-    for shape in tqdm(shapes, desc="conv", unit="shape"):
-        for dt in ("float32", "bfloat16"):
-            convs.append(bench_conv(shape, dt, args.reps))
+        scans.append(bench_scan(shape, dt, ev, args.reps, peers))
+        for row in scans[-1].get("peers", []):
+            print("  " + _peer_line(scans[-1], row), flush=True)
+        record["scan"] = scans
+        write_json(args.json, record)  # what is measured so far survives a time limit
+    if not args.scan_only:
+        for shape in tqdm(shapes, desc="conv", unit="shape"):
+            for dt in ("float32", "bfloat16"):
+                convs.append(bench_conv(shape, dt, args.reps))
     record["scan"], record["conv"] = scans, convs
 
     rows = []
@@ -371,6 +482,9 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(["B x D x L x N", "dtype", "mode", "fwd ms", "fwd bw", "fwd+bwd ms", "f+b bw",
                         "fwd target", "f+b target"], rows))
 
+    if peers is not None:
+        print_peer_table(scans)
+
     conv_rows = []
     for c in convs:
         scan_fb = next(r["fwd_bwd_ms"] for r in scans if r["shape"] == c["shape"] and r["dtype"] == c["dtype"]
@@ -378,10 +492,11 @@ def run(args: argparse.Namespace) -> int:
         c["fwd_bwd_over_scan"] = c["fwd_bwd_ms"] / scan_fb
         conv_rows.append(["x".join(map(str, c["shape"][:3])), c["dtype"], c["fwd_ms"], c["fwd_bwd_ms"],
                           c["fwd_bwd_over_scan"]])
-    print("\ndepthwise causal conv1d (PyTorch, K = 4), median ms")
-    print(format_table(["B x D x L", "dtype", "fwd ms", "fwd+bwd ms", "f+b / scan f+b"], conv_rows))
+    if conv_rows:
+        print("\ndepthwise causal conv1d (PyTorch, K = 4), median ms")
+        print(format_table(["B x D x L", "dtype", "fwd ms", "fwd+bwd ms", "f+b / scan f+b"], conv_rows))
 
-    if not args.no_steps:
+    if not (args.no_steps or args.scan_only):
         models = [128] if args.quick else STEP_MODELS
         steps = []
         for dm in tqdm(models, desc="step", unit="d_model"):
@@ -396,10 +511,53 @@ def run(args: argparse.Namespace) -> int:
               " eager (host) and in a graph (device). Targets at batch 1, d_model 128: eager 30, graph 10")
         print(format_table(["d_model", "batch", "mode", "eager", "graph", "graph/layer (dev)", "kernel eager",
                             "kernel (dev)"], step_rows))
-    if not args.quick:
+    if not (args.quick or args.scan_only):
         record["profile"] = profile_breakdown()
         print("\nfwd + bwd at 16x256x8192x16, fp32, event: device time per kernel (torch profiler)")
         print(format_table(["kernel", "calls", "µs"], [[r["name"], r["calls"], r["us_per_iter"]]
                                                         for r in record["profile"]]))
     write_json(args.json, record)
     return 0
+
+
+def report_peers(peers) -> None:
+    """Print which peers imported (with versions) and, plainly, each import that failed."""
+    found = [f"{k} {v}" for k, v in peers.versions.items() if not k.endswith("_extension")]
+    print("peers: " + (", ".join(found) if found else "none imported"))
+    if peers.mamba_layer is not None:
+        print("  mamba_ssm Mamba path: " + ("fused (causal_conv1d's CUDA conv, mamba_inner_fn)" if peers.mamba_fused
+                                            else "unfused (causal_conv1d missing: PyTorch conv1d)"))
+    for m in peers.messages:
+        print(f"  {m}")
+
+
+def _peer_line(scan: dict[str, Any], row: dict[str, Any]) -> str:
+    what = f"{'x'.join(map(str, scan['shape']))} {scan['dtype']} {scan['mode']} vs {row['peer']}"
+    if "skipped" in row:
+        return f"{what}: skipped ({row['skipped']})"
+    if "error" in row:
+        return f"{what}: ERROR {row['error']}"
+    return (f"{what}: fwd {row['ours_fwd_ms']:.4g} / {row['peer_fwd_ms']:.4g} ms ({row['fwd_speedup']:.3g}x), "
+            f"fwd+bwd {row['ours_fwd_bwd_ms']:.4g} / {row['peer_fwd_bwd_ms']:.4g} ms ({row['fwd_bwd_speedup']:.3g}x), "
+            f"rel diff y {row['y_rel_diff']:.2g} grads {row['grad_rel_diff']:.2g} ({row['grad_worst']}) {row['agree']}")
+
+
+def print_peer_table(scans: list[dict[str, Any]]) -> None:
+    """Ours and each peer from the same run: times, speed-up (peer time / ours) and agreement."""
+    rows = []
+    for r in scans:
+        for p in r.get("peers", []):
+            head = ["x".join(map(str, r["shape"])), r["dtype"], r["mode"], p["peer"]]
+            if "skipped" in p:
+                rows.append(head + [r["fwd_ms"], "", "", r["fwd_bwd_ms"], "", "", "", "skipped: float32 only"])
+                continue
+            if "error" in p:
+                rows.append(head + [r["fwd_ms"], "", "", r["fwd_bwd_ms"], "", "", "", "ERROR: " + p["error"][:60]])
+                continue
+            rows.append(head + [p["ours_fwd_ms"], p["peer_fwd_ms"], f"{p['fwd_speedup']:.2f}x", p["ours_fwd_bwd_ms"],
+                                p["peer_fwd_bwd_ms"], f"{p['fwd_bwd_speedup']:.2f}x", f"{p['y_rel_diff']:.1e}",
+                                f"{p['grad_rel_diff']:.1e} ({p['grad_worst']}) {p['agree']}"])
+    print("\nselective scan, ours vs peers on the same inputs (median ms; speed-up = peer / ours; rel diff = max|ours -"
+          " peer| / max|peer|)")
+    print(format_table(["B x D x L x N", "dtype", "mode", "peer", "ours fwd", "peer fwd", "speed-up", "ours f+b",
+                        "peer f+b", "speed-up", "y diff", "grad diff"], rows))

@@ -35,6 +35,7 @@ COMMANDS = {
 BENCHMARKS = {
     "scan": ("evmamba.bench.scan", "reference selective scan on the CPU (elements/s)"),
     "kernels": ("evmamba.bench.kernels", "Triton scan, backward and step against copy bandwidth (GPU)"),
+    "layer": ("evmamba.bench.layer", "the Mamba layer, forward and backward, beside mamba_ssm's and lrnnx's (GPU)"),
     "binning": ("evmamba.bench.binning", "numba binning against tonic's transforms (events/s)"),
     "readers": ("evmamba.bench.readers", "Prophesee EVT 2.0 / EVT 3.0 decoding against expelliarmus (events/s)"),
     "stream": ("evmamba.bench.stream", "the real-time loop on recorded streams (real-time factor, latency)"),

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The whole peer comparison in one call on the GPU machine: build the peers (scripts/peers/build.sh), then
+# `evmamba bench kernels --peers --scan-only` and `evmamba bench layer --peers`, each under `timeout` so that
+# the whole stays within $PEERS_TOTAL seconds (default 560), and print the tables at the end.
+#
+#   bash scripts/peers/gpu_run.sh [OUT_DIR]      # from anywhere; OUT_DIR defaults to $OUT, else /tmp/peers-out
+#
+# Needs .devout/peers/*.tar.gz (scripts/peers/fetch.sh) and evmamba importable (PYTHONPATH). Writes to OUT_DIR:
+# peers_build.txt, kernels_peers.{txt,json}, layer_peers.{txt,json}. Each step's failure is reported and the
+# next step runs; the benchmarks write their JSON after every case, so a time limit keeps what was measured.
+set -u
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+OUTD=${1:-${OUT:-/tmp/peers-out}}
+TOTAL=${PEERS_TOTAL:-560}
+BUILD_BUDGET=${PEERS_BUILD_BUDGET:-330}
+REPS=${PEERS_REPS:-20}
+SITE=${PEERS_SITE:-/tmp/peers-site}
+export PEERS_SITE=$SITE PYTHONUNBUFFERED=1
+mkdir -p "$OUTD"
+T0=$(date +%s)
+left() { echo $(( TOTAL - ($(date +%s) - T0) )); }
+say() { echo "[gpu_run +$(( $(date +%s) - T0 ))s] $*"; }
+
+say "building the peers (budget ${BUILD_BUDGET}s) -> $OUTD/peers_build.txt"
+timeout -k 10 $(( BUILD_BUDGET + 40 )) bash scripts/peers/build.sh "$BUILD_BUDGET" > "$OUTD/peers_build.txt" 2>&1
+say "build.sh exit $? ($(left)s left)"
+
+# Kernels first (the scan table is the smaller job), leaving the layer at least 100 s.
+t=$(( $(left) - 110 )); [ $t -gt 150 ] && t=150
+if [ $t -ge 30 ]; then
+    say "bench kernels --peers --scan-only (limit ${t}s)"
+    timeout -k 5 $t python3 -m evmamba bench kernels --peers "$SITE" --scan-only --reps "$REPS" \
+        --json "$OUTD/kernels_peers.json" > "$OUTD/kernels_peers.txt" 2>&1
+    say "bench kernels exit $? (124: over its limit; the JSON holds the cases measured)"
+else
+    say "bench kernels skipped: ${t}s left for it"
+fi
+t=$(( $(left) - 10 ))
+if [ $t -ge 30 ]; then
+    say "bench layer --peers (limit ${t}s)"
+    timeout -k 5 $t python3 -m evmamba bench layer --peers "$SITE" --reps "$REPS" \
+        --json "$OUTD/layer_peers.json" > "$OUTD/layer_peers.txt" 2>&1
+    say "bench layer exit $? (124: over its limit; the JSON holds the cases measured)"
+else
+    say "bench layer skipped: ${t}s left for it"
+fi
+
+# What the reply shows (its last 12 000 characters): build summary, then each benchmark's peers and table.
+echo; echo "================ build"
+grep -E "^\[peers .*(budget|nvcc|torch|ninja|building|compiled|stopped|resuming)|^  (python|torch|triton|setuptools|wheel|packaging|ninja|einops|transformers)|^peer |^    (error|last)>" "$OUTD/peers_build.txt" | cut -c1-300 | tail -n 60
+for b in kernels layer; do
+    f=$OUTD/${b}_peers.txt
+    echo; echo "================ bench $b ($f)"
+    [ -f "$f" ] || { echo "(not run)"; continue; }
+    grep -E "^peers:|^  (mamba_ssm|lrnnx|causal_conv1d|no peer|peers folder|lrnnx's)|needs a CUDA|Error|error|ERROR|DIFFERS" "$f" | grep -v "%|" | cut -c1-300 | head -n 25
+    if grep -q -E "^(selective scan, ours vs peers|Mamba layer, ours vs peers)" "$f"; then
+        sed -n -E '/^(selective scan, ours vs peers|Mamba layer, ours vs peers)/,$p' "$f" | cut -c1-240
+    else
+        echo "(no final table: the per-case lines measured so far)"
+        grep -E "^  [0-9]+x" "$f" | cut -c1-240 | tail -n 30
+    fi
+done
+say "done"
