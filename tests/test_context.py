@@ -248,6 +248,9 @@ def test_graph_stepper_runs_the_context_and_resets_rows(device):
     model = make_model()
     tokens, dt, counts = random_stream(2, 12, VOCAB)
     stepper = GraphStepper(copy.deepcopy(model), n_streams=2, device=device, block=5)
+    assert stepper.step_kind == "unfused" and "context" in stepper.fallback_reason  # never the fused kernel
+    with pytest.raises(ValueError, match="context"):
+        GraphStepper(copy.deepcopy(model), n_streams=2, device=device, block=5, fused=True)
     with torch.no_grad():
         want = model(tokens, dt, counts)
         got = stepper.run_batch(tokens.numpy(), dt.numpy(), counts.numpy())

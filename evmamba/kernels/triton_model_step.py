@@ -256,6 +256,7 @@ def model_step_kernel(
     mn = n < N
     kk = tl.arange(0, KP)
     NSLOT: tl.constexpr = NL + 1
+    XW: tl.constexpr = R + 2 * N  # x_proj's row width (a constexpr is set once, outside the layer loop)
     pos = tl.load(pos_ptr)
 
     # ---- the token's record: id, gap, count (and the surface)
@@ -312,7 +313,6 @@ def model_step_kernel(
         xc = xc * sigmoid(xc, FAST)
 
         # x_proj -> (dt_low, B, C); dt_proj + bias -> softplus: the input step.
-        XW: tl.constexpr = R + 2 * N
         xpw = xpw_ptr + li * E * XW
         dt_low = _mm(xc, _mat(xpw, E, R, EP, RP, XW), DOT)
         bm = _mm(xc, _mat(xpw + R, E, N, EP, NP, XW), DOT)

@@ -46,6 +46,8 @@ def fused_support(model) -> str | None:
 
     if not isinstance(model, EventClassifier):
         return f"the fused GPU step runs an EventClassifier; got {type(model).__name__}"
+    if getattr(model, "context", None) is not None:
+        return "the fused GPU step does not implement the context stage (model.context)"
     first = model.layers[0]
     limits = [("d_model", model.d_model, T.MAX_D_MODEL), ("d_inner (expand * d_model)", first.d_inner, T.MAX_D_INNER),
               ("d_state", first.d_state, T.MAX_D_STATE), ("d_conv", first.d_conv, T.MAX_D_CONV),
