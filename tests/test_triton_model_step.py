@@ -197,7 +197,7 @@ def test_graph_replays_equal_the_classifier_step(batch):
     """The captured graph of the one launch, replayed over three blocks, against the float64 step."""
     model = make_model(**CONFIGS["factorised-pool4-last-layernorm-bilinear"])
     tok, dt, cnt, _ = make_inputs(model, batch, 20)
-    g = GraphStepper(copy.deepcopy(model), batch, device="cuda", block=8)
+    g = GraphStepper(copy.deepcopy(model), batch, device="cuda", block=8, fused=True)
     assert g.step_kind == "fused" and g.graph is not None
     got = torch.from_numpy(g.run_batch(tok.numpy(), dt.numpy(), cnt.numpy()))
     ref = copy.deepcopy(model).double().cuda()

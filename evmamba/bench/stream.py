@@ -16,8 +16,8 @@ Plus µs per token of the step alone for a few model sizes (random weights, the 
 and of the classifier's PyTorch ``step`` (one token per call) for comparison.
 
 **GPU** (``--device cuda``): the step captured in a CUDA graph
-(:class:`~evmamba.streaming.gpu_step.GraphStepper`) -- the one-kernel fused model step when the model allows
-it, else the classifier's own step (``--gpu-step``; the table and the JSON say which ran): per-token latency
+(:class:`~evmamba.streaming.gpu_step.GraphStepper`) -- the classifier's own step, or with ``--gpu-step fused``
+the one-kernel fused model step (opt-in until verified on a GPU; the table and the JSON say which ran): per-token latency
 at batch 1 (copy in, replay, copy out, synchronise), µs per token when a trial's tokens are replayed back to
 back, the loop's real-time factor at ``--speed max``, and aggregate events/s of ``--streams`` (1 024)
 concurrent streams in lockstep.
