@@ -540,6 +540,6 @@ def _spread(values: np.ndarray, fmt) -> str:
     return f"median {fmt(float(np.median(values)))} ({fmt(float(values.min()))} to {fmt(float(values.max()))})"
 
 
-__all__ = ["BIN_LADDER_US", "DEFAULT_CONTEXT", "DEFAULT_EMBEDDING", "DataStats", "auto_enabled", "choose_binning", "choose_bin_us",
-           "choose_downsample", "choose_settings", "choose_train", "default_model_section", "describe_dataset",
+__all__ = ["BIN_LADDER_US", "DEFAULT_CONTEXT", "DEFAULT_EMBEDDING", "DataStats", "auto_enabled", "choose_binning",
+           "choose_bin_us", "choose_downsample", "choose_settings", "choose_train", "default_model_section", "describe_dataset",
            "resolve_config", "spread_indices"]
