@@ -541,5 +541,5 @@ def _spread(values: np.ndarray, fmt) -> str:
 
 
 __all__ = ["BIN_LADDER_US", "DEFAULT_CONTEXT", "DEFAULT_EMBEDDING", "DataStats", "auto_enabled", "choose_binning",
-           "choose_bin_us", "choose_downsample", "choose_settings", "choose_train", "default_model_section", "describe_dataset",
-           "resolve_config", "spread_indices"]
+           "choose_bin_us", "choose_downsample", "choose_settings", "choose_train", "default_model_section",
+           "describe_dataset", "resolve_config", "spread_indices"]
