@@ -265,7 +265,7 @@ FAST_CASES = [
     dict(embedding="factorised"),
     dict(embedding="table", pool_stride=[2, 1]),
     dict(embedding="surface", surface={"radius": 1, "tau_us": [2000.0]}, pool_stride=[1, 2], input_pool=3,
-         readout="dt_mean"),
+         readout="dt_mean", context={**CTX, "channels": 6}),  # the kernel takes channels 4 at a time, then the rest
     # A 1-D grid (spike channels), no activation, adjacent cells.
     dict(embedding="factorised", grid=(16, 1, 1), pool_stride=[2, 1],
          context={"radius": 2, "dilation": 1, "channels": 2, "tau": 3.0, "activation": "none"}),

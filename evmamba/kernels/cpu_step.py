@@ -254,11 +254,26 @@ def _context(tok, dtv, h, X, CS, cws):
             continue
         hrow = h_map[cell]
         base = n * n_ch
-        for c in range(n_ch):
+        # Four rows of out_wt per pass over acc: a quarter of the loads and stores of acc, same vector loop.
+        c = 0
+        while c + 4 <= n_ch:
+            v0 = hrow[c] * decay
+            v1 = hrow[c + 1] * decay
+            v2 = hrow[c + 2] * decay
+            v3 = hrow[c + 3] * decay
+            r0 = out_wt[base + c]
+            r1 = out_wt[base + c + 1]
+            r2 = out_wt[base + c + 2]
+            r3 = out_wt[base + c + 3]
+            for j in range(d_model):
+                acc[j] += (v0 * r0[j] + v1 * r1[j]) + (v2 * r2[j] + v3 * r3[j])
+            c += 4
+        while c < n_ch:
             v = hrow[c] * decay
             row = out_wt[base + c]
             for j in range(d_model):
                 acc[j] += v * row[j]
+            c += 1
     for j in range(d_model):
         h[j] += acc[j]
 
