@@ -8,7 +8,8 @@ chunk in one numba call (:func:`evmamba.kernels.cpu_step.run_tokens`), so the pe
 paid once per chunk while logits are still produced after every token.
 
 It computes the same function as the classifier's ``step`` and ``forward`` (tested: relative error below
-1e-5 in float32, for all four discretizations, both embeddings, all readouts and with pooling).
+1e-5 in float32, for all four discretizations, every embedding, all readouts, with pooling and with the
+context stage, whose neighbour map each stream keeps with the rest of its state).
 
 Shapes: a chunk is ``tokens`` ``(T,)`` int, ``dt`` ``(T,)`` float32 (the binning's time unit), ``counts``
 ``(T,)`` int; the result holds ``logits`` ``(M, n_classes)`` float32 and ``index`` ``(M,)``: the positions,
