@@ -169,10 +169,10 @@ def test_gradients_reach_both_projections_and_the_embeddings():
 
 
 # ------------------------------------------------------------------------------------------ the classifier
-def make_model(pool_stride=None, input_pool=1, embedding="factorised", grid=GRID, seed=0, **kw):
+def make_model(pool_stride=None, input_pool=1, embedding="factorised", grid=GRID, seed=0, context=CTX, **kw):
     torch.manual_seed(seed)
     model = EventClassifier(math.prod(grid), 4, d_model=16, n_layers=3, d_state=4, pool_stride=pool_stride,
-                            input_pool=input_pool, embedding=embedding, grid=grid, context=CTX, **kw)
+                            input_pool=input_pool, embedding=embedding, grid=grid, context=context, **kw)
     with torch.no_grad():
         for layer in model.layers:
             layer.D.normal_()
@@ -260,11 +260,72 @@ def test_graph_stepper_runs_the_context_and_resets_rows(device):
         assert rel_err(torch.from_numpy(again[1, -1]), model(tokens[1:, :4], dt[1:, :4], counts[1:, :4])[0]) < 1e-5
 
 
-def test_the_compiled_cpu_step_refuses_a_context_model():
+# ------------------------------------------------------------------------------------------ the compiled CPU step
+FAST_CASES = [
+    dict(embedding="factorised"),
+    dict(embedding="table", pool_stride=[2, 1]),
+    dict(embedding="surface", surface={"radius": 1, "tau_us": [2000.0]}, pool_stride=[1, 2], input_pool=3,
+         readout="dt_mean", context={**CTX, "channels": 6}),  # the kernel takes channels 4 at a time, then the rest
+    # A 1-D grid (spike channels), no activation, adjacent cells.
+    dict(embedding="factorised", grid=(16, 1, 1), pool_stride=[2, 1],
+         context={"radius": 2, "dilation": 1, "channels": 2, "tau": 3.0, "activation": "none"}),
+]
+
+
+@torch.no_grad()
+def step_reference(model, tokens, dt, counts, surfaces):
+    """Per-token logits ``(L, n_classes)`` of one recording from the classifier's PyTorch step in float64."""
+    ref = copy.deepcopy(model).double()
+    cache = ref.allocate_inference_cache(1)
+    rows = []
+    for k in range(tokens.shape[0]):
+        s = None if surfaces is None else surfaces[k : k + 1].double()
+        rows.append(ref.step(tokens[k : k + 1], dt[k : k + 1].double(), cache, counts[k : k + 1].double(), s)[0])
+    return torch.stack(rows).numpy()
+
+
+@pytest.mark.parametrize("kw", FAST_CASES, ids=lambda kw: f"{kw['embedding']}-{kw.get('grid', GRID)}")
+def test_fast_stepper_equals_the_classifier_step_token_by_token(kw):
+    """The compiled CPU step of a context model: the logits after every token equal the float64 PyTorch step,
+    for three recordings (different time scales), two interleaved on two streams and one after a reset."""
+    import numpy as np
+
     from evmamba.streaming.fast_step import FastStepper
 
-    with pytest.raises(ValueError, match="context"):
-        FastStepper(make_model())
+    model = make_model(**kw)
+    vocab = model.vocab_size
+    length = 30
+    tokens, dt, counts = random_stream(3, length, vocab, seed=7)
+    tokens = tokens % max(vocab // 3, 4)  # few cells: neighbours are found often
+    dt[:, 5::7] = 0.0  # tokens of one time bin share a timestamp
+    surfaces = torch.rand(3, length, model.embedding.n_surface) if model.surface_config is not None else None
+    want = [step_reference(model, tokens[r], dt[r], counts[r], None if surfaces is None else surfaces[r])
+            for r in range(3)]
+
+    stepper = FastStepper(model, n_streams=2)
+
+    def run(r, a, b, stream):
+        s = None if surfaces is None else surfaces[r, a:b].numpy()
+        return stepper.run(tokens[r, a:b].numpy(), dt[r, a:b].numpy(), counts[r, a:b].numpy().astype(np.int32),
+                           stream=stream, surfaces=s).logits
+
+    # Recordings 0 and 1 interleaved on streams 0 and 1, in uneven chunks; then stream 0 starts recording 2.
+    got0, got1 = [], []
+    for a, b in ((0, 1), (1, 13), (13, 14), (14, length)):
+        got0.append(run(0, a, b, 0))
+        got1.append(run(1, a, b, 1))
+    stepper.reset(0)
+    got2 = run(2, 0, length, 0)
+    for r, got in enumerate((np.concatenate(got0), np.concatenate(got1), got2)):
+        assert got.shape == want[r].shape
+        err = np.abs(got - want[r]).max() / np.abs(want[r]).max()
+        assert err < 1e-5, (r, err)
+    # The context matters here: the same model without it gives other logits.
+    plain = copy.deepcopy(model)
+    plain.context = None
+    other = FastStepper(plain).run(tokens[2].numpy(), dt[2].numpy(), counts[2].numpy().astype(np.int32),
+                                   surfaces=None if surfaces is None else surfaces[2].numpy()).logits
+    assert np.abs(other - want[2]).max() > 1e-2 * np.abs(want[2]).max()
 
 
 # ------------------------------------------------------------------------------------------ configs

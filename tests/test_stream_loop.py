@@ -120,6 +120,35 @@ def test_surface_model_in_the_loop_equals_forward_with_offline_surfaces():
                 assert np.abs(got[k - 1] - want).max() / np.abs(want).max() < 1e-5, (name, k)
 
 
+def test_context_model_in_the_loop_equals_forward_for_each_recording():
+    """A model with the context stage (on the surface embedding, as the N-MNIST config has it) on the compiled
+    CPU step: the loop's logits equal the classifier's forward pass on each recording's offline tokens, so the
+    neighbour map starts empty for the second recording."""
+    from evmamba.pipeline.binning import token_grid
+    from evmamba.pipeline.surfaces import token_surfaces
+
+    ev_a, ev_b = trial_events("1.bs2", 60), trial_events("2.bs2", 60)
+    grid = list(token_grid(SENSOR, BINNING))
+    model = small_model(3, embedding="surface", grid=grid, surface=dict(radius=1, tau_us=[5000.0]),
+                        context=dict(radius=2, dilation=2, channels=4, tau=10.0), input_pool=2, pool_stride=2)
+    with torch.no_grad():
+        model.context.out_proj.weight.mul_(3.0)  # make the context matter in the logits
+    logits: list = []
+    run_loop(FastStepper(model), [Recording("a", lambda: ev_a), Recording("b", lambda: ev_b)], logits=logits,
+             speed=math.inf)
+    for name, ev in (("a", ev_a), ("b", ev_b)):
+        offline = bin_events(ev, SENSOR, BINNING)
+        surf = token_surfaces(offline, grid, model.surface_config)
+        got = np.concatenate([lg for n, _, lg in logits if n == name])
+        assert got.shape[0] == offline.num_tokens
+        t = lambda a, dtype: torch.from_numpy(np.asarray(a)).to(dtype)[None]  # noqa: E731
+        with torch.no_grad():
+            for k in (1, 2, offline.num_tokens // 3, offline.num_tokens):
+                want = model(t(offline.tokens[:k], torch.long), t(offline.dt[:k], torch.float32),
+                             t(offline.counts[:k], torch.float32), surfaces=t(surf[:k], torch.float32))[0].numpy()
+                assert np.abs(got[k - 1] - want).max() / np.abs(want).max() < 1e-5, (name, k)
+
+
 def test_recordings_reset_the_state_and_each_gets_a_final_decision():
     ev_a, ev_b = trial_events("1.bs2", 60), trial_events("2.bs2", 60)
     model = small_model(1)

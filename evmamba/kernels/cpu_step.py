@@ -2,10 +2,11 @@
 :class:`evmamba.streaming.fast_step.FastStepper`.
 
 One call advances one stream by ``T`` tokens and writes the logits after each requested token. Everything a
-token needs -- embedding lookup, each layer's norm, ``in_proj``, the causal convolution, SiLU, ``x_proj``,
-``dt_proj``, the discretization, the state update, ``C . h``, the ``D`` skip, the gate, ``out_proj``, the
-residual, the event pooling windows, the running readout and the head -- runs here, on weights exported
-once to contiguous float32 arrays (:func:`evmamba.streaming.fast_step.export_weights`).
+token needs -- embedding lookup, the context stage (its neighbour map kept per stream), each layer's norm,
+``in_proj``, the causal convolution, SiLU, ``x_proj``, ``dt_proj``, the discretization, the state update,
+``C . h``, the ``D`` skip, the gate, ``out_proj``, the residual, the event pooling windows, the running
+readout and the head -- runs here, on weights exported once to contiguous float32 arrays
+(:func:`evmamba.streaming.fast_step.export_weights`).
 
 Layouts are chosen so that the compiler can vectorise without reassociating sums (``fastmath`` stays off):
 every matrix is stored input-major (``W.T``), so a product is a sequence of ``out[:] += x[i] * W_T[i, :]``
@@ -205,7 +206,80 @@ def _embed(t, tok, counts, surf, E, h, hid):
 
 
 @njit(**_JIT)
-def run_tokens(tokens, counts, dts, surf, need, E, W, H, S, ws, lws, out_logits, out_index):
+def _context(tok, dtv, h, X, CS, cws):
+    """The context stage of token ``tok`` (gap ``dtv``) added to its embedding ``h`` ``(D,)`` in place
+    (:meth:`~evmamba.model.context.ContextStage.step`).
+
+    ``X`` = ``(in_wt (D, C), in_b (C,), out_wt (N C, D), out_b (D,), dx, dy, dp (N,) int64, grid_w, grid_h,
+    grid_p, tau float64, act)``: neighbour ``n`` is the cell ``(x + dx[n], y + dy[n])`` with polarity ``dp[n]``,
+    ``act`` 1 for SiLU after the input projection. ``CS`` = the stream's map ``(h_map (V, C) float32, t_map
+    (V,) float64, seen (V,) uint8, now (1,) float64)``; ``cws`` = scratch ``(hc (C,), acc (D,))``.
+
+    The token's own ``h`` is written to the map before the gather (``j = i`` is one of its neighbours). Cells
+    outside the grid, never seen in this stream, or whose decay underflows to 0 contribute exactly 0 and are
+    skipped; the rest add ``C`` rows of ``out_wt``, each a contiguous axpy over ``D``.
+    """
+    (in_wt, in_b, out_wt, out_b, dx, dy, dp, grid_w, grid_h, grid_p, tau, act) = X
+    h_map, t_map, seen, now_arr = CS
+    hc, acc = cws
+    n_ch = hc.size
+    d_model = h.size
+    _matvec(h, in_wt, in_b, hc)
+    if act == 1:
+        for c in range(n_ch):
+            hc[c] = silu(hc[c], fexp)
+    now = now_arr[0] + np.float64(dtv)
+    now_arr[0] = now
+    own = h_map[tok]
+    for c in range(n_ch):
+        own[c] = hc[c]
+    t_map[tok] = now
+    seen[tok] = 1
+    xy = tok // grid_p
+    x = xy % grid_w
+    y = xy // grid_w
+    for j in range(d_model):
+        acc[j] = out_b[j]
+    for n in range(dx.size):
+        nx = x + dx[n]
+        ny = y + dy[n]
+        if nx < 0 or nx >= grid_w or ny < 0 or ny >= grid_h:
+            continue
+        cell = (ny * grid_w + nx) * grid_p + dp[n]
+        if seen[cell] == 0:
+            continue
+        # The decay in float64 (times are float64), then float32 like the PyTorch step's cast.
+        decay = np.float32(math.exp((t_map[cell] - now) / tau))
+        if decay == _F0:
+            continue
+        hrow = h_map[cell]
+        base = n * n_ch
+        # Four rows of out_wt per pass over acc: a quarter of the loads and stores of acc, same vector loop.
+        c = 0
+        while c + 4 <= n_ch:
+            v0 = hrow[c] * decay
+            v1 = hrow[c + 1] * decay
+            v2 = hrow[c + 2] * decay
+            v3 = hrow[c + 3] * decay
+            r0 = out_wt[base + c]
+            r1 = out_wt[base + c + 1]
+            r2 = out_wt[base + c + 2]
+            r3 = out_wt[base + c + 3]
+            for j in range(d_model):
+                acc[j] += (v0 * r0[j] + v1 * r1[j]) + (v2 * r2[j] + v3 * r3[j])
+            c += 4
+        while c < n_ch:
+            v = hrow[c] * decay
+            row = out_wt[base + c]
+            for j in range(d_model):
+                acc[j] += v * row[j]
+            c += 1
+    for j in range(d_model):
+        h[j] += acc[j]
+
+
+@njit(**_JIT)
+def run_tokens(tokens, counts, dts, surf, need, E, W, H, S, ws, lws, out_logits, out_index, X, CS, cws):
     """Advance one stream by ``T = tokens.size`` tokens; return how many logit rows were written.
 
     ``tokens`` (T,) int ids, ``counts`` (T,) int events per token, ``dts`` (T,) float32 gaps, ``surf``
@@ -214,7 +288,9 @@ def run_tokens(tokens, counts, dts, surf, need, E, W, H, S, ws, lws, out_logits,
     written for the wanted tokens, in order.
 
     ``E`` = (embedding tables and codes, see :func:`_embed`), ``W`` = per-layer weight stacks (see
-    :func:`_layer`), ``H`` = norms, pooling and head, ``S`` = the stream's state, ``ws``/``lws`` = scratch.
+    :func:`_layer`), ``H`` = norms, pooling and head, ``S`` = the stream's state, ``ws``/``lws`` = scratch;
+    ``X``, ``CS``, ``cws`` = the context stage's weights, the stream's neighbour map and scratch (see
+    :func:`_context`; ``X[0]`` of size 0: the model has no context stage).
 
     A token whose logits are not wanted and whose pooled window is still open only runs the first stage:
     its later stages would work on a scratch copy of the state that is thrown away (see
@@ -226,11 +302,14 @@ def run_tokens(tokens, counts, dts, surf, need, E, W, H, S, ws, lws, out_logits,
     h, xn, feats, hid = ws
     n_stages = stage_start.size - 1
     d_model = h.size
+    has_context = X[0].size > 0
     m = 0
     for t in range(tokens.size):
         tok = np.int64(tokens[t])
         dtv = dts[t]
         _embed(t, tok, counts, surf, E, h, hid)
+        if has_context:
+            _context(tok, dtv, h, X, CS, cws)
 
         commit = -1  # -1: this stage's input is final; 1: a window just completed; 0: a window is open
         skipped = False

@@ -8,7 +8,8 @@ chunk in one numba call (:func:`evmamba.kernels.cpu_step.run_tokens`), so the pe
 paid once per chunk while logits are still produced after every token.
 
 It computes the same function as the classifier's ``step`` and ``forward`` (tested: relative error below
-1e-5 in float32, for all four discretizations, both embeddings, all readouts and with pooling).
+1e-5 in float32, for all four discretizations, every embedding, all readouts, with pooling and with the
+context stage, whose neighbour map each stream keeps with the rest of its state).
 
 Shapes: a chunk is ``tokens`` ``(T,)`` int, ``dt`` ``(T,)`` float32 (the binning's time unit), ``counts``
 ``(T,)`` int; the result holds ``logits`` ``(M, n_classes)`` float32 and ``index`` ``(M,)``: the positions,
@@ -49,6 +50,8 @@ class FastWeights(NamedTuple):
     n_surface: int = 0  # F of the local surfaces a "surface" embedding reads (0: none)
     surface_hidden: int = 0
     surface_config: object = None  # their SurfaceConfig (None: the model reads no surfaces)
+    context: tuple = None  # the context stage's weights and settings (see cpu_step._context); None: no stage
+    context_channels: int = 0  # C of the context stage (0: none)
 
 
 def _unsupported(what: str) -> ValueError:
@@ -68,9 +71,6 @@ def export_weights(model) -> FastWeights:
 
     if not isinstance(model, EventClassifier):
         raise TypeError(f"FastStepper: model must be an EventClassifier; got {type(model).__name__}")
-    if getattr(model, "context", None) is not None:
-        raise ValueError("FastStepper: the model has a context stage (model.context), which the compiled CPU step "
-                         "does not implement; run it on a GPU (`evmamba stream --device cuda`, GraphStepper)")
     layers = list(model.layers)
     first = layers[0]
     e, n, r, kc = first.d_inner, first.d_state, first.dt_rank, first.d_conv
@@ -151,8 +151,36 @@ def export_weights(model) -> FastWeights:
         np.int64(K.READOUT_CODES[model.readout_kind]), np.float32(model.dt_eps), np.int64(model.event_mode),
         np.int64(METHOD_CODES[first.discretization]),
     )
+    context, channels = _export_context(model.context, d)
     return FastWeights(embed, layer_arrays, head, model.n_classes, model.vocab_size, d, e, n, kc, r, len(strides),
-                       n_surface, w2t.shape[0], model.surface_config)
+                       n_surface, w2t.shape[0], model.surface_config, context, channels)
+
+
+_ACT_CODES = {"none": 0, "silu": 1}
+
+
+def _export_context(stage, d_model: int):
+    """The context stage in kernel layout (:func:`evmamba.kernels.cpu_step._context`) and its channels ``C``:
+    ``in_proj`` as ``(D, C)``, ``out_proj`` as ``(N C, D)`` (row ``n C + c``: channel ``c`` of neighbour ``n``,
+    the order in which the stage concatenates them), the neighbour offsets, the grid, ``tau`` and the
+    activation. Without a stage: empty arrays of the same types (the kernel tests ``in_wt.size``)."""
+    if stage is None:
+        z1, z2, zi = np.zeros(0, np.float32), np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+        return (z2, z1, z2, z1, zi, zi, zi, np.int64(1), np.int64(1), np.int64(1), np.float64(1.0), np.int64(0)), 0
+    c = stage.channels
+
+    def bias(lin, size):
+        return _f32(lin.bias) if lin.bias is not None else np.zeros(size, np.float32)
+
+    w, h, p = stage.grid
+    ints = lambda t: np.ascontiguousarray(t.detach().cpu().numpy().astype(np.int64))  # noqa: E731
+    context = (
+        np.ascontiguousarray(_f32(stage.in_proj.weight).T), bias(stage.in_proj, c),
+        np.ascontiguousarray(_f32(stage.out_proj.weight).T), bias(stage.out_proj, d_model),
+        ints(stage.dx), ints(stage.dy), ints(stage.dp), np.int64(w), np.int64(h), np.int64(p),
+        np.float64(stage.tau), np.int64(_ACT_CODES[stage.config.activation]),
+    )
+    return context, c
 
 
 class FastStepper:
@@ -188,6 +216,18 @@ class FastStepper:
                 np.zeros(1, f32),  # readout: total weight
                 np.zeros(w.d_model, f32),  # readout: last committed output
             ))
+        # The context stage's neighbour map per stream: the latest h of every id (V, C), its time (V,) float64,
+        # whether the id was seen (V,), and the stream's running time (1,) float64. Zeroed by reset like the
+        # rest of the state (a never-seen id contributes 0, as the PyTorch step's zeroed map gives).
+        ctx = w.context if w.context is not None else _export_context(None, w.d_model)[0]
+        self._context = ctx
+        v = w.vocab_size if w.context_channels else 0
+        self._ctx_states = [
+            (np.zeros((v, w.context_channels), f32), np.zeros(v, np.float64), np.zeros(v, np.uint8),
+             np.zeros(1, np.float64))
+            for _ in range(n_streams)
+        ]
+        self._cws = (np.zeros(w.context_channels, f32), np.zeros(w.d_model, f32))
         self._ws = (np.zeros(w.d_model, f32), np.zeros(w.d_model, f32), np.zeros(w.d_model, f32),
                     np.zeros(w.surface_hidden, f32))
         self.n_surface = w.n_surface
@@ -208,9 +248,9 @@ class FastStepper:
 
     def reset(self, stream: int | None = None) -> None:
         """Zero the state of ``stream`` (all streams when None): the next token starts a new recording."""
-        states = self._states if stream is None else [self._states[self._check_stream(stream)]]
-        for s in states:
-            for a in s:
+        picked = range(len(self._states)) if stream is None else [self._check_stream(stream)]
+        for i in picked:
+            for a in (*self._states[i], *self._ctx_states[i]):
                 a.fill(0)
 
     def _check_stream(self, stream) -> int:
@@ -281,7 +321,7 @@ class FastStepper:
             surfaces = self._no_surfaces
         w = self.weights
         m = K.run_tokens(tokens, counts, dt, surfaces, need_arr, w.embed, w.layers, w.head, self._states[stream],
-                         self._ws, self._lws, logits, index)
+                         self._ws, self._lws, logits, index, self._context, self._ctx_states[stream], self._cws)
         out = StepOutput(logits[:m], index[:m])
         return StepOutput(out.logits.copy(), out.index.copy()) if copy else out
 
