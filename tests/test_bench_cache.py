@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from evmamba.bench.cache import sample_counts, stratified_lengths
-
 from evmamba.cli import main
 
 

@@ -21,7 +21,8 @@ batches as the big one -- every batch collated and dropped. After every batch th
 memory of the main process and its loader workers is read from ``/proc`` (see :mod:`evmamba.bench.memory`):
 RSS of the main process, the peak RSS (``VmHWM``) of the largest loader worker, and PSS of all of them
 together (shared pages counted once). Reported per cache: samples, GB, seconds to write and to read an
-epoch; the shortest and longest sample; the largest batch read (padded tokens / tokens); the main process's RSS (minimum-maximum); the workers' peak RSS after the first tenth of the
+epoch; the shortest and longest sample; the largest batch read (padded tokens / tokens); the main
+process's RSS (minimum-maximum); the workers' peak RSS after the first tenth of the
 batches and at the end, and the growth in between -- memory that grows with what has been read shows
 there, as a peak never comes down; PSS minimum-maximum. And the big cache's figures over the small one's.
 PSS is taken at an instant and includes the batches in flight (up to ``2 x workers`` waiting in shared
@@ -59,8 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--tokens-per-sample", type=int, default=200_000, help="mean tokens per sample (default 200000)"
     )
     parser.add_argument("--length-spread", type=float, default=0.5,
-                        help="sample lengths span this fraction around the mean, at evenly spaced quantiles (stratified: "
-                             "both caches hold the shortest and the longest); default 0.5, 0: all the same")
+                        help="sample lengths span this fraction around the mean, at evenly spaced quantiles "
+                             "(stratified: both caches hold the shortest and the longest); default 0.5, 0: one length")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per batch (default 16)")
     parser.add_argument("--max-tokens", type=int, default=None, help="random crops of this many tokens (default: none)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
