@@ -14,6 +14,7 @@ import torch
 
 from evmamba.datasets.batching import collate
 from evmamba.datasets.cache import BYTES_PER_TOKEN, TokenCache, write_cache
+from evmamba.pipeline.binning import TokenSequence
 from evmamba.training.data import make_loader
 
 CLASSES = [f"c{i}" for i in range(4)]
@@ -146,6 +147,28 @@ def test_loader_workers_open_their_own_file_handle_after_the_fork(tmp_path):
     assert len(readers) == 2
 
 
+class FrozenCount:
+    """Items report how many objects the garbage collector of the process that made them leaves alone."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i):
+        import gc
+
+        one = TokenSequence(np.zeros(1, np.int32), np.ones(1, np.int32), np.zeros(1, np.float32), np.zeros(1, np.int64))
+        return one, gc.get_freeze_count()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked workers")
+def test_loader_workers_leave_the_objects_they_inherit_to_the_main_process():
+    # A full collection in a forked worker would write to every inherited object, copying the pages it shares
+    # with the main process: the workers freeze them first.
+    loader, batches = make_loader(FrozenCount(), np.ones(4, np.int64), 2, collate, shuffle=False, seed=0, workers=1)
+    batches.set_epoch(0)
+    assert all(int(batch["labels"].min()) > 1000 for batch in loader)  # torch, numpy, evmamba ... all frozen
+
+
 def _peak_traced_bytes(path, in_memory: bool | None = None, batch_size: int = 4) -> tuple[int, int]:
     """``(peak of the Python-traced allocations -- numpy arrays included -- while opening the cache and going
     through an epoch of the training loader, the cache's bytes of tokens)``."""
@@ -172,6 +195,20 @@ def test_memory_of_an_epoch_does_not_grow_with_the_cache(tmp_path):
     assert peak_big < 1.5 * peak_small + 200_000
     # ... where loading it whole takes all of it (the measure sees the arrays).
     assert _peak_traced_bytes(big, in_memory=True)[0] > bytes_big
+
+
+def test_hdf5_metadata_held_per_reading_process_is_bounded_whatever_the_chunks(tmp_path, monkeypatch):
+    # The chunk index that HDF5 caches grows with the chunks read; many tiny chunks stand in for a huge file.
+    import evmamba.datasets.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "_CHUNK", 8)
+    path = make_cache(tmp_path / "many-chunks.h5", 60, 2000, seed=5)  # ~120 k tokens: ~60 k chunks
+    whole, lazy = TokenCache(path), TokenCache(path, in_memory=False)
+    for i in np.random.default_rng(0).permutation(len(lazy)).tolist():
+        assert_same_item(lazy[i], whole[i])
+    f = lazy._file.id
+    assert f.get_mdc_config().max_size == cache_module.METADATA_CACHE_BYTES  # HDF5 may not grow it
+    assert f.get_mdc_size()[2] <= cache_module.METADATA_CACHE_BYTES
 
 
 def test_training_reads_large_caches_from_the_file_with_workers_and_learns_the_same(tmp_path):

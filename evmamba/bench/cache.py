@@ -4,10 +4,16 @@
                         [--max-tokens N] [--workers 2] [--dir /tmp] [--read file|auto] [--keep] [--json PATH]
 
 Two token caches of simulated tokens are written with :func:`~evmamba.datasets.cache.write_cache` into
-``--dir``: one of ``--size-gb`` GB of token arrays (20 bytes per token) and one ``--ratio`` times smaller,
-samples of ``--tokens-per-sample`` tokens on average (uniform within ``--length-spread``, by default
-between half and one and a half times that; random ids of a 128x128 sensor at 4x downsampling, vocabulary
-2 048). Each is then read as training reads it
+``--dir``: one of ``--size-gb`` GB of token arrays (20 bytes per token) and one ``--ratio`` times smaller
+(sample counts rounded to whole batches, see :func:`sample_counts`),
+samples of ``--tokens-per-sample`` tokens on average (random ids of a 128x128 sensor at 4x downsampling,
+vocabulary 2 048). Sample lengths are *stratified*, not drawn at random: evenly spaced quantiles of the
+uniform distribution within ``--length-spread`` (by default between half and one and a half times the
+mean), in a random order (:func:`stratified_lengths`). Both caches thus hold the same distribution with
+the same extremes -- the shortest and the longest length -- and the small one about every ``ratio``-th of
+the big one's sorted lengths, so that both epochs meet the same longest batch (batch size x the longest
+length when padded): a loader worker's peak follows the largest batch it collates, and random lengths
+would give the bigger cache more samples near the longest. Each is then read as training reads it
 (:class:`~evmamba.datasets.cache.TokenCache`, with ``train.max_tokens`` crops when ``--max-tokens`` is
 given, through :func:`~evmamba.training.data.make_loader` with ``--workers`` loader processes and
 length-bucketed, shuffled batches) for one epoch -- the small cache for ``ceil(ratio)`` epochs, as many
@@ -15,7 +21,8 @@ batches as the big one -- every batch collated and dropped. After every batch th
 memory of the main process and its loader workers is read from ``/proc`` (see :mod:`evmamba.bench.memory`):
 RSS of the main process, the peak RSS (``VmHWM``) of the largest loader worker, and PSS of all of them
 together (shared pages counted once). Reported per cache: samples, GB, seconds to write and to read an
-epoch; the main process's RSS (minimum-maximum); the workers' peak RSS after the first tenth of the
+epoch; the shortest and longest sample; the largest batch read (padded tokens / tokens); the main
+process's RSS (minimum-maximum); the workers' peak RSS after the first tenth of the
 batches and at the end, and the growth in between -- memory that grows with what has been read shows
 there, as a peak never comes down; PSS minimum-maximum. And the big cache's figures over the small one's.
 PSS is taken at an instant and includes the batches in flight (up to ``2 x workers`` waiting in shared
@@ -53,7 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--tokens-per-sample", type=int, default=200_000, help="mean tokens per sample (default 200000)"
     )
     parser.add_argument("--length-spread", type=float, default=0.5,
-                        help="sample lengths vary by this fraction around the mean (default 0.5; 0: all the same)")
+                        help="sample lengths span this fraction around the mean, at evenly spaced quantiles "
+                             "(stratified: both caches hold the shortest and the longest); default 0.5, 0: one length")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per batch (default 16)")
     parser.add_argument("--max-tokens", type=int, default=None, help="random crops of this many tokens (default: none)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
@@ -65,34 +73,64 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _blocks(n_samples: int, mean_tokens: int, seed: int, spread: float = 0.5, per_block: int = 32):
-    """Random samples for :func:`~evmamba.datasets.cache.write_cache`, in blocks of ``per_block``; lengths
-    uniform in ``mean_tokens * [1 - spread, 1 + spread]``."""
+def stratified_lengths(n_samples: int, mean_tokens: int, spread: float, seed: int) -> np.ndarray:
+    """(n_samples,) int64 sample lengths at evenly spaced quantiles of the uniform distribution over
+    ``mean_tokens * [1 - spread, 1 + spread]``, in a random order drawn from ``seed``.
+
+    Stratified rather than drawn at random, so that two caches of different sizes hold the same
+    distribution with the same extremes: both contain the shortest and the longest length (for two or more
+    samples), and a cache ``r`` times smaller holds about every ``r``-th of the bigger one's sorted lengths.
+    Drawn at random, the bigger cache would hold more samples near the longest length, and its longest
+    batches -- which set a loader worker's peak memory -- would be fuller."""
+    low, high = max(round(mean_tokens * (1 - spread)), 1), max(round(mean_tokens * (1 + spread)), 1)
+    if n_samples == 1:
+        lengths = np.array([max(round(mean_tokens), 1)], dtype=np.int64)
+    else:
+        lengths = np.round(np.linspace(low, high, n_samples)).astype(np.int64)
+    return np.random.default_rng([seed, 7]).permutation(lengths)
+
+
+def _blocks(lengths: np.ndarray, seed: int, per_block: int = 32):
+    """Random samples of the given ``lengths`` for :func:`~evmamba.datasets.cache.write_cache`, in blocks
+    of ``per_block``."""
     rng = np.random.default_rng(seed)
-    low, high = round(mean_tokens * (1 - spread)), round(mean_tokens * (1 + spread))
+    n_samples = lengths.shape[0]
     for start in range(0, n_samples, per_block):
-        m = min(per_block, n_samples - start)
-        lengths = rng.integers(max(low, 1), max(high, 1) + 1, m)
-        total = int(lengths.sum())
+        block = lengths[start:start + per_block]
+        m = block.shape[0]
+        total = int(block.sum())
         yield {
             "tokens": rng.integers(0, 2048, total, dtype=np.int32),
             "counts": rng.integers(1, 4, total, dtype=np.int32),
             "dt": rng.random(total, dtype=np.float32),
             "t": np.cumsum(rng.integers(0, 60, total, dtype=np.int64)),
-            "lengths": lengths,
+            "lengths": block,
             "labels": rng.integers(0, len(CLASSES), m),
         }
 
 
-def _write(path: Path, gb: float, args, seed: int) -> tuple[int, float]:
-    """Write the cache of ``gb`` GB of random tokens; ``(samples, seconds)``."""
-    from ..datasets.cache import BYTES_PER_TOKEN, write_cache
+def sample_counts(size_gb: float, ratio: float, tokens_per_sample: int, batch_size: int) -> tuple[int, int]:
+    """``(small, big)``: samples of the two caches, whole batches each -- the small one's nearest to
+    ``size_gb / ratio`` GB of ``tokens_per_sample``-token samples, the big one ``ratio`` times as many (rounded
+    to whole batches as well). Whole batches, because the length-bucketing sampler's one short batch holds
+    the longest samples of its pool: a cache of 125 samples in batches of 16 would put its longest ones in a
+    batch of 13, one of 1,280 in batches of 16."""
+    from ..datasets.cache import BYTES_PER_TOKEN
 
-    n = max(1, round(gb * 1e9 / (args.tokens_per_sample * BYTES_PER_TOKEN)))
+    per_gb = 1e9 / (tokens_per_sample * BYTES_PER_TOKEN)
+    small = max(1, round(size_gb / ratio * per_gb / batch_size)) * batch_size
+    big = max(1, round(small * ratio / batch_size)) * batch_size
+    return small, big
+
+
+def _write(path: Path, n: int, args, seed: int) -> tuple[int, float]:
+    """Write the cache of ``n`` samples of random tokens; ``(samples, seconds)``."""
+    from ..datasets.cache import write_cache
+
     t0 = time.perf_counter()
     write_cache(
         path,
-        _blocks(n, args.tokens_per_sample, seed, args.length_spread),
+        _blocks(stratified_lengths(n, args.tokens_per_sample, args.length_spread, seed), seed),
         n_samples=n,
         sensor_size=SENSOR,
         classes=CLASSES,
@@ -127,6 +165,7 @@ def _read(path: Path, args, epochs: int) -> dict:
     from tqdm.auto import tqdm
 
     series = []
+    largest = (0, 0)  # the batch of the most padded tokens: (batch size x longest, tokens read)
     t0 = time.perf_counter()
     tokens = 0
     for epoch in range(epochs):
@@ -135,16 +174,23 @@ def _read(path: Path, args, epochs: int) -> dict:
             items.set_epoch(epoch)
         for batch in tqdm(loader, desc=f"{path.name} epoch {epoch + 1}/{epochs}", unit="batch",
                           disable=args.no_progress, leave=False):
-            tokens += int(batch["lengths"].sum())
+            read_now = int(batch["lengths"].sum())
+            tokens += read_now
+            padded = int(batch["tokens"].numel())
+            if padded > largest[0]:
+                largest = (padded, read_now)
             del batch
             series.append(sample(pss=True))
     read = (time.perf_counter() - t0) / epochs
     del loader
     return {"samples": len(cache), "tokens": cache.n_tokens, "gb": cache.nbytes / 1e9, "in_memory": cache.in_memory,
-            "epochs": epochs, "tokens_read": tokens, "epoch_s": read, "series": series}
+            "epochs": epochs, "tokens_read": tokens, "epoch_s": read, "series": series,
+            "longest_sample": int(cache.lengths.max()) if len(cache) else 0,
+            "shortest_sample": int(cache.lengths.min()) if len(cache) else 0,
+            "largest_batch_padded_tokens": largest[0], "largest_batch_tokens": largest[1]}
 
 
-def _one(path: Path, gb: float, args, seed: int, epochs: int = 1) -> dict:
+def _one(path: Path, n: int, args, seed: int, epochs: int = 1) -> dict:
     """Write, then read, each in a fresh interpreter: the reading process (and the loader workers it forks)
     starts from the same state for every cache, never having held the tokens that were written."""
     import multiprocessing as mp
@@ -152,7 +198,7 @@ def _one(path: Path, gb: float, args, seed: int, epochs: int = 1) -> dict:
 
     # (Not multiprocessing.Pool: its processes may not start the loader's workers.)
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        _, written = pool.submit(_write, path, gb, args, seed).result()
+        _, written = pool.submit(_write, path, n, args, seed).result()
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
         out = pool.submit(_read, path, args, epochs).result()
     series = out.pop("series")
@@ -194,16 +240,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
-    sizes = {"small": args.size_gb / args.ratio, "big": args.size_gb}
+    sizes = dict(zip(("small", "big"), sample_counts(args.size_gb, args.ratio, args.tokens_per_sample,
+                                                     args.batch_size)))
     results = {}
     try:
-        for seed, (name, gb) in enumerate(sizes.items()):
+        for seed, (name, n) in enumerate(sizes.items()):
             path = folder / f"evmamba-bench-cache-{name}.h5"
             # The small cache is read for as many batches as the big one (epochs), so that both reach the
             # loader's steady state and meet as many long batches.
             epochs = math.ceil(args.ratio) if name == "small" else 1
             try:
-                results[name] = _one(path, gb, args, seed, epochs)
+                results[name] = _one(path, n, args, seed, epochs)
             finally:
                 if not args.keep:
                     for p in (path, path.with_name(path.name + ".partial")):
@@ -222,6 +269,8 @@ def run(args: argparse.Namespace) -> int:
                 "memory" if r["in_memory"] else "file",
                 f"{r['write_s']:.1f}",
                 f"{r['epoch_s']:.1f}",
+                f"{r['shortest_sample']:,}-{r['longest_sample']:,}",
+                f"{r['largest_batch_padded_tokens']:,} / {r['largest_batch_tokens']:,}",
                 f"{r['rss_main_min_mb']:,.0f}-{r['rss_main_max_mb']:,.0f}",
                 f"{r['worker_peak_rss_first_tenth_mb']:,.0f}",
                 f"{r['worker_peak_rss_mb']:,.0f}",
@@ -235,11 +284,15 @@ def run(args: argparse.Namespace) -> int:
         f"bench cache: the training loader over token caches read from {args.read}, batch {args.batch_size}, "
         f"{args.workers} workers, "
         f"{'crops of ' + str(args.max_tokens) + ' tokens' if args.max_tokens else 'whole samples'}"
-        f"; ~{args.tokens_per_sample:,} tokens per sample. Host memory in MB, read after every batch: RSS of the "
+        f"; ~{args.tokens_per_sample:,} tokens per sample, lengths at evenly spaced quantiles of "
+        f"{args.tokens_per_sample:,} x [{1 - args.length_spread:g}, {1 + args.length_spread:g}] (stratified: both "
+        "caches hold the shortest and the longest length); the largest batch read, as padded tokens "
+        "(batch x longest) / tokens. Host memory in MB, read after every batch: RSS of the "
         "main process; peak RSS of the largest loader worker after the first tenth of the batches and at the "
         "end, and its growth in between; PSS of all processes together, batches in flight included"
     )
-    print(format_table(["cache", "GB", "samples", "epochs", "read from", "write s", "epoch s", "RSS main",
+    print(format_table(["cache", "GB", "samples", "epochs", "read from", "write s", "epoch s", "sample tokens",
+                        "largest batch", "RSS main",
                         "worker peak 1/10", "end", "growth", "PSS all"], rows))
     print(f"big / small: main peak RSS {ratios['main_peak_rss_mb']:.3f}, worker peak RSS "
           f"{ratios['worker_peak_rss_mb']:.3f}, peak PSS {ratios['pss_total_max_mb']:.3f}")

@@ -270,6 +270,23 @@ def inspect_cache(path: str | os.PathLike, expected_hash: str | None = None) -> 
         return _check_layout(f, path, expected_hash, need_complete=True)
 
 
+#: Bytes of HDF5 metadata (chunk index nodes, mostly) a lazily reading :class:`TokenCache` keeps per process.
+METADATA_CACHE_BYTES = 2 << 20
+
+
+def _bound_metadata_cache(f: h5py.File) -> None:
+    """Hold ``f``'s HDF5 metadata cache at :data:`METADATA_CACHE_BYTES`. It fills with the chunk index of
+    the samples read -- about 40 bytes per chunk of ``_CHUNK`` tokens, so 0.6 MB for a 5 GB cache -- up to
+    its initial size (2 MiB), which HDF5 may grow up to 32 MiB per open file when its hit rate is low: per
+    loader worker, memory that would grow with the file. A chunk index node evicted is read again from the
+    page cache in microseconds."""
+    config = f.id.get_mdc_config()
+    config.set_initial_size = True
+    config.initial_size = config.max_size = METADATA_CACHE_BYTES
+    config.min_size = min(config.min_size, METADATA_CACHE_BYTES)
+    f.id.set_mdc_config(config)
+
+
 class TokenCache(Sequence):
     """A token cache file as a sequence: ``cache[i] -> (TokenSequence, label)``.
 
@@ -279,12 +296,13 @@ class TokenCache(Sequence):
             (see :func:`cache_key`).
         in_memory: ``True`` loads every token array at open (fast random access; host memory
             :data:`BYTES_PER_TOKEN` bytes per token). ``False`` reads each item from the file when it is asked
-            for: host memory then holds only the per-sample index (offsets, labels: 16 bytes per sample),
-            whatever the number of tokens, and the operating system's page cache does the caching. The
-            file is opened once per process, on first access in that process (so a
-            ``torch.utils.data.DataLoader`` worker, forked or spawned, opens its own handle and never uses
-            one opened before the fork). ``None`` (the default) chooses: in memory when the token arrays
-            take at most ``memory_limit`` bytes, else from the file.
+            for: host memory then holds only the per-sample index (offsets, labels: 16 bytes per sample)
+            and at most :data:`METADATA_CACHE_BYTES` of HDF5 metadata per process, whatever the number of
+            tokens, and the operating system's page cache does the caching. The file is opened once per
+            process, on first access in that process (so a ``torch.utils.data.DataLoader`` worker, forked
+            or spawned, opens its own handle and never uses one opened before the fork). ``None`` (the
+            default) chooses: in memory when the token arrays take at most ``memory_limit`` bytes, else
+            from the file.
         memory_limit: the size in bytes of the largest token arrays that ``in_memory=None`` loads whole
             (default :data:`IN_MEMORY_MAX_BYTES`, 1 GiB).
         drop_empty: index only the samples that have at least one token.
@@ -362,6 +380,7 @@ class TokenCache(Sequence):
         # arrays; HDF5's default cache (1 MiB per dataset) made a read 3x slower and held ~35 MB per process.
         if self._file is None or self._file_pid != os.getpid():
             self._file = _open_h5(self.path, rdcc_nbytes=0)
+            _bound_metadata_cache(self._file)
             self._file_pid = os.getpid()
             self._datasets = {k: self._file[k] for k in _ARRAYS}
         return self._datasets
