@@ -74,6 +74,10 @@ SURFACE_RADIUS = 2  # the surface patch: (2 r + 1) x (2 r + 1) cells (x 1 on spi
 #: stage"); it costs about 2-3x the CPU time of a training step of a small model.
 DEFAULT_CONTEXT = {"radius": 2, "dilation": 2, "channels": 16}
 CONTEXT_TAU_OVER_SURFACE = 2.5
+#: The context stage runs on every token before the input pooling, so on long streams (heavy pooling) it
+#: dominates the cost of a step: on the ten DVS Gesture trials (42 k tokens, pooling by 32) it made CPU
+#: training about 5x slower. Dataset-only configs turn it on up to this input pooling.
+CONTEXT_MAX_INPUT_POOL = 8
 
 
 # ------------------------------------------------------------------------------------------ the data
@@ -302,14 +306,6 @@ def default_model_section(stats: DataStats, binning: BinningConfig, given: Mappi
         tau = float(max(100, round(tau, -2)))
         put("surface", {"radius": SURFACE_RADIUS, "tau_us": [tau], "scales": [1], "kind": "time"},
             f"{2 * SURFACE_RADIUS + 1}-cell patches of last-event times decaying with tau {tau:g} µs ({tau_why})")
-        if DEFAULT_CONTEXT is not None:
-            ctx_tau = CONTEXT_TAU_OVER_SURFACE * tau / TIME_UNITS_US[binning.time_unit]
-            ctx_tau = float(f"{ctx_tau:.3g}")
-            span = 2 * DEFAULT_CONTEXT["radius"] * DEFAULT_CONTEXT["dilation"] + 1
-            put("context", {**DEFAULT_CONTEXT, "tau": ctx_tau},
-                f"a second, learned level of spatial features: each token reads its latest neighbours' "
-                f"embeddings over {span} cells per axis, decaying with tau {ctx_tau:g} {binning.time_unit} "
-                f"({CONTEXT_TAU_OVER_SURFACE:g}x the surface's)")
     put("count_feature", binning.bin_us > 0,
         "a token that merged many events differs from one that merged few" if binning.bin_us > 0
         else "every token is one event")
@@ -320,6 +316,23 @@ def default_model_section(stats: DataStats, binning: BinningConfig, given: Mappi
     target = f"at most {LAYER_TOKENS}, for CPU training" if median / pool <= LAYER_TOKENS else "pooling by at most 32"
     put("input_pool", pool, f"the first layer sees about {_fmt_n(median / pool)} of the median {_fmt_n(median)} "
         f"tokens ({target})")
+    if given.get("embedding", DEFAULT_EMBEDDING) == "surface" and DEFAULT_CONTEXT is not None:
+        if pool <= CONTEXT_MAX_INPUT_POOL:
+            given_surface = given.get("surface") or {}
+            if given_surface.get("tau_us"):  # the surface the user wrote sets the pace
+                taus = given_surface["tau_us"]
+                tau = float(taus if isinstance(taus, (int, float)) else list(taus)[0])
+            ctx_tau = float(f"{CONTEXT_TAU_OVER_SURFACE * tau / TIME_UNITS_US[binning.time_unit]:.3g}")
+            span = 2 * DEFAULT_CONTEXT["radius"] * DEFAULT_CONTEXT["dilation"] + 1
+            put("context", {**DEFAULT_CONTEXT, "tau": ctx_tau},
+                f"a second, learned level of spatial features: each token reads its latest neighbours' "
+                f"embeddings over {span} cells per axis, decaying with tau {ctx_tau:g} {binning.time_unit} "
+                f"({CONTEXT_TAU_OVER_SURFACE:g}x the surface's)")
+        else:
+            put("context", None,
+                f"off: it runs on every token before the input pooling by {pool}, where it would cost several "
+                f"times the rest of the model on long streams (on up to pooling by {CONTEXT_MAX_INPUT_POOL}; "
+                f"set model.context to turn it on)")
     if n_layers > 1:
         after = median / pool
         if after > 128:
