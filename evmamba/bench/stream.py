@@ -172,7 +172,7 @@ def bench_cpu(sm, recs, quick: bool) -> dict:
 
 
 def _token_latencies(stepper, tokens: np.ndarray, dt: np.ndarray, counts: np.ndarray,
-                 surfaces: np.ndarray | None = None) -> np.ndarray:
+                     surfaces: np.ndarray | None = None) -> np.ndarray:
     """Per-token latency of a :class:`~evmamba.streaming.gpu_step.GraphStepper` at batch 1, in seconds: copy one
     token into its device buffers, replay its graph, copy the logits out, wait -- what a caller that needs each
     token's logits on the host before the next token sees. (It reaches into the stepper's buffers: a
@@ -181,14 +181,10 @@ def _token_latencies(stepper, tokens: np.ndarray, dt: np.ndarray, counts: np.nda
 
     if stepper.n_streams != 1 or not stepper.graphed:
         raise ValueError("token latencies are measured at batch 1 on a CUDA device")
-    if stepper.fused:
-        return _fused_token_latencies(stepper, tokens, dt, counts, surfaces)
+    copy_in = _fused_copy_in(stepper, tokens, dt, counts, surfaces) if stepper.fused else _graph_copy_in(
+        stepper, tokens, dt, counts, surfaces)
     lat = np.empty(tokens.shape[0])
-    h_tok = torch.zeros(1, dtype=torch.long).pin_memory()
-    h_val = torch.zeros(2, dtype=torch.float32).pin_memory()
     h_out = torch.zeros(stepper.n_classes, dtype=torch.float32).pin_memory()
-    h_surf = torch.zeros(max(stepper.n_surface, 1), dtype=torch.float32).pin_memory()
-    n_tok, n_val = h_tok.numpy(), h_val.numpy()  # numpy views: writing them costs no torch dispatch
     stream = torch.cuda.current_stream(stepper.device)
     stepper.pos.zero_()
     for i in range(tokens.shape[0]):
@@ -196,6 +192,25 @@ def _token_latencies(stepper, tokens: np.ndarray, dt: np.ndarray, counts: np.nda
         if p == 0 and i:
             stepper.pos.zero_()
         t0 = time.perf_counter()
+        copy_in(i, p)
+        stepper.graph.replay()
+        h_out.copy_(stepper.logits[0, p], non_blocking=True)
+        stream.synchronize()
+        lat[i] = time.perf_counter() - t0
+    return lat
+
+
+def _graph_copy_in(stepper, tokens, dt, counts, surfaces):
+    """``copy_in(i, p)`` for the captured classifier step: token ``i``'s id, gap, count (and surface) into the
+    stepper's separate buffers at position ``p``."""
+    import torch
+
+    h_tok = torch.zeros(1, dtype=torch.long).pin_memory()
+    h_val = torch.zeros(2, dtype=torch.float32).pin_memory()
+    h_surf = torch.zeros(max(stepper.n_surface, 1), dtype=torch.float32).pin_memory()
+    n_tok, n_val = h_tok.numpy(), h_val.numpy()  # numpy views: writing them costs no torch dispatch
+
+    def copy_in(i, p):
         n_tok[0] = tokens[i]
         n_val[0] = dt[i]
         n_val[1] = counts[i]
@@ -205,38 +220,24 @@ def _token_latencies(stepper, tokens: np.ndarray, dt: np.ndarray, counts: np.nda
         if stepper.n_surface:
             h_surf.numpy()[:] = surfaces[i]
             stepper.surf[0, p].copy_(h_surf, non_blocking=True)
-        stepper.graph.replay()
-        h_out.copy_(stepper.logits[0, p], non_blocking=True)
-        stream.synchronize()
-        lat[i] = time.perf_counter() - t0
-    return lat
+
+    return copy_in
 
 
-def _fused_token_latencies(stepper, tokens, dt, counts, surfaces=None) -> np.ndarray:
-    """:func:`_token_latencies` for the fused step: one packed record (id, gap, count, surface) copied in per
-    token, one launch, the logits copied out."""
+def _fused_copy_in(stepper, tokens, dt, counts, surfaces):
+    """``copy_in(i, p)`` for the fused step: one packed record (id, gap, count, surface) per token."""
     import torch
 
-    lat = np.empty(tokens.shape[0])
     h_rec = torch.zeros(stepper.inp.shape[-1], dtype=torch.float32).pin_memory()
-    h_out = torch.zeros(stepper.n_classes, dtype=torch.float32).pin_memory()
     rec = h_rec.numpy()
-    stream = torch.cuda.current_stream(stepper.device)
-    stepper.pos.zero_()
-    for i in range(tokens.shape[0]):
-        p = i % stepper.block
-        if p == 0 and i:
-            stepper.pos.zero_()
-        t0 = time.perf_counter()
+
+    def copy_in(i, p):
         rec[0], rec[1], rec[2] = tokens[i], dt[i], counts[i]
         if stepper.n_surface:
             rec[3:] = surfaces[i]
         stepper.inp[0, p].copy_(h_rec, non_blocking=True)
-        stepper.graph.replay()
-        h_out.copy_(stepper.logits[0, p], non_blocking=True)
-        stream.synchronize()
-        lat[i] = time.perf_counter() - t0
-    return lat
+
+    return copy_in
 
 
 def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", block_streams=None) -> dict:

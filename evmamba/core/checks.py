@@ -9,6 +9,7 @@ is an int to Python, but a flag passed where a size belongs is a mistake).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -53,4 +54,24 @@ def check_number(value: Any, name: str, minimum: float = -math.inf, maximum: flo
     return value
 
 
-__all__ = ["check_int", "check_number", "is_int", "is_number"]
+
+
+def section_kwargs(cls, d: Any, source: str, *, expected: str = "a mapping",
+                   hint: Callable[[list[str]], str] | None = None) -> dict[str, Any]:
+    """A config section ``d`` (plain mapping or OmegaConf node) as keyword arguments of the dataclass ``cls``:
+    ``ValueError`` naming ``source`` when it is not a mapping or has keys ``cls`` does not know (``hint``
+    may add advice about the unknown keys)."""
+    valid = sorted(cls.__dataclass_fields__)
+    if hasattr(d, "_metadata"):
+        from omegaconf import OmegaConf  # only when given an OmegaConf node: the stream loop never imports it
+
+        d = OmegaConf.to_container(d, resolve=True)
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{source}: expected {expected} with keys {valid}; got {d!r}")
+    unknown = sorted(str(k) for k in d if k not in cls.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {unknown}; valid: {valid}{hint(unknown) if hint else ''}")
+    return dict(d)
+
+
+__all__ = ["check_int", "check_number", "is_int", "is_number", "section_kwargs"]

@@ -35,10 +35,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.checks import is_int, is_number
+from ..core.checks import is_int, is_number, section_kwargs
 
 ACTIVATIONS = ("silu", "none")
 MAX_RADIUS = 8
+
+
+def _mapping_hint(unknown: list[str]) -> str:
+    """Advice for keys like ``'{radius:2}'``: a mapping written on the command line without spaces."""
+    if any(":" in k for k in unknown):
+        return (" (on the command line write a mapping as '{radius: 2, tau: 50}', with a space after each colon, "
+                "or use dotted keys: model.context.radius=2)")
+    return ""
 
 
 @dataclass(frozen=True)
@@ -81,20 +89,9 @@ class ContextConfig:
         errors naming them and the valid ones."""
         if d is None:
             return cls()
-        if hasattr(d, "_metadata"):
-            from omegaconf import OmegaConf
-
-            d = OmegaConf.to_container(d, resolve=True)
-        if not isinstance(d, Mapping):
-            raise ValueError(f"{source}: expected null or a mapping with keys {sorted(cls.__dataclass_fields__)}; "
-                             f"got {d!r}")
-        unknown = sorted(str(k) for k in d if k not in cls.__dataclass_fields__)
-        if unknown:
-            hint = (" (on the command line write a mapping as '{radius: 2, tau: 50}', with a space after each "
-                    "colon, or use dotted keys: model.context.radius=2)") if any(":" in k for k in unknown) else ""
-            raise ValueError(f"{source}: unknown key(s) {unknown}; valid: {sorted(cls.__dataclass_fields__)}{hint}")
+        kwargs = section_kwargs(cls, d, source, expected="null or a mapping", hint=_mapping_hint)
         try:
-            return cls(**dict(d))
+            return cls(**kwargs)
         except ValueError as exc:
             raise ValueError(str(exc).replace("model.context", source, 1)) from None
 

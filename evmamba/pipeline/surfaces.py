@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..core.checks import is_number
+from ..core.checks import is_number, section_kwargs
 
 KINDS = ("time", "count")
 
@@ -76,17 +76,9 @@ class SurfaceConfig:
         """From a mapping (plain dict or OmegaConf); missing keys take the defaults, unknown keys are errors."""
         if d is None:
             return cls()
-        if hasattr(d, "_metadata"):
-            from omegaconf import OmegaConf
-
-            d = OmegaConf.to_container(d, resolve=True)
-        if not isinstance(d, Mapping):
-            raise ValueError(f"{source}: expected a mapping with keys {sorted(cls.__dataclass_fields__)}; got {d!r}")
-        unknown = sorted(str(k) for k in d if k not in cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{source}: unknown key(s) {unknown}; valid: {sorted(cls.__dataclass_fields__)}")
+        kwargs = section_kwargs(cls, d, source)
         try:
-            return cls(**dict(d))
+            return cls(**kwargs)
         except ValueError as exc:
             raise ValueError(str(exc).replace("surface config", source, 1)) from None
 

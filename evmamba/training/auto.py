@@ -48,6 +48,7 @@ import numpy as np
 
 from ..model.checkpoint import TOKEN_MODEL
 from ..pipeline.binning import TIME_UNITS_US, BinningConfig, vocab_size
+from ..pipeline.surfaces import SurfaceConfig
 from .data import model_type, section
 
 #: Candidate time-bin widths, µs (0: one token per event).
@@ -318,10 +319,8 @@ def default_model_section(stats: DataStats, binning: BinningConfig, given: Mappi
         f"tokens ({target})")
     if given.get("embedding", DEFAULT_EMBEDDING) == "surface" and DEFAULT_CONTEXT is not None:
         if pool <= CONTEXT_MAX_INPUT_POOL:
-            given_surface = given.get("surface") or {}
-            if given_surface.get("tau_us"):  # the surface the user wrote sets the pace
-                taus = given_surface["tau_us"]
-                tau = float(taus if isinstance(taus, (int, float)) else list(taus)[0])
+            if (given.get("surface") or {}).get("tau_us"):  # the surface the user wrote sets the pace
+                tau = SurfaceConfig.from_dict(given["surface"], source="model.surface").tau_us[0]
             ctx_tau = float(f"{CONTEXT_TAU_OVER_SURFACE * tau / TIME_UNITS_US[binning.time_unit]:.3g}")
             span = 2 * DEFAULT_CONTEXT["radius"] * DEFAULT_CONTEXT["dilation"] + 1
             put("context", {**DEFAULT_CONTEXT, "tau": ctx_tau},
@@ -332,7 +331,7 @@ def default_model_section(stats: DataStats, binning: BinningConfig, given: Mappi
             put("context", None,
                 f"off: it runs on every token before the input pooling by {pool}, where it would cost several "
                 f"times the rest of the model on long streams (on up to pooling by {CONTEXT_MAX_INPUT_POOL}; "
-                f"set model.context to turn it on)")
+                f"train.auto=true model.context.radius=2 turns it on)")
     if n_layers > 1:
         after = median / pool
         if after > 128:
