@@ -222,6 +222,9 @@ def _pool(h, dtv, keep, b, mb, stride, slot, csum_ptr, cdt_ptr, cn_ptr,
     complete = keep & (n == stride.to(tl.float32))
     grow = keep & (n != stride.to(tl.float32))
     put = on & keep
+    # A read-modify-write of the carry: the threads that store an element need not be the ones that loaded it
+    # (tl.dot layouts hold a vector in several threads), so every load finishes before any store.
+    tl.debug_barrier()
     tl.store(csum_ptr + row[:, None] * D + d[None, :], tl.where(grow[:, None], total, 0.0),
              mask=put[:, None] & md[None, :])
     tl.store(cdt_ptr + row, tl.where(grow, dt_sum, 0.0), mask=put)
@@ -334,6 +337,7 @@ def model_step_kernel(
         sptr = ssm_ptr + (b * NL + li)[:, None, None] * (N * E) + n[None, :, None] * E + e[None, None, :]
         m_s = mb[:, None, None] & m_ne[None, :, :]
         hs = abar * tl.load(sptr, mask=m_s, other=0.0) + bx
+        tl.debug_barrier()  # read-modify-write of the state: loads before stores, as above
         tl.store(sptr, hs, mask=m_s & keep[:, None, None])
         y = tl.sum(hs * cm[:, :, None], axis=1) + _vec(dsk_ptr + li * E, E, EP)[None, :] * xc
         y = y * (z * sigmoid(z, FAST))
@@ -357,6 +361,7 @@ def model_step_kernel(
         rw = tl.load(ro_w_ptr + b, mask=mb, other=0.0)
         acc = rs + wt[:, None] * y
         feats = acc / tl.maximum(rw + wt, 1e-30)[:, None]
+        tl.debug_barrier()  # read-modify-write of the running sums: loads before stores
         tl.store(ro_sum_ptr + b[:, None] * D + d[None, :], acc, mask=m_bd & keep[:, None])
         tl.store(ro_w_ptr + b, rw + wt, mask=mb & keep)
     c = tl.arange(0, CP)
