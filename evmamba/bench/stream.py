@@ -17,7 +17,7 @@ and of the classifier's PyTorch ``step`` (one token per call) for comparison.
 
 **GPU** (``--device cuda``): the step captured in a CUDA graph
 (:class:`~evmamba.streaming.gpu_step.GraphStepper`) -- the classifier's own step, or with ``--gpu-step fused``
-the one-kernel fused model step (opt-in until verified on a GPU; the table and the JSON say which ran):
+the one-kernel fused model step (the default where the model is supported; the table and the JSON say which ran):
 per-token latency at batch 1 (copy in, replay, copy out, synchronise), µs per token when a trial's tokens are
 replayed back to back, the loop's real-time factor at ``--speed max``, and aggregate events/s of ``--streams`` (1 024)
 concurrent streams in lockstep.

@@ -19,9 +19,9 @@ still prints and writes the summary (exit status 130 or 143).
 
 ``--streams N`` runs N concurrent streams of the given recordings as fast as possible (throughput mode:
 final decisions and aggregate events/s only). ``--device cuda`` runs the classifier's step in a CUDA graph:
-the classifier's own ``step`` (``--gpu-step auto``, the default, and ``unfused``), or one fused kernel per token
-(``--gpu-step fused``: opt-in until it is verified against the reference on a GPU; an unsupported model is an
-error); which step ran is printed. The
+one fused kernel per token for the whole model (``--gpu-step fused``: an unsupported model is an error), the
+classifier's own ``step`` (``unfused``), or the first where the model is supported and the second otherwise
+(``auto``, the default; a model with the context stage runs unfused); which step ran, and why, is printed. The
 default device (``auto``) uses the compiled CPU step unless ``--streams`` > 1 and a GPU is present.
 """
 
@@ -91,8 +91,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--streams", type=int, default=1, help="concurrent streams from the recordings (throughput mode)"
     )
     parser.add_argument("--gpu-step", default="auto", choices=GPU_STEPS,
-                        help="on CUDA: fused (one kernel per token; opt-in, not yet verified on a GPU), unfused "
-                             "(the classifier's step) or auto (default: unfused for now)")
+                        help="on CUDA: fused (one kernel per token), unfused (the classifier's step) or auto "
+                             "(default: fused where the model is supported)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the summary as JSON here")
     parser.add_argument("--out", default=None, metavar="PATH", help="write the JSON lines here instead of stdout")
     parser.add_argument("--quiet", action="store_true", help="no JSON lines")

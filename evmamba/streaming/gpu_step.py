@@ -126,19 +126,16 @@ def _zero_rows(cache, rows: torch.Tensor) -> None:
                 _zero_rows(v, rows)
 
 
-FUSED_OPT_IN = ("the fused one-kernel step is opt-in (fused=True, --gpu-step fused) until it is verified against "
-                "the float64 reference on a GPU")
-
-
 class GraphStepper:
     """``B`` streams of an :class:`~evmamba.model.classifier.EventClassifier` stepped by a CUDA graph.
 
     ``block``: tokens per stream held on the device at once (a longer chunk is run in blocks).
-    ``fused``: None (default) runs the classifier's own ``step`` (the one-kernel step is opt-in until it has
-    been verified on a GPU: :data:`FUSED_OPT_IN`); True requires the fused step (``ValueError`` naming the unsupported
-    setting); False runs the classifier's ``step``. :attr:`step_kind` says which runs (``"fused"`` or
-    ``"unfused"``) and :attr:`fallback_reason` why the default did not fuse. ``block_streams``: streams per
-    program of the fused kernel (default :func:`~evmamba.kernels.triton_model_step.default_block_streams`).
+    ``fused``: None (default) runs the one-kernel step on CUDA where the model is supported
+    (:func:`fused_support`) and the classifier's own ``step`` otherwise; True requires the fused step
+    (``ValueError`` naming the unsupported setting); False runs the classifier's ``step``. :attr:`step_kind`
+    says which runs (``"fused"`` or ``"unfused"``) and :attr:`fallback_reason` why the default did not fuse.
+    ``block_streams``: streams per program of the fused kernel (default
+    :func:`~evmamba.kernels.triton_model_step.default_block_streams`).
     """
 
     def __init__(self, model, n_streams: int = 1, device="cuda", block: int = 1024, warmup: int = 3,
@@ -153,10 +150,6 @@ class GraphStepper:
         self.graphed = self.device.type == "cuda"
         self.model = model.to(self.device).eval()
         self.fallback_reason = fused_support(self.model) if fused is not False else "fused=False"
-        if fused is None and self.fallback_reason is None:
-            # Opt-in until its compiled kernel has been checked against the float64 step on a GPU (issue 15):
-            # only the Triton interpreter has verified it so far.
-            self.fallback_reason = FUSED_OPT_IN
         if self.fallback_reason is None and not self.graphed:
             from ..kernels.triton_primitives import INTERPRETING
 
