@@ -34,6 +34,7 @@ from ..model.classifier import EventClassifier
 from . import distributed as ddp
 from .auto import auto_enabled, resolve_config
 from .data import build_data, make_loader, model_type, section, steps_per_epoch
+from .ema import WeightAverage
 from .memory import available_memory_bytes, check_training_memory, largest_batch
 from .metrics import MetricsLogger
 from .models import build_model, evaluate_loader, forward_loss, to_device
@@ -131,8 +132,13 @@ def train(
     accum, epochs = tc["grad_accum"], tc["epochs"]
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch(len(train_loader), accum), epochs)
     start_epoch, step, best = 0, 0, {"metric": "val_accuracy", "value": -1.0, "epoch": 0}
+    ema = WeightAverage(model, tc["ema_decay"]) if tc["ema_decay"] else None
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
+        # With an average, "model" holds the averaged weights (what is evaluated and shipped) and
+        # "trained_model" the weights the optimizer works on.
+        model.load_state_dict(resumed.get("trained_model", resumed["model"]))
+        if ema is not None:
+            ema.load(resumed["model"], resumed.get("ema_updates", resumed["step"]))
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         set_rng_state(resumed["rng"])
@@ -161,17 +167,22 @@ def train(
               f"{f' (resumed after epoch {start_epoch})' if resumed is not None else ''}", flush=True)
 
     def checkpoint_state(epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
-        return {
+        state = {
             "model": model.state_dict(), "model_type": model_type(cfg), "model_config": model.config,
             "data": data.info.to_dict(), "config": to_container(cfg), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch, "step": step,
             "best": dict(best), "metrics": metrics,
         }
+        if ema is not None:  # the average is the model; the trained weights are training state
+            state.update(model=ema.state_dict(), trained_model=state["model"], ema_updates=ema.updates)
+        return state
 
     def evaluate(loader) -> tuple[float, float, int]:
         # The bare model, not the DDP wrapper: processes may hold different numbers of evaluation batches,
         # and a wrapped forward may issue collectives (buffer broadcasts) that the others would never join.
-        loss, correct, n = ddp.all_reduce_sum(list(evaluate_loader(model, loader, device, tc["amp"]).values()), info)
+        with ema.swapped_into(model) if ema is not None else contextlib.nullcontext():
+            totals = evaluate_loader(model, loader, device, tc["amp"])
+        loss, correct, n = ddp.all_reduce_sum(list(totals.values()), info)
         return loss / max(n, 1), correct / max(n, 1), int(n)
 
     # ---- the loop
@@ -204,6 +215,8 @@ def train(
                 norm_sum += float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
                 optimizer.step()
                 scheduler.step()
+                if ema is not None:
+                    ema.update(model)
                 optimizer.zero_grad(set_to_none=True)
                 step, n_updates = step + 1, n_updates + 1
             loss_sum, correct_sum, seen = loss_sum + float(loss.detach()) * b, correct_sum + int(correct), seen + b
@@ -268,6 +281,7 @@ def train(
     if selected is not None and best["epoch"] != epochs:
         if selected_test is None:  # the test split was not evaluated at that epoch
             model.load_state_dict(selected["model"])
+            ema = None  # the selected weights (averaged or not) are now the model's
             _, selected_test, test_n = evaluate(test_loader)
         test_acc = selected_test
     if main:

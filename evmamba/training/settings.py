@@ -81,6 +81,8 @@ TRAIN_SETTINGS: dict[str, Setting] = {
     "grad_clip": Setting(1.0, "number", minimum=0, nullable=True),  # 0 or null: no clipping
     "grad_accum": Setting(1, "int", minimum=1),
     "label_smoothing": Setting(0.0, "number", minimum=0, maximum=1, below=True),
+    # Validate, test and ship a moving average of the weights (decay per optimizer step); null: the weights.
+    "ema_decay": Setting(None, "number", minimum=0, maximum=1, below=True, nullable=True),
     "seed": Setting(0, "int", minimum=0),
     "device": Setting("auto", "str"),
     "amp": Setting("bf16", "str", choices=("bf16", "none")),  # bf16 autocast on CUDA; CPU always runs fp32
