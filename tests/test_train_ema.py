@@ -47,6 +47,12 @@ def ema_run(tmp_path_factory):
     return out
 
 
+def test_the_run_says_it_averages(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, train={"epochs": 1, "ema_decay": 0.99})
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert "moving average of the weights (train.ema_decay 0.99: about 100 optimizer steps)" in capsys.readouterr().out
+
+
 def test_checkpoints_hold_the_average_as_the_model(ema_run, tmp_path):
     last = load_checkpoint(ema_run / "last.pt", need_training_state=True)
     assert last["ema_updates"] == last["step"] > 0

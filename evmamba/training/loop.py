@@ -165,6 +165,9 @@ def train(
               f"{type(model).__name__} with {n_params:,} parameters on {device}"
               f"{f' x {info.world_size} processes' if info.enabled else ''}; run folder {run_dir}"
               f"{f' (resumed after epoch {start_epoch})' if resumed is not None else ''}", flush=True)
+        if ema is not None:
+            print(f"validation, test and model.pt use the moving average of the weights (train.ema_decay "
+                  f"{ema.decay:g}: about {round(1 / (1 - ema.decay))} optimizer steps)", flush=True)
 
     def checkpoint_state(epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
         state = {
