@@ -114,6 +114,13 @@ def test_bfloat16_matches_float64_reference(param_dtype, monkeypatch):
                             dtype=torch.bfloat16, param_dtype=param_dtype, tol_y=6e-3, tol_g=6e-3)
 
 
+def test_64_bit_offsets_path(monkeypatch):
+    # Chosen by itself only past 2**31 elements per sequence (too large here): forced on a small problem.
+    monkeypatch.setattr(triton_conv, "FORCE_WIDE_OFFSETS", True)
+    monkeypatch.setattr(triton_conv, "CONFIG_OVERRIDE", ConvLaunchConfig(4, 4, 2))
+    check_against_reference(2, 5, 11, 4, True, "transposed", seed=23)
+
+
 def test_streams_do_not_mix(monkeypatch):
     # Each sequence of a batch is convolved on its own: stream b's result equals the kernel run on stream b alone.
     monkeypatch.setattr(triton_conv, "CONFIG_OVERRIDE", ConvLaunchConfig(4, 4, 2))

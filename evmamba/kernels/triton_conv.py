@@ -56,13 +56,17 @@ def _preactivation(xb_ptr, w_ptr, b_ptr, c, t, c_ok, sx_c, sx_t, L,
 @triton.jit
 def conv_silu_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, Di, L, n_t,
                          sx_b, sx_c, sx_t, so_b, so_c, so_t,
-                         K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+                         K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr,
+                         WIDE: tl.constexpr):
     """Grid ``(B * n_t, cdiv(Di, BLOCK_C))``: program ``(b * n_t + i, j)`` writes time tile ``i`` of channel
     block ``j`` of sequence ``b``."""
     pid = tl.program_id(0)
     b = (pid // n_t).to(tl.int64)  # 64-bit offsets: B * Di * L may pass 2**31
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     t = (pid % n_t) * BLOCK_T + tl.arange(0, BLOCK_T)
+    if WIDE:  # offsets within one sequence pass 2**31
+        c = c.to(tl.int64)
+        t = t.to(tl.int64)
     c_ok = c < Di
     pre = _preactivation(x_ptr + b * sx_b, w_ptr, b_ptr, c, t, c_ok, sx_c, sx_t, L, K, HAS_BIAS, BLOCK_C, BLOCK_T)
     y = pre * tl.sigmoid(pre)
@@ -74,7 +78,7 @@ def conv_silu_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, Di, L, n_t,
 def conv_silu_bwd_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_part_ptr, db_part_ptr, Di, L, n_split,
                          tiles_per_prog, sx_b, sx_c, sx_t, sd_b, sd_c, sd_t, sdx_b, sdx_c, sdx_t,
                          K: tl.constexpr, K_PAD: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr,
-                         BLOCK_T: tl.constexpr):
+                         BLOCK_T: tl.constexpr, WIDE: tl.constexpr):
     """Grid ``(B * n_split, cdiv(Di, BLOCK_C))``: program ``(b * n_split + s, j)`` writes ``dx`` on time tiles
     ``s * tiles_per_prog ...`` (up to ``tiles_per_prog`` of them) of channel block ``j`` of sequence ``b``, and
     its sums of ``dweight`` / ``dbias`` over those tiles into row ``b * n_split + s`` of the partial buffers."""
@@ -82,6 +86,8 @@ def conv_silu_bwd_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_part_ptr, db_pa
     b = (pid // n_split).to(tl.int64)
     s = pid % n_split
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    if WIDE:
+        c = c.to(tl.int64)
     c_ok = c < Di
     xb_ptr = x_ptr + b * sx_b
     kk = tl.arange(0, K_PAD)
@@ -89,6 +95,8 @@ def conv_silu_bwd_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_part_ptr, db_pa
     db_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for i in range(tiles_per_prog):
         t = (s * tiles_per_prog + i) * BLOCK_T + tl.arange(0, BLOCK_T)
+        if WIDE:
+            t = t.to(tl.int64)
         dx_acc = tl.zeros((BLOCK_C, BLOCK_T), dtype=tl.float32)
         for j in tl.static_range(K):
             # dpre at steps t + j reaches dx[t] through weight[K - 1 - j]; steps at or past L carry no gradient.
@@ -162,6 +170,16 @@ def _alloc_like_x(x: torch.Tensor) -> torch.Tensor:
     return _alloc(batch, dim, L, dtype=x.dtype, device=x.device)
 
 
+#: Tests may set this to force 64-bit offsets within a sequence (chosen automatically when they pass 2**31).
+FORCE_WIDE_OFFSETS = False
+
+
+def _wide(*tensors: torch.Tensor) -> bool:
+    """Whether an offset within one sequence (channel and time strides) can reach 2**31."""
+    span = max(abs(t.stride(1)) * (t.shape[1] - 1) + abs(t.stride(2)) * (t.shape[2] - 1) for t in tensors)
+    return FORCE_WIDE_OFFSETS or span + 1 >= 2**31
+
+
 def _dummy(ref: torch.Tensor) -> torch.Tensor:
     return torch.empty(1, device=ref.device, dtype=torch.float32)
 
@@ -178,7 +196,8 @@ def conv_silu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     grid = (batch * n_t, _cdiv(dim, cfg.block_c))
     conv_silu_fwd_kernel[grid](
         x, weight, bias if bias is not None else _dummy(x), out, dim, L, n_t, *x.stride(), *out.stride(),
-        K=K, HAS_BIAS=bias is not None, BLOCK_C=cfg.block_c, BLOCK_T=cfg.block_t, num_warps=cfg.num_warps,
+        K=K, HAS_BIAS=bias is not None, BLOCK_C=cfg.block_c, BLOCK_T=cfg.block_t, WIDE=_wide(x, out),
+        num_warps=cfg.num_warps,
     )
     return out
 
@@ -202,7 +221,7 @@ def conv_silu_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
         db_part if db_part is not None else _dummy(x), dim, L, n_split, tiles,
         *x.stride(), *dy.stride(), *dx.stride(),
         K=K, K_PAD=next_pow2(K), HAS_BIAS=bias is not None, BLOCK_C=cfg.block_c, BLOCK_T=cfg.block_t,
-        num_warps=cfg.num_warps,
+        WIDE=_wide(x, dy, dx), num_warps=cfg.num_warps,
     )
     return dx, dw_part.sum(0), None if db_part is None else db_part.sum(0)
 
