@@ -154,6 +154,31 @@ def test_bench_case_compares_and_times_every_pair_on_the_cpu():
     assert "evmamba event" in layer_bench.table([case])
 
 
+def test_bench_case_says_which_convolution_ran_and_restores_the_opt_in(monkeypatch):
+    # The default keeps PyTorch's conv; --conv triton opts our layer in for the case only and the case (and the
+    # table) says so. Ours against the stand-in mamba_ssm: the Triton conv changes nothing that the check sees.
+    monkeypatch.delenv("EVMAMBA_TRITON_CONV", raising=False)
+    timer = lambda fn, reps: (fn(), 1.0)[1]  # noqa: E731
+    case = layer_bench.bench_case(2, 5, 16, "float32", 1, None, device="cpu", timer=timer)
+    assert case["conv"] == "torch" and "torch" in layer_bench.table([case])
+    with pytest.raises(ValueError, match="conv must be one of"):
+        layer_bench.bench_case(2, 5, 16, "float32", 1, None, device="cpu", timer=timer, conv="cudnn")
+    pytest.importorskip("triton")
+    from evmamba.kernels import triton_conv
+
+    calls = []
+    kernel = triton_conv.causal_conv1d_silu
+    monkeypatch.setattr(triton_conv, "causal_conv1d_silu", lambda *a: calls.append(1) or kernel(*a))
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # Triton's CPU interpreter without CUDA (conftest)
+    case = layer_bench.bench_case(2, 5, 16, "float32", 1, Peers(mamba_layer=StandInMamba), device=device,
+                                  timer=timer, conv="triton")
+    assert case["conv"] == "triton" and calls
+    assert "triton" in layer_bench.table([case])
+    (row,) = [r for r in case["rows"] if r["ours"] == "evmamba standard"]
+    assert row["agree"] == "ok", row
+    assert "EVMAMBA_TRITON_CONV" not in __import__("os").environ
+
+
 def test_bench_case_reports_a_disagreeing_peer_in_its_row():
     class Wrong(StandInMamba):
         def forward(self, hidden_states, integration_timesteps=None):
@@ -207,7 +232,11 @@ def test_layer_bench_arguments(capsys):
     args = parser.parse_args(["bench", "layer", "--peers", "--quick"])
     assert args.peers == "" and args.quick and args.dtypes == ["float32", "bfloat16"]
     args = parser.parse_args(["bench", "layer", "--peers", "/x"])
-    assert args.peers == "/x"
+    assert args.peers == "/x" and args.conv == "torch"
+    assert parser.parse_args(["bench", "layer", "--conv", "triton"]).conv == "triton"
+    with pytest.raises(SystemExit):
+        main(["bench", "layer", "--conv", "cudnn"])
+    assert "invalid choice" in capsys.readouterr().err
     kparser = __import__("evmamba.cli", fromlist=["build_parser"]).build_parser(["bench", "kernels"])
     kargs = kparser.parse_args(["bench", "kernels", "--peers", "--scan-only"])
     assert kargs.peers == "" and kargs.scan_only

@@ -16,6 +16,11 @@ event mode with lrnnx's event mode; cuDNN's TF32 convolution off for the check o
 is printed, a disagreement is reported in the row. Times are medians of ``--reps`` runs (CUDA events) after
 warm-up; forward under ``torch.no_grad``; forward + backward takes the gradients of the input and every parameter.
 lrnnx's CUDA scan takes float32 inputs only, so it sits out bfloat16.
+
+``--conv triton`` opts our layer's causal convolution + SiLU into the Triton kernel
+(:mod:`evmamba.kernels.triton_conv`; ``EVMAMBA_TRITON_CONV=1`` for the run, restored after); the default ``torch``
+keeps PyTorch's ``conv1d`` and ``silu``. The table and the JSON say which one ran (``conv``, per case as chosen by
+:func:`~evmamba.kernels.backends.conv_backend` for the case's tensors).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ..core.output import format_table, write_json
 LAYER_SHAPES = [(16, 8192, 128), (8, 2048, 768), (64, 2048, 128)]
 DTYPES = ("float32", "bfloat16")
 D_STATE, D_CONV, EXPAND = 16, 4, 2
+CONVS = ("torch", "triton")
 EXAMPLE = "evmamba bench layer --peers /tmp/peers-site --json layer.json   # on a CUDA GPU"
 
 
@@ -40,6 +46,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="first shape only")
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES),
                         help="activation precisions to time (default: both)")
+    parser.add_argument("--conv", choices=CONVS, default="torch",
+                        help="our layer's causal conv + SiLU: PyTorch's conv1d and silu (default) or the opt-in "
+                        "Triton kernel (sets EVMAMBA_TRITON_CONV=1 for the run)")
     parser.add_argument("--peers", nargs="?", const="", default=None, metavar="FOLDER",
                         help="also time mamba_ssm's and lrnnx's Mamba layers, imported from FOLDER (as built by "
                         "scripts/peers/build.sh; default $EVMAMBA_PEERS_SITE or /tmp/peers-site)")
@@ -183,9 +192,21 @@ PAIRS = [("standard", "mamba_ssm", "standard", True), ("event", "mamba_ssm", "st
 
 
 def bench_case(batch: int, L: int, d_model: int, dtype_name: str, reps: int, peers, device="cuda",
-               timer=None) -> dict[str, Any]:
-    """Every variant at one shape and precision: agreement first, then times. ``timer(fn, reps) -> ms``."""
+               timer=None, conv: str = "torch") -> dict[str, Any]:
+    """Every variant at one shape and precision: agreement first, then times. ``timer(fn, reps) -> ms``.
+    ``conv``: our layer's convolution, ``"torch"`` or ``"triton"`` (opted in for this case only)."""
+    from evmamba.kernels.backends import triton_conv_opt_in
+
+    if conv not in CONVS:
+        raise ValueError(f"bench_case: conv must be one of {CONVS}; got {conv!r}")
+    with triton_conv_opt_in(conv == "triton"):
+        return _bench_case(batch, L, d_model, dtype_name, reps, peers, device, timer)
+
+
+def _bench_case(batch, L, d_model, dtype_name, reps, peers, device, timer) -> dict[str, Any]:
     import torch
+
+    from evmamba.kernels import conv_backend
 
     if timer is None:
         from .kernels import _median_ms as timer
@@ -199,8 +220,11 @@ def bench_case(batch: int, L: int, d_model: int, dtype_name: str, reps: int, pee
     dt = torch.rand(batch, L, device=device, generator=g) * 2.0  # gaps in the units of the layer's time constants
     dy = torch.randn(batch, L, d_model, device=device, generator=g)
     modules = {"evmamba": ours, "mamba_ssm": mamba_layer, "lrnnx": lrnnx_layer}
+    # What our layer's forward will choose for its convolution input (B, Di, L) in the activations' dtype.
+    probe = torch.empty(batch, EXPAND * d_model, L, device=device, dtype=getattr(torch, dtype_name))
+    conv = conv_backend(probe, ours.backend, D_CONV)
     case: dict[str, Any] = dict(batch=batch, L=L, d_model=d_model, d_inner=EXPAND * d_model, dtype=dtype_name,
-                                notes=notes, agreement={}, times={})
+                                conv=conv, notes=notes, agreement={}, times={})
     for our_mode, side, peer_mode, same in PAIRS:
         if same and modules[side] is not None:
             key = f"evmamba {our_mode} vs {side} {peer_mode}"
@@ -251,17 +275,22 @@ def table(cases: list[dict[str, Any]]) -> str:
         if ours_only:
             for mode in ("standard", "event"):
                 t = c["times"].get(f"evmamba {mode}", {})
-                rows.append([shape, c["dtype"], f"evmamba {mode}", "-", _fmt(t.get("fwd_ms"), ".4g"), "", "",
-                             _fmt(t.get("fwd_bwd_ms"), ".4g"), "", "", "", t.get("error", "")[:60]])
+                rows.append([shape, c["dtype"], c.get("conv", ""), f"evmamba {mode}", "-",
+                             _fmt(t.get("fwd_ms"), ".4g"), "", "", _fmt(t.get("fwd_bwd_ms"), ".4g"), "", "", "",
+                             t.get("error", "")[:60]])
         for r in c["rows"]:
             diff = "" if "y_rel_diff" not in r else f"y {r['y_rel_diff']:.1e} dx {r['dx_rel_diff']:.1e}"
-            rows.append([shape, c["dtype"], r["ours"], r["peer"], _fmt(r["ours_fwd_ms"], ".4g"),
+            rows.append([shape, c["dtype"], c.get("conv", ""), r["ours"], r["peer"], _fmt(r["ours_fwd_ms"], ".4g"),
                          _fmt(r.get("peer_fwd_ms"), ".4g"), _fmt(r.get("fwd_speedup"), ".2f") + "x",
                          _fmt(r["ours_fwd_bwd_ms"], ".4g"), _fmt(r.get("peer_fwd_bwd_ms"), ".4g"),
                          _fmt(r.get("fwd_bwd_speedup"), ".2f") + "x", diff,
                          r.get("agree", "") + ("" if "error" not in r else " ERROR: " + r["error"][:60])])
-    return format_table(["batch x L, d_model", "dtype", "ours", "peer", "ours fwd", "peer fwd", "speed-up",
+    return format_table(["batch x L, d_model", "dtype", "our conv", "ours", "peer", "ours fwd", "peer fwd", "speed-up",
                          "ours f+b", "peer f+b", "speed-up", "rel diff", "agree"], rows)
+
+
+_CONV_WORDS = {"torch": "PyTorch conv1d + silu (default)",
+               "triton": "Triton kernel, evmamba.kernels.triton_conv (opt-in, EVMAMBA_TRITON_CONV=1)"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -273,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     peers = None
     record: dict[str, Any] = {"benchmark": "layer", "reps": args.reps, "bf16": "torch.autocast, float32 parameters",
-                              "d_state": D_STATE, "d_conv": D_CONV, "expand": EXPAND}
+                              "d_state": D_STATE, "d_conv": D_CONV, "expand": EXPAND, "conv": args.conv}
     if args.peers is not None:
         from .kernels import report_peers
         from .peers import default_site, load_peers
@@ -286,14 +315,24 @@ def run(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
         print("evmamba bench layer: needs a CUDA GPU (none visible); nothing measured")
         return 1
+    if args.conv == "triton":
+        from evmamba.kernels.backends import triton_available
+
+        if not triton_available():
+            print("evmamba bench layer: --conv triton needs Triton (it does not import); nothing measured")
+            return 2
+    print(f"our causal conv + SiLU: {_CONV_WORDS[args.conv]}")
     if args.reps < 20:
         print(f"note: --reps {args.reps} is below the 20 runs the numbers are meant to be a median of")
     shapes = LAYER_SHAPES[:1] if args.quick else LAYER_SHAPES
     cases = []
     for (batch, L, d_model), dtype_name in tqdm([(s, d) for s in shapes for d in args.dtypes], desc="layer",
                                                 unit="case"):
-        case = bench_case(batch, L, d_model, dtype_name, args.reps, peers)
+        case = bench_case(batch, L, d_model, dtype_name, args.reps, peers, conv=args.conv)
         cases.append(case)
+        if case["conv"] != args.conv:
+            print(f"  {batch}x{L} d{d_model} {dtype_name}: our layer ran the {case['conv']} convolution, not "
+                  f"{args.conv}", flush=True)
         for note in case["notes"]:
             print(f"  {note}", flush=True)
         for key, agr in case["agreement"].items():
@@ -307,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
         torch.cuda.empty_cache()
     print("\nMamba layer, ours vs peers on the same weights and inputs (median ms; speed-up = peer / ours; bf16 ="
           " autocast over float32 parameters; mamba_ssm has no event mode: our event mode is set beside its"
-          " standard mode)")
+          f" standard mode; our conv: {_CONV_WORDS[args.conv]})")
     print(table(cases))
     write_json(args.json, record)
     return 0

@@ -3,23 +3,38 @@ module per technology.
 
 * :mod:`.discretization` (PyTorch, the single source of truth), :mod:`.numba_discretization`, and the Triton
   restatement in :mod:`.triton_primitives`;
-* references :mod:`.scan_ref` and :mod:`.step_ref`; the numba CPU scan :mod:`.cpu_scan` and compiled
-  classifier step :mod:`.cpu_step`; the Triton scan :mod:`.triton_scan` (kernels in
-  :mod:`.triton_scan_kernels`) and fused step :mod:`.triton_step`;
-* :mod:`.backends` -- the explicit choice between them (:func:`selective_scan`, :func:`mamba_step`).
+* references :mod:`.scan_ref`, :mod:`.step_ref` and :mod:`.conv_ref` (causal convolution + SiLU); the numba
+  CPU scan :mod:`.cpu_scan` and compiled classifier step :mod:`.cpu_step`; the Triton scan :mod:`.triton_scan`
+  (kernels in :mod:`.triton_scan_kernels`), fused step :mod:`.triton_step` and opt-in causal convolution + SiLU
+  :mod:`.triton_conv`;
+* :mod:`.backends` -- the explicit choice between them (:func:`selective_scan`, :func:`mamba_step`,
+  :func:`conv_backend`).
 
 Only torch, numba and triton (and :mod:`evmamba.core`) are imported here.
 """
 
-from .backends import SCAN_BACKENDS, STEP_BACKENDS, mamba_step, scan_backend, selective_scan, step_backend
+from .backends import (
+    CONV_BACKENDS,
+    SCAN_BACKENDS,
+    STEP_BACKENDS,
+    conv_backend,
+    mamba_step,
+    scan_backend,
+    selective_scan,
+    step_backend,
+)
+from .conv_ref import causal_conv1d_silu_ref
 from .discretization import DISCRETIZATIONS, discretize, event_decay_step, input_factor, input_step, transition
 from .scan_ref import linear_recurrence, selective_scan_ref
 from .step_ref import mamba_step_ref
 
 __all__ = [
+    "CONV_BACKENDS",
     "DISCRETIZATIONS",
     "SCAN_BACKENDS",
     "STEP_BACKENDS",
+    "causal_conv1d_silu_ref",
+    "conv_backend",
     "discretize",
     "event_decay_step",
     "input_factor",

@@ -11,9 +11,17 @@ float16 CPU tensors go to ``numba`` (scan; the step of one element runs on the r
 float64 included, to ``reference``. An explicit backend that cannot serve the tensors (``numba`` for a CUDA
 tensor, ``triton`` without CUDA, either for float64) is a ``ValueError`` naming it. Every backend has the
 reference's signature and agrees with it within tolerance (the tests compare them in float64).
+
+The ``Mamba`` layer's depthwise causal convolution + SiLU has its own, opt-in choice, :func:`conv_backend`:
+PyTorch's ``conv1d`` and ``silu`` unless the user sets ``EVMAMBA_TRITON_CONV=1`` (the Triton kernel of
+:mod:`~evmamba.kernels.triton_conv` has been verified only on Triton's CPU interpreter so far).
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -56,6 +64,65 @@ def _choose(t: torch.Tensor, backend: str, known: tuple[str, ...], what: str) ->
         raise ValueError(f"{what}: backend 'triton' serves float32/bfloat16/float16 CUDA tensors with Triton "
                          f"installed; got {t.dtype} on {t.device}")
     return backend
+
+
+#: The environment variable that opts the layer's convolution into the Triton kernel (read at every call).
+TRITON_CONV_ENV = "EVMAMBA_TRITON_CONV"
+CONV_BACKENDS = ("torch", "triton")
+
+
+def triton_conv_opted_in() -> bool:
+    """Whether ``EVMAMBA_TRITON_CONV`` asks for the Triton convolution: ``"1"`` yes; unset, ``""`` or ``"0"``
+    no; anything else is a ``ValueError`` naming the variable and its value."""
+    value = os.environ.get(TRITON_CONV_ENV, "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"environment variable {TRITON_CONV_ENV} must be 1 (use the Triton causal convolution) or "
+                         f"0 / unset (PyTorch's conv1d); got {value!r}")
+    return value == "1"
+
+
+@contextmanager
+def triton_conv_opt_in(enabled: bool = True) -> Iterator[None]:
+    """Inside the block, ``EVMAMBA_TRITON_CONV`` is ``"1"`` (``enabled``) or ``"0"``; its previous value (or its
+    absence) comes back after, whatever happens inside."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"triton_conv_opt_in: enabled must be True or False; got {enabled!r}")
+    saved = os.environ.get(TRITON_CONV_ENV)
+    os.environ[TRITON_CONV_ENV] = "1" if enabled else "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(TRITON_CONV_ENV, None)
+        else:
+            os.environ[TRITON_CONV_ENV] = saved
+
+
+def conv_backend(x: torch.Tensor, backend: str = "auto", kernel_size: int = 4) -> str:
+    """Which implementation runs the ``Mamba`` layer's causal convolution + SiLU on ``x`` ``(B, Di, L)``:
+    ``"torch"`` (``conv1d`` then ``silu``) or ``"triton"`` (:func:`~evmamba.kernels.triton_conv.causal_conv1d_silu`).
+
+    ``backend`` is the layer's (``"auto"`` or ``"reference"``) or an explicit ``"torch"``/``"triton"``. ``"auto"``
+    gives ``"triton"`` only when the user opted in (``EVMAMBA_TRITON_CONV=1``, read now), Triton imports, ``x``
+    is a non-empty float32/bfloat16/float16 tensor the kernel serves (CUDA, or any device under
+    ``TRITON_INTERPRET=1``) and ``kernel_size`` is 1..8; otherwise ``"torch"``, which is also what
+    ``"reference"`` always gives. An explicit ``"triton"`` that cannot serve ``x`` is a ``ValueError``.
+    """
+    known = ("auto", "reference") + CONV_BACKENDS
+    if not isinstance(backend, str) or backend not in known:
+        raise ValueError(f"causal conv: backend must be one of {known}; got {backend!r}")
+    if backend in ("reference", "torch"):
+        return "torch"
+    if backend == "auto" and not triton_conv_opted_in():  # read first: a mistyped value is an error anywhere
+        return "torch"
+    serves = x.numel() > 0 and 1 <= kernel_size <= 8 and triton_available() and _triton_serves(x)
+    if backend == "triton":
+        if not serves:
+            raise ValueError(f"causal conv: backend 'triton' serves non-empty float32/bfloat16/float16 CUDA tensors "
+                             f"with 1 <= kernel_size <= 8 and Triton installed; got {x.dtype} {tuple(x.shape)} on "
+                             f"{x.device}, kernel_size {kernel_size}")
+        return "triton"
+    return "triton" if serves else "torch"
 
 
 def scan_backend(u: torch.Tensor, backend: str = "auto") -> str:
@@ -128,5 +195,6 @@ def mamba_step(
                 rate, discretization, A_log)
 
 
-__all__ = ["SCAN_BACKENDS", "STEP_BACKENDS", "mamba_step", "scan_backend", "selective_scan", "step_backend",
-           "triton_available"]
+__all__ = ["CONV_BACKENDS", "SCAN_BACKENDS", "STEP_BACKENDS", "TRITON_CONV_ENV", "conv_backend", "mamba_step",
+           "scan_backend", "selective_scan", "step_backend", "triton_available", "triton_conv_opt_in",
+           "triton_conv_opted_in"]

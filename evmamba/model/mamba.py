@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.checks import check_int, check_number
-from ..kernels import DISCRETIZATIONS, mamba_step, selective_scan
+from ..kernels import DISCRETIZATIONS, conv_backend, mamba_step, selective_scan
 from ..kernels.discretization import check_discretization
 
 # Keys of a layer's inference cache.
@@ -290,7 +290,7 @@ class Mamba(nn.Module):
         x, z = xz.split(self.d_inner, dim=-1)
         x = x.transpose(1, 2)  # (B, Di, L)
         conv_state = None if inference_cache is None else inference_cache["conv_state"]
-        xc = F.silu(self._causal_conv(x, conv_state, lengths))  # (B, Di, L)
+        xc = self._conv_silu(x, conv_state, lengths)  # (B, Di, L)
 
         x_dbl = self.x_proj(xc.transpose(1, 2))  # (B, L, R + 2N)
         dt_low, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -323,6 +323,16 @@ class Mamba(nn.Module):
         else:
             y = result
         return self.out_proj(y.transpose(1, 2))
+
+    def _conv_silu(self, x: torch.Tensor, conv_state: torch.Tensor | None, lengths: torch.Tensor | None):
+        """``silu`` of :meth:`_causal_conv`. Without a cache (training, whole sequences) and opted in with
+        ``EVMAMBA_TRITON_CONV=1`` (see :func:`~evmamba.kernels.backends.conv_backend`), one Triton kernel
+        computes both; otherwise PyTorch's ``conv1d`` and ``silu``, as always."""
+        if conv_state is None and conv_backend(x, self.backend, self.d_conv) == "triton":
+            from ..kernels.triton_conv import causal_conv1d_silu
+
+            return causal_conv1d_silu(x, self.conv1d.weight, self.conv1d.bias)
+        return F.silu(self._causal_conv(x, conv_state, lengths))
 
     def _causal_conv(self, x: torch.Tensor, conv_state: torch.Tensor | None, lengths: torch.Tensor | None):
         """Depthwise causal convolution of ``x`` ``(B, Di, L)``; with ``conv_state`` continue from (and update) it."""

@@ -1,0 +1,297 @@
+"""Depthwise causal convolution + SiLU on Triton kernels, forward and backward: :func:`causal_conv1d_silu`.
+
+``out[b, c, t] = silu(bias[c] + sum_{k<K} weight[c, k] * x[b, c, t - (K-1) + k])`` with ``x = 0`` before the
+first element -- the math of :func:`~evmamba.kernels.conv_ref.causal_conv1d_silu_ref`, which the tests compare
+it with in float64. It replaces the ``Mamba`` layer's ``conv1d`` (cuDNN) and its separate SiLU pass when the
+layer is opted in (see :func:`~evmamba.kernels.backends.conv_backend`).
+
+* Forward: one program per tile of ``BLOCK_C`` channels x ``BLOCK_T`` steps of one sequence; it reads the
+  ``K - 1`` steps before its tile (the halo) as ``K`` shifted loads of the tile (the overlap comes from the
+  cache) and accumulates in float32.
+* Backward: the pre-activation is recomputed, not stored. ``dx[t] = sum_j weight[K-1-j] * dpre[t + j]`` needs
+  ``dpre`` on the tile and ``K - 1`` steps after it, so each program recomputes ``dpre`` at the ``K`` shifts.
+  ``dweight`` and ``dbias`` are summed per program over its span of tiles into a float32 partial buffer
+  ``(B * splits, Di, K)`` that a ``torch.sum`` reduces: no atomics, so the result is deterministic.
+
+``x`` and the output gradient may have any strides (the layer passes a transposed view of ``in_proj``'s
+output, contiguous along channels); the output and ``dx`` are laid out like ``x`` (channels innermost when
+``x`` has them innermost). Activations float32, bfloat16 or float16; arithmetic in float32; the output and
+``dx`` in ``x``'s dtype, ``dweight``/``dbias`` in the parameters' dtypes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_primitives import INTERPRETING, next_pow2
+
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+#: Kernel sizes the kernels are built for (``K`` is unrolled: ``K * (K + 1)`` tile loads in the backward).
+MAX_KERNEL_SIZE = 8
+_WHERE = "causal_conv1d_silu"
+
+
+# ------------------------------------------------------------------------------------------- kernels
+@triton.jit
+def _preactivation(xb_ptr, w_ptr, b_ptr, c, t, c_ok, sx_c, sx_t, L,
+                   K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+    """``bias[c] + sum_k w[c, k] * x[c, t - (K-1) + k]`` on a ``(BLOCK_C, BLOCK_T)`` tile, float32; steps
+    outside ``[0, L)`` read as zero."""
+    acc = tl.zeros((BLOCK_C, BLOCK_T), dtype=tl.float32)
+    for k in tl.static_range(K):
+        ts = t - (K - 1) + k
+        m = c_ok[:, None] & ((ts >= 0) & (ts < L))[None, :]
+        xv = tl.load(xb_ptr + c[:, None] * sx_c + ts[None, :] * sx_t, mask=m, other=0.0).to(tl.float32)
+        wk = tl.load(w_ptr + c * K + k, mask=c_ok, other=0.0).to(tl.float32)
+        acc += wk[:, None] * xv
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[:, None]
+    return acc
+
+
+@triton.jit
+def conv_silu_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, Di, L, n_t,
+                         sx_b, sx_c, sx_t, so_b, so_c, so_t,
+                         K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr,
+                         WIDE: tl.constexpr):
+    """Grid ``(B * n_t, cdiv(Di, BLOCK_C))``: program ``(b * n_t + i, j)`` writes time tile ``i`` of channel
+    block ``j`` of sequence ``b``."""
+    pid = tl.program_id(0)
+    b = (pid // n_t).to(tl.int64)  # 64-bit offsets: B * Di * L may pass 2**31
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    t = (pid % n_t) * BLOCK_T + tl.arange(0, BLOCK_T)
+    if WIDE:  # offsets within one sequence pass 2**31
+        c = c.to(tl.int64)
+        t = t.to(tl.int64)
+    c_ok = c < Di
+    pre = _preactivation(x_ptr + b * sx_b, w_ptr, b_ptr, c, t, c_ok, sx_c, sx_t, L, K, HAS_BIAS, BLOCK_C, BLOCK_T)
+    y = pre * tl.sigmoid(pre)
+    m = c_ok[:, None] & (t < L)[None, :]
+    tl.store(out_ptr + b * so_b + c[:, None] * so_c + t[None, :] * so_t, y.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def conv_silu_bwd_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_part_ptr, db_part_ptr, Di, L, n_split,
+                         tiles_per_prog, sx_b, sx_c, sx_t, sd_b, sd_c, sd_t, sdx_b, sdx_c, sdx_t,
+                         K: tl.constexpr, K_PAD: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr,
+                         BLOCK_T: tl.constexpr, WIDE: tl.constexpr):
+    """Grid ``(B * n_split, cdiv(Di, BLOCK_C))``: program ``(b * n_split + s, j)`` writes ``dx`` on time tiles
+    ``s * tiles_per_prog ...`` (up to ``tiles_per_prog`` of them) of channel block ``j`` of sequence ``b``, and
+    its sums of ``dweight`` / ``dbias`` over those tiles into row ``b * n_split + s`` of the partial buffers."""
+    pid = tl.program_id(0)
+    b = (pid // n_split).to(tl.int64)
+    s = pid % n_split
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    if WIDE:
+        c = c.to(tl.int64)
+    c_ok = c < Di
+    xb_ptr = x_ptr + b * sx_b
+    kk = tl.arange(0, K_PAD)
+    dw_acc = tl.zeros((BLOCK_C, K_PAD), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for i in range(tiles_per_prog):
+        t = (s * tiles_per_prog + i) * BLOCK_T + tl.arange(0, BLOCK_T)
+        if WIDE:
+            t = t.to(tl.int64)
+        dx_acc = tl.zeros((BLOCK_C, BLOCK_T), dtype=tl.float32)
+        for j in tl.static_range(K):
+            # dpre at steps t + j reaches dx[t] through weight[K - 1 - j]; steps at or past L carry no gradient.
+            tj = t + j
+            pre = _preactivation(xb_ptr, w_ptr, b_ptr, c, tj, c_ok, sx_c, sx_t, L, K, HAS_BIAS, BLOCK_C, BLOCK_T)
+            m = c_ok[:, None] & (tj < L)[None, :]
+            g = tl.load(dy_ptr + b * sd_b + c[:, None] * sd_c + tj[None, :] * sd_t, mask=m, other=0.0)
+            sig = tl.sigmoid(pre)
+            dpre = g.to(tl.float32) * sig * (1.0 + pre * (1.0 - sig))  # d silu(p) / dp = s (1 + p (1 - s))
+            w_back = tl.load(w_ptr + c * K + (K - 1 - j), mask=c_ok, other=0.0).to(tl.float32)
+            dx_acc += w_back[:, None] * dpre
+            if j == 0:  # the tile's own dpre: its share of dweight and dbias
+                db_acc += tl.sum(dpre, axis=1)
+                for k in tl.static_range(K):
+                    ts = t - (K - 1) + k
+                    mk = c_ok[:, None] & ((ts >= 0) & (ts < L))[None, :]
+                    xv = tl.load(xb_ptr + c[:, None] * sx_c + ts[None, :] * sx_t, mask=mk, other=0.0)
+                    dwk = tl.sum(dpre * xv.to(tl.float32), axis=1)
+                    dw_acc += tl.where(kk[None, :] == k, dwk[:, None], 0.0)
+        m = c_ok[:, None] & (t < L)[None, :]
+        tl.store(dx_ptr + b * sdx_b + c[:, None] * sdx_c + t[None, :] * sdx_t,
+                 dx_acc.to(dx_ptr.dtype.element_ty), mask=m)
+    row = (b * n_split + s) * Di
+    tl.store(dw_part_ptr + (row + c[:, None]) * K + kk[None, :], dw_acc, mask=c_ok[:, None] & (kk < K)[None, :])
+    if HAS_BIAS:
+        tl.store(db_part_ptr + row + c, db_acc, mask=c_ok)
+
+
+# ----------------------------------------------------------------------------------------- launchers
+@dataclass(frozen=True)
+class ConvLaunchConfig:
+    """Tile of one program (``block_c`` channels x ``block_t`` steps; powers of two), the backward's tiles per
+    program (``None``: chosen from the problem size) and warps per program."""
+
+    block_c: int
+    block_t: int
+    tiles_per_prog: int | None = None
+    num_warps: int = 4
+
+
+#: Tests (and a tile sweep) may set this to force a tile; ``None``: :func:`launch_config`'s choice.
+CONFIG_OVERRIDE: ConvLaunchConfig | None = None
+#: The backward aims for about this many programs (several waves on a 132-multiprocessor H200) before it
+#: gives each program more than one tile; fewer programs mean a smaller partial buffer to reduce.
+TARGET_BWD_PROGRAMS = 2048
+
+
+def launch_config(dim: int, L: int) -> ConvLaunchConfig:
+    """Tile for ``dim`` channels and ``L`` steps: up to 64 x 64 (4 warps, 16 elements per thread); narrower
+    when the problem is smaller. Not tuned on a GPU yet."""
+    if CONFIG_OVERRIDE is not None:
+        return CONFIG_OVERRIDE
+    return ConvLaunchConfig(block_c=min(64, next_pow2(dim)), block_t=min(64, next_pow2(L)))
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _alloc(*shape: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """Every buffer a kernel writes comes from here (tests fill them with NaN to catch unwritten elements)."""
+    return torch.empty(*shape, dtype=dtype, device=device)
+
+
+def _alloc_like_x(x: torch.Tensor) -> torch.Tensor:
+    """A ``(B, Di, L)`` buffer in ``x``'s dtype, channels innermost when ``x`` has them innermost (the layer's
+    transposed view), else time innermost: the next operation reads it the way it read ``x``."""
+    batch, dim, L = x.shape
+    if x.stride(1) < x.stride(2):
+        return _alloc(batch, L, dim, dtype=x.dtype, device=x.device).transpose(1, 2)
+    return _alloc(batch, dim, L, dtype=x.dtype, device=x.device)
+
+
+#: Tests may set this to force 64-bit offsets within a sequence (chosen automatically when they pass 2**31).
+FORCE_WIDE_OFFSETS = False
+
+
+def _wide(*tensors: torch.Tensor) -> bool:
+    """Whether an offset within one sequence (channel and time strides) can reach 2**31."""
+    span = max(abs(t.stride(1)) * (t.shape[1] - 1) + abs(t.stride(2)) * (t.shape[2] - 1) for t in tensors)
+    return FORCE_WIDE_OFFSETS or span + 1 >= 2**31
+
+
+def _dummy(ref: torch.Tensor) -> torch.Tensor:
+    return torch.empty(1, device=ref.device, dtype=torch.float32)
+
+
+def conv_silu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Launch the forward kernel: ``x`` ``(B, Di, L)`` any strides, ``weight`` ``(Di, K)`` contiguous, ``bias``
+    ``(Di,)`` contiguous or ``None``. Returns ``(B, Di, L)`` in ``x``'s dtype (no validation: see
+    :func:`causal_conv1d_silu`)."""
+    batch, dim, L = x.shape
+    K = weight.shape[1]
+    cfg = launch_config(dim, L)
+    out = _alloc_like_x(x)
+    n_t = _cdiv(L, cfg.block_t)
+    grid = (batch * n_t, _cdiv(dim, cfg.block_c))
+    conv_silu_fwd_kernel[grid](
+        x, weight, bias if bias is not None else _dummy(x), out, dim, L, n_t, *x.stride(), *out.stride(),
+        K=K, HAS_BIAS=bias is not None, BLOCK_C=cfg.block_c, BLOCK_T=cfg.block_t, WIDE=_wide(x, out),
+        num_warps=cfg.num_warps,
+    )
+    return out
+
+
+def conv_silu_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """Launch the backward kernel for output gradient ``dy`` ``(B, Di, L)`` (any strides). Returns ``(dx,
+    dweight, dbias)``: ``dx`` like ``x``; ``dweight`` ``(Di, K)`` and ``dbias`` ``(Di,)`` (``None`` without a
+    bias) in float32, summed over the batch and time."""
+    batch, dim, L = x.shape
+    K = weight.shape[1]
+    cfg = launch_config(dim, L)
+    n_t, n_c = _cdiv(L, cfg.block_t), _cdiv(dim, cfg.block_c)
+    tiles = cfg.tiles_per_prog or max(1, min(n_t, (batch * n_c * n_t) // TARGET_BWD_PROGRAMS))
+    n_split = _cdiv(n_t, tiles)
+    dx = _alloc_like_x(x)
+    dw_part = _alloc(batch * n_split, dim, K, dtype=torch.float32, device=x.device)
+    db_part = _alloc(batch * n_split, dim, dtype=torch.float32, device=x.device) if bias is not None else None
+    grid = (batch * n_split, n_c)
+    conv_silu_bwd_kernel[grid](
+        x, weight, bias if bias is not None else _dummy(x), dy, dx, dw_part,
+        db_part if db_part is not None else _dummy(x), dim, L, n_split, tiles,
+        *x.stride(), *dy.stride(), *dx.stride(),
+        K=K, K_PAD=next_pow2(K), HAS_BIAS=bias is not None, BLOCK_C=cfg.block_c, BLOCK_T=cfg.block_t,
+        WIDE=_wide(x, dy, dx), num_warps=cfg.num_warps,
+    )
+    return dx, dw_part.sum(0), None if db_part is None else db_part.sum(0)
+
+
+# ----------------------------------------------------------------------------------------- autograd
+class CausalConv1dSiluFunction(torch.autograd.Function):
+    """Differentiable :func:`causal_conv1d_silu` (``weight`` ``(Di, K)`` and ``bias`` contiguous here)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        out = conv_silu_forward(x, weight, bias)
+        ctx.save_for_backward(x, weight, bias)  # the backward recomputes the pre-activation from x
+        return out
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias = ctx.saved_tensors
+        dx, dw, db = conv_silu_backward(dy, x, weight, bias)
+        g = ctx.needs_input_grad
+        return (dx if g[0] else None,
+                dw.to(weight.dtype) if g[1] else None,
+                db.to(bias.dtype) if bias is not None and g[2] else None)
+
+
+# ----------------------------------------------------------------------------------------- public
+def _check_param(name: str, t, shape: tuple, device) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{_WHERE}: {name} must be a torch.Tensor of shape {shape}; got {type(t).__name__}")
+    if t.dtype not in _FLOATS:
+        raise TypeError(f"{_WHERE}: {name} must be float32, bfloat16 or float16 (the kernels compute in float32; "
+                        f"float64 runs on causal_conv1d_silu_ref); got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{_WHERE}: {name} is on {t.device} but x is on {device}")
+
+
+def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``silu(causal depthwise conv(x) + bias)`` on the Triton kernels, differentiable in all three inputs.
+
+    ``x``: ``(B, Di, L)``, any strides, float32/bfloat16/float16, on a CUDA device (or any device under
+    ``TRITON_INTERPRET=1``); ``weight``: ``(Di, K)`` or ``(Di, 1, K)`` (``nn.Conv1d``'s layout), ``1 <= K <=
+    8``; ``bias``: ``(Di,)`` or ``None``. Returns ``(B, Di, L)`` in ``x``'s dtype, laid out like ``x``. Equal,
+    within float32 rounding, to :func:`~evmamba.kernels.conv_ref.causal_conv1d_silu_ref`.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{_WHERE}: x must be a torch.Tensor of shape (B, Di, L); got {type(x).__name__}")
+    if x.dim() != 3 or any(n == 0 for n in x.shape):
+        raise ValueError(f"{_WHERE}: x must have shape (B, Di, L) with no empty dimension; got {tuple(x.shape)}")
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{_WHERE}: x must be float32, bfloat16 or float16 (float64 runs on "
+                        f"causal_conv1d_silu_ref); got {x.dtype}")
+    if not (x.is_cuda or INTERPRETING):
+        raise ValueError(f"{_WHERE}: x must be a CUDA tensor (the Triton kernels run on the GPU; set "
+                         f"TRITON_INTERPRET=1 for the CPU interpreter); got {x.device}")
+    dim = x.shape[1]
+    if isinstance(weight, torch.Tensor) and weight.dim() == 3 and weight.shape[1] == 1:
+        weight = weight[:, 0, :]  # nn.Conv1d's (Di, 1, K); a view, so the gradient flows back in that shape
+    _check_param("weight", weight, (dim, "K"), x.device)
+    if weight.dim() != 2 or weight.shape[0] != dim or not 1 <= weight.shape[1] <= MAX_KERNEL_SIZE:
+        raise ValueError(f"{_WHERE}: weight must have shape (Di, K) or (Di, 1, K) with Di = {dim} (x's channels) "
+                         f"and 1 <= K <= {MAX_KERNEL_SIZE}; got {tuple(weight.shape)}")
+    if bias is not None:
+        _check_param("bias", bias, (dim,), x.device)
+        if tuple(bias.shape) != (dim,):
+            raise ValueError(f"{_WHERE}: bias must have shape (Di,) = ({dim},) or be None; got {tuple(bias.shape)}")
+        bias = bias.contiguous()
+    weight = weight.contiguous()  # (Di, K): the kernels read it with unit stride (Di * K elements)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        return CausalConv1dSiluFunction.apply(x, weight, bias)
+    return conv_silu_forward(x, weight, bias)
+
+
+__all__ = ["MAX_KERNEL_SIZE", "CausalConv1dSiluFunction", "ConvLaunchConfig", "causal_conv1d_silu",
+           "launch_config"]
