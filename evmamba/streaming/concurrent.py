@@ -10,7 +10,10 @@ binner's tokens); the binning time is measured and reported with the rest.
 * GPU (:class:`~evmamba.streaming.gpu_step.GraphStepper` with ``B = N``): every replay of the captured step
   advances all ``N`` streams by one token. Streams are padded to the longest (the padding's logits are
   ignored and its compute is reported as ``padding_tokens``). The fused step's input records are made
-  before the clock starts, like the token arrays of the other steps.
+  before the clock starts, like the token arrays of the other steps. ``overlap=True`` (a stepper built with
+  ``overlap=True``; not yet verified or timed on a GPU) makes them time-major, with the pinned host logits
+  also made before the clock, and feeds them double-buffered; the result's ``"feed"`` says which feeding ran
+  (:data:`~evmamba.streaming.gpu_step.FEEDS`).
 """
 
 from __future__ import annotations
@@ -89,9 +92,15 @@ def run_cpu(stepper, binned: list[Binned], n_streams: int, chunk: int = 256) -> 
     return _result(seqs, last, elapsed, "cpu", 0)
 
 
-def run_gpu(stepper, binned: list[Binned], n_streams: int, max_steps: int | None = None) -> dict:
+def run_gpu(stepper, binned: list[Binned], n_streams: int, max_steps: int | None = None,
+            overlap: bool = False) -> dict:
     """``n_streams`` lockstep streams on a :class:`~evmamba.streaming.gpu_step.GraphStepper` with
-    ``B = n_streams`` (see the module docstring); ``max_steps`` caps the tokens per stream."""
+    ``B = n_streams`` (see the module docstring); ``max_steps`` caps the tokens per stream; ``overlap``: feed
+    time-major records double-buffered (the stepper must be built with ``overlap=True``)."""
+    if overlap not in (True, False):
+        raise ValueError(f"run_gpu: argument 'overlap' must be True or False; got {overlap!r}")
+    if overlap and not getattr(stepper, "overlap", False):
+        raise ValueError("run_gpu: overlap=True needs a fused GraphStepper built with overlap=True")
     seqs = [binned[b % len(binned)] for b in range(n_streams)]
     lengths = np.array([s.seq.num_tokens for s in seqs])
     steps = int(lengths.max()) if max_steps is None else min(int(lengths.max()), int(max_steps))
@@ -105,8 +114,16 @@ def run_gpu(stepper, binned: list[Binned], n_streams: int, max_steps: int | None
         tok[b, :n], dt[b, :n], cnt[b, :n] = s.seq.tokens[:n], s.seq.dt[:n], s.seq.counts[:n]
         if with_surfaces:
             surf[b, :n] = s.surfaces[:n]
-    records = None
-    if getattr(stepper, "fused", False):
+    records = out = None
+    feed = "arrays"
+    if overlap:
+        # Time-major records, written straight into pinned memory, and the pinned logits they come back to.
+        from ..kernels.triton_model_step import pack_inputs_time_major
+
+        records = pack_inputs_time_major(tok, dt, cnt, surf, pin_memory=stepper.graphed)
+        out = stepper.host_logits(steps)
+        feed = "time-major-overlap"
+    elif getattr(stepper, "fused", False):
         # The fused step's input records, made once like the arrays above, in pinned memory: a block of tokens
         # is then one asynchronous copy.
         import torch
@@ -117,9 +134,12 @@ def run_gpu(stepper, binned: list[Binned], n_streams: int, max_steps: int | None
                               None if surf is None else torch.from_numpy(surf))
         if stepper.graphed:
             records = records.pin_memory()
+        feed = "batch-major"
     stepper.reset()
     t0 = time.perf_counter()
-    if records is not None:
+    if overlap:
+        logits = stepper.run_records(records, time_major=True, out=out)
+    elif records is not None:
         logits = stepper.run_records(records)
     else:
         logits = stepper.run_batch(tok, dt, cnt, surfaces=surf)
@@ -128,7 +148,9 @@ def run_gpu(stepper, binned: list[Binned], n_streams: int, max_steps: int | None
     last = [logits[b, used[b] - 1] if used[b] else None for b in range(n_streams)]
     partial = [Binned(s.name, s.label, TokenSequence(*(a[:u] for a in s.seq)), int(s.seq.counts[:u].sum()),
                       s.duration_us) for s, u in zip(seqs, used)]
-    return _result(partial, last, elapsed, "cuda", int(n_streams * steps - used.sum()))
+    result = _result(partial, last, elapsed, "cuda", int(n_streams * steps - used.sum()))
+    result["feed"] = feed
+    return result
 
 
 def _result(seqs: list[Binned], last, elapsed: float, device: str, padding: int) -> dict:

@@ -22,6 +22,14 @@ mode for many concurrent streams (:meth:`run_batch`). Rows are reset one by one 
 stream starts a new recording. The same object serves the :class:`~evmamba.streaming.loop.StreamLoop`
 at batch 1 through :meth:`run`, with :class:`~evmamba.streaming.fast_step.FastStepper`'s interface.
 
+**Feeding many streams** (:meth:`GraphStepper.run_records`, the fused step's input records made beforehand):
+by default the records are batch-major ``(B, T, 3 + F)`` and each block is copied in, replayed and copied out
+in turn. With ``overlap=True`` the stepper also accepts time-major records ``(T, B, 3 + F)``
+(:func:`~evmamba.kernels.triton_model_step.pack_inputs_time_major`), where a block is one contiguous slab:
+the copy of block ``k + 1`` to the device and of block ``k - 1``'s logits to the host run on their own CUDA
+streams while block ``k`` replays (double buffering). That mode is opt-in: verified on Triton's CPU interpreter
+(where it runs synchronously), NOT yet verified or timed on a GPU.
+
 For CUDA devices only; ``device="cpu"`` runs the very same step eagerly, without a graph (slow: for
 tests of the bookkeeping on machines without a GPU; the fused kernel there only with ``fused=True`` under
 ``TRITON_INTERPRET=1``).
@@ -35,6 +43,10 @@ import torch
 from .steppers import StepOutput
 
 STEP_KINDS = ("fused", "unfused")
+#: How :func:`~evmamba.streaming.concurrent.run_gpu` fed the stepper (its result's ``"feed"``): the arrays
+#: through :meth:`GraphStepper.run_batch` (the unfused step), batch-major records through
+#: :meth:`GraphStepper.run_records`, or time-major records double-buffered (``overlap=True``).
+FEEDS = ("arrays", "batch-major", "time-major-overlap")
 #: The ``--gpu-step`` choices of the commands and the ``fused`` argument of :class:`GraphStepper` each gives.
 GPU_STEP_CHOICES = {"auto": None, "fused": True, "unfused": False}
 
@@ -136,14 +148,20 @@ class GraphStepper:
     says which runs (``"fused"`` or ``"unfused"``) and :attr:`fallback_reason` why the default did not fuse.
     ``block_streams``: streams per program of the fused kernel (default
     :func:`~evmamba.kernels.triton_model_step.default_block_streams`).
+    ``overlap``: also hold two time-major (input, logits) buffer pairs, each with its own captured graph, for
+    :meth:`run_records` with ``time_major=True`` (copies overlapped with the replays; the fused step only;
+    on CUDA ``block`` must exceed ``warmup``). Opt-in and not yet verified on a GPU; the default (False) leaves
+    the stepper exactly as before.
     """
 
     def __init__(self, model, n_streams: int = 1, device="cuda", block: int = 1024, warmup: int = 3,
-                 fused: bool | None = None, block_streams: int | None = None):
+                 fused: bool | None = None, block_streams: int | None = None, overlap: bool = False):
         if isinstance(n_streams, bool) or not isinstance(n_streams, int) or n_streams < 1:
             raise ValueError(f"GraphStepper: argument 'n_streams' must be a positive int; got {n_streams!r}")
         if fused not in (None, True, False):
             raise ValueError(f"GraphStepper: argument 'fused' must be None, True or False; got {fused!r}")
+        if overlap not in (True, False):
+            raise ValueError(f"GraphStepper: argument 'overlap' must be True or False; got {overlap!r}")
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("GraphStepper: CUDA is not available; use the CPU stepper (FastStepper) instead")
@@ -161,6 +179,10 @@ class GraphStepper:
             raise ValueError(f"GraphStepper: the fused step was asked for but {self.fallback_reason}")
         self.fused = self.fallback_reason is None
         self.step_kind = "fused" if self.fused else "unfused"
+        if overlap and not self.fused:
+            raise ValueError(f"GraphStepper: overlap=True feeds the fused step's input records, which does not run: "
+                             f"{self.fallback_reason} (ask for it with fused=True)")
+        self.overlap = bool(overlap)
         self.n_streams, self.block = n_streams, int(block)
         self.vocab_size, self.n_classes = model.vocab_size, model.n_classes
         b, dev = n_streams, self.device
@@ -182,6 +204,16 @@ class GraphStepper:
             self.inp[:, :, 2] = 1.0
             self._h_inp = pin(self.inp.cpu())
             self._counter = torch.zeros(1, dtype=torch.int32, device=dev)
+            if self.overlap:
+                # Two time-major pairs (input records (block, B, R), logits (block, B, C)): block k replays from
+                # pair k % 2 while the next block is copied into the other pair's input and the previous
+                # block's logits are copied out of its logits. The kernel sees each as its (B, block, .) view.
+                self._tm_inp = [torch.zeros(self.block, b, w.record, dtype=torch.float32, device=dev)
+                                for _ in range(2)]
+                self._tm_logits = [torch.zeros(self.block, b, self.n_classes, dtype=torch.float32, device=dev)
+                                   for _ in range(2)]
+                self._tm_views = [(x.transpose(0, 1), y.transpose(0, 1))
+                                  for x, y in zip(self._tm_inp, self._tm_logits)]
         else:
             self.cache = self.model.allocate_inference_cache(b, device=dev)
             self.tok = torch.zeros(b, self.block, dtype=torch.long, device=dev)
@@ -201,16 +233,28 @@ class GraphStepper:
         from ..model.cuda_graph import capture_graph
 
         self.graph, _ = capture_graph(self._one_step, warmup, dev)
+        self._tm_graphs = []
+        if self.overlap:
+            # A graph holds its kernel's buffer addresses, so double buffering takes one graph per buffer pair
+            # (two captures of the same launch on different buffers). The alternative, one graph fed by a
+            # device-to-device copy from a staging buffer, would move every block through memory twice more.
+            if self.block <= warmup:
+                raise ValueError(f"GraphStepper: with overlap=True, block ({self.block}) must exceed warmup "
+                                 f"({warmup}): the warm-up and capture runs step through that many positions")
+            for i in range(2):
+                self.pos.zero_()  # each capture's runs start at the pair's first position
+                graph, _ = capture_graph(lambda i=i: self._fused_step(*self._tm_views[i]), warmup, dev)
+                self._tm_graphs.append(graph)
+            # The copies' own streams: one per direction, so that the copy in of block k + 1 and the copy out
+            # of block k - 1 can run at the same time as each other and as block k's replays.
+            self._h2d = torch.cuda.Stream(dev)
+            self._d2h = torch.cuda.Stream(dev)
         self.reset()  # the warm-up and capture runs stepped the streams for real
 
     def _one_step(self) -> None:
         """One token of every stream: read at ``pos``, step, write the logits at ``pos``, ``pos += 1``."""
         if self.fused:
-            from ..kernels.triton_model_step import model_step_triton
-
-            # One launch; its last program advances pos.
-            model_step_triton(self.weights, self.cache, self.inp, self.pos, self.logits, self._counter,
-                              self.block_streams)
+            self._fused_step(self.inp, self.logits)
             return
         idx = self.pos.expand(self.n_streams)[:, None]
         tok = self.tok.gather(1, idx)[:, 0]
@@ -220,6 +264,13 @@ class GraphStepper:
         out = self.model.step(tok, dt, self.cache, cnt, surf)
         self.logits.index_copy_(1, self.pos, out[:, None, :])
         self.pos.add_(1)
+
+    def _fused_step(self, inp: torch.Tensor, logits: torch.Tensor) -> None:
+        """The fused step on records ``inp`` ``(B, block, R)`` and logits ``(B, block, C)`` (views of any
+        strides): one launch; its last program advances ``pos``."""
+        from ..kernels.triton_model_step import model_step_triton
+
+        model_step_triton(self.weights, self.cache, inp, self.pos, logits, self._counter, self.block_streams)
 
     @torch.no_grad()
     def reset(self, stream=None) -> None:
@@ -269,12 +320,28 @@ class GraphStepper:
         return self._run_blocks(t_total, feed, copy_out)
 
     @torch.no_grad()
-    def run_records(self, records: torch.Tensor, copy_out: bool = True) -> np.ndarray | None:
+    def run_records(self, records: torch.Tensor, copy_out: bool = True, *, time_major: bool = False,
+                    out: torch.Tensor | None = None) -> np.ndarray | None:
         """The fused step's :meth:`run_batch` on input records made beforehand: ``records`` ``(B, T, 3 + F)``
-        float32 on the host (:func:`~evmamba.kernels.triton_model_step.pack_inputs`' layout; pinned, so that
-        each block is one asynchronous copy straight into the device buffer) -> logits ``(B, T, C)``."""
+        float32 on the host (:func:`~evmamba.kernels.triton_model_step.pack_inputs`' layout) -> logits
+        ``(B, T, C)`` float32 (None when ``copy_out`` is false: the logits stay on the device).
+
+        ``time_major=True`` (a stepper built with ``overlap=True``; not yet verified on a GPU): ``records``
+        ``(T, B, 3 + F)`` (:func:`~evmamba.kernels.triton_model_step.pack_inputs_time_major`; pinned, so that
+        each block is one asynchronous copy), fed double-buffered: the copy in of block ``k + 1`` and the copy
+        out of block ``k``'s logits overlap the replays. The logits are written once, time-major, into ``out``
+        ``(T, B, C)`` float32 on the host (default: a new one, pinned on CUDA) and returned as its
+        ``(B, T, C)`` view (``ndarray.transpose``: the same values as without ``time_major``, not contiguous).
+        On the CPU the same blocks run synchronously."""
         if not self.fused:
             raise ValueError("GraphStepper.run_records: input records feed the fused step only; use run_batch")
+        if time_major not in (True, False):
+            raise ValueError(f"GraphStepper.run_records: argument 'time_major' must be True or False; "
+                             f"got {time_major!r}")
+        if time_major:
+            return self._run_time_major(records, copy_out, out)
+        if out is not None:
+            raise ValueError("GraphStepper.run_records: argument 'out' is for time_major=True records")
         want = (self.n_streams, self.inp.shape[-1])
         if not isinstance(records, torch.Tensor) or records.dim() != 3 or (records.shape[0], records.shape[2]) != want \
                 or records.dtype != torch.float32:
@@ -283,6 +350,105 @@ class GraphStepper:
                              f"got {got}")
         return self._run_blocks(
             records.shape[1], lambda s, n: self.inp[:, :n].copy_(records[:, s:s + n], non_blocking=True), copy_out)
+
+    def _run_time_major(self, records, copy_out: bool, out) -> np.ndarray | None:
+        """:meth:`run_records` with ``time_major=True``: validate, then :meth:`_feed_time_major`."""
+        where = "GraphStepper.run_records (time_major=True)"
+        if not self.overlap:
+            raise ValueError(f"{where}: build the stepper with overlap=True (it holds the time-major buffers)")
+        b, r, c = self.n_streams, self.inp.shape[-1], self.n_classes
+        if not isinstance(records, torch.Tensor) or records.dim() != 3 or tuple(records.shape[1:]) != (b, r) \
+                or records.dtype != torch.float32:
+            got = (f"{records.dtype} {tuple(records.shape)}" if isinstance(records, torch.Tensor)
+                   else type(records).__name__)
+            raise ValueError(f"{where}: records must be float32 of shape (T, {b}, {r}) (pack_inputs_time_major); "
+                             f"got {got}")
+        t_total = records.shape[0]
+        if out is not None:
+            if not copy_out:
+                raise ValueError(f"{where}: argument 'out' is written only with copy_out=True")
+            if not isinstance(out, torch.Tensor) or tuple(out.shape) != (t_total, b, c) or \
+                    out.dtype != torch.float32 or out.device.type != "cpu" or not out.is_contiguous():
+                got = (f"{out.dtype} {tuple(out.shape)} on {out.device}" if isinstance(out, torch.Tensor)
+                       else type(out).__name__)
+                raise ValueError(f"{where}: out must be a contiguous float32 host tensor of shape "
+                                 f"{(t_total, b, c)}; got {got}")
+        elif copy_out:
+            out = self.host_logits(t_total)
+        self._feed_time_major(records, out)
+        return None if out is None else out.numpy().transpose(1, 0, 2)
+
+    def host_logits(self, t_total: int) -> torch.Tensor:
+        """An empty ``(t_total, B, C)`` float32 host tensor (pinned on CUDA) for :meth:`run_records`' ``out``
+        with ``time_major=True``: made once, before a timed run, it keeps the page locking out of the run."""
+        pinned = self.graphed
+        return torch.empty((int(t_total), self.n_streams, self.n_classes), dtype=torch.float32, pin_memory=pinned)
+
+    def _feed_time_major(self, records: torch.Tensor, out: torch.Tensor | None) -> None:
+        """Blocks of time-major ``records`` through the two buffer pairs; logits into ``out`` (None: none).
+
+        Block ``k`` uses pair ``i = k % 2``. On CUDA, three streams and three events per pair order the work:
+        the copy in of block ``k`` (copy-in stream) waits until pair ``i``'s previous replays (block ``k - 2``)
+        are done (``replayed[i]``) and then marks ``loaded[i]``; the replays of block ``k`` (the current stream)
+        wait for ``loaded[i]`` and for the copy out of block ``k - 2``'s logits (``drained[i]``) and then mark
+        ``replayed[i]``; the copy out of block ``k`` (copy-out stream) waits for ``replayed[i]`` and marks
+        ``drained[i]``. The host issues block ``k + 1``'s copy in before block ``k``'s replays, so the two
+        overlap; every wait names an event already recorded in issue order. On the CPU the same order runs
+        synchronously."""
+        t_total, block = records.shape[0], self.block
+        starts = list(range(0, t_total, block))
+        graphed = self.graphed
+        if graphed:
+            compute = torch.cuda.current_stream(self.device)
+            h2d, d2h = self._h2d, self._d2h
+            # Work queued before this call (a reset, an earlier run's copies) comes first.
+            h2d.wait_stream(compute)
+            d2h.wait_stream(compute)
+            loaded, replayed, drained = ([torch.cuda.Event() for _ in range(2)] for _ in range(3))
+
+        def load(k: int) -> None:
+            s, i = starts[k], k % 2
+            n = min(block, t_total - s)
+            if not graphed:
+                self._tm_inp[i][:n].copy_(records[s:s + n])
+                return
+            with torch.cuda.stream(h2d):
+                if k >= 2:
+                    h2d.wait_event(replayed[i])
+                self._tm_inp[i][:n].copy_(records[s:s + n], non_blocking=True)
+                loaded[i].record(h2d)
+
+        if starts:
+            load(0)
+        for k, s in enumerate(starts):
+            i, n = k % 2, min(block, t_total - s)
+            if k + 1 < len(starts):
+                load(k + 1)
+            if graphed:
+                compute.wait_event(loaded[i])
+                if k >= 2 and out is not None:
+                    compute.wait_event(drained[i])
+            self.pos.zero_()
+            for _ in range(n):
+                if graphed:
+                    self._tm_graphs[i].replay()
+                else:
+                    self._fused_step(*self._tm_views[i])
+            if graphed:
+                replayed[i].record(compute)  # pair i's input may be overwritten, its logits read
+            if out is None:
+                continue
+            if not graphed:
+                out[s:s + n].copy_(self._tm_logits[i][:n])
+                continue
+            with torch.cuda.stream(d2h):
+                d2h.wait_event(replayed[i])
+                out[s:s + n].copy_(self._tm_logits[i][:n], non_blocking=True)
+                drained[i].record(d2h)
+        if graphed:
+            compute.wait_stream(h2d)
+            compute.wait_stream(d2h)
+        self._sync()
 
     def _run_blocks(self, t_total: int, feed, copy_out: bool) -> np.ndarray | None:
         """``feed(s, n)`` puts tokens ``s .. s + n`` of every stream into the device buffers; then ``n`` replays."""
@@ -341,4 +507,4 @@ class GraphStepper:
         return StepOutput(logits[0, index], index)
 
 
-__all__ = ["GPU_STEP_CHOICES", "STEP_KINDS", "GraphStepper", "fused_support", "pack"]
+__all__ = ["FEEDS", "GPU_STEP_CHOICES", "STEP_KINDS", "GraphStepper", "fused_support", "pack"]
