@@ -20,7 +20,10 @@ and of the classifier's PyTorch ``step`` (one token per call) for comparison.
 the one-kernel fused model step (the default where the model is supported; the table and the JSON say which ran):
 per-token latency at batch 1 (copy in, replay, copy out, synchronise), µs per token when a trial's tokens are
 replayed back to back, the loop's real-time factor at ``--speed max``, and aggregate events/s of ``--streams`` (1 024)
-concurrent streams in lockstep.
+concurrent streams in lockstep. ``--overlap`` (fused step only; not yet verified or timed on a GPU) also times the
+streams fed time-major and double-buffered (``GraphStepper(overlap=True)``) beside the default batch-major feed,
+in the same run on the same stepper, and checks that both reach the same final decisions; the table and the
+JSON (``feed`` of each run) say which feeding ran.
 
 ``--quick``: trials 1 and 5 only, one real-time replay, fewer model sizes and GPU steps.
 """
@@ -54,6 +57,9 @@ def configure(parser) -> None:
                              "unfused (the classifier's step) or auto (fused when supported; default)")
     parser.add_argument("--block-streams", type=int, default=None,
                         help="streams per program of the fused kernel at --streams (default: 16)")
+    parser.add_argument("--overlap", action="store_true",
+                        help="also time the streams fed time-major with copies overlapping the replays, beside "
+                             "the default feed (fused step only; not yet verified on a GPU)")
     parser.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON")
 
 
@@ -240,9 +246,11 @@ def _fused_copy_in(stepper, tokens, dt, counts, surfaces):
     return copy_in
 
 
-def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", block_streams=None) -> dict:
+def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", block_streams=None,
+              overlap: bool = False) -> dict:
     """GPU figures (see the module docstring). Each part runs on its own: a failure is recorded under
-    ``errors`` and the other parts still run."""
+    ``errors`` and the other parts still run. ``overlap``: also the streams fed time-major, double-buffered
+    (``streams_overlap``; ``streams_overlap_same_decisions`` compares the final decisions of the two feeds)."""
     import traceback
 
     import torch
@@ -252,6 +260,8 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
     from ..streaming.gpu_step import GPU_STEP_CHOICES, GraphStepper
 
     fused = GPU_STEP_CHOICES[gpu_step]
+    if overlap and fused is False:
+        raise ValueError("--overlap feeds the fused step's input records; it does not go with --gpu-step unfused")
     if not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device")
     out: dict = {"device_name": torch.cuda.get_device_name(0), "errors": {}}
@@ -301,12 +311,25 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
 
     def many():
         binned, bin_s = concurrent.bin_recordings(recs, sm.sensor_size, sm.binning, sm.model.surface_config)
-        gb = GraphStepper(sm.model, n_streams, device="cuda", block=256, fused=fused, block_streams=block_streams)
+        gb = GraphStepper(sm.model, n_streams, device="cuda", block=256, fused=fused, block_streams=block_streams,
+                          overlap=overlap)
         out.update(streams_step=gb.step_kind, streams_block_streams=getattr(gb, "block_streams", None))
+        steps = 1024 if quick else 4096
         concurrent.run_gpu(gb, binned, n_streams, max_steps=256)  # warm
-        res = concurrent.run_gpu(gb, binned, n_streams, max_steps=1024 if quick else 4096)
-        res.pop("per_stream")
+        res = concurrent.run_gpu(gb, binned, n_streams, max_steps=steps)
+        decisions = res.pop("per_stream")
         out["streams"] = res
+        if overlap:
+            # The same streams and stepper fed time-major with the copies overlapping the replays; a failure
+            # here is recorded and the default feed's figures stand.
+            try:
+                concurrent.run_gpu(gb, binned, n_streams, max_steps=256, overlap=True)  # warm
+                res_o = concurrent.run_gpu(gb, binned, n_streams, max_steps=steps, overlap=True)
+                out["streams_overlap_same_decisions"] = res_o.pop("per_stream") == decisions
+                out["streams_overlap"] = res_o
+            except Exception as exc:  # noqa: BLE001 - recorded; the other parts still run
+                out["errors"]["streams_overlap"] = f"{type(exc).__name__}: {exc}"
+                traceback.print_exc()
         out["streams_binning_s"] = bin_s
         # The step alone: graph replays back to back on inputs already on the device (no host traffic), timed
         # with CUDA events; events/s at the run's mean events per token.
@@ -350,6 +373,10 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
 def run(args) -> int:
     from ..streaming.loading import load_stream_model
 
+    if args.overlap and (args.device != "cuda" or args.gpu_step == "unfused"):
+        print("evmamba bench stream: --overlap times the fused GPU step's feeding: it needs --device cuda and "
+              "not --gpu-step unfused", file=sys.stderr)
+        return 1
     try:
         sm = load_stream_model(args.checkpoint)
         recs = _trials(args.quick)
@@ -390,9 +417,10 @@ def run(args) -> int:
               f"CPU time {record['median_step_alone_us_per_token_cpu']:.2f}); "
               f"PyTorch step {res['torch_step_us_per_token']:.0f} µs/token")
     else:
-        res = bench_gpu(sm, recs, args.quick, args.streams, args.gpu_step, args.block_streams)
+        res = bench_gpu(sm, recs, args.quick, args.streams, args.gpu_step, args.block_streams, args.overlap)
         record["gpu"] = res
         s = res.get("streams") or {}
+        so = res.get("streams_overlap") or {}
         get = lambda d, k: d.get(k, "-") if d.get(k) is not None else "-"  # noqa: E731
         ns = s.get("streams", args.streams)
         print(format_table(["measure", "value"], [
@@ -403,8 +431,12 @@ def run(args) -> int:
             ["batch-1 token latency max (µs)", get(res, "batch1_latency_us_max")],
             ["batch-1 back-to-back (µs/token)", get(res, "batch1_back_to_back_us_per_token")],
             [f"loop RTF at --speed max ({res.get('loop_trial', '-')})", get(res, "loop_real_time_factor")],
-            [f"{s.get('streams', args.streams)} streams: events/s", get(s, "events_per_s")],
-            [f"{s.get('streams', args.streams)} streams: tokens/s", get(s, "tokens_per_s")],
+            [f"{ns} streams: events/s ({s.get('feed', '-')} feed)", get(s, "events_per_s")],
+            [f"{ns} streams: tokens/s ({s.get('feed', '-')} feed)", get(s, "tokens_per_s")],
+            *([[f"{ns} streams: events/s ({so.get('feed', '-')} feed)", get(so, "events_per_s")],
+               [f"{ns} streams: tokens/s ({so.get('feed', '-')} feed)", get(so, "tokens_per_s")],
+               ["overlapped feed: same final decisions", get(res, "streams_overlap_same_decisions")]]
+              if args.overlap else []),
             [f"{ns} streams, replays alone: µs per step", get(res, "streams_replay_us_per_step")],
             [f"{ns} streams, replays alone: events/s", get(res, "streams_replay_events_per_s")],
         ]))
