@@ -184,6 +184,10 @@ class GraphStepper:
                              f"{self.fallback_reason} (ask for it with fused=True)")
         self.overlap = bool(overlap)
         self.n_streams, self.block = n_streams, int(block)
+        if self.overlap and self.graphed and isinstance(warmup, int) and self.block <= warmup:
+            # Each capture of a buffer pair runs the step warmup + 1 times from the pair's first position.
+            raise ValueError(f"GraphStepper: with overlap=True, block ({self.block}) must exceed warmup "
+                             f"({warmup}): the warm-up and capture runs step through that many positions")
         self.vocab_size, self.n_classes = model.vocab_size, model.n_classes
         b, dev = n_streams, self.device
         # The local surfaces of each token, for a "surface" embedding (0: none).
@@ -238,9 +242,6 @@ class GraphStepper:
             # A graph holds its kernel's buffer addresses, so double buffering takes one graph per buffer pair
             # (two captures of the same launch on different buffers). The alternative, one graph fed by a
             # device-to-device copy from a staging buffer, would move every block through memory twice more.
-            if self.block <= warmup:
-                raise ValueError(f"GraphStepper: with overlap=True, block ({self.block}) must exceed warmup "
-                                 f"({warmup}): the warm-up and capture runs step through that many positions")
             for i in range(2):
                 self.pos.zero_()  # each capture's runs start at the pair's first position
                 graph, _ = capture_graph(lambda i=i: self._fused_step(*self._tm_views[i]), warmup, dev)
