@@ -208,3 +208,21 @@ def test_overlapped_feed_of_a_shipped_size_many_times():
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_concurrent_streams_fed_overlapped_on_the_gpu():
     compare_run_gpu(make_model(**CONFIGS[SURFACE]), 256, ((5, 30), (6, 17), (7, 9)), "cuda", block=8)
+
+
+def test_graph_warm_up_runs_start_at_the_first_position():
+    """A captured step advances its own position; its warm-up runs must each start at 0 (a block of fewer
+    positions than warm-up runs would otherwise be run past), and the captured run must not reset it."""
+    from evmamba.streaming.gpu_step import _at_first_position
+
+    pos = torch.zeros(1, dtype=torch.long)
+    seen = []
+
+    def step():
+        seen.append(int(pos))
+        pos.add_(1)
+
+    run = _at_first_position(pos, 3, step)
+    for _ in range(5):
+        run()
+    assert seen == [0, 0, 0, 1, 2]

@@ -138,6 +138,21 @@ def _zero_rows(cache, rows: torch.Tensor) -> None:
                 _zero_rows(v, rows)
 
 
+def _at_first_position(pos: torch.Tensor, warmup: int, step):
+    """``step`` for :func:`~evmamba.model.cuda_graph.capture_graph`: each of its ``warmup`` eager runs first puts
+    the device-side position back to 0, and the captured run does not. A step advances ``pos`` itself, so
+    without this the warm-up would touch positions 0 .. warmup - 1 and run past buffers of ``block`` <= that."""
+    calls = [0]
+
+    def run():
+        if calls[0] < warmup:
+            pos.zero_()
+        calls[0] += 1
+        return step()
+
+    return run
+
+
 class GraphStepper:
     """``B`` streams of an :class:`~evmamba.model.classifier.EventClassifier` stepped by a CUDA graph.
 
@@ -149,8 +164,8 @@ class GraphStepper:
     ``block_streams``: streams per program of the fused kernel (default
     :func:`~evmamba.kernels.triton_model_step.default_block_streams`).
     ``overlap``: also hold two time-major (input, logits) buffer pairs, each with its own captured graph, for
-    :meth:`run_records` with ``time_major=True`` (copies overlapped with the replays; the fused step only;
-    on CUDA ``block`` must exceed ``warmup``). Opt-in and not yet verified on a GPU; the default (False) leaves
+    :meth:`run_records` with ``time_major=True`` (copies overlapped with the replays; the fused step only).
+    Opt-in and not yet verified on a GPU; the default (False) leaves
     the stepper exactly as before.
     """
 
@@ -184,10 +199,6 @@ class GraphStepper:
                              f"{self.fallback_reason} (ask for it with fused=True)")
         self.overlap = bool(overlap)
         self.n_streams, self.block = n_streams, int(block)
-        if self.overlap and self.graphed and isinstance(warmup, int) and self.block <= warmup:
-            # Each capture of a buffer pair runs the step warmup + 1 times from the pair's first position.
-            raise ValueError(f"GraphStepper: with overlap=True, block ({self.block}) must exceed warmup "
-                             f"({warmup}): the warm-up and capture runs step through that many positions")
         self.vocab_size, self.n_classes = model.vocab_size, model.n_classes
         b, dev = n_streams, self.device
         # The local surfaces of each token, for a "surface" embedding (0: none).
@@ -236,15 +247,15 @@ class GraphStepper:
             return
         from ..model.cuda_graph import capture_graph
 
-        self.graph, _ = capture_graph(self._one_step, warmup, dev)
+        self.graph, _ = capture_graph(_at_first_position(self.pos, warmup, self._one_step), warmup, dev)
         self._tm_graphs = []
         if self.overlap:
             # A graph holds its kernel's buffer addresses, so double buffering takes one graph per buffer pair
             # (two captures of the same launch on different buffers). The alternative, one graph fed by a
             # device-to-device copy from a staging buffer, would move every block through memory twice more.
             for i in range(2):
-                self.pos.zero_()  # each capture's runs start at the pair's first position
-                graph, _ = capture_graph(lambda i=i: self._fused_step(*self._tm_views[i]), warmup, dev)
+                step = _at_first_position(self.pos, warmup, lambda i=i: self._fused_step(*self._tm_views[i]))
+                graph, _ = capture_graph(step, warmup, dev)
                 self._tm_graphs.append(graph)
             # The copies' own streams: one per direction, so that the copy in of block k + 1 and the copy out
             # of block k - 1 can run at the same time as each other and as block k's replays.
