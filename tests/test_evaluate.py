@@ -78,6 +78,14 @@ def test_chunked_evaluation_matches_the_forward_pass(trained):
     # Small chunks and batches: the streams go through the inference cache in many pieces.
     r = run_eval(folder, "--max-chunk", "7", "--batch-size", "5")
     assert r["accuracy"] == pytest.approx(accuracy)
+    # The misclassified recordings it names are those of the forward pass, in the split's own order (the
+    # evaluation loader groups recordings by length, so its rows are not in that order).
+    classes = list(r["per_class_accuracy"])
+    pred, labels = logits.argmax(-1).numpy(), batch["labels"].numpy()
+    want = [{"index": int(i), "source": cache.source(int(i)), "label": classes[labels[i]],
+             "predicted": classes[pred[i]]} for i in np.flatnonzero(pred != labels)]
+    assert want, "a model that gets every recording right cannot check the list"
+    assert r["errors"] == want
 
 
 def test_prefix_ends_follow_the_share_of_events():

@@ -11,8 +11,9 @@ bounded however long a recording is.
 
 Outputs (in ``--out``, default ``<checkpoint folder>/eval-<split>``): ``confusion.png``, ``online.png`` and
 ``online.json`` (the online curve), and ``--json PATH`` with ``accuracy``, ``n_samples``, ``correct``,
-``per_class_accuracy``, ``confusion``, ``online`` and the machine. The online curve is the accuracy after
-the first 10 %, 20 %, ..., 100 % of each stream's events: for token models, the shortest token prefix
+``per_class_accuracy``, ``confusion``, ``errors`` (the misclassified recordings, also printed), ``online``
+and the machine. The online curve is the accuracy after the first 10 %, 20 %, ..., 100 % of each stream's
+events: for token models, the shortest token prefix
 that holds that share of the stream's events (token counts); for frame models, frames made from that
 share of the events.
 """
@@ -59,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
     per_class = [(c, n, a if a is not None else "-") for (c, a), n in
                  zip(result["per_class_accuracy"].items(), result["per_class_count"].values())]
     print(format_table(["class", "samples", "accuracy"], per_class))
+    errors = result["errors"]
+    if errors:
+        shown = ", ".join(f"{e['source'] or '#' + str(e['index'])} ({e['label']} -> {e['predicted']})"
+                          for e in errors[:10])
+        more = f" and {len(errors) - 10} more (all in --json)" if len(errors) > 10 else ""
+        print(f"misclassified: {shown}{more}")
     print(f"accuracy: {result['accuracy']:.4f} ({result['correct']}/{result['n_samples']} {result['split']} samples); "
           f"figures in {result['out']}")
     return 0

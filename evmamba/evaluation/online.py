@@ -6,10 +6,11 @@ checkpoint's are refused, naming both. Streams are never truncated: token models
 classifier's inference cache in chunks of at most ``max_chunk`` tokens, so memory stays bounded however long
 a recording is.
 
-The record holds ``accuracy``, ``n_samples``, ``correct``, ``per_class_accuracy``, ``confusion`` and
-``online``: the accuracy after the first 10 %, 20 %, ..., 100 % of each stream's events -- for token models,
-the shortest token prefix that holds that share of the stream's events (token counts); for frame models,
-frames made from that share of the events. ``confusion.png``, ``online.png`` and ``online.json`` are written
+The record holds ``accuracy``, ``n_samples``, ``correct``, ``per_class_accuracy``, ``confusion``, ``errors``
+(each misclassified recording: index in the split, source, true and predicted class) and ``online``: the
+accuracy after the first 10 %, 20 %, ..., 100 % of each stream's events -- for token models, the shortest
+token prefix that holds that share of the stream's events (token counts); for frame models, frames made from
+that share of the events. ``confusion.png``, ``online.png`` and ``online.json`` are written
 to the output folder.
 """
 
@@ -97,6 +98,30 @@ def _frame_predictions(model, dataset, device, batch_size, progress) -> tuple[np
     return np.concatenate(preds), np.concatenate(labels)
 
 
+def _errors(dataset, order: np.ndarray, labels: np.ndarray, final: np.ndarray, classes: list) -> list[dict]:
+    """The misclassified recordings, in dataset order: index in the split, source (file name or generator
+    id, where the dataset knows it), true and predicted class."""
+    wrong = sorted((int(order[r]), int(labels[r]), int(final[r])) for r in np.flatnonzero(labels != final))
+    return [{"index": i, "source": _source(dataset, i), "label": classes[y], "predicted": classes[p]}
+            for i, y, p in wrong]
+
+
+def _source(dataset, i: int) -> str | None:
+    """Where recording ``i`` of ``dataset`` came from, looked up through the wrappers that add surfaces or
+    frames (``.dataset`` / ``.base``, same index) or select a subset (``.indices``); None if nothing knows."""
+    for _ in range(8):
+        if hasattr(dataset, "source"):
+            return str(dataset.source(i))
+        inner = getattr(dataset, "dataset", None) or getattr(dataset, "base", None)
+        if inner is None:
+            return None
+        indices = getattr(dataset, "indices", None)
+        if indices is not None:
+            i = int(indices[i])
+        dataset = inner
+    return None
+
+
 def evaluate_checkpoint(checkpoint: str | os.PathLike, config: str | os.PathLike | None = None,
                         overrides: Sequence[str] = (), *, split: str = "test", batch_size: int = 16,
                         max_chunk: int = 65536, device: str = "auto", out: str | os.PathLike | None = None,
@@ -134,10 +159,13 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, config: str | os.PathLike
     check_same_data(ckpt["data"], data.info, ckpt_path)
     if ckpt["model_type"] == FRAME_MODEL:
         preds, labels = _frame_predictions(model, data.test, device, batch_size, progress)
+        order = np.arange(len(labels))
     else:
-        loader, _ = make_loader(data.test, data.lengths["test"], batch_size, data.collate, shuffle=False, seed=0,
-                                workers=int(cfg_train.get("workers", 0) or 0), even=False)
+        loader, batches = make_loader(data.test, data.lengths["test"], batch_size, data.collate, shuffle=False,
+                                      seed=0, workers=int(cfg_train.get("workers", 0) or 0), even=False)
         preds, labels = _token_predictions(model, loader, device, max_chunk, progress)
+        # The loader groups recordings of similar length: row r of the predictions is recording order[r].
+        order = np.array([i for batch in batches for i in batch], np.int64)
     seconds = time.perf_counter() - start
 
     classes = list(info.classes)
@@ -161,6 +189,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, config: str | os.PathLike
         "per_class_accuracy": per_class,
         "per_class_count": {c: int(k) for c, k in zip(classes, counts)},
         "confusion": confusion.tolist(),
+        "errors": _errors(data.test, order, labels, final, classes),
         "online": {"fractions": list(FRACTIONS), "accuracy": online},
         "seconds": seconds,
         "out": str(out),
