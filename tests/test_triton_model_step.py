@@ -132,6 +132,18 @@ def test_pack_refuses_what_the_kernel_does_not_serve():
         GraphStepper(make_model(d_state=T.MAX_D_STATE + 1), 1, device="cpu", fused=True)
 
 
+def test_warps_per_program_are_checked():
+    dev = "cuda" if CUDA else "cpu"
+    model = make_model(**CONFIGS["table-mean-zoh"])
+    w = pack(model, dev)
+    state = T.allocate_state(w, 2, dev)
+    tok, dt, cnt, _ = make_inputs(model, 2, 1)
+    logits = torch.zeros(2, 1, model.n_classes, device=dev)
+    with pytest.raises(ValueError, match="num_warps must be 1, 2, 4, 8 or 16; got 3"):
+        T.model_step_triton(w, state, T.pack_inputs(tok, dt, cnt).to(dev), torch.zeros(1, dtype=torch.long,
+                            device=dev), logits, num_warps=3)
+
+
 def stepper_devices():
     # The eager "cpu" form of the fused stepper needs Triton's interpreter, which conftest switches on only on
     # machines without a CUDA device.

@@ -206,6 +206,24 @@ def _token_latencies(stepper, tokens: np.ndarray, dt: np.ndarray, counts: np.nda
     return lat
 
 
+def _replays_us(stepper) -> float:
+    """µs per graph replay of ``stepper``: one block of replays back to back on whatever its device buffers
+    hold (the kernel's work does not depend on the values), after one untimed replay, timed with CUDA events."""
+    import torch
+
+    stepper.pos.zero_()
+    stepper.graph.replay()
+    stepper.pos.zero_()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(stepper.block):
+        stepper.graph.replay()
+    end.record()
+    end.synchronize()
+    stepper.reset()
+    return start.elapsed_time(end) * 1e3 / stepper.block
+
+
 def _graph_copy_in(stepper, tokens, dt, counts, surfaces):
     """``copy_in(i, p)`` for the captured classifier step: token ``i``'s id, gap, count (and surface) into the
     stepper's separate buffers at position ``p``."""
@@ -302,6 +320,15 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
                      surfaces=None if surf is None else surf[None])
         out["batch1_back_to_back_us_per_token"] = (time.perf_counter() - t0) / densest.num_tokens * 1e6
         g1.reset()
+        if g1.fused:
+            # The one program of a single stream with other warp counts: its replays back to back on inputs
+            # already on the device, timed with CUDA events (fewer warps: fewer cross-warp reductions).
+            sweep = {}
+            for nw in (1, 2, 4, 8):
+                g = GraphStepper(sm.model, 1, device="cuda", block=256, fused=True, num_warps=nw)
+                sweep[nw] = _replays_us(g)
+                del g
+            out["batch1_replay_us_by_num_warps"] = sweep
 
     def loop():
         rec = recs[-1] if quick else recs[4]  # 5.bs2, the densest trial
@@ -333,14 +360,7 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
         out["streams_binning_s"] = bin_s
         # The step alone: graph replays back to back on inputs already on the device (no host traffic), timed
         # with CUDA events; events/s at the run's mean events per token.
-        gb.pos.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(gb.block):
-            gb.graph.replay()
-        end.record()
-        end.synchronize()
-        us = start.elapsed_time(end) * 1e3 / gb.block
+        us = _replays_us(gb)
         per_token = res["events"] / max(res["tokens"], 1)
         out.update(streams_replay_us_per_step=us,
                    streams_replay_events_per_s=n_streams * per_token / (us * 1e-6),
@@ -352,13 +372,7 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
             del gb
             for bs in (4, 8, 32):
                 g = GraphStepper(sm.model, n_streams, device="cuda", block=64, fused=True, block_streams=bs)
-                g.graph.replay()
-                start.record()
-                for _ in range(g.block):
-                    g.graph.replay()
-                end.record()
-                end.synchronize()
-                sweep[bs] = start.elapsed_time(end) * 1e3 / g.block
+                sweep[bs] = _replays_us(g)
                 del g
             out["streams_replay_us_per_step_by_block_streams"] = sweep
 
@@ -430,6 +444,8 @@ def run(args) -> int:
             ["batch-1 token latency p99 (µs)", get(res, "batch1_latency_us_p99")],
             ["batch-1 token latency max (µs)", get(res, "batch1_latency_us_max")],
             ["batch-1 back-to-back (µs/token)", get(res, "batch1_back_to_back_us_per_token")],
+            *([["batch-1 replays alone by warps (µs): " + ", ".join(f"{k}: {v:.2f}" for k, v in nw.items()), ""]]
+              if (nw := res.get("batch1_replay_us_by_num_warps")) else []),
             [f"loop RTF at --speed max ({res.get('loop_trial', '-')})", get(res, "loop_real_time_factor")],
             [f"{ns} streams: events/s ({s.get('feed', '-')} feed)", get(s, "events_per_s")],
             [f"{ns} streams: tokens/s ({s.get('feed', '-')} feed)", get(s, "tokens_per_s")],

@@ -478,6 +478,8 @@ def model_step_triton(w: ModelStepWeights, state: dict, inputs: torch.Tensor, po
     dot = bs >= 16
     if num_warps is None:
         num_warps = 8 if dot else 4
+    elif num_warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"{where}: num_warps must be 1, 2, 4, 8 or 16; got {num_warps!r}")
     hid = w.surface_hidden
     grid = (triton.cdiv(batch, bs),)
     model_step_kernel[grid](

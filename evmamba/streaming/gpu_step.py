@@ -162,7 +162,8 @@ class GraphStepper:
     (``ValueError`` naming the unsupported setting); False runs the classifier's ``step``. :attr:`step_kind`
     says which runs (``"fused"`` or ``"unfused"``) and :attr:`fallback_reason` why the default did not fuse.
     ``block_streams``: streams per program of the fused kernel (default
-    :func:`~evmamba.kernels.triton_model_step.default_block_streams`).
+    :func:`~evmamba.kernels.triton_model_step.default_block_streams`); ``num_warps``: its warps per program
+    (default: 4, or 8 with ``tl.dot`` blocks of 16 streams; ``evmamba bench stream`` times the others).
     ``overlap``: also hold two time-major (input, logits) buffer pairs, each with its own captured graph, for
     :meth:`run_records` with ``time_major=True`` (copies overlapped with the replays; the fused step only).
     Opt-in and not yet verified on a GPU; the default (False) leaves
@@ -170,7 +171,8 @@ class GraphStepper:
     """
 
     def __init__(self, model, n_streams: int = 1, device="cuda", block: int = 1024, warmup: int = 3,
-                 fused: bool | None = None, block_streams: int | None = None, overlap: bool = False):
+                 fused: bool | None = None, block_streams: int | None = None, overlap: bool = False,
+                 num_warps: int | None = None):
         if isinstance(n_streams, bool) or not isinstance(n_streams, int) or n_streams < 1:
             raise ValueError(f"GraphStepper: argument 'n_streams' must be a positive int; got {n_streams!r}")
         if fused not in (None, True, False):
@@ -214,6 +216,7 @@ class GraphStepper:
             self.weights = w = pack(self.model, dev)
             self.cache = T.allocate_state(w, b, dev)
             self.block_streams = T.default_block_streams(b) if block_streams is None else int(block_streams)
+            self.num_warps = num_warps
             # One float32 record per stream and token: id, gap, count, surface (one copy in per block).
             self.inp = torch.zeros(b, self.block, w.record, dtype=torch.float32, device=dev)
             self.inp[:, :, 2] = 1.0
@@ -282,7 +285,8 @@ class GraphStepper:
         strides): one launch; its last program advances ``pos``."""
         from ..kernels.triton_model_step import model_step_triton
 
-        model_step_triton(self.weights, self.cache, inp, self.pos, logits, self._counter, self.block_streams)
+        model_step_triton(self.weights, self.cache, inp, self.pos, logits, self._counter, self.block_streams,
+                          self.num_warps)
 
     @torch.no_grad()
     def reset(self, stream=None) -> None:
