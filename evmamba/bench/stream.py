@@ -20,10 +20,12 @@ and of the classifier's PyTorch ``step`` (one token per call) for comparison.
 the one-kernel fused model step (the default where the model is supported; the table and the JSON say which ran):
 per-token latency at batch 1 (copy in, replay, copy out, synchronise), µs per token when a trial's tokens are
 replayed back to back, the loop's real-time factor at ``--speed max``, and aggregate events/s of ``--streams`` (1 024)
-concurrent streams in lockstep. ``--overlap`` (fused step only; not yet verified or timed on a GPU) also times the
-streams fed time-major and double-buffered (``GraphStepper(overlap=True)``) beside the default batch-major feed,
-in the same run on the same stepper, and checks that both reach the same final decisions; the table and the
-JSON (``feed`` of each run) say which feeding ran.
+concurrent streams in lockstep. With the fused step, two batch-1 experiments (not yet run on a GPU): the replays
+alone with 1, 2, 4 and 8 warps per program, and the latency with the copies captured in the graph beside the
+kernel (one replay and one wait per token). ``--overlap`` (fused step only; not yet verified or timed on a
+GPU) also times the streams fed time-major and double-buffered (``GraphStepper(overlap=True)``) beside the
+default batch-major feed, in the same run on the same stepper, and checks that both reach the same final
+decisions; the table and the JSON (``feed`` of each run) say which feeding ran.
 
 ``--quick``: trials 1 and 5 only, one real-time replay, fewer model sizes and GPU steps.
 """
@@ -206,6 +208,43 @@ def _token_latencies(stepper, tokens: np.ndarray, dt: np.ndarray, counts: np.nda
     return lat
 
 
+def _in_graph_latencies(model, seq, part, n: int) -> np.ndarray:
+    """Batch-1 token latencies (s) of the fused step captured together with its copies: the record from a
+    pinned host buffer into the device, the position reset, the kernel, the logits back into pinned memory --
+    one replay and one wait per token. Every token is stepped at position 0 of the stepper's buffers (the
+    streams' state still advances)."""
+    import torch
+
+    from ..model.cuda_graph import capture_graph
+    from ..streaming.gpu_step import GraphStepper
+
+    g = GraphStepper(model, 1, device="cuda", block=8, fused=True)
+    h_rec = torch.zeros(g.inp.shape[-1], dtype=torch.float32).pin_memory()
+    h_out = torch.zeros(g.n_classes, dtype=torch.float32).pin_memory()
+    rec = h_rec.numpy()
+
+    def step():
+        g.inp[0, 0].copy_(h_rec, non_blocking=True)
+        g.pos.zero_()
+        g._fused_step(g.inp, g.logits)
+        h_out.copy_(g.logits[0, 0], non_blocking=True)
+
+    graph, _ = capture_graph(step, 3, g.device)
+    g.reset()
+    surf = part(n)
+    stream = torch.cuda.current_stream(g.device)
+    lat = np.empty(n)
+    for i in range(n):
+        t0 = time.perf_counter()
+        rec[0], rec[1], rec[2] = seq.tokens[i], seq.dt[i], seq.counts[i]
+        if surf is not None:
+            rec[3:] = surf[i]
+        graph.replay()
+        stream.synchronize()
+        lat[i] = time.perf_counter() - t0
+    return lat
+
+
 def _replays_us(stepper) -> float:
     """µs per graph replay of ``stepper``: one block of replays back to back on whatever its device buffers
     hold (the kernel's work does not depend on the values), after one untimed replay, timed with CUDA events."""
@@ -330,6 +369,15 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
                 del g
             out["batch1_replay_us_by_num_warps"] = sweep
 
+    def in_graph():
+        # The batch-1 latency with the copies inside the graph: one replay per token copies the record in,
+        # steps and copies the logits out (two fewer calls on the host); an experiment, not the stepper's path.
+        n_lat = min(densest.num_tokens, 2000 if quick else 5000)
+        _in_graph_latencies(sm.model, densest, part, 200)  # warm
+        lat = _in_graph_latencies(sm.model, densest, part, n_lat) * 1e6
+        out.update(batch1_in_graph_latency_us_p50=float(np.percentile(lat, 50)),
+                   batch1_in_graph_latency_us_p99=float(np.percentile(lat, 99)))
+
     def loop():
         rec = recs[-1] if quick else recs[4]  # 5.bs2, the densest trial
         res = _run_loop(state["g1"], sm, rec, math.inf)
@@ -377,6 +425,8 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
             out["streams_replay_us_per_step_by_block_streams"] = sweep
 
     attempt("batch1", batch1)
+    if state.get("g1") is not None and state["g1"].fused:
+        attempt("batch1_in_graph", in_graph)
     if "g1" in state:
         attempt("loop", loop)
         del state["g1"]
@@ -446,6 +496,8 @@ def run(args) -> int:
             ["batch-1 back-to-back (µs/token)", get(res, "batch1_back_to_back_us_per_token")],
             *([["batch-1 replays alone by warps (µs): " + ", ".join(f"{k}: {v:.2f}" for k, v in nw.items()), ""]]
               if (nw := res.get("batch1_replay_us_by_num_warps")) else []),
+            ["batch-1 latency p50 / p99, copies in the graph (µs)",
+             f"{get(res, 'batch1_in_graph_latency_us_p50')} / {get(res, 'batch1_in_graph_latency_us_p99')}"],
             [f"loop RTF at --speed max ({res.get('loop_trial', '-')})", get(res, "loop_real_time_factor")],
             [f"{ns} streams: events/s ({s.get('feed', '-')} feed)", get(s, "events_per_s")],
             [f"{ns} streams: tokens/s ({s.get('feed', '-')} feed)", get(s, "tokens_per_s")],
