@@ -4,6 +4,7 @@ cameras of several sizes and for spike data, explicit keys winning, and a datase
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -152,6 +153,11 @@ def test_chosen_settings_fit_the_data(case):
     # the batch budget holds a cropped stream; settings are valid train keys
     assert train["max_tokens"] <= train["batch_tokens"]
     assert 10 <= train["epochs"] <= 80
+    # the average of the weights spans about a tenth of the run's optimizer steps (at least 10)
+    why = next(r for r in reasons if r.startswith("train.ema_decay"))
+    span, total = (int(x) for x in re.search(r"over about (\d+) of the run's (\d+) optimizer steps", why).groups())
+    assert span == max(10, round(total / 10)) and total >= train["epochs"]
+    assert 1.0 / (1.0 - train["ema_decay"]) == pytest.approx(span, rel=0.01)
     train_settings({"train": train})
     bc = BinningConfig(**binning)
     vocab = int(np.prod(grid)) * sensor[2]

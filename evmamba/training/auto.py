@@ -31,7 +31,9 @@ What is chosen, in order (the constants below hold the thresholds):
   ``max_tokens`` of very long training streams (the 90th percentile of the token counts, at least twice the median),
   ``batch_tokens`` (a batch of median-length streams holds ``batch_size`` of them, within
   :data:`MEMORY_SHARE` of the memory available), ``epochs`` (about :data:`TARGET_STEPS` optimizer steps),
-  ``lr``, warmup, ``val_fraction`` (10 % from 500 training recordings on) and ``test_every``.
+  ``lr``, warmup, ``ema_decay`` (the moving average of the weights that is validated and shipped spans about
+  a tenth of the run's steps: :data:`EMA_SHARE`), ``val_fraction`` (10 % from 500 training recordings on) and
+  ``test_every``.
 
 The model's embedding is chosen in one place, :data:`DEFAULT_EMBEDDING` inside
 :func:`default_model_section`.
@@ -62,6 +64,7 @@ MIN_BINS = 8  # time bins in a median recording (at least): a bin is at most an 
 DENSE_SLACK = 2.0  # dense data: the finest bin within this factor of the widest allowed bin's token count
 LAYER_TOKENS = 512  # median sequence length the first layer should see (at most)
 TARGET_STEPS = 500  # optimizer steps of a run
+EMA_SHARE = 0.1  # train.ema_decay: the average of the weights spans about this share of the run's steps
 MEMORY_SHARE = 0.5  # share of the available memory the training batches may plan to use
 FOLDER_TEST_FRACTION = 0.2
 #: The embedding a chosen model uses ("table", "factorised" or "surface"; see evmamba.model.embedding). The
@@ -423,6 +426,11 @@ def choose_train(stats: DataStats, binning: BinningConfig, model_section: Mappin
     if "warmup_steps" not in given:
         put("warmup_epochs", round(max(0.5, 0.04 * epochs), 1), "linear warmup over about 4 % of the run")
     put("min_lr_ratio", 0.02, "the cosine ends at 2 % of lr")
+    # A moving average of the weights over about a tenth of the run: the horizon that the N-MNIST and POKER-DVS
+    # configs were given by hand (~100 of 1 120 and ~50 of 560 steps).
+    horizon = max(10, round(steps * epochs * EMA_SHARE))
+    put("ema_decay", round(1.0 - 1.0 / horizon, 4), f"validate and ship the moving average of the weights over about "
+        f"{horizon} of the run's {steps * epochs} optimizer steps (a tenth), as the N-MNIST and POKER-DVS configs do")
     every = max(1, epochs // 4)
     put("test_every", every, "the test split after every epoch" if every == 1
         else f"the test split every {every} epochs and after the last")
