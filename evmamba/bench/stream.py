@@ -208,11 +208,11 @@ def _token_latencies(stepper, tokens: np.ndarray, dt: np.ndarray, counts: np.nda
     return lat
 
 
-def _in_graph_latencies(model, seq, part, n: int) -> np.ndarray:
+def _in_graph_latencies(model, seq, part, n: int, warm: int = 200) -> np.ndarray:
     """Batch-1 token latencies (s) of the fused step captured together with its copies: the record from a
     pinned host buffer into the device, the position reset, the kernel, the logits back into pinned memory --
     one replay and one wait per token. Every token is stepped at position 0 of the stepper's buffers (the
-    streams' state still advances)."""
+    streams' state still advances). The first ``warm`` tokens are stepped untimed, then the state is reset."""
     import torch
 
     from ..model.cuda_graph import capture_graph
@@ -230,18 +230,21 @@ def _in_graph_latencies(model, seq, part, n: int) -> np.ndarray:
         h_out.copy_(g.logits[0, 0], non_blocking=True)
 
     graph, _ = capture_graph(step, 3, g.device)
-    g.reset()
     surf = part(n)
     stream = torch.cuda.current_stream(g.device)
     lat = np.empty(n)
-    for i in range(n):
+    for j in range(warm + n):
+        i = j - warm if j >= warm else j % n
+        if j == warm:
+            g.reset()
         t0 = time.perf_counter()
         rec[0], rec[1], rec[2] = seq.tokens[i], seq.dt[i], seq.counts[i]
         if surf is not None:
             rec[3:] = surf[i]
         graph.replay()
         stream.synchronize()
-        lat[i] = time.perf_counter() - t0
+        if j >= warm:
+            lat[i] = time.perf_counter() - t0
     return lat
 
 
@@ -373,7 +376,6 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
         # The batch-1 latency with the copies inside the graph: one replay per token copies the record in,
         # steps and copies the logits out (two fewer calls on the host); an experiment, not the stepper's path.
         n_lat = min(densest.num_tokens, 2000 if quick else 5000)
-        _in_graph_latencies(sm.model, densest, part, 200)  # warm
         lat = _in_graph_latencies(sm.model, densest, part, n_lat) * 1e6
         out.update(batch1_in_graph_latency_us_p50=float(np.percentile(lat, 50)),
                    batch1_in_graph_latency_us_p99=float(np.percentile(lat, 99)))

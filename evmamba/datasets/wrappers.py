@@ -176,12 +176,22 @@ class WithSurfaces:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
 
+    def source(self, i: int) -> str | None:
+        return _source(self.dataset, i)
+
     def __getitem__(self, i):
         seq, label = self.dataset[i]
         return SurfacedSequence(seq.tokens, seq.counts, seq.dt, seq.t, token_surfaces(seq, self.grid, self.cfg)), label
 
 
 # ------------------------------------------------------------------------------------------ wrappers
+def _source(dataset, i: int) -> str | None:
+    """Where item ``i`` of a wrapped dataset came from (file name or generator id), or None if it does not say:
+    the wrappers' ``source(i)`` asks the dataset they wrap."""
+    source = getattr(dataset, "source", None)
+    return str(source(i)) if callable(source) else None
+
+
 class IndexedSubset:
     """``dataset[indices[i]]`` as item ``i``; passes :meth:`set_epoch` through."""
 
@@ -194,6 +204,9 @@ class IndexedSubset:
 
     def __getitem__(self, i):
         return self.dataset[int(self.indices[i])]
+
+    def source(self, i: int) -> str | None:
+        return _source(self.dataset, int(self.indices[i]))
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.dataset, "set_epoch"):
@@ -285,6 +298,9 @@ class FrameDataset:
         self.epoch = int(epoch)
         if hasattr(self.base, "set_epoch"):
             self.base.set_epoch(epoch)
+
+    def source(self, i: int) -> str | None:
+        return _source(self.base, i)
 
     def frames(self, events: np.ndarray, source: str = "events") -> np.ndarray:
         """``(T, P, H', W')`` int16 counts of one recording (all zeros for an empty one)."""

@@ -102,24 +102,9 @@ def _errors(dataset, order: np.ndarray, labels: np.ndarray, final: np.ndarray, c
     """The misclassified recordings, in dataset order: index in the split, source (file name or generator
     id, where the dataset knows it), true and predicted class."""
     wrong = sorted((int(order[r]), int(labels[r]), int(final[r])) for r in np.flatnonzero(labels != final))
-    return [{"index": i, "source": _source(dataset, i), "label": classes[y], "predicted": classes[p]}
-            for i, y, p in wrong]
-
-
-def _source(dataset, i: int) -> str | None:
-    """Where recording ``i`` of ``dataset`` came from, looked up through the wrappers that add surfaces or
-    frames (``.dataset`` / ``.base``, same index) or select a subset (``.indices``); None if nothing knows."""
-    for _ in range(8):
-        if hasattr(dataset, "source"):
-            return str(dataset.source(i))
-        inner = getattr(dataset, "dataset", None) or getattr(dataset, "base", None)
-        if inner is None:
-            return None
-        indices = getattr(dataset, "indices", None)
-        if indices is not None:
-            i = int(indices[i])
-        dataset = inner
-    return None
+    source = getattr(dataset, "source", None)  # the datasets and their wrappers say where item i came from
+    return [{"index": i, "source": source(i) if callable(source) else None, "label": classes[y],
+             "predicted": classes[p]} for i, y, p in wrong]
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, config: str | os.PathLike | None = None,

@@ -147,15 +147,30 @@ def allocate_state(w: ModelStepWeights, n_streams: int, device) -> dict:
     }
 
 
+def write_records(out: torch.Tensor, tokens, dt, counts=None, surfaces=None) -> torch.Tensor:
+    """Write the kernel's input records into ``out`` ``(B, T, 3 + F)`` float32 (any strides: a transposed
+    time-major buffer or a block of a staging buffer): id, gap, count (1 where ``counts`` is None) and surface
+    of ``tokens`` (B, T), ``dt`` (B, T), ``counts`` (B, T), ``surfaces`` (B, T, F) -- torch tensors or numpy
+    arrays, converted as they are copied (no full-size temporary). Returns ``out``."""
+    field = lambda a: torch.as_tensor(a)  # noqa: E731 - numpy arrays become views, not copies
+    out[..., 0].copy_(field(tokens))
+    out[..., 1].copy_(field(dt))
+    if counts is None:
+        out[..., 2].fill_(1.0)
+    else:
+        out[..., 2].copy_(field(counts))
+    if out.shape[-1] > RECORD_HEAD:
+        out[..., RECORD_HEAD:].copy_(field(surfaces))
+    return out
+
+
 def pack_inputs(tokens: torch.Tensor, dt: torch.Tensor, counts: torch.Tensor | None = None,
                 surfaces: torch.Tensor | None = None) -> torch.Tensor:
     """``tokens`` (B, T) ids, ``dt`` (B, T), ``counts`` (B, T) or None (1), ``surfaces`` (B, T, F) or None ->
-    the kernel's input records ``(B, T, 3 + F)`` float32."""
-    parts = [tokens.to(torch.float32)[..., None], dt.to(torch.float32)[..., None],
-             (torch.ones_like(dt, dtype=torch.float32) if counts is None else counts.to(torch.float32))[..., None]]
-    if surfaces is not None:
-        parts.append(surfaces.to(torch.float32))
-    return torch.cat(parts, dim=-1).contiguous()
+    the kernel's input records ``(B, T, 3 + F)`` float32, on the tokens' device."""
+    n_surface = 0 if surfaces is None else surfaces.shape[-1]
+    out = torch.empty((*tokens.shape, RECORD_HEAD + n_surface), dtype=torch.float32, device=tokens.device)
+    return write_records(out, tokens, dt, counts, surfaces)
 
 
 def pack_inputs_time_major(tokens, dt, counts=None, surfaces=None, pin_memory: bool = False) -> torch.Tensor:
@@ -186,14 +201,7 @@ def pack_inputs_time_major(tokens, dt, counts=None, surfaces=None, pin_memory: b
                              f"got {tuple(t.shape)}")
     n_surface = 0 if surfaces is None else surfaces.shape[2]
     out = torch.empty((steps, batch, RECORD_HEAD + n_surface), dtype=torch.float32, pin_memory=bool(pin_memory))
-    out[:, :, 0].copy_(tokens.t())
-    out[:, :, 1].copy_(dt.t())
-    if counts is None:
-        out[:, :, 2].fill_(1.0)
-    else:
-        out[:, :, 2].copy_(counts.t())
-    if n_surface:
-        out[:, :, RECORD_HEAD:].copy_(surfaces.transpose(0, 1))
+    write_records(out.transpose(0, 1), tokens, dt, counts, surfaces)
     return out
 
 
@@ -503,5 +511,5 @@ def model_step_triton(w: ModelStepWeights, state: dict, inputs: torch.Tensor, po
 
 
 __all__ = ["DISCRETIZATIONS", "EMBED_CODES", "METHOD_CODES", "NORM_CODES", "READOUT_CODES", "ModelStepWeights",
-           "allocate_state", "default_block_streams", "model_step_triton", "pack_inputs",
+           "allocate_state", "default_block_streams", "model_step_triton", "pack_inputs", "write_records",
            "pack_inputs_time_major"]

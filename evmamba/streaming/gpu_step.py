@@ -485,12 +485,11 @@ class GraphStepper:
 
     def _fill_records(self, s: int, n: int, tokens, dt, counts, surfaces) -> None:
         """Write tokens ``s .. s + n`` of every stream into the fused step's input records and copy them in."""
-        rec = self._h_inp.numpy()
-        rec[:, :n, 0] = tokens[:, s:s + n]
-        rec[:, :n, 1] = dt[:, s:s + n]
-        rec[:, :n, 2] = 1.0 if counts is None else counts[:, s:s + n]
-        if self.n_surface:
-            rec[:, :n, 3:] = surfaces[:, s:s + n]
+        from ..kernels.triton_model_step import write_records
+
+        part = lambda a: None if a is None else a[:, s:s + n]  # noqa: E731
+        write_records(self._h_inp[:, :n], part(tokens), part(dt), part(counts), part(surfaces) if self.n_surface
+                      else None)
         self.inp.copy_(self._h_inp, non_blocking=True)
 
     def _replay(self) -> None:
