@@ -155,11 +155,12 @@ def test_bench_case_compares_and_times_every_pair_on_the_cpu():
 
 
 def test_bench_case_says_which_convolution_ran_and_restores_the_opt_in(monkeypatch):
-    # The default keeps PyTorch's conv; --conv triton opts our layer in for the case only and the case (and the
-    # table) says so. Ours against the stand-in mamba_ssm: the Triton conv changes nothing that the check sees.
+    # conv="torch" keeps PyTorch's conv, conv="triton" (the default) asks for the kernel, for the case only, and
+    # the case (and the table) says which ran. Ours against the stand-in mamba_ssm: the Triton conv changes
+    # nothing that the check sees.
     monkeypatch.delenv("EVMAMBA_TRITON_CONV", raising=False)
     timer = lambda fn, reps: (fn(), 1.0)[1]  # noqa: E731
-    case = layer_bench.bench_case(2, 5, 16, "float32", 1, None, device="cpu", timer=timer)
+    case = layer_bench.bench_case(2, 5, 16, "float32", 1, None, device="cpu", timer=timer, conv="torch")
     assert case["conv"] == "torch" and "torch" in layer_bench.table([case])
     with pytest.raises(ValueError, match="conv must be one of"):
         layer_bench.bench_case(2, 5, 16, "float32", 1, None, device="cpu", timer=timer, conv="cudnn")
@@ -232,8 +233,8 @@ def test_layer_bench_arguments(capsys):
     args = parser.parse_args(["bench", "layer", "--peers", "--quick"])
     assert args.peers == "" and args.quick and args.dtypes == ["float32", "bfloat16"]
     args = parser.parse_args(["bench", "layer", "--peers", "/x"])
-    assert args.peers == "/x" and args.conv == "torch"
-    assert parser.parse_args(["bench", "layer", "--conv", "triton"]).conv == "triton"
+    assert args.peers == "/x" and args.conv == "triton"
+    assert parser.parse_args(["bench", "layer", "--conv", "torch"]).conv == "torch"
     with pytest.raises(SystemExit):
         main(["bench", "layer", "--conv", "cudnn"])
     assert "invalid choice" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """The Triton causal convolution + SiLU (forward, dx, dweight, dbias) against the float64 PyTorch reference, and
-the ``Mamba`` layer's opt-in (``EVMAMBA_TRITON_CONV=1``).
+the ``Mamba`` layer's choice of convolution (the kernel by default on CUDA; ``EVMAMBA_TRITON_CONV=0`` / ``=1``).
 
 Without a CUDA GPU the kernels run on Triton's CPU interpreter (set up in conftest.py) at tiny shapes, with
 small tiles forced so that several time tiles, channel blocks and backward splits occur; the realistic shapes
@@ -151,7 +151,7 @@ def test_gradient_of_x_alone_and_no_grad_forward():
     (lambda x, w, b: causal_conv1d_silu(x[:, :, :0], w, b), ValueError, "no empty dimension"),
     (lambda x, w, b: causal_conv1d_silu(x.double(), w, b), TypeError, "x must be float32"),
     (lambda x, w, b: causal_conv1d_silu(x, w[:3], b), ValueError, "weight must have shape"),
-    (lambda x, w, b: causal_conv1d_silu(x, torch.zeros(4, 1, 9), b), ValueError, "1 <= K <= 8"),
+    (lambda x, w, b: causal_conv1d_silu(x, torch.zeros(4, 1, 9, device=x.device), b), ValueError, "1 <= K <= 8"),
     (lambda x, w, b: causal_conv1d_silu(x, w.double(), b), TypeError, "weight must be float32"),
     (lambda x, w, b: causal_conv1d_silu(x, [[1.0]], b), TypeError, "weight must be a torch.Tensor"),
     (lambda x, w, b: causal_conv1d_silu(x, w, b[:2]), ValueError, "bias must have shape (Di,) = (4,)"),
@@ -167,20 +167,22 @@ def test_bad_inputs_are_named(call, exc, words):
 
 
 # ------------------------------------------------------------------------------------------ opt-in
-def test_conv_backend_is_torch_unless_opted_in(monkeypatch):
+def test_conv_backend_is_the_kernel_on_cuda_by_default(monkeypatch):
     x = torch.randn(2, 4, 5, device=DEVICE)
-    assert conv_backend(x) == "torch"
+    # Unset: the kernel for CUDA activations; CPU tensors stay on PyTorch even under the interpreter.
+    assert conv_backend(x) == ("triton" if CUDA else "torch")
+    assert conv_backend(x.cpu()) == "torch"
     assert conv_backend(x, "reference") == "torch"
     monkeypatch.setenv(backends.TRITON_CONV_ENV, "0")
     assert conv_backend(x) == "torch"
-    monkeypatch.setenv(backends.TRITON_CONV_ENV, "1")  # read at call time
+    monkeypatch.setenv(backends.TRITON_CONV_ENV, "1")  # read at call time; also the interpreter's CPU tensors
     assert conv_backend(x) == "triton"
     assert conv_backend(x, "reference") == "torch"  # use_fast_path=False stays on PyTorch
     assert conv_backend(x.double()) == "torch"  # float64 is the reference's
     assert conv_backend(x, kernel_size=9) == "torch"
     assert conv_backend(x[:, :, :0]) == "torch"
     monkeypatch.setenv(backends.TRITON_CONV_ENV, "yes")
-    with pytest.raises(ValueError, match="EVMAMBA_TRITON_CONV must be 1 .* got 'yes'"):
+    with pytest.raises(ValueError, match="EVMAMBA_TRITON_CONV must be 1 .*, 0 .* or unset .* got 'yes'"):
         conv_backend(x)
     with pytest.raises(ValueError, match="backend must be one of"):
         conv_backend(x, "cudnn")
@@ -209,7 +211,7 @@ def _layer_grads(layer, x, ts):
 
 
 @pytest.mark.parametrize("event", [False, True], ids=["standard", "event"])
-def test_mamba_forward_and_backward_equal_the_default_path_when_opted_in(event, monkeypatch):
+def test_mamba_forward_and_backward_equal_the_pytorch_conv_path(event, monkeypatch):
     calls = []
     kernel = triton_conv.causal_conv1d_silu
     monkeypatch.setattr(triton_conv, "causal_conv1d_silu", lambda *a: calls.append(1) or kernel(*a))
@@ -220,9 +222,13 @@ def test_mamba_forward_and_backward_equal_the_default_path_when_opted_in(event, 
     g = torch.Generator().manual_seed(stable_seed("layer-inputs", event))
     x = torch.randn(3, 11, 6, generator=g).to(DEVICE)
     ts = (torch.rand(3, 11, generator=g) * 5).to(DEVICE) if event else None
+    monkeypatch.setenv(backends.TRITON_CONV_ENV, "0")
     y0, dx0, grads0 = _layer_grads(layer, x, ts)
-    assert calls == []  # the default path never calls the kernel
-    monkeypatch.setenv(backends.TRITON_CONV_ENV, "1")
+    assert calls == []  # EVMAMBA_TRITON_CONV=0 never calls the kernel
+    if CUDA:
+        monkeypatch.delenv(backends.TRITON_CONV_ENV)  # the default on CUDA
+    else:
+        monkeypatch.setenv(backends.TRITON_CONV_ENV, "1")  # the interpreter's CPU tensors only when asked
     y1, dx1, grads1 = _layer_grads(layer, x, ts)
     assert calls == [1]
     assert rel(y1, y0) < 1e-5 and rel(dx1, dx0) < 1e-5
@@ -256,14 +262,19 @@ def test_other_gpu_shapes_and_contiguous_x(shape):
 
 
 @GPU_ONLY
-def test_mamba_opt_in_on_the_gpu(monkeypatch):
+def test_mamba_default_on_the_gpu_equals_the_pytorch_conv(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # compare with cuDNN's exact float32
+    calls = []
+    kernel = triton_conv.causal_conv1d_silu
+    monkeypatch.setattr(triton_conv, "causal_conv1d_silu", lambda *a: calls.append(1) or kernel(*a))
     torch.manual_seed(0)
     layer = Mamba(768).to(DEVICE)
     x = torch.randn(4, 512, 768, device=DEVICE)
+    monkeypatch.setenv(backends.TRITON_CONV_ENV, "0")
     y0, dx0, grads0 = _layer_grads(layer, x, None)
-    monkeypatch.setenv(backends.TRITON_CONV_ENV, "1")
+    monkeypatch.delenv(backends.TRITON_CONV_ENV)
     y1, dx1, grads1 = _layer_grads(layer, x, None)
+    assert calls == [1]
     assert rel(y1, y0) < 1e-5 and rel(dx1, dx0) < 1e-5
     for name, g0 in grads0.items():
         assert rel(grads1[name], g0) < 1e-4, name

@@ -17,10 +17,10 @@ is printed, a disagreement is reported in the row. Times are medians of ``--reps
 warm-up; forward under ``torch.no_grad``; forward + backward takes the gradients of the input and every parameter.
 lrnnx's CUDA scan takes float32 inputs only, so it sits out bfloat16.
 
-``--conv triton`` opts our layer's causal convolution + SiLU into the Triton kernel
-(:mod:`evmamba.kernels.triton_conv`; ``EVMAMBA_TRITON_CONV=1`` for the run, restored after); the default ``torch``
-keeps PyTorch's ``conv1d`` and ``silu``. The table and the JSON say which one ran (``conv``, per case as chosen by
-:func:`~evmamba.kernels.backends.conv_backend` for the case's tensors).
+``--conv`` chooses our layer's causal convolution + SiLU: ``triton`` (default, the layer's own default on a GPU:
+the kernel of :mod:`evmamba.kernels.triton_conv`) or ``torch`` (PyTorch's ``conv1d`` and ``silu``), by setting
+``EVMAMBA_TRITON_CONV`` to 1 or 0 for each case (restored after). The table and the JSON say which one ran
+(``conv``, per case as chosen by :func:`~evmamba.kernels.backends.conv_backend` for the case's tensors).
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="first shape only")
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES),
                         help="activation precisions to time (default: both)")
-    parser.add_argument("--conv", choices=CONVS, default="torch",
-                        help="our layer's causal conv + SiLU: PyTorch's conv1d and silu (default) or the opt-in "
-                        "Triton kernel (sets EVMAMBA_TRITON_CONV=1 for the run)")
+    parser.add_argument("--conv", choices=CONVS, default="triton",
+                        help="our layer's causal conv + SiLU: the Triton kernel (default, as the layer on a GPU) or "
+                        "PyTorch's conv1d and silu (EVMAMBA_TRITON_CONV=0 for the run)")
     parser.add_argument("--peers", nargs="?", const="", default=None, metavar="FOLDER",
                         help="also time mamba_ssm's and lrnnx's Mamba layers, imported from FOLDER (as built by "
                         "scripts/peers/build.sh; default $EVMAMBA_PEERS_SITE or /tmp/peers-site)")
@@ -192,9 +192,10 @@ PAIRS = [("standard", "mamba_ssm", "standard", True), ("event", "mamba_ssm", "st
 
 
 def bench_case(batch: int, L: int, d_model: int, dtype_name: str, reps: int, peers, device="cuda",
-               timer=None, conv: str = "torch") -> dict[str, Any]:
+               timer=None, conv: str = "triton") -> dict[str, Any]:
     """Every variant at one shape and precision: agreement first, then times. ``timer(fn, reps) -> ms``.
-    ``conv``: our layer's convolution, ``"torch"`` or ``"triton"`` (opted in for this case only)."""
+    ``conv``: our layer's convolution, ``"triton"`` or ``"torch"`` (``EVMAMBA_TRITON_CONV`` 1 or 0 for this case
+    only; the case's ``conv`` says which ran)."""
     from evmamba.kernels.backends import triton_conv_opt_in
 
     if conv not in CONVS:
@@ -289,8 +290,8 @@ def table(cases: list[dict[str, Any]]) -> str:
                          "ours f+b", "peer f+b", "speed-up", "rel diff", "agree"], rows)
 
 
-_CONV_WORDS = {"torch": "PyTorch conv1d + silu (default)",
-               "triton": "Triton kernel, evmamba.kernels.triton_conv (opt-in, EVMAMBA_TRITON_CONV=1)"}
+_CONV_WORDS = {"torch": "PyTorch conv1d + silu (EVMAMBA_TRITON_CONV=0)",
+               "triton": "Triton kernel, evmamba.kernels.triton_conv (the default on a GPU)"}
 
 
 def run(args: argparse.Namespace) -> int:

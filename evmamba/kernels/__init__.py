@@ -5,7 +5,7 @@ module per technology.
   restatement in :mod:`.triton_primitives`;
 * references :mod:`.scan_ref`, :mod:`.step_ref` and :mod:`.conv_ref` (causal convolution + SiLU); the numba
   CPU scan :mod:`.cpu_scan` and compiled classifier step :mod:`.cpu_step`; the Triton scan :mod:`.triton_scan`
-  (kernels in :mod:`.triton_scan_kernels`), fused step :mod:`.triton_step` and opt-in causal convolution + SiLU
+  (kernels in :mod:`.triton_scan_kernels`), fused step :mod:`.triton_step` and causal convolution + SiLU
   :mod:`.triton_conv`;
 * :mod:`.backends` -- the explicit choice between them (:func:`selective_scan`, :func:`mamba_step`,
   :func:`conv_backend`).

@@ -2,8 +2,8 @@
 
 ``out[b, c, t] = silu(bias[c] + sum_{k<K} weight[c, k] * x[b, c, t - (K-1) + k])`` with ``x = 0`` before the
 first element -- the math of :func:`~evmamba.kernels.conv_ref.causal_conv1d_silu_ref`, which the tests compare
-it with in float64. It replaces the ``Mamba`` layer's ``conv1d`` (cuDNN) and its separate SiLU pass when the
-layer is opted in (see :func:`~evmamba.kernels.backends.conv_backend`).
+it with in float64. It replaces the ``Mamba`` layer's ``conv1d`` (cuDNN) and its separate SiLU pass on CUDA
+activations by default (see :func:`~evmamba.kernels.backends.conv_backend`).
 
 * Forward: one program per tile of ``BLOCK_C`` channels x ``BLOCK_T`` steps of one sequence; it reads the
   ``K - 1`` steps before its tile (the halo) as ``K`` shifted loads of the tile (the overlap comes from the

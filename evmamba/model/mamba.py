@@ -325,9 +325,9 @@ class Mamba(nn.Module):
         return self.out_proj(y.transpose(1, 2))
 
     def _conv_silu(self, x: torch.Tensor, conv_state: torch.Tensor | None, lengths: torch.Tensor | None):
-        """``silu`` of :meth:`_causal_conv`. Without a cache (training, whole sequences) and opted in with
-        ``EVMAMBA_TRITON_CONV=1`` (see :func:`~evmamba.kernels.backends.conv_backend`), one Triton kernel
-        computes both; otherwise PyTorch's ``conv1d`` and ``silu``, as always."""
+        """``silu`` of :meth:`_causal_conv`. Without a cache (training, whole sequences) on CUDA activations, one
+        Triton kernel computes both (see :func:`~evmamba.kernels.backends.conv_backend`; ``EVMAMBA_TRITON_CONV=0``
+        turns it off); otherwise PyTorch's ``conv1d`` and ``silu``."""
         if conv_state is None and conv_backend(x, self.backend, self.d_conv) == "triton":
             from ..kernels.triton_conv import causal_conv1d_silu
 
