@@ -138,7 +138,7 @@ def test_overlap_refuses_what_it_cannot_feed():
         plain.run_records(rec, time_major=True)
     with pytest.raises(ValueError, match="overlap=True feeds the fused step"):
         GraphStepper(copy.deepcopy(model), 2, device="cpu", overlap=True)  # the CPU default is the unfused step
-    with pytest.raises(ValueError, match="'overlap' must be True or False"):
+    with pytest.raises(ValueError, match="'overlap' must be None, True or False"):
         GraphStepper(copy.deepcopy(model), 2, device="cpu", fused=True, overlap="yes")
     g = GraphStepper(copy.deepcopy(model), 2, device="cpu", block=4, fused=True, overlap=True)
     with pytest.raises(ValueError, match=r"records must be float32 of shape \(T, 2, 3\)"):
@@ -165,11 +165,11 @@ def binned_recordings(model, spec):
 
 def compare_run_gpu(model, n_streams, spec, device, block):
     """``concurrent.run_gpu`` both ways on one stepper: the same decisions, and the result says which feeding
-    ran."""
+    ran (a stepper that overlaps is fed overlapped unless told otherwise)."""
     binned = binned_recordings(model, spec)
     g = GraphStepper(copy.deepcopy(model), n_streams, device=device, block=block, fused=True, overlap=True)
-    plain = concurrent.run_gpu(g, binned, n_streams)
-    over = concurrent.run_gpu(g, binned, n_streams, overlap=True)
+    plain = concurrent.run_gpu(g, binned, n_streams, overlap=False)
+    over = concurrent.run_gpu(g, binned, n_streams)
     assert (plain["feed"], over["feed"]) == ("batch-major", "time-major-overlap")
     assert over["per_stream"] == plain["per_stream"]
     assert (over["events"], over["tokens"], over["padding_tokens"]) == (
@@ -202,6 +202,21 @@ def test_overlapped_feed_of_a_shipped_size_many_times():
                        surface=dict(radius=2, tau_us=[20000.0], scales=[1]), surface_hidden=64)
     for seed in range(5):
         compare_feeds(model, 512, (100,), "cuda", block=16, seed=seed, tol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_many_fused_streams_on_the_gpu_overlap_by_default():
+    model = make_model(**CONFIGS[SURFACE])
+    many = GraphStepper(copy.deepcopy(model), 64, device="cuda", block=8)
+    assert many.step_kind == "fused" and many.overlap
+    one = GraphStepper(copy.deepcopy(model), 1, device="cuda", block=8)  # batch 1 is the latency path
+    assert one.step_kind == "fused" and not one.overlap
+    unfused = GraphStepper(copy.deepcopy(model), 64, device="cuda", block=8, fused=False)
+    assert not unfused.overlap
+    binned = binned_recordings(model, ((5, 9), (6, 4)))
+    assert concurrent.run_gpu(many, binned, 64)["feed"] == "time-major-overlap"
+    assert concurrent.run_gpu(unfused, binned, 64)["feed"] == "arrays"
 
 
 @pytest.mark.gpu

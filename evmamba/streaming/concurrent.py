@@ -10,10 +10,10 @@ binner's tokens); the binning time is measured and reported with the rest.
 * GPU (:class:`~evmamba.streaming.gpu_step.GraphStepper` with ``B = N``): every replay of the captured step
   advances all ``N`` streams by one token. Streams are padded to the longest (the padding's logits are
   ignored and its compute is reported as ``padding_tokens``). The fused step's input records are made
-  before the clock starts, like the token arrays of the other steps. ``overlap=True`` (a stepper built with
-  ``overlap=True``; not yet verified or timed on a GPU) makes them time-major, with the pinned host logits
-  also made before the clock, and feeds them double-buffered; the result's ``"feed"`` says which feeding ran
-  (:data:`~evmamba.streaming.gpu_step.FEEDS`).
+  before the clock starts, like the token arrays of the other steps. A stepper that overlaps (the default
+  of the fused step of many streams on a GPU, ``GraphStepper.overlap``) gets them time-major, with the pinned
+  host logits also made before the clock, and is fed double-buffered, its copies overlapping the replays;
+  the result's ``"feed"`` says which feeding ran (:data:`~evmamba.streaming.gpu_step.FEEDS`).
 """
 
 from __future__ import annotations
@@ -93,14 +93,17 @@ def run_cpu(stepper, binned: list[Binned], n_streams: int, chunk: int = 256) -> 
 
 
 def run_gpu(stepper, binned: list[Binned], n_streams: int, max_steps: int | None = None,
-            overlap: bool = False) -> dict:
+            overlap: bool | None = None) -> dict:
     """``n_streams`` lockstep streams on a :class:`~evmamba.streaming.gpu_step.GraphStepper` with
     ``B = n_streams`` (see the module docstring); ``max_steps`` caps the tokens per stream; ``overlap``: feed
-    time-major records double-buffered (the stepper must be built with ``overlap=True``)."""
-    if overlap not in (True, False):
-        raise ValueError(f"run_gpu: argument 'overlap' must be True or False; got {overlap!r}")
+    time-major records double-buffered (True: the stepper must overlap; None, the default: whenever it does;
+    False: the batch-major records or arrays)."""
+    if overlap not in (None, True, False):
+        raise ValueError(f"run_gpu: argument 'overlap' must be None, True or False; got {overlap!r}")
     if overlap and not getattr(stepper, "overlap", False):
-        raise ValueError("run_gpu: overlap=True needs a fused GraphStepper built with overlap=True")
+        raise ValueError("run_gpu: overlap=True needs a fused GraphStepper that overlaps (GraphStepper.overlap)")
+    if overlap is None:
+        overlap = bool(getattr(stepper, "overlap", False))
     seqs = [binned[b % len(binned)] for b in range(n_streams)]
     lengths = np.array([s.seq.num_tokens for s in seqs])
     steps = int(lengths.max()) if max_steps is None else min(int(lengths.max()), int(max_steps))
