@@ -232,6 +232,39 @@ def test_graph_replays_equal_the_classifier_step(batch):
         assert rel(got[:, i], want) < 1e-4, f"token {i}"
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("batch", [1, 3])
+@torch.no_grad()
+def test_records_and_logits_in_pinned_host_memory(batch):
+    """Zero-copy: the kernel reads its records from, and writes its logits to, pinned host memory -- the same
+    logits as with device buffers, token after token (distinct gaps per stream), and the float64 step's."""
+    model = make_model(**CONFIGS["surface-inputpool2-pool4-dtmean-mamba"])
+    tok, dt, cnt, surf = make_inputs(model, batch, 10)
+    w = pack(model, "cuda")
+    runs = []
+    for host in (False, True):
+        state = T.allocate_state(w, batch, "cuda")
+        inputs = T.pack_inputs(tok, dt, cnt, surf)
+        logits = torch.full((batch, 10, model.n_classes), float("nan"))
+        inputs, logits = (inputs.pin_memory(), logits.pin_memory()) if host else (inputs.cuda(), logits.cuda())
+        pos = torch.zeros(1, dtype=torch.long, device="cuda")
+        counter = torch.zeros(1, dtype=torch.int32, device="cuda")
+        for _ in range(10):
+            T.model_step_triton(w, state, inputs, pos, logits, counter)
+        torch.cuda.synchronize()
+        runs.append(logits.cpu())
+    assert torch.equal(runs[0], runs[1])
+    ref = copy.deepcopy(model).double().cuda()
+    cache = ref.allocate_inference_cache(batch, dtype=torch.float64, device="cuda")
+    for i in range(10):
+        want = ref.step(tok[:, i].cuda(), dt[:, i].double().cuda(), cache, cnt[:, i].double().cuda(),
+                        surf[:, i].double().cuda())
+        assert rel(runs[1][:, i], want) < 1e-4, f"token {i}"
+    with pytest.raises(ValueError, match="logits must be on cuda:0 or in pinned host memory"):
+        T.model_step_triton(w, state, inputs, pos, torch.zeros(batch, 10, model.n_classes), counter)
+
+
 @torch.no_grad()
 def test_concurrent_streams_feed_the_fused_step_records():
     """``concurrent.run_gpu`` with the fused stepper (input records made once): each stream's final decision

@@ -20,12 +20,15 @@ and of the classifier's PyTorch ``step`` (one token per call) for comparison.
 the one-kernel fused model step (the default where the model is supported; the table and the JSON say which ran):
 per-token latency at batch 1 (copy in, replay, copy out, synchronise), µs per token when a trial's tokens are
 replayed back to back, the loop's real-time factor at ``--speed max``, and aggregate events/s of ``--streams`` (1 024)
-concurrent streams in lockstep. With the fused step, two batch-1 experiments (not yet run on a GPU): the replays
-alone with 1, 2, 4 and 8 warps per program, and the latency with the copies captured in the graph beside the
-kernel (one replay and one wait per token). ``--overlap`` (fused step only; not yet verified or timed on a
-GPU) also times the streams fed time-major and double-buffered (``GraphStepper(overlap=True)``) beside the
-default batch-major feed, in the same run on the same stepper, and checks that both reach the same final
-decisions; the table and the JSON (``feed`` of each run) say which feeding ran.
+concurrent streams in lockstep. With the fused step, three batch-1 experiments: the replays alone with 1, 2, 4
+and 8 warps per program, the latency with the copies captured in the graph beside the kernel (one replay and one
+wait per token), and zero-copy -- the record and the logits in pinned host memory, read and written by the kernel
+itself, waiting by spinning on the logits or by synchronising (not yet timed on a GPU; its logits are compared
+with the stepper's). Each part says on standard error when it is done (the whole takes about 2-3 minutes on an
+H200 with ``--quick``, most of it compiling kernels). The streams run with the stepper's default feeding: time-major and
+double-buffered for the fused step (``GraphStepper.overlap``); such a stepper is also fed batch-major, in the same
+run, for comparison, and the two must reach the same final decisions. The table and the JSON (``feed`` of each
+run) say which feeding ran.
 
 ``--quick``: trials 1 and 5 only, one real-time replay, fewer model sizes and GPU steps.
 """
@@ -59,9 +62,6 @@ def configure(parser) -> None:
                              "unfused (the classifier's step) or auto (fused when supported; default)")
     parser.add_argument("--block-streams", type=int, default=None,
                         help="streams per program of the fused kernel at --streams (default: 16)")
-    parser.add_argument("--overlap", action="store_true",
-                        help="also time the streams fed time-major with copies overlapping the replays, beside "
-                             "the default feed (fused step only; not yet verified on a GPU)")
     parser.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON")
 
 
@@ -230,22 +230,73 @@ def _in_graph_latencies(model, seq, part, n: int, warm: int = 200) -> np.ndarray
         h_out.copy_(g.logits[0, 0], non_blocking=True)
 
     graph, _ = capture_graph(step, 3, g.device)
-    surf = part(n)
     stream = torch.cuda.current_stream(g.device)
     lat = np.empty(n)
+    for i, timed, t0 in _record_each_token(g, rec, seq, part(n), n, warm):
+        graph.replay()
+        stream.synchronize()
+        if timed:
+            lat[i] = time.perf_counter() - t0
+    return lat
+
+
+def _record_each_token(stepper, rec: np.ndarray, seq, surf, n: int, warm: int):
+    """The token loop of the batch-1 experiments: ``warm`` untimed tokens (cycling through the first ``n``), a
+    reset of ``stepper``'s state, then the ``n`` timed ones. For each, writes its record into ``rec`` (id, gap,
+    count, surface) and yields ``(i, timed, t0)``, ``t0`` taken before the write."""
     for j in range(warm + n):
         i = j - warm if j >= warm else j % n
         if j == warm:
-            g.reset()
+            stepper.reset()
         t0 = time.perf_counter()
         rec[0], rec[1], rec[2] = seq.tokens[i], seq.dt[i], seq.counts[i]
         if surf is not None:
             rec[3:] = surf[i]
+        yield i, j >= warm, t0
+
+
+def _zero_copy_latencies(model, seq, part, n: int, num_warps: int | None = None, spin: bool = True,
+                         warm: int = 200) -> tuple[np.ndarray, float]:
+    """Batch-1 token latencies (s) of the fused step reading its record from, and writing its logits to, pinned
+    host memory (zero-copy: the graph is the kernel alone, no copies around it). Per token: write the record,
+    mark the logits slot with NaN, replay, then wait -- by spinning on the slot until all its values are written
+    (``spin``; each float is one aligned 4-byte write, so once none is NaN all are final) or by synchronising
+    the stream. Also the largest difference of the ``n`` tokens' logits from the stepper's own path (device
+    buffers, the same tokens from a reset state). Every token is stepped at position 0."""
+    import torch
+
+    from ..kernels.triton_model_step import model_step_triton
+    from ..model.cuda_graph import capture_graph
+    from ..streaming.gpu_step import GraphStepper
+
+    g = GraphStepper(model, 1, device="cuda", block=8, fused=True, num_warps=num_warps)
+    h_rec = torch.zeros(1, 1, g.inp.shape[-1], dtype=torch.float32).pin_memory()
+    h_out = torch.full((1, 1, g.n_classes), float("nan"), dtype=torch.float32).pin_memory()
+    rec, res = h_rec.numpy()[0, 0], h_out.numpy()[0, 0]
+    graph, _ = capture_graph(lambda: model_step_triton(g.weights, g.cache, h_rec, g.pos, h_out, None,
+                                                       num_warps=num_warps), 3, g.device)
+    surf = part(n)
+    stream = torch.cuda.current_stream(g.device)
+    lat, got = np.empty(n), np.empty((n, g.n_classes), np.float32)
+    g.pos.zero_()
+    for i, timed, t0 in _record_each_token(g, rec, seq, surf, n, warm):
+        res[:] = np.nan
         graph.replay()
-        stream.synchronize()
-        if j >= warm:
+        if spin:
+            deadline = t0 + 1.0
+            while np.isnan(res).any():
+                if time.perf_counter() > deadline:
+                    raise RuntimeError("zero-copy step: the logits did not arrive in host memory within 1 s")
+        else:
+            stream.synchronize()
+        if timed:
             lat[i] = time.perf_counter() - t0
-    return lat
+            got[i] = res
+    stream.synchronize()
+    g.reset()
+    want = g.run_batch(seq.tokens[None, :n], seq.dt[None, :n], seq.counts[None, :n],
+                       surfaces=None if surf is None else surf[None])[0]
+    return lat, float(np.abs(got - want).max())
 
 
 def _replays_us(stepper) -> float:
@@ -306,11 +357,10 @@ def _fused_copy_in(stepper, tokens, dt, counts, surfaces):
     return copy_in
 
 
-def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", block_streams=None,
-              overlap: bool = False) -> dict:
+def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", block_streams=None) -> dict:
     """GPU figures (see the module docstring). Each part runs on its own: a failure is recorded under
-    ``errors`` and the other parts still run. ``overlap``: also the streams fed time-major, double-buffered
-    (``streams_overlap``; ``streams_overlap_same_decisions`` compares the final decisions of the two feeds)."""
+    ``errors`` and the other parts still run. ``streams``: the stepper's default feed; where that overlaps,
+    also ``streams_batch_major`` and ``streams_feeds_same_decisions`` (the final decisions of the two feeds)."""
     import traceback
 
     import torch
@@ -320,8 +370,6 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
     from ..streaming.gpu_step import GPU_STEP_CHOICES, GraphStepper
 
     fused = GPU_STEP_CHOICES[gpu_step]
-    if overlap and fused is False:
-        raise ValueError("--overlap feeds the fused step's input records; it does not go with --gpu-step unfused")
     if not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device")
     out: dict = {"device_name": torch.cuda.get_device_name(0), "errors": {}}
@@ -331,13 +379,17 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
     part = lambda n: None if surf is None else surf[:n]  # noqa: E731
 
     def attempt(name, fn):
+        # Each part says when it is done (the table comes at the end; a part with new kernels to compile
+        # takes tens of seconds).
+        t0 = time.perf_counter()
         try:
-            t0 = time.perf_counter()
             fn()
             out[f"{name}_seconds"] = time.perf_counter() - t0
+            print(f"bench stream: {name} done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         except Exception as exc:  # noqa: BLE001 - recorded; the other parts still run
             out["errors"][name] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
+            print(f"bench stream: {name} FAILED after {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
     state: dict = {}
 
@@ -380,6 +432,17 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
         out.update(batch1_in_graph_latency_us_p50=float(np.percentile(lat, 50)),
                    batch1_in_graph_latency_us_p99=float(np.percentile(lat, 99)))
 
+    def zero_copy():
+        # The batch-1 latency with the record and the logits in pinned host memory, the kernel reading and
+        # writing them itself (no copies, one launch per token), waiting by spinning on the logits or by
+        # synchronising; with the default warps and with 1 (the fastest replays above). An experiment.
+        n_lat = min(densest.num_tokens, 2000 if quick else 5000)
+        for nw, spin in ((None, True), (1, True), (1, False)):
+            lat, diff = _zero_copy_latencies(sm.model, densest, part, n_lat, num_warps=nw, spin=spin)
+            key = f"batch1_zero_copy_{'spin' if spin else 'sync'}_warps_{nw or 'default'}"
+            out[key] = {"latency_us_p50": float(np.percentile(lat, 50) * 1e6),
+                        "latency_us_p99": float(np.percentile(lat, 99) * 1e6), "max_abs_diff": diff}
+
     def loop():
         rec = recs[-1] if quick else recs[4]  # 5.bs2, the densest trial
         res = _run_loop(state["g1"], sm, rec, math.inf)
@@ -388,24 +451,23 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
 
     def many():
         binned, bin_s = concurrent.bin_recordings(recs, sm.sensor_size, sm.binning, sm.model.surface_config)
-        gb = GraphStepper(sm.model, n_streams, device="cuda", block=256, fused=fused, block_streams=block_streams,
-                          overlap=overlap)
+        gb = GraphStepper(sm.model, n_streams, device="cuda", block=256, fused=fused, block_streams=block_streams)
         out.update(streams_step=gb.step_kind, streams_block_streams=getattr(gb, "block_streams", None))
         steps = 1024 if quick else 4096
         concurrent.run_gpu(gb, binned, n_streams, max_steps=256)  # warm
         res = concurrent.run_gpu(gb, binned, n_streams, max_steps=steps)
         decisions = res.pop("per_stream")
         out["streams"] = res
-        if overlap:
-            # The same streams and stepper fed time-major with the copies overlapping the replays; a failure
-            # here is recorded and the default feed's figures stand.
+        if gb.overlap:
+            # The same streams and stepper fed batch-major, block after block (what the overlapped feed
+            # replaced); a failure here is recorded and the default feed's figures stand.
             try:
-                concurrent.run_gpu(gb, binned, n_streams, max_steps=256, overlap=True)  # warm
-                res_o = concurrent.run_gpu(gb, binned, n_streams, max_steps=steps, overlap=True)
-                out["streams_overlap_same_decisions"] = res_o.pop("per_stream") == decisions
-                out["streams_overlap"] = res_o
+                concurrent.run_gpu(gb, binned, n_streams, max_steps=256, overlap=False)  # warm
+                res_b = concurrent.run_gpu(gb, binned, n_streams, max_steps=steps, overlap=False)
+                out["streams_feeds_same_decisions"] = res_b.pop("per_stream") == decisions
+                out["streams_batch_major"] = res_b
             except Exception as exc:  # noqa: BLE001 - recorded; the other parts still run
-                out["errors"]["streams_overlap"] = f"{type(exc).__name__}: {exc}"
+                out["errors"]["streams_batch_major"] = f"{type(exc).__name__}: {exc}"
                 traceback.print_exc()
         out["streams_binning_s"] = bin_s
         # The step alone: graph replays back to back on inputs already on the device (no host traffic), timed
@@ -429,6 +491,7 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
     attempt("batch1", batch1)
     if state.get("g1") is not None and state["g1"].fused:
         attempt("batch1_in_graph", in_graph)
+        attempt("batch1_zero_copy", zero_copy)
     if "g1" in state:
         attempt("loop", loop)
         del state["g1"]
@@ -439,10 +502,6 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
 def run(args) -> int:
     from ..streaming.loading import load_stream_model
 
-    if args.overlap and (args.device != "cuda" or args.gpu_step == "unfused"):
-        print("evmamba bench stream: --overlap times the fused GPU step's feeding: it needs --device cuda and "
-              "not --gpu-step unfused", file=sys.stderr)
-        return 1
     try:
         sm = load_stream_model(args.checkpoint)
         recs = _trials(args.quick)
@@ -483,10 +542,10 @@ def run(args) -> int:
               f"CPU time {record['median_step_alone_us_per_token_cpu']:.2f}); "
               f"PyTorch step {res['torch_step_us_per_token']:.0f} µs/token")
     else:
-        res = bench_gpu(sm, recs, args.quick, args.streams, args.gpu_step, args.block_streams, args.overlap)
+        res = bench_gpu(sm, recs, args.quick, args.streams, args.gpu_step, args.block_streams)
         record["gpu"] = res
         s = res.get("streams") or {}
-        so = res.get("streams_overlap") or {}
+        so = res.get("streams_batch_major") or {}
         get = lambda d, k: d.get(k, "-") if d.get(k) is not None else "-"  # noqa: E731
         ns = s.get("streams", args.streams)
         print(format_table(["measure", "value"], [
@@ -500,13 +559,16 @@ def run(args) -> int:
               if (nw := res.get("batch1_replay_us_by_num_warps")) else []),
             ["batch-1 latency p50 / p99, copies in the graph (µs)",
              f"{get(res, 'batch1_in_graph_latency_us_p50')} / {get(res, 'batch1_in_graph_latency_us_p99')}"],
+            *([f"batch-1 latency p50 / p99, zero-copy, {k[len('batch1_zero_copy_'):]} (µs; max diff)",
+               f"{v['latency_us_p50']:.2f} / {v['latency_us_p99']:.2f} ({v['max_abs_diff']:.1e})"]
+              for k, v in res.items() if k.startswith("batch1_zero_copy_") and isinstance(v, dict)),
             [f"loop RTF at --speed max ({res.get('loop_trial', '-')})", get(res, "loop_real_time_factor")],
             [f"{ns} streams: events/s ({s.get('feed', '-')} feed)", get(s, "events_per_s")],
             [f"{ns} streams: tokens/s ({s.get('feed', '-')} feed)", get(s, "tokens_per_s")],
             *([[f"{ns} streams: events/s ({so.get('feed', '-')} feed)", get(so, "events_per_s")],
                [f"{ns} streams: tokens/s ({so.get('feed', '-')} feed)", get(so, "tokens_per_s")],
-               ["overlapped feed: same final decisions", get(res, "streams_overlap_same_decisions")]]
-              if args.overlap else []),
+               ["both feeds: same final decisions", get(res, "streams_feeds_same_decisions")]]
+              if so else []),
             [f"{ns} streams, replays alone: µs per step", get(res, "streams_replay_us_per_step")],
             [f"{ns} streams, replays alone: events/s", get(res, "streams_replay_events_per_s")],
         ]))

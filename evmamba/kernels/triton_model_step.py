@@ -452,15 +452,27 @@ def model_step_triton(w: ModelStepWeights, state: dict, inputs: torch.Tensor, po
     :func:`allocate_state`, updated in place. With ``counter`` (a zeroed ``(1,)`` int32 tensor) the kernel
     advances ``pos`` by one itself. ``block_streams``: streams per program (a power of two; default
     :func:`default_block_streams`). Shapes and devices are checked, not values (safe inside a graph capture).
+
+    ``inputs`` and ``logits`` may also be pinned host tensors while everything else is on the GPU (zero-copy:
+    the kernel reads the records and writes the logits over the bus, no copies around the launch; an
+    experiment for the batch-1 latency, see ``evmamba bench stream``).
     """
     where = "model_step_triton"
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 3 or inputs.shape[-1] != w.record:
         got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise ValueError(f"{where}: inputs must have shape (B, T, {w.record}); got {got}")
     batch, steps, _ = inputs.shape
-    dev = inputs.device
+    for name, t in (("logits", logits), ("pos", pos)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{where}: {name} must be a torch.Tensor; got {type(t).__name__}")
+    dev = pos.device  # where the state and weights live
     if not INTERPRETING and dev.type != "cuda":
-        raise ValueError(f"{where}: inputs must be on a CUDA device (the Triton kernel runs on the GPU); got {dev}")
+        raise ValueError(f"{where}: pos and the state must be on a CUDA device (the Triton kernel runs on the "
+                         f"GPU); got {dev}")
+    for name, t in (("inputs", inputs), ("logits", logits)):
+        mapped = dev.type == "cuda" and t.device.type == "cpu" and t.is_pinned()
+        if t.device != dev and not mapped:
+            raise ValueError(f"{where}: {name} must be on {dev} or in pinned host memory; got {t.device}")
     if inputs.dtype != torch.float32 or inputs.stride(-1) != 1:
         raise ValueError(f"{where}: inputs must be float32 with a contiguous last axis")
     if tuple(logits.shape) != (batch, steps, w.n_classes) or logits.dtype != torch.float32 or logits.stride(-1) != 1:
@@ -475,7 +487,7 @@ def model_step_triton(w: ModelStepWeights, state: dict, inputs: torch.Tensor, po
                 got.dtype != torch.float32 or not got.is_contiguous() or got.device != dev:
             raise ValueError(f"{where}: state[{key!r}] must be a contiguous float32 tensor of shape "
                              f"{(batch, *t.shape[1:])} on {dev}")
-    for t in (logits, pos) + tuple(x for x in w if isinstance(x, torch.Tensor)):
+    for t in tuple(x for x in w if isinstance(x, torch.Tensor)):
         if t.device != dev:
             raise ValueError(f"{where}: every tensor must be on {dev}; got one on {t.device}")
     if counter is not None and (tuple(counter.shape) != (1,) or counter.dtype != torch.int32):
