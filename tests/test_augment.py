@@ -19,6 +19,7 @@ from evmamba.pipeline import (
     drop_time_window,
     flip_horizontal,
     flip_polarity,
+    flip_vertical,
     make_events,
     mix_events,
     random_affine,
@@ -82,6 +83,39 @@ def test_flip_mirrors_x_and_twice_is_the_identity(events):
     flipped = flip_horizontal(events, SENSOR)
     np.testing.assert_array_equal(flipped["x"], 127 - events["x"].astype(int))
     np.testing.assert_array_equal(flip_horizontal(flipped, SENSOR), events)
+
+
+def test_vertical_flip_mirrors_y_on_a_non_square_sensor():
+    # Worked out by hand on a 5-wide, 3-high sensor: y' = 2 - y; x, t, p untouched.
+    ev = make_events(np.array([0, 4, 2, 3]), np.array([0, 2, 1, 2]), np.array([1, 5, 9, 12]), np.array([1, 0, 1, 0]))
+    flipped = flip_vertical(ev, (5, 3, 2))
+    assert flipped["y"].tolist() == [2, 0, 1, 0]
+    for field in ("x", "t", "p"):
+        np.testing.assert_array_equal(flipped[field], ev[field])
+    np.testing.assert_array_equal(flip_vertical(flipped, (5, 3, 2)), ev)
+    assert ev["y"].tolist() == [0, 2, 1, 2]  # a new array; the input is unchanged
+
+
+def test_augment_events_vertical_flip_respects_allow_vflip(events):
+    flip_only = AugmentConfig(vflip_p=1.0)
+    assert flip_only.per_sample
+    np.testing.assert_array_equal(
+        augment_events(events, SENSOR, flip_only, np.random.default_rng(0)), flip_vertical(events, SENSOR)
+    )
+    np.testing.assert_array_equal(
+        augment_events(events, SENSOR, flip_only, np.random.default_rng(0), allow_vflip=False), events
+    )
+    # Both flips: the recording turned by 180 degrees; allow_hflip=False leaves only the vertical one.
+    both = AugmentConfig(hflip_p=1.0, vflip_p=1.0)
+    np.testing.assert_array_equal(augment_events(events, SENSOR, both, np.random.default_rng(0)),
+                                  flip_vertical(flip_horizontal(events, SENSOR), SENSOR))
+    np.testing.assert_array_equal(augment_events(events, SENSOR, both, np.random.default_rng(0), allow_hflip=False),
+                                  flip_vertical(events, SENSOR))
+    with pytest.raises(ValueError, match=r"key 'vflip_p' must be a number in \[0, 1\]; got 1.5"):
+        AugmentConfig(vflip_p=1.5)
+    spikes = make_events(np.arange(4), np.zeros(4), np.arange(4), np.zeros(4))
+    with pytest.raises(ValueError, match="key 'vflip_p' is 0.5.*1-D"):
+        augment_events(spikes, (16, 1, 1), AugmentConfig(vflip_p=0.5), np.random.default_rng(1))
 
 
 def test_augment_events_is_reproducible_and_respects_allow_hflip(events):
@@ -554,3 +588,23 @@ def test_a_tiny_epoch_trains_with_every_augmentation_and_mixing_on(tmp_path, kin
     assert batch["soft_labels"].shape == (4, 5)
     assert (batch["soft_labels"].max(-1).values < 1).any()  # mix_p = 1: some items really are mixed
     assert "soft_labels" not in data.collate([data.val[0]])
+
+
+def test_train_allow_vflip_reaches_the_training_items(tmp_path):
+    # vflip_p = 1 flips every training item, unless the config declares that up and down carry meaning.
+    from evmamba.core.config import load_config
+    from evmamba.training.data import build_data
+
+    model = {"d_model": 16, "n_layers": 1, "d_state": 4, "embedding": "factorised"}
+    items = {}
+    for name, extra in (("plain", {"augment": {}}), ("flipped", {"augment": {"vflip_p": 1.0}}),
+                        ("refused", {"augment": {"vflip_p": 1.0}})):
+        folder = tmp_path / name
+        folder.mkdir()
+        cfg = load_config(str(_tiny_config(folder, model, extra)), [])
+        if name == "refused":
+            cfg["train"]["allow_vflip"] = False
+        data = build_data(cfg, progress=False)
+        items[name] = [data.train[i][0].tokens for i in range(4)]
+    assert all(np.array_equal(a, b) for a, b in zip(items["plain"], items["refused"]))
+    assert not any(np.array_equal(a, b) for a, b in zip(items["plain"], items["flipped"]))

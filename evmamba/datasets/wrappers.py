@@ -30,7 +30,8 @@ class BinnedDataset:
 
     ``augment`` (training only) draws its randomness from a generator seeded with ``(seed, epoch, index)``,
     so an epoch is reproducible and different epochs differ; call :meth:`set_epoch` at each epoch.
-    ``allow_hflip=False`` declares that left/right carries meaning for this dataset's labels.
+    ``allow_hflip=False`` / ``allow_vflip=False`` declare that left/right or up/down carries meaning for this
+    dataset's labels.
     ``empty`` says what an item with no tokens does: ``"error"`` raises ``ValueError`` naming the item,
     ``"keep"`` returns the empty sequence (it collates to length 0).
     """
@@ -43,6 +44,7 @@ class BinnedDataset:
         *,
         augment: AugmentConfig | None = None,
         allow_hflip: bool = True,
+        allow_vflip: bool = True,
         seed: int = 0,
         empty: str = "error",
         source: str = "dataset",
@@ -57,7 +59,7 @@ class BinnedDataset:
         self.sensor_size = check_sensor_size(sensor_size, f"{source}: sensor_size")
         self.cfg = _check_cfg(cfg, source)
         self.augment = augment if augment is not None and augment.active else None
-        self.allow_hflip = bool(allow_hflip)
+        self.allow_hflip, self.allow_vflip = bool(allow_hflip), bool(allow_vflip)
         self.seed = int(seed)
         self.empty = empty
         self.source = source
@@ -78,9 +80,8 @@ class BinnedDataset:
         where = f"{self.source}[{index}]"
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-            events = augment_events(
-                events, self.sensor_size, self.augment, rng, allow_hflip=self.allow_hflip, source=where
-            )
+            events = augment_events(events, self.sensor_size, self.augment, rng, allow_hflip=self.allow_hflip,
+                                    allow_vflip=self.allow_vflip, source=where)
         seq = bin_events(events, self.sensor_size, self.cfg, source=where)
         if seq.num_tokens == 0 and self.empty == "error":
             raise ValueError(f"{where}: the recording gives no tokens (empty, or everything was cropped or filtered)")
@@ -101,7 +102,8 @@ class EventMixDataset:
     """
 
     def __init__(self, base, sensor_size, cfg: AugmentConfig, *, partners=None, n_classes: int | None = None,
-                 seed: int = 0, allow_hflip: bool = True, source: str = "dataset") -> None:
+                 seed: int = 0, allow_hflip: bool = True, allow_vflip: bool = True,
+                 source: str = "dataset") -> None:
         if not hasattr(base, "__getitem__") or not hasattr(base, "__len__"):
             raise TypeError(f"{source}: base must support len() and indexing; got {type(base).__name__}")
         if not isinstance(cfg, AugmentConfig):
@@ -124,7 +126,8 @@ class EventMixDataset:
         self.partners = partners.astype(np.int64)
         self.n_classes = int(n_classes)
         self.classes = getattr(base, "classes", None)
-        self.seed, self.allow_hflip, self.source = int(seed), bool(allow_hflip), source
+        self.seed, self.source = int(seed), source
+        self.allow_hflip, self.allow_vflip = bool(allow_hflip), bool(allow_vflip)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -143,7 +146,8 @@ class EventMixDataset:
         ):
             raise ValueError(f"{where}: label must be an integer in [0, {self.n_classes}); got {label!r}")
         if self.cfg.per_sample:
-            events = augment_events(events, self.sensor_size, self.cfg, rng, allow_hflip=self.allow_hflip, source=where)
+            events = augment_events(events, self.sensor_size, self.cfg, rng, allow_hflip=self.allow_hflip,
+                                    allow_vflip=self.allow_vflip, source=where)
         return events, int(label)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -274,7 +278,7 @@ class FrameDataset:
     """
 
     def __init__(self, base, n_time_bins: int, downsample: int = 1, augment=None, seed: int = 0,
-                 allow_hflip: bool = True, memoize: bool = True):
+                 allow_hflip: bool = True, memoize: bool = True, allow_vflip: bool = True):
         from ..core.events import check_sensor_size
 
         if isinstance(n_time_bins, bool) or not isinstance(n_time_bins, int) or n_time_bins < 1:
@@ -288,7 +292,8 @@ class FrameDataset:
         self.frame_size = (-(-w // downsample), -(-h // downsample), p)
         self.n_time_bins = n_time_bins
         self.augment = augment if augment is not None and augment.active else None
-        self.seed, self.epoch, self.allow_hflip = int(seed), 0, bool(allow_hflip)
+        self.seed, self.epoch = int(seed), 0
+        self.allow_hflip, self.allow_vflip = bool(allow_hflip), bool(allow_vflip)
         self.memo: dict[int, tuple[np.ndarray, int]] | None = {} if memoize and self.augment is None else None
 
     def __len__(self) -> int:
@@ -322,7 +327,7 @@ class FrameDataset:
 
             rng = np.random.default_rng([self.seed, self.epoch, i])
             events = augment_events(events, self.sensor_size, self.augment, rng, allow_hflip=self.allow_hflip,
-                                    source=f"frames[{i}]")
+                                    allow_vflip=self.allow_vflip, source=f"frames[{i}]")
         item = self.frames(events, source=f"frames[{i}]"), label if isinstance(label, np.ndarray) else int(label)
         if self.memo is not None:
             self.memo[i] = item

@@ -27,7 +27,8 @@ order (each step only when switched on):
    integer translation;
 6. per-event jitter (``jitter_sigma``);
 7. horizontal flip (``hflip_p``; skipped where the dataset passes ``allow_hflip=False``, as DVS Gesture
-   does because its classes depend on left and right);
+   does because its classes depend on left and right), then vertical flip (``vflip_p``; skipped where the
+   dataset passes ``allow_vflip=False``; 2-D sensors only);
 8. drop by area (``drop_area_fraction``);
 9. polarity flips (``polarity_flip_p``);
 10. background noise (``noise_rate_hz`` or ``noise_fraction``), last, so that noise is spread uniformly
@@ -419,6 +420,14 @@ def flip_horizontal(events: np.ndarray, sensor_size, source: str = "events") -> 
     return out
 
 
+def flip_vertical(events: np.ndarray, sensor_size, source: str = "events") -> np.ndarray:
+    """Mirror top and bottom: ``y' = H - 1 - y`` (a new array)."""
+    sensor_size, _ = _prepare(events, sensor_size, None, source)
+    out = events.copy()
+    out["y"] = sensor_size[1] - 1 - events["y"].astype(np.int64)
+    return out
+
+
 # -------------------------------------------------------------------------------- polarity and noise
 def flip_polarity(events: np.ndarray, sensor_size, prob: float, rng, source: str = "events") -> np.ndarray:
     """Flip each event's polarity (ON <-> OFF) independently with probability ``prob`` in [0, 1]
@@ -481,6 +490,7 @@ class AugmentConfig:
     * ``max_shift`` -- largest random translation in pixels (0 = off; channels on a 1-D sensor);
     * ``jitter_sigma`` -- per-event Gaussian jitter in pixels (0 = off);
     * ``hflip_p`` -- probability of a horizontal flip (only where the dataset allows it);
+    * ``vflip_p`` -- probability of a vertical flip (only where the dataset allows it; 2-D sensors only);
     * ``time_stretch`` -- range of the time factor, drawn log-uniformly (None = off);
     * ``drop_time_fraction`` -- share of the duration removed in ``drop_time_windows`` random windows;
     * ``max_rotation_deg`` -- rotation angle uniform in ``[-max, max]`` degrees (0 = off; 2-D sensors only);
@@ -504,6 +514,7 @@ class AugmentConfig:
     max_shift: int = 0
     jitter_sigma: float = 0.0
     hflip_p: float = 0.0
+    vflip_p: float = 0.0
     time_stretch: tuple[float, float] | None = None
     drop_time_fraction: float = 0.0
     drop_time_windows: int = 1
@@ -551,6 +562,7 @@ class AugmentConfig:
         if not (_is_num(self.jitter_sigma) and self.jitter_sigma >= 0):
             bad("jitter_sigma", "a number >= 0")
         in_unit("hflip_p", closed=True)
+        in_unit("vflip_p", closed=True)
         if self.time_stretch is not None:
             is_range("time_stretch")
         in_unit("drop_time_fraction", closed=False)
@@ -608,7 +620,7 @@ class AugmentConfig:
     def per_sample(self) -> bool:
         """Whether :func:`augment_events` changes a sample (any augmentation but mixing is on)."""
         return bool(self.time_crop_us or self.drop_rate or self.max_shift or self.jitter_sigma or self.hflip_p
-                    or self.time_stretch is not None or self.drop_time_fraction or self.max_rotation_deg
+                    or self.vflip_p or self.time_stretch is not None or self.drop_time_fraction or self.max_rotation_deg
                     or self.scale is not None or self.drop_area_fraction or self.polarity_flip_p
                     or self.noise_rate_hz or self.noise_fraction)
 
@@ -623,12 +635,15 @@ class AugmentConfig:
         return self.per_sample or self.mixing
 
     def check_sensor(self, sensor_size, source: str = "augment config") -> None:
-        """``ValueError`` for augmentations the sensor cannot take: rotation of a 1-D (spike) sensor,
-        polarity flips with one polarity."""
+        """``ValueError`` for augmentations the sensor cannot take: rotation or a vertical flip of a 1-D (spike)
+        sensor, polarity flips with one polarity."""
         sensor_size = check_sensor_size(sensor_size, f"{source}: sensor_size")
         if self.max_rotation_deg and _is_1d(sensor_size):
             raise ValueError(f"{source}: key 'max_rotation_deg' is {self.max_rotation_deg!r}, but sensor_size "
                              f"{sensor_size} is 1-D (spike channels), where rotation has no meaning; set it to 0")
+        if self.vflip_p and _is_1d(sensor_size):
+            raise ValueError(f"{source}: key 'vflip_p' is {self.vflip_p!r}, but sensor_size {sensor_size} is 1-D "
+                             f"(spike channels), where a vertical flip has no meaning; set it to 0")
         if self.polarity_flip_p and sensor_size[2] != 2:
             raise ValueError(f"{source}: key 'polarity_flip_p' is {self.polarity_flip_p!r}, but sensor_size "
                              f"{sensor_size} has one polarity; set it to 0")
@@ -641,10 +656,12 @@ def augment_events(
     rng,
     *,
     allow_hflip: bool = True,
+    allow_vflip: bool = True,
     source: str = "events",
 ) -> np.ndarray:
     """Apply the per-sample augmentations of ``cfg`` in the order of the module docstring (mixing is not
-    one of them); ``allow_hflip=False`` (a dataset where left/right carries meaning) skips the flip. Every
+    one of them); ``allow_hflip=False`` / ``allow_vflip=False`` (a dataset where left/right or up/down
+    carries meaning) skips that flip. Every
     draw comes from ``rng``, so the same generator state gives the same output. The result may be empty."""
     if not isinstance(cfg, AugmentConfig):
         raise TypeError(f"{source}: cfg must be an AugmentConfig; got {type(cfg).__name__}")
@@ -670,6 +687,8 @@ def augment_events(
         out = spatial_jitter(out, sensor_size, cfg.jitter_sigma, rng, source)
     if allow_hflip and cfg.hflip_p and rng.random() < cfg.hflip_p:
         out = flip_horizontal(out, sensor_size, source)
+    if allow_vflip and cfg.vflip_p and rng.random() < cfg.vflip_p:
+        out = flip_vertical(out, sensor_size, source)
     if cfg.drop_area_fraction:
         out = random_drop_area(out, sensor_size, cfg.drop_area_fraction, rng, source)
     if cfg.polarity_flip_p:

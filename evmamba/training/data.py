@@ -126,6 +126,13 @@ def _ensure_cache(cfg, split: str, info: DistInfo, workers: int, progress: bool,
     return path
 
 
+def _flips(train_cfg) -> dict[str, bool]:
+    """Which mirror flips the training augmentation may apply to this dataset (``train.allow_hflip``,
+    ``train.allow_vflip``), as the dataset wrappers' keyword arguments."""
+    return {"allow_hflip": bool(train_cfg.get("allow_hflip", True)),
+            "allow_vflip": bool(train_cfg.get("allow_vflip", True))}
+
+
 def _holdout(keys, labels, fraction: float, seed: int) -> np.ndarray:
     from ..datasets.splits import stratified_holdout
 
@@ -259,16 +266,15 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
             val_idx = np.flatnonzero(held & nonempty)
             if augment.active:
                 base = _build_dataset(section(cfg, "dataset"), "train")
-                allow_hflip = bool(train_cfg.get("allow_hflip", True))
+                flips = _flips(train_cfg)
                 where = f"{section(cfg, 'dataset').get('name')} train"
                 per_item = augment
                 if augment.mixing:  # augment each sample, then mix; partners are training items only
                     base = EventMixDataset(base, base.sensor_size, augment, partners=cache.indices[train_idx],
-                                           n_classes=meta.n_classes, seed=seed, allow_hflip=allow_hflip,
-                                           source=where)
+                                           n_classes=meta.n_classes, seed=seed, **flips, source=where)
                     per_item = None
-                binned = BinnedDataset(base, base.sensor_size, binning, augment=per_item, seed=seed,
-                                       allow_hflip=allow_hflip, empty="keep", source=where)
+                binned = BinnedDataset(base, base.sensor_size, binning, augment=per_item, seed=seed, **flips,
+                                       empty="keep", source=where)
                 # Cache positions are dataset positions (the cache keeps empty samples).
                 train_ds = IndexedSubset(binned, cache.indices[train_idx])
             else:
@@ -315,16 +321,15 @@ def build_data(cfg: Mapping, info: DistInfo | None = None, *, train: bool = True
                     sensor_size=[int(v) for v in ref.sensor_size], n_time_bins=n_bins,
                     frame_size=list(probe.frame_size))
     augment.check_sensor(meta.sensor_size, "config: section 'augment'")
-    allow_hflip = bool(train_cfg.get("allow_hflip", True))
+    flips = _flips(train_cfg)
     for key, part in parts.items():
         if key == "train" and augment.mixing:  # augment each sample, then mix; partners are training items only
             mixed = EventMixDataset(part.dataset, part.dataset.sensor_size, augment, partners=part.indices,
-                                    n_classes=meta.n_classes, seed=seed, allow_hflip=allow_hflip,
+                                    n_classes=meta.n_classes, seed=seed, **flips,
                                     source=f"{section(cfg, 'dataset').get('name')} train")
             frames = FrameDataset(mixed, n_bins, k, seed=seed, memoize=False)
         elif key == "train":
-            frames = FrameDataset(part.dataset, n_bins, k, augment=augment, seed=seed, memoize=memo,
-                                  allow_hflip=allow_hflip)
+            frames = FrameDataset(part.dataset, n_bins, k, augment=augment, seed=seed, memoize=memo, **flips)
         else:
             frames = FrameDataset(part.dataset, n_bins, k, memoize=memo)
         whole = np.array_equal(part.indices, np.arange(len(part.dataset)))

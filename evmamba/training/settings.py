@@ -104,6 +104,7 @@ TRAIN_SETTINGS: dict[str, Setting] = {
     # nor a model section; true = for every key the config leaves out; false = never.
     "auto": Setting(None, "bool", nullable=True),
     "allow_hflip": Setting(True, "bool"),  # whether augment.hflip_p may flip this dataset
+    "allow_vflip": Setting(True, "bool"),  # whether augment.vflip_p may flip this dataset
     "test_every": Setting(1, "int", minimum=0),  # test every N epochs (and after the last); 0 = only at the end
     "log_every": Setting(20, "int", minimum=1),  # optimizer steps between JSONL step records
     "save_every": Setting(0, "int", minimum=0),  # also keep epoch_NNN.pt every N epochs (0 = only last/best)
