@@ -203,7 +203,7 @@ class GraphStepper:
             raise ValueError(f"GraphStepper: overlap=True feeds the fused step's input records, which does not run: "
                              f"{self.fallback_reason} (ask for it with fused=True)")
         if overlap is None:
-            # Two more buffer pairs and graphs cost nothing per token and pay only with many streams on a GPU.
+            # Two more buffer pairs and graphs cost memory, not time per token; they pay with many streams on a GPU.
             overlap = self.fused and self.graphed and n_streams > 1
         self.overlap = bool(overlap)
         self.n_streams, self.block = n_streams, int(block)
