@@ -59,7 +59,7 @@ class BinnedDataset:
         self.sensor_size = check_sensor_size(sensor_size, f"{source}: sensor_size")
         self.cfg = _check_cfg(cfg, source)
         self.augment = augment if augment is not None and augment.active else None
-        self.allow_hflip, self.allow_vflip = bool(allow_hflip), bool(allow_vflip)
+        self.flips = {"allow_hflip": bool(allow_hflip), "allow_vflip": bool(allow_vflip)}  # for augment_events
         self.seed = int(seed)
         self.empty = empty
         self.source = source
@@ -80,8 +80,7 @@ class BinnedDataset:
         where = f"{self.source}[{index}]"
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-            events = augment_events(events, self.sensor_size, self.augment, rng, allow_hflip=self.allow_hflip,
-                                    allow_vflip=self.allow_vflip, source=where)
+            events = augment_events(events, self.sensor_size, self.augment, rng, **self.flips, source=where)
         seq = bin_events(events, self.sensor_size, self.cfg, source=where)
         if seq.num_tokens == 0 and self.empty == "error":
             raise ValueError(f"{where}: the recording gives no tokens (empty, or everything was cropped or filtered)")
@@ -127,7 +126,7 @@ class EventMixDataset:
         self.n_classes = int(n_classes)
         self.classes = getattr(base, "classes", None)
         self.seed, self.source = int(seed), source
-        self.allow_hflip, self.allow_vflip = bool(allow_hflip), bool(allow_vflip)
+        self.flips = {"allow_hflip": bool(allow_hflip), "allow_vflip": bool(allow_vflip)}  # for augment_events
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -146,8 +145,7 @@ class EventMixDataset:
         ):
             raise ValueError(f"{where}: label must be an integer in [0, {self.n_classes}); got {label!r}")
         if self.cfg.per_sample:
-            events = augment_events(events, self.sensor_size, self.cfg, rng, allow_hflip=self.allow_hflip,
-                                    allow_vflip=self.allow_vflip, source=where)
+            events = augment_events(events, self.sensor_size, self.cfg, rng, **self.flips, source=where)
         return events, int(label)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -293,7 +291,7 @@ class FrameDataset:
         self.n_time_bins = n_time_bins
         self.augment = augment if augment is not None and augment.active else None
         self.seed, self.epoch = int(seed), 0
-        self.allow_hflip, self.allow_vflip = bool(allow_hflip), bool(allow_vflip)
+        self.flips = {"allow_hflip": bool(allow_hflip), "allow_vflip": bool(allow_vflip)}  # for augment_events
         self.memo: dict[int, tuple[np.ndarray, int]] | None = {} if memoize and self.augment is None else None
 
     def __len__(self) -> int:
@@ -326,8 +324,7 @@ class FrameDataset:
             from ..pipeline.augment import augment_events
 
             rng = np.random.default_rng([self.seed, self.epoch, i])
-            events = augment_events(events, self.sensor_size, self.augment, rng, allow_hflip=self.allow_hflip,
-                                    allow_vflip=self.allow_vflip, source=f"frames[{i}]")
+            events = augment_events(events, self.sensor_size, self.augment, rng, **self.flips, source=f"frames[{i}]")
         item = self.frames(events, source=f"frames[{i}]"), label if isinstance(label, np.ndarray) else int(label)
         if self.memo is not None:
             self.memo[i] = item

@@ -100,10 +100,10 @@ def run_gpu(stepper, binned: list[Binned], n_streams: int, max_steps: int | None
     False: the batch-major records or arrays)."""
     if overlap not in (None, True, False):
         raise ValueError(f"run_gpu: argument 'overlap' must be None, True or False; got {overlap!r}")
-    if overlap and not getattr(stepper, "overlap", False):
+    overlaps = bool(getattr(stepper, "overlap", False))
+    if overlap and not overlaps:
         raise ValueError("run_gpu: overlap=True needs a fused GraphStepper that overlaps (GraphStepper.overlap)")
-    if overlap is None:
-        overlap = bool(getattr(stepper, "overlap", False))
+    overlap = overlaps if overlap is None else overlap
     seqs = [binned[b % len(binned)] for b in range(n_streams)]
     lengths = np.array([s.seq.num_tokens for s in seqs])
     steps = int(lengths.max()) if max_steps is None else min(int(lengths.max()), int(max_steps))
