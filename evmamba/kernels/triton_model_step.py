@@ -284,8 +284,8 @@ def _pool(h, dtv, keep, b, mb, stride, slot, csum_ptr, cdt_ptr, cn_ptr,
 
 # ----------------------------------------------------------------------------------------------- kernel
 @triton.jit
-def model_step_kernel(
-    inp_ptr, pos_ptr, counter_ptr, logits_ptr,
+def _token_step(
+    pid, pos, inp_ptr, logits_ptr,
     conv_ptr, ssm_ptr, csum_ptr, cdt_ptr, cn_ptr, ro_sum_ptr, ro_w_ptr, ro_last_ptr,
     table_ptr, xt_ptr, yt_ptr, pt_ptr, post_ptr, cw_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
     nw_ptr, nb_ptr, inw_ptr, inb_ptr, convw_ptr, convb_ptr, xpw_ptr, dtpw_ptr, dtb_ptr, aneg_ptr, dsk_ptr,
@@ -296,9 +296,10 @@ def model_step_kernel(
     BS: tl.constexpr, DP: tl.constexpr, EP: tl.constexpr, NP: tl.constexpr, RP: tl.constexpr,
     KP: tl.constexpr, CP: tl.constexpr, FP: tl.constexpr, HP: tl.constexpr,
     EMBED: tl.constexpr, HAS_COUNT: tl.constexpr, NORM: tl.constexpr, READOUT: tl.constexpr,
-    EVENT: tl.constexpr, METHOD: tl.constexpr, DOT: tl.constexpr, FAST: tl.constexpr, ADVANCE: tl.constexpr,
+    EVENT: tl.constexpr, METHOD: tl.constexpr, DOT: tl.constexpr, FAST: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    """One token of program ``pid``'s ``BS`` streams: the record at position ``pos`` of ``inp_ptr`` in, the
+    logits at ``pos`` of ``logits_ptr`` out, the state updated in place."""
     b = pid.to(tl.int64) * BS + tl.arange(0, BS)
     mb = b < B
     d = tl.arange(0, DP)
@@ -310,7 +311,6 @@ def model_step_kernel(
     kk = tl.arange(0, KP)
     NSLOT: tl.constexpr = NL + 1
     XW: tl.constexpr = R + 2 * N  # x_proj's row width (a constexpr is set once, outside the layer loop)
-    pos = tl.load(pos_ptr)
 
     # ---- the token's record: id, gap, count (and the surface)
     rec = inp_ptr + b * s_in_b + pos * s_in_t
@@ -419,12 +419,101 @@ def model_step_kernel(
     tl.store(logits_ptr + b[:, None] * s_lo_b + pos * s_lo_t + c[None, :], logits,
              mask=mb[:, None] & (c[None, :] < C))
 
+
+@triton.jit
+def model_step_kernel(
+    inp_ptr, pos_ptr, counter_ptr, logits_ptr,
+    conv_ptr, ssm_ptr, csum_ptr, cdt_ptr, cn_ptr, ro_sum_ptr, ro_w_ptr, ro_last_ptr,
+    table_ptr, xt_ptr, yt_ptr, pt_ptr, post_ptr, cw_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
+    nw_ptr, nb_ptr, inw_ptr, inb_ptr, convw_ptr, convb_ptr, xpw_ptr, dtpw_ptr, dtb_ptr, aneg_ptr, dsk_ptr,
+    rate_ptr, outw_ptr, outb_ptr, fnw_ptr, fnb_ptr, headw_ptr, headb_ptr, strides_ptr,
+    B, s_in_b, s_in_t, s_lo_b, s_lo_t, grid_w, grid_p, pos_cell, pos_nx, norm_eps, dt_eps,
+    NL: tl.constexpr, D: tl.constexpr, E: tl.constexpr, N: tl.constexpr, R: tl.constexpr, K: tl.constexpr,
+    C: tl.constexpr, F: tl.constexpr, H: tl.constexpr,
+    BS: tl.constexpr, DP: tl.constexpr, EP: tl.constexpr, NP: tl.constexpr, RP: tl.constexpr,
+    KP: tl.constexpr, CP: tl.constexpr, FP: tl.constexpr, HP: tl.constexpr,
+    EMBED: tl.constexpr, HAS_COUNT: tl.constexpr, NORM: tl.constexpr, READOUT: tl.constexpr,
+    EVENT: tl.constexpr, METHOD: tl.constexpr, DOT: tl.constexpr, FAST: tl.constexpr, ADVANCE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pos = tl.load(pos_ptr)
+    _token_step(
+        pid, pos, inp_ptr, logits_ptr,
+        conv_ptr, ssm_ptr, csum_ptr, cdt_ptr, cn_ptr, ro_sum_ptr, ro_w_ptr, ro_last_ptr,
+        table_ptr, xt_ptr, yt_ptr, pt_ptr, post_ptr, cw_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
+        nw_ptr, nb_ptr, inw_ptr, inb_ptr, convw_ptr, convb_ptr, xpw_ptr, dtpw_ptr, dtb_ptr, aneg_ptr, dsk_ptr,
+        rate_ptr, outw_ptr, outb_ptr, fnw_ptr, fnb_ptr, headw_ptr, headb_ptr, strides_ptr,
+        B, s_in_b, s_in_t, s_lo_b, s_lo_t, grid_w, grid_p, pos_cell, pos_nx, norm_eps, dt_eps,
+        NL, D, E, N, R, K, C, F, H, BS, DP, EP, NP, RP, KP, CP, FP, HP,
+        EMBED, HAS_COUNT, NORM, READOUT, EVENT, METHOD, DOT, FAST,
+    )
+
     if ADVANCE:
         # The last program to finish moves the position on (all have read it by then) and re-arms the count.
         done = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
         last = done == tl.num_programs(0) - 1
         tl.store(pos_ptr, pos + 1, mask=last)
         tl.store(counter_ptr, 0, mask=last)
+
+
+@triton.jit(do_not_specialize=["start"])
+def model_serve_kernel(
+    inp_ptr, logits_ptr, ctrl_ptr, done_ptr, stage_ptr, start, ring,
+    conv_ptr, ssm_ptr, csum_ptr, cdt_ptr, cn_ptr, ro_sum_ptr, ro_w_ptr, ro_last_ptr,
+    table_ptr, xt_ptr, yt_ptr, pt_ptr, post_ptr, cw_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
+    nw_ptr, nb_ptr, inw_ptr, inb_ptr, convw_ptr, convb_ptr, xpw_ptr, dtpw_ptr, dtb_ptr, aneg_ptr, dsk_ptr,
+    rate_ptr, outw_ptr, outb_ptr, fnw_ptr, fnb_ptr, headw_ptr, headb_ptr, strides_ptr,
+    B, s_in_b, s_in_t, s_lo_b, s_lo_t, grid_w, grid_p, pos_cell, pos_nx, norm_eps, dt_eps,
+    NL: tl.constexpr, D: tl.constexpr, E: tl.constexpr, N: tl.constexpr, R: tl.constexpr, K: tl.constexpr,
+    C: tl.constexpr, F: tl.constexpr, H: tl.constexpr,
+    BS: tl.constexpr, DP: tl.constexpr, EP: tl.constexpr, NP: tl.constexpr, RP: tl.constexpr,
+    KP: tl.constexpr, CP: tl.constexpr, FP: tl.constexpr, HP: tl.constexpr,
+    EMBED: tl.constexpr, HAS_COUNT: tl.constexpr, NORM: tl.constexpr, READOUT: tl.constexpr,
+    EVENT: tl.constexpr, METHOD: tl.constexpr, DOT: tl.constexpr, FAST: tl.constexpr, RECP: tl.constexpr,
+):
+    """The serving loop (:func:`model_serve_triton`): one program that stays resident and steps its streams
+    through every token the host publishes in ``ctrl``, until the host asks it to stop.
+
+    ``ctrl`` (host memory): ``k >= 0`` -- tokens ``0 .. k - 1`` are published; ``-k - 1`` -- the same, then
+    stop. Token ``t``'s records and logits live in slot ``t % ring`` of the host rings. Each token's records are
+    first copied into ``stage`` (device memory, ``(B, 3 + F)``) and the step reads them from there: the ring's
+    cache lines may be stale (a slot is rewritten every turn of the ring, and a line read for one slot also
+    holds part of the next), so the ring is read with volatile loads only, one element per thread and all at
+    once (the step's own loads, with their many elements per thread, would be serialised over the bus). After
+    each token the program writes the count of tokens done into ``done`` with a system-scope release, so a host
+    that sees ``done > t`` also sees token ``t``'s logits."""
+    REC: tl.constexpr = F + 3
+    j = tl.arange(0, BS * RECP)
+    jb = tl.program_id(0).to(tl.int64) * BS + j // RECP
+    jf = j % RECP
+    m_stage = (jb < B) & (jf < REC)
+    served = start.to(tl.int64)
+    running = served >= 0
+    while running:
+        # Volatile loads observe host writes (system scope); the published count only grows.
+        c = tl.load(ctrl_ptr, volatile=True)
+        avail = tl.where(c < 0, -c - 1, c)
+        while served < avail:
+            slot = served % ring
+            x = tl.load(inp_ptr + jb * s_in_b + slot * s_in_t + jf, mask=m_stage, other=0.0, volatile=True)
+            tl.store(stage_ptr + jb * REC + jf, x, mask=m_stage)
+            tl.debug_barrier()  # the staged records are complete before any thread reads them
+            _token_step(
+                tl.program_id(0), slot, stage_ptr, logits_ptr,
+                conv_ptr, ssm_ptr, csum_ptr, cdt_ptr, cn_ptr, ro_sum_ptr, ro_w_ptr, ro_last_ptr,
+                table_ptr, xt_ptr, yt_ptr, pt_ptr, post_ptr, cw_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
+                nw_ptr, nb_ptr, inw_ptr, inb_ptr, convw_ptr, convb_ptr, xpw_ptr, dtpw_ptr, dtb_ptr, aneg_ptr,
+                dsk_ptr, rate_ptr, outw_ptr, outb_ptr, fnw_ptr, fnb_ptr, headw_ptr, headb_ptr, strides_ptr,
+                B, REC, 0, s_lo_b, s_lo_t, grid_w, grid_p, pos_cell, pos_nx, norm_eps, dt_eps,
+                NL, D, E, N, R, K, C, F, H, BS, DP, EP, NP, RP, KP, CP, FP, HP,
+                EMBED, HAS_COUNT, NORM, READOUT, EVENT, METHOD, DOT, FAST,
+            )
+            # Every thread's stores (state, logits) come before the count that makes them visible; the next
+            # token's staging waits for this one's reads of the stage.
+            tl.debug_barrier()
+            served += 1
+            tl.atomic_xchg(done_ptr, served, sem="release", scope="sys")
+        running = c >= 0
 
 
 # ----------------------------------------------------------------------------------------------- launch
@@ -436,6 +525,76 @@ def default_block_streams(n_streams: int) -> int:
     """Streams per program: 1 for one stream (latency), 16 (``tl.dot`` tiles) from 16 streams on, the next
     power of two in between."""
     return min(16, next_pow2(n_streams))
+
+
+def _check_step_args(where: str, w: ModelStepWeights, state: dict, inputs, logits, dev) -> tuple[int, int]:
+    """Shapes, dtypes and devices of a launch's records, logits, state and weights (not values: safe inside a
+    graph capture). ``dev`` is where the state and weights live. Returns ``(B, T)``."""
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 3 or inputs.shape[-1] != w.record:
+        got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise ValueError(f"{where}: inputs must have shape (B, T, {w.record}); got {got}")
+    batch, steps, _ = inputs.shape
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{where}: logits must be a torch.Tensor; got {type(logits).__name__}")
+    if not INTERPRETING and dev.type != "cuda":
+        raise ValueError(f"{where}: the state must be on a CUDA device (the Triton kernel runs on the GPU); "
+                         f"got {dev}")
+    for name, t in (("inputs", inputs), ("logits", logits)):
+        mapped = dev.type == "cuda" and t.device.type == "cpu" and t.is_pinned()
+        if t.device != dev and not mapped:
+            raise ValueError(f"{where}: {name} must be on {dev} or in pinned host memory; got {t.device}")
+    if inputs.dtype != torch.float32 or inputs.stride(-1) != 1:
+        raise ValueError(f"{where}: inputs must be float32 with a contiguous last axis")
+    if tuple(logits.shape) != (batch, steps, w.n_classes) or logits.dtype != torch.float32 or logits.stride(-1) != 1:
+        raise ValueError(f"{where}: logits must be float32 of shape {(batch, steps, w.n_classes)}; "
+                         f"got {logits.dtype} {tuple(logits.shape)}")
+    want = allocate_state(w, 0, "meta")
+    for key, t in want.items():
+        got = state.get(key)
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != (batch, *t.shape[1:]) or \
+                got.dtype != torch.float32 or not got.is_contiguous() or got.device != dev:
+            raise ValueError(f"{where}: state[{key!r}] must be a contiguous float32 tensor of shape "
+                             f"{(batch, *t.shape[1:])} on {dev}")
+    for t in tuple(x for x in w if isinstance(x, torch.Tensor)):
+        if t.device != dev:
+            raise ValueError(f"{where}: every tensor must be on {dev}; got one on {t.device}")
+    return batch, steps
+
+
+def _launch_args(w: ModelStepWeights, state: dict, inputs, logits, bs: int, num_warps: int | None) -> tuple:
+    """The arguments both kernels share after their own leading ones: ``(args, constexprs)``."""
+    dot = bs >= 16
+    if num_warps is None:
+        num_warps = 8 if dot else 4
+    elif num_warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"num_warps must be 1, 2, 4, 8 or 16; got {num_warps!r}")
+    hid = w.surface_hidden
+    args = (
+        state["conv"], state["ssm"], state["carry_sum"], state["carry_dt"], state["carry_n"], state["ro_sum"],
+        state["ro_w"], state["ro_last"],
+        w.table, w.x_tab, w.y_tab, w.p_tab, w.pos_tab, w.count_w, w.s_w1t, w.s_b1, w.s_w2t, w.s_b2,
+        w.norm_w, w.norm_b, w.in_wt, w.in_b, w.conv_w, w.conv_b, w.xp_wt, w.dtp_wt, w.dt_b, w.a_neg, w.d_skip,
+        w.rate, w.out_wt, w.out_b, w.fnorm_w, w.fnorm_b, w.head_wt, w.head_b, w.strides,
+        inputs.shape[0], inputs.stride(0), inputs.stride(1), logits.stride(0), logits.stride(1),
+        w.grid_w, w.grid_p, w.pos_cell, w.pos_nx, float(w.norm_eps), float(w.dt_eps),
+    )
+    consts = dict(
+        NL=w.n_layers, D=w.d_model, E=w.d_inner, N=w.d_state, R=w.dt_rank, K=w.d_conv, C=w.n_classes,
+        F=w.n_surface, H=hid,
+        BS=bs, DP=_pad(w.d_model, dot), EP=_pad(w.d_inner, dot), NP=_pad(w.d_state, dot), RP=_pad(w.dt_rank, dot),
+        KP=next_pow2(w.d_conv), CP=_pad(w.n_classes, dot), FP=_pad(max(w.n_surface, 1), dot),
+        HP=_pad(max(hid, 1), dot),
+        EMBED=w.embed, HAS_COUNT=bool(w.has_count), NORM=w.norm, READOUT=w.readout, EVENT=bool(w.event),
+        METHOD=w.method, DOT=dot, FAST=not INTERPRETING, num_warps=num_warps,
+    )
+    return args, consts
+
+
+def _block_streams(where: str, batch: int, block_streams) -> int:
+    bs = default_block_streams(batch) if block_streams is None else block_streams
+    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1 or bs & (bs - 1):
+        raise ValueError(f"{where}: block_streams must be a power of two; got {block_streams!r}")
+    return bs
 
 
 def model_step_triton(w: ModelStepWeights, state: dict, inputs: torch.Tensor, pos: torch.Tensor,
@@ -458,70 +617,77 @@ def model_step_triton(w: ModelStepWeights, state: dict, inputs: torch.Tensor, po
     experiment for the batch-1 latency, see ``evmamba bench stream``).
     """
     where = "model_step_triton"
-    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 3 or inputs.shape[-1] != w.record:
-        got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-        raise ValueError(f"{where}: inputs must have shape (B, T, {w.record}); got {got}")
-    batch, steps, _ = inputs.shape
-    for name, t in (("logits", logits), ("pos", pos)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{where}: {name} must be a torch.Tensor; got {type(t).__name__}")
-    dev = pos.device  # where the state and weights live
-    if not INTERPRETING and dev.type != "cuda":
-        raise ValueError(f"{where}: pos and the state must be on a CUDA device (the Triton kernel runs on the "
-                         f"GPU); got {dev}")
-    for name, t in (("inputs", inputs), ("logits", logits)):
-        mapped = dev.type == "cuda" and t.device.type == "cpu" and t.is_pinned()
-        if t.device != dev and not mapped:
-            raise ValueError(f"{where}: {name} must be on {dev} or in pinned host memory; got {t.device}")
-    if inputs.dtype != torch.float32 or inputs.stride(-1) != 1:
-        raise ValueError(f"{where}: inputs must be float32 with a contiguous last axis")
-    if tuple(logits.shape) != (batch, steps, w.n_classes) or logits.dtype != torch.float32 or logits.stride(-1) != 1:
-        raise ValueError(f"{where}: logits must be float32 of shape {(batch, steps, w.n_classes)}; "
-                         f"got {logits.dtype} {tuple(logits.shape)}")
+    if not isinstance(pos, torch.Tensor):
+        raise TypeError(f"{where}: pos must be a torch.Tensor; got {type(pos).__name__}")
     if tuple(pos.shape) != (1,) or pos.dtype != torch.int64:
         raise ValueError(f"{where}: pos must be a (1,) int64 tensor; got {pos.dtype} {tuple(pos.shape)}")
-    want = allocate_state(w, 0, "meta")
-    for key, t in want.items():
-        got = state.get(key)
-        if not isinstance(got, torch.Tensor) or tuple(got.shape) != (batch, *t.shape[1:]) or \
-                got.dtype != torch.float32 or not got.is_contiguous() or got.device != dev:
-            raise ValueError(f"{where}: state[{key!r}] must be a contiguous float32 tensor of shape "
-                             f"{(batch, *t.shape[1:])} on {dev}")
-    for t in tuple(x for x in w if isinstance(x, torch.Tensor)):
-        if t.device != dev:
-            raise ValueError(f"{where}: every tensor must be on {dev}; got one on {t.device}")
+    batch, _ = _check_step_args(where, w, state, inputs, logits, pos.device)
     if counter is not None and (tuple(counter.shape) != (1,) or counter.dtype != torch.int32):
         raise ValueError(f"{where}: counter must be a (1,) int32 tensor")
-    bs = default_block_streams(batch) if block_streams is None else int(block_streams)
-    if bs < 1 or bs & (bs - 1):
-        raise ValueError(f"{where}: block_streams must be a power of two; got {block_streams!r}")
-    dot = bs >= 16
-    if num_warps is None:
-        num_warps = 8 if dot else 4
-    elif num_warps not in (1, 2, 4, 8, 16):
-        raise ValueError(f"{where}: num_warps must be 1, 2, 4, 8 or 16; got {num_warps!r}")
-    hid = w.surface_hidden
-    grid = (triton.cdiv(batch, bs),)
-    model_step_kernel[grid](
-        inputs, pos, pos if counter is None else counter, logits,
-        state["conv"], state["ssm"], state["carry_sum"], state["carry_dt"], state["carry_n"], state["ro_sum"],
-        state["ro_w"], state["ro_last"],
-        w.table, w.x_tab, w.y_tab, w.p_tab, w.pos_tab, w.count_w, w.s_w1t, w.s_b1, w.s_w2t, w.s_b2,
-        w.norm_w, w.norm_b, w.in_wt, w.in_b, w.conv_w, w.conv_b, w.xp_wt, w.dtp_wt, w.dt_b, w.a_neg, w.d_skip,
-        w.rate, w.out_wt, w.out_b, w.fnorm_w, w.fnorm_b, w.head_wt, w.head_b, w.strides,
-        batch, inputs.stride(0), inputs.stride(1), logits.stride(0), logits.stride(1),
-        w.grid_w, w.grid_p, w.pos_cell, w.pos_nx, float(w.norm_eps), float(w.dt_eps),
-        NL=w.n_layers, D=w.d_model, E=w.d_inner, N=w.d_state, R=w.dt_rank, K=w.d_conv, C=w.n_classes,
-        F=w.n_surface, H=hid,
-        BS=bs, DP=_pad(w.d_model, dot), EP=_pad(w.d_inner, dot), NP=_pad(w.d_state, dot), RP=_pad(w.dt_rank, dot),
-        KP=next_pow2(w.d_conv), CP=_pad(w.n_classes, dot), FP=_pad(max(w.n_surface, 1), dot),
-        HP=_pad(max(hid, 1), dot),
-        EMBED=w.embed, HAS_COUNT=bool(w.has_count), NORM=w.norm, READOUT=w.readout, EVENT=bool(w.event),
-        METHOD=w.method, DOT=dot, FAST=not INTERPRETING, ADVANCE=counter is not None,
-        num_warps=num_warps,
-    )
+    bs = _block_streams(where, batch, block_streams)
+    try:
+        args, consts = _launch_args(w, state, inputs, logits, bs, num_warps)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    model_step_kernel[(triton.cdiv(batch, bs),)](
+        inputs, pos, pos if counter is None else counter, logits, *args, ADVANCE=counter is not None, **consts)
 
 
-__all__ = ["DISCRETIZATIONS", "EMBED_CODES", "METHOD_CODES", "NORM_CODES", "READOUT_CODES", "ModelStepWeights",
-           "allocate_state", "default_block_streams", "model_step_triton", "pack_inputs", "write_records",
-           "pack_inputs_time_major"]
+#: Most streams :func:`model_serve_triton` serves: one program holds them all (``tl.dot`` blocks of 16).
+MAX_SERVE_STREAMS = 16
+
+
+def model_serve_triton(w: ModelStepWeights, state: dict, inputs: torch.Tensor, logits: torch.Tensor,
+                       ctrl: torch.Tensor, done: torch.Tensor, stage: torch.Tensor, start: int = 0,
+                       num_warps: int | None = None) -> None:
+    """Launch the serving loop: one resident program that steps ``B <= 16`` streams through every token the
+    host publishes, with no launch per token (the batch-1 latency path of the stream loop,
+    :class:`~evmamba.streaming.gpu_serve.ServeStepper`).
+
+    ``inputs`` ``(B, ring, 3 + F)`` and ``logits`` ``(B, ring, C)`` float32 are rings in pinned host memory:
+    token ``t``'s records are read from, and its logits written to, slot ``t % ring``. ``ctrl`` and ``done``
+    are ``(1,)`` int64 pinned host tensors; ``stage`` a ``(B, 3 + F)`` float32 scratch tensor beside the state
+    (the kernel copies each token's records there). The host publishes tokens by raising ``ctrl[0]`` to their count
+    (after writing their records), and asks the loop to end with ``ctrl[0] = -count - 1`` (it serves every
+    published token first); the kernel raises ``done[0]`` to the count of tokens served after each, the
+    token's logits visible before it. ``start``: the first token's number (the count served so far; the
+    state in ``state`` is where those tokens left it).
+
+    On a GPU the launch returns at once and the kernel runs until stopped: the caller must stop it (and wait
+    for its stream) before anything synchronises the whole device. Under ``TRITON_INTERPRET=1`` the launch
+    runs the loop to its end before returning, so ``ctrl`` must already hold the stop.
+    """
+    where = "model_serve_triton"
+    for name, t in (("ctrl", ctrl), ("done", done)):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (1,) or t.dtype != torch.int64:
+            got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{where}: {name} must be a (1,) int64 tensor; got {got}")
+    dev = state["conv"].device if isinstance(state.get("conv"), torch.Tensor) else None
+    if dev is None:
+        raise ValueError(f"{where}: state must come from allocate_state")
+    for name, t in (("inputs", inputs), ("logits", logits), ("ctrl", ctrl), ("done", done)):
+        if isinstance(t, torch.Tensor) and dev.type == "cuda" and not (t.device.type == "cpu" and t.is_pinned()):
+            raise ValueError(f"{where}: {name} must be in pinned host memory (the host writes or reads it while "
+                             f"the kernel runs); got {'unpinned host memory' if t.device.type == 'cpu' else t.device}")
+    batch, ring = _check_step_args(where, w, state, inputs, logits, dev)
+    if not isinstance(stage, torch.Tensor) or tuple(stage.shape) != (batch, w.record) or \
+            stage.dtype != torch.float32 or not stage.is_contiguous() or stage.device != dev:
+        got = f"{stage.dtype} {tuple(stage.shape)} on {stage.device}" if isinstance(stage, torch.Tensor) else \
+            type(stage).__name__
+        raise ValueError(f"{where}: stage must be a contiguous float32 tensor of shape {(batch, w.record)} on {dev}; "
+                         f"got {got}")
+    if batch > MAX_SERVE_STREAMS:
+        raise ValueError(f"{where}: serves at most {MAX_SERVE_STREAMS} streams (one program); got {batch}")
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f"{where}: start must be an int >= 0; got {start!r}")
+    try:
+        args, consts = _launch_args(w, state, inputs, logits, default_block_streams(batch), num_warps)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    model_serve_kernel[(1,)](inputs, logits, ctrl, done, stage, start, ring, *args, RECP=next_pow2(w.record),
+                             **consts)
+
+
+__all__ = ["DISCRETIZATIONS", "EMBED_CODES", "MAX_SERVE_STREAMS", "METHOD_CODES", "NORM_CODES", "READOUT_CODES",
+           "ModelStepWeights", "allocate_state", "default_block_streams", "model_serve_triton", "model_step_triton",
+           "pack_inputs", "write_records", "pack_inputs_time_major"]

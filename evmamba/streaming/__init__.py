@@ -5,8 +5,9 @@
 * :mod:`.backlog` -- the bounded input queue and its policies (block, drop oldest, coarser bins via
   :mod:`.coarsen`);
 * :mod:`.steppers` -- the :class:`Stepper` interface of both steppers: :mod:`.fast_step` -- the classifier
-  step compiled for the CPU; :mod:`.gpu_step` -- the fused step in a CUDA graph; :mod:`.concurrent` -- many
-  streams at once;
+  step compiled for the CPU; :mod:`.gpu_step` -- the fused step in a CUDA graph; :mod:`.gpu_serve` -- the
+  fused step resident on the GPU for one stream (no launch per token); :mod:`.concurrent` -- many streams at
+  once;
 * :mod:`.decisions`, :mod:`.summary` -- early and final decisions, latency and throughput figures;
 * :mod:`.liveview` -- the terminal view of ``--live``; :mod:`.probabilities` -- a whole recording's
   logits over time through the same binning and step (``evmamba view``);
@@ -27,6 +28,7 @@ _EXPORTS = {
     "FastStepper": "evmamba.streaming.fast_step",
     "export_weights": "evmamba.streaming.fast_step",
     "GraphStepper": "evmamba.streaming.gpu_step",
+    "ServeStepper": "evmamba.streaming.gpu_serve",
     "Stepper": "evmamba.streaming.steppers",
     "StepOutput": "evmamba.streaming.steppers",
     "warm_up": "evmamba.streaming.steppers",
