@@ -181,3 +181,26 @@ def test_udp_stream_stopped_with_ctrl_c_prints_the_summary(checkpoint, tmp_path)
     summary = json.loads(Path(out).read_text())
     assert summary["interrupted"] is True
     assert summary["events"] == 3000 and summary["source"]["garbage"] == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_one_stream_on_the_gpu_is_served_by_default(checkpoint, tmp_path):
+    """On a GPU one stream runs on the resident serving loop by default, with the final decision of the fused
+    step launched per token and of the CPU step; ``--gpu-step serve`` refuses several streams."""
+    finals = {}
+    for device, step in (("cuda", "auto"), ("cuda", "fused"), ("cpu", "auto")):
+        out = tmp_path / f"{device}-{step}.json"
+        code, stdout, stderr = evmamba("stream", "--checkpoint", checkpoint, "--source", trial("1.bs2"), "--speed",
+                                       "max", "--device", device, "--gpu-step", step, "--json", out, "--quiet")
+        assert code == 0, stderr
+        if device == "cuda":
+            assert f"GPU step: {'serve' if step == 'auto' else 'fused'}" in stderr
+            assert json.loads(out.read_text())["settings"]["gpu_step"] == ("serve" if step == "auto" else "fused")
+        finals[(device, step)] = json.loads(out.read_text())["per_recording"][0]["final"]
+    for key in (("cuda", "fused"), ("cpu", "auto")):
+        assert finals[key]["class"] == finals[("cuda", "auto")]["class"]
+        assert finals[key]["confidence"] == pytest.approx(finals[("cuda", "auto")]["confidence"], rel=1e-4)
+    code, _, stderr = evmamba("stream", "--checkpoint", checkpoint, "--source", trial("1.bs2"), "--speed", "max",
+                              "--device", "cuda", "--gpu-step", "serve", "--streams", "2", "--quiet")
+    assert code == 1 and "the serving loop runs one stream" in stderr

@@ -91,8 +91,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--streams", type=int, default=1, help="concurrent streams from the recordings (throughput mode)"
     )
     parser.add_argument("--gpu-step", default="auto", choices=GPU_STEPS,
-                        help="on CUDA: fused (one kernel per token), unfused (the classifier's step) or auto "
-                             "(default: fused where the model is supported)")
+                        help="on CUDA: serve (one stream: the fused step resident on the GPU, no launch per "
+                             "token), fused (one kernel launch per token), unfused (the classifier's step) or "
+                             "auto (default: serve for one stream and fused for several, where the model is "
+                             "supported)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the summary as JSON here")
     parser.add_argument("--out", default=None, metavar="PATH", help="write the JSON lines here instead of stdout")
     parser.add_argument("--quiet", action="store_true", help="no JSON lines")
@@ -107,16 +109,26 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-GPU_STEPS = ("auto", "fused", "unfused")  # evmamba.streaming.gpu_step.GPU_STEP_CHOICES (not imported at start-up)
+# evmamba.streaming.gpu_step.GPU_STEP_CHOICES and "serve" (not imported at start-up)
+GPU_STEPS = ("auto", "serve", "fused", "unfused")
 
 
 def graph_stepper(model, n_streams: int, device, gpu_step: str = "auto", **kwargs):
-    """A :class:`~evmamba.streaming.gpu_step.GraphStepper` for ``--gpu-step``; says on standard error which
-    step runs (and why not the fused one, when ``auto`` fell back)."""
+    """The GPU stepper for ``--gpu-step``: a :class:`~evmamba.streaming.gpu_serve.ServeStepper` for ``serve``
+    and, where it runs, for ``auto`` with one stream; else a :class:`~evmamba.streaming.gpu_step.GraphStepper`.
+    Says on standard error which step runs (and why not the fused one, when ``auto`` fell back)."""
+    from ..streaming.gpu_serve import ServeStepper, serve_support
     from ..streaming.gpu_step import GPU_STEP_CHOICES, GraphStepper
 
-    if gpu_step not in GPU_STEP_CHOICES:
-        raise ValueError(f"--gpu-step: expected one of {tuple(GPU_STEP_CHOICES)}; got {gpu_step!r}")
+    if gpu_step not in GPU_STEPS:
+        raise ValueError(f"--gpu-step: expected one of {GPU_STEPS}; got {gpu_step!r}")
+    if gpu_step == "serve" and n_streams != 1:
+        raise ValueError(f"--gpu-step serve: the serving loop runs one stream; got --streams {n_streams} "
+                         f"(use fused)")
+    if gpu_step == "serve" or (gpu_step == "auto" and n_streams == 1 and serve_support(model) is None):
+        stepper = ServeStepper(model, device=device)
+        print(f"GPU step: {stepper.step_kind}", file=sys.stderr, flush=True)
+        return stepper
     fused = GPU_STEP_CHOICES[gpu_step]
     stepper = GraphStepper(model, n_streams, device=device, fused=fused, **kwargs)
     why = "" if stepper.fused or gpu_step == "unfused" else f" ({stepper.fallback_reason})"
@@ -213,6 +225,8 @@ def _stream(args: argparse.Namespace) -> int:
     try:
         summary = loop.run(source)
     finally:
+        if hasattr(stepper, "close"):
+            stepper.close()  # a serving loop leaves the GPU
         if out_stream is not None and out_stream is not sys.stdout:
             out_stream.close()
     record = summary.to_dict()
