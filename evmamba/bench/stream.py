@@ -15,19 +15,21 @@
 Plus µs per token of the step alone for a few model sizes (random weights, the densest trial's tokens)
 and of the classifier's PyTorch ``step`` (one token per call) for comparison.
 
-**GPU** (``--device cuda``): the step captured in a CUDA graph
-(:class:`~evmamba.streaming.gpu_step.GraphStepper`) -- the classifier's own step, or with ``--gpu-step fused``
-the one-kernel fused model step (the default where the model is supported; the table and the JSON say which ran):
-per-token latency at batch 1 (copy in, replay, copy out, synchronise), µs per token when a trial's tokens are
-replayed back to back, the loop's real-time factor at ``--speed max``, and aggregate events/s of ``--streams`` (1 024)
-concurrent streams in lockstep. With the fused step, three batch-1 experiments: the replays alone with 1, 2, 4
-and 8 warps per program, the latency with the copies captured in the graph beside the kernel (one replay and one
-wait per token), and zero-copy -- the record and the logits in pinned host memory, read and written by the kernel
-itself, waiting by spinning on the logits or by synchronising (not yet timed on a GPU; its logits are compared
-with the stepper's). Each part says on standard error when it is done (the whole takes about 2-3 minutes on an
-H200 with ``--quick``, most of it compiling kernels). The streams run with the stepper's default feeding: time-major and
-double-buffered for the fused step (``GraphStepper.overlap``); such a stepper is also fed batch-major, in the same
-run, for comparison, and the two must reach the same final decisions. The table and the JSON (``feed`` of each
+**GPU** (``--device cuda``): the step captured in a CUDA graph (:class:`~evmamba.streaming.gpu_step.GraphStepper`)
+-- the classifier's own step, or with ``--gpu-step fused`` the one-kernel fused model step (the default where the
+model is supported; the table and the JSON say which ran): per-token latency at batch 1 (copy in, replay, copy out,
+synchronise), µs per token when a trial's tokens are replayed back to back, the loop's real-time factor at ``--speed
+max``, and aggregate events/s of ``--streams`` (1 024) concurrent streams in lockstep. With the fused step, three
+batch-1 experiments: the replays alone with 1, 2, 4 and 8 warps per program, the latency with the copies captured in
+the graph beside the kernel (one replay and one wait per token), and zero-copy -- the record and the logits in
+pinned host memory, read and written by the kernel itself, waiting by spinning on the logits or by synchronising
+(its logits are compared with the stepper's). Then the resident serving loop
+(:class:`~evmamba.streaming.gpu_serve.ServeStepper`, what ``evmamba stream`` runs for one stream on a GPU by
+default): the latency of its ``run`` with one token per call, with the default warps (2), 1 and 4, and the loop's
+real-time factor with it. Each part says on standard error when it is done (the whole takes about 3 minutes on an
+H200 with ``--quick``, most of it compiling kernels). The streams run with the stepper's default feeding: time-major
+and double-buffered for the fused step (``GraphStepper.overlap``); such a stepper is also fed batch-major, in the
+same run, for comparison, and the two must reach the same final decisions. The table and the JSON (``feed`` of each
 run) say which feeding ran.
 
 ``--quick``: trials 1 and 5 only, one real-time replay, fewer model sizes and GPU steps.
@@ -299,6 +301,35 @@ def _zero_copy_latencies(model, seq, part, n: int, num_warps: int | None = None,
     return lat, float(np.abs(got - want).max())
 
 
+def _serve_latencies(model, seq, part, n: int, num_warps: int | None = None,
+                     warm: int = 200) -> tuple[np.ndarray, float]:
+    """Batch-1 token latencies (s) of the resident serving loop (:class:`~evmamba.streaming.gpu_serve.
+    ServeStepper`) through its ``run`` with one token per call, as the stream loop calls it: from the call to
+    the logits returned on the host. Also the largest difference of the ``n`` tokens' logits from the graph
+    stepper's (the same tokens from a reset state)."""
+    from ..streaming.gpu_serve import ServeStepper
+    from ..streaming.gpu_step import GraphStepper
+
+    surf = part(n)
+    lat, got = np.empty(n), np.empty((n, model.n_classes), np.float32)
+    with ServeStepper(model, "cuda", num_warps=num_warps) as s:
+        for j in range(warm + n):
+            i = j - warm if j >= warm else j % n
+            if j == warm:
+                s.reset()
+            one = slice(i, i + 1)
+            t0 = time.perf_counter()
+            out = s.run(seq.tokens[one], seq.dt[one], seq.counts[one], check=False,
+                        surfaces=None if surf is None else surf[one])
+            if j >= warm:
+                lat[i] = time.perf_counter() - t0
+                got[i] = out.logits[0]
+    g = GraphStepper(model, 1, device="cuda", block=512, fused=True)
+    want = g.run_batch(seq.tokens[None, :n], seq.dt[None, :n], seq.counts[None, :n],
+                       surfaces=None if surf is None else surf[None])[0]
+    return lat, float(np.abs(got - want).max())
+
+
 def _replays_us(stepper) -> float:
     """µs per graph replay of ``stepper``: one block of replays back to back on whatever its device buffers
     hold (the kernel's work does not depend on the values), after one untimed replay, timed with CUDA events."""
@@ -443,11 +474,32 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
             out[key] = {"latency_us_p50": float(np.percentile(lat, 50) * 1e6),
                         "latency_us_p99": float(np.percentile(lat, 99) * 1e6), "max_abs_diff": diff}
 
+    def serve():
+        # The resident serving loop (what `evmamba stream` runs for one stream on a GPU by default): one token
+        # per run() call, from the call to the logits on the host; the default warps (2), 1 and 4.
+        n_lat = min(densest.num_tokens, 2000 if quick else 5000)
+        for nw in (None, 1, 4):
+            lat, diff = _serve_latencies(sm.model, densest, part, n_lat, num_warps=nw)
+            out[f"batch1_serve_warps_{nw or 'default'}"] = {
+                "latency_us_p50": float(np.percentile(lat, 50) * 1e6),
+                "latency_us_p99": float(np.percentile(lat, 99) * 1e6),
+                "latency_us_max": float(lat.max() * 1e6), "max_abs_diff": diff, "tokens": int(n_lat)}
+
     def loop():
+        from ..streaming.gpu_serve import ServeStepper, serve_support
+        from ..streaming.steppers import warm_up
+
         rec = recs[-1] if quick else recs[4]  # 5.bs2, the densest trial
         res = _run_loop(state["g1"], sm, rec, math.inf)
         out.update(loop_trial=Path(rec.name).name, loop_real_time_factor=res["real_time_factor"],
-                   loop_compute_s=res["compute_s"], loop_tokens=res["tokens"], loop_events=res["events"])
+                   loop_compute_s=res["compute_s"], loop_tokens=res["tokens"], loop_events=res["events"],
+                   loop_step=state["g1"].step_kind)
+        if fused is not False and serve_support(sm.model) is None:
+            with ServeStepper(sm.model, "cuda") as s:
+                warm_up(s, sm.binning, sm.sensor_size)
+                res = _run_loop(s, sm, rec, math.inf)
+            out.update(loop_serve_real_time_factor=res["real_time_factor"], loop_serve_compute_s=res["compute_s"],
+                       loop_serve_latency_us_p50=res.get("latency_us_p50"))
 
     def many():
         binned, bin_s = concurrent.bin_recordings(recs, sm.sensor_size, sm.binning, sm.model.surface_config)
@@ -492,6 +544,7 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
     if state.get("g1") is not None and state["g1"].fused:
         attempt("batch1_in_graph", in_graph)
         attempt("batch1_zero_copy", zero_copy)
+        attempt("batch1_serve", serve)
     if "g1" in state:
         attempt("loop", loop)
         del state["g1"]
@@ -562,7 +615,12 @@ def run(args) -> int:
             *([f"batch-1 latency p50 / p99, zero-copy, {k[len('batch1_zero_copy_'):]} (µs; max diff)",
                f"{v['latency_us_p50']:.2f} / {v['latency_us_p99']:.2f} ({v['max_abs_diff']:.1e})"]
               for k, v in res.items() if k.startswith("batch1_zero_copy_") and isinstance(v, dict)),
-            [f"loop RTF at --speed max ({res.get('loop_trial', '-')})", get(res, "loop_real_time_factor")],
+            *([f"batch-1 latency p50 / p99, serving loop, {k[len('batch1_serve_'):]} (µs; max diff)",
+               f"{v['latency_us_p50']:.2f} / {v['latency_us_p99']:.2f} ({v['max_abs_diff']:.1e})"]
+              for k, v in res.items() if k.startswith("batch1_serve_") and isinstance(v, dict)),
+            [f"loop RTF at --speed max ({res.get('loop_trial', '-')}, {res.get('loop_step', '-')})",
+             get(res, "loop_real_time_factor")],
+            [f"loop RTF at --speed max ({res.get('loop_trial', '-')}, serve)", get(res, "loop_serve_real_time_factor")],
             [f"{ns} streams: events/s ({s.get('feed', '-')} feed)", get(s, "events_per_s")],
             [f"{ns} streams: tokens/s ({s.get('feed', '-')} feed)", get(s, "tokens_per_s")],
             *([[f"{ns} streams: events/s ({so.get('feed', '-')} feed)", get(so, "events_per_s")],
