@@ -127,6 +127,8 @@ def test_arguments_are_checked():
     model = make_model(**CONFIGS["surface-inputpool2-pool4-dtmean-mamba"])
     with pytest.raises(ValueError, match="'ring' must be an int >= 2; got 1"):
         ServeStepper(model, DEV, ring=1)
+    with pytest.raises(ValueError, match="'num_warps' must be 1, 2, 4, 8 or 16; got 3"):
+        ServeStepper(model, DEV, num_warps=3)
     with pytest.raises(ValueError, match="'timeout_s' must be a positive"):
         ServeStepper(model, DEV, timeout_s=0)
     with pytest.raises(ValueError, match="fused step does not serve this model: .*d_state"):

@@ -32,6 +32,7 @@ stream is one contiguous slab.
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -591,10 +592,13 @@ def _launch_args(w: ModelStepWeights, state: dict, inputs, logits, bs: int, num_
 
 
 def _block_streams(where: str, batch: int, block_streams) -> int:
-    bs = default_block_streams(batch) if block_streams is None else block_streams
-    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1 or bs & (bs - 1):
+    """Streams per program: the default for ``batch``, or ``block_streams`` (any integer type) checked."""
+    if block_streams is None:
+        return default_block_streams(batch)
+    if isinstance(block_streams, bool) or not isinstance(block_streams, numbers.Integral) or block_streams < 1 \
+            or int(block_streams) & (int(block_streams) - 1):
         raise ValueError(f"{where}: block_streams must be a power of two; got {block_streams!r}")
-    return bs
+    return int(block_streams)
 
 
 def model_step_triton(w: ModelStepWeights, state: dict, inputs: torch.Tensor, pos: torch.Tensor,

@@ -103,6 +103,8 @@ class ServeStepper:
         where = "ServeStepper"
         if isinstance(ring, bool) or not isinstance(ring, int) or ring < 2:
             raise ValueError(f"{where}: argument 'ring' must be an int >= 2; got {ring!r}")
+        if num_warps is not None and num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"{where}: argument 'num_warps' must be 1, 2, 4, 8 or 16; got {num_warps!r}")
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
             raise ValueError(f"{where}: argument 'timeout_s' must be a positive number of seconds; got {timeout_s!r}")
         self.device = torch.device(device)
