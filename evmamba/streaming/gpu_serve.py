@@ -229,19 +229,12 @@ class ServeStepper:
             if p >= 2:
                 # The slots of this piece still hold the piece before the last one: collect it first.
                 self._collect(k0, starts[p - 2], starts[p - 2] + piece, index, out)
-            rec = self._rec
-            if e - s == 1:  # the latency case: scalar stores, no index arrays
-                r = rec[(k0 + s) % ring]
-                r[0], r[1], r[2] = tokens[s], dt[s], 1.0 if counts is None else counts[s]
-                if self.n_surface:
-                    r[3:] = surfaces[s]
-            else:
-                slots = (k0 + np.arange(s, e)) % ring
-                rec[slots, 0] = tokens[s:e]
-                rec[slots, 1] = dt[s:e]
-                rec[slots, 2] = 1.0 if counts is None else counts[s:e]
-                if self.n_surface:
-                    rec[slots, 3:] = surfaces[s:e]
+            rec, slots = self._rec, (k0 + np.arange(s, e)) % ring
+            rec[slots, 0] = tokens[s:e]
+            rec[slots, 1] = dt[s:e]
+            rec[slots, 2] = 1.0 if counts is None else counts[s:e]
+            if self.n_surface:
+                rec[slots, 3:] = surfaces[s:e]
             self._publish(k0 + s, k0 + e)
         for p in range(max(len(starts) - 2, 0), len(starts)):
             self._collect(k0, starts[p], min(n, starts[p] + piece), index, out)
