@@ -242,19 +242,41 @@ def _in_graph_latencies(model, seq, part, n: int, warm: int = 200) -> np.ndarray
     return lat
 
 
-def _record_each_token(stepper, rec: np.ndarray, seq, surf, n: int, warm: int):
+def _each_token(stepper, n: int, warm: int):
     """The token loop of the batch-1 experiments: ``warm`` untimed tokens (cycling through the first ``n``), a
-    reset of ``stepper``'s state, then the ``n`` timed ones. For each, writes its record into ``rec`` (id, gap,
-    count, surface) and yields ``(i, timed, t0)``, ``t0`` taken before the write."""
+    reset of ``stepper``'s state, then the ``n`` timed ones; yields ``(i, timed)``."""
     for j in range(warm + n):
-        i = j - warm if j >= warm else j % n
         if j == warm:
             stepper.reset()
+        yield (j - warm if j >= warm else j % n), j >= warm
+
+
+def _record_each_token(stepper, rec: np.ndarray, seq, surf, n: int, warm: int):
+    """:func:`_each_token` that also writes each token's record into ``rec`` (id, gap, count, surface); yields
+    ``(i, timed, t0)``, ``t0`` taken before the write."""
+    for i, timed in _each_token(stepper, n, warm):
         t0 = time.perf_counter()
         rec[0], rec[1], rec[2] = seq.tokens[i], seq.dt[i], seq.counts[i]
         if surf is not None:
             rec[3:] = surf[i]
-        yield i, j >= warm, t0
+        yield i, timed, t0
+
+
+def _graph_logits(model, seq, n: int, surf, num_warps: int | None = None) -> np.ndarray:
+    """The fused graph stepper's logits ``(n, C)`` (``num_warps`` per program) for the first ``n`` tokens of
+    ``seq`` from a zero state: what the batch-1 experiments' logits are compared with."""
+    from ..streaming.gpu_step import GraphStepper
+
+    g = GraphStepper(model, 1, device="cuda", block=512, fused=True, num_warps=num_warps)
+    return g.run_batch(seq.tokens[None, :n], seq.dt[None, :n], seq.counts[None, :n],
+                       surfaces=None if surf is None else surf[None])[0]
+
+
+def _latency_summary(lat: np.ndarray, diff: float) -> dict:
+    """p50 / p99 / max of latencies ``lat`` (s) in µs, with the largest logits difference ``diff``."""
+    us = lat * 1e6
+    return {"latency_us_p50": float(np.percentile(us, 50)), "latency_us_p99": float(np.percentile(us, 99)),
+            "latency_us_max": float(us.max()), "max_abs_diff": diff, "tokens": int(lat.shape[0])}
 
 
 def _zero_copy_latencies(model, seq, part, n: int, num_warps: int | None = None, spin: bool = True,
@@ -295,10 +317,7 @@ def _zero_copy_latencies(model, seq, part, n: int, num_warps: int | None = None,
             lat[i] = time.perf_counter() - t0
             got[i] = res
     stream.synchronize()
-    g.reset()
-    want = g.run_batch(seq.tokens[None, :n], seq.dt[None, :n], seq.counts[None, :n],
-                       surfaces=None if surf is None else surf[None])[0]
-    return lat, float(np.abs(got - want).max())
+    return lat, float(np.abs(got - _graph_logits(model, seq, n, surf, num_warps)).max())
 
 
 def _serve_latencies(model, seq, part, n: int, num_warps: int | None = None,
@@ -308,26 +327,19 @@ def _serve_latencies(model, seq, part, n: int, num_warps: int | None = None,
     the logits returned on the host. Also the largest difference of the ``n`` tokens' logits from the graph
     stepper's (the same tokens from a reset state)."""
     from ..streaming.gpu_serve import ServeStepper
-    from ..streaming.gpu_step import GraphStepper
 
     surf = part(n)
     lat, got = np.empty(n), np.empty((n, model.n_classes), np.float32)
     with ServeStepper(model, "cuda", num_warps=num_warps) as s:
-        for j in range(warm + n):
-            i = j - warm if j >= warm else j % n
-            if j == warm:
-                s.reset()
+        for i, timed in _each_token(s, n, warm):
             one = slice(i, i + 1)
             t0 = time.perf_counter()
             out = s.run(seq.tokens[one], seq.dt[one], seq.counts[one], check=False,
                         surfaces=None if surf is None else surf[one])
-            if j >= warm:
+            if timed:
                 lat[i] = time.perf_counter() - t0
                 got[i] = out.logits[0]
-    g = GraphStepper(model, 1, device="cuda", block=512, fused=True)
-    want = g.run_batch(seq.tokens[None, :n], seq.dt[None, :n], seq.counts[None, :n],
-                       surfaces=None if surf is None else surf[None])[0]
-    return lat, float(np.abs(got - want).max())
+    return lat, float(np.abs(got - _graph_logits(model, seq, n, surf)).max())
 
 
 def _replays_us(stepper) -> float:
@@ -470,20 +482,15 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
         n_lat = min(densest.num_tokens, 2000 if quick else 5000)
         for nw, spin in ((None, True), (1, True), (1, False)):
             lat, diff = _zero_copy_latencies(sm.model, densest, part, n_lat, num_warps=nw, spin=spin)
-            key = f"batch1_zero_copy_{'spin' if spin else 'sync'}_warps_{nw or 'default'}"
-            out[key] = {"latency_us_p50": float(np.percentile(lat, 50) * 1e6),
-                        "latency_us_p99": float(np.percentile(lat, 99) * 1e6), "max_abs_diff": diff}
+            out[f"batch1_zero_copy_{'spin' if spin else 'sync'}_warps_{nw or 'default'}"] = _latency_summary(lat, diff)
 
     def serve():
         # The resident serving loop (what `evmamba stream` runs for one stream on a GPU by default): one token
         # per run() call, from the call to the logits on the host; the default warps (2), 1 and 4.
         n_lat = min(densest.num_tokens, 2000 if quick else 5000)
         for nw in (None, 1, 4):
-            lat, diff = _serve_latencies(sm.model, densest, part, n_lat, num_warps=nw)
-            out[f"batch1_serve_warps_{nw or 'default'}"] = {
-                "latency_us_p50": float(np.percentile(lat, 50) * 1e6),
-                "latency_us_p99": float(np.percentile(lat, 99) * 1e6),
-                "latency_us_max": float(lat.max() * 1e6), "max_abs_diff": diff, "tokens": int(n_lat)}
+            out[f"batch1_serve_warps_{nw or 'default'}"] = _latency_summary(
+                *_serve_latencies(sm.model, densest, part, n_lat, num_warps=nw))
 
     def loop():
         from ..streaming.gpu_serve import ServeStepper, serve_support

@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 GPU_STEPS = ("auto", "serve", "fused", "unfused")
 
 
-def graph_stepper(model, n_streams: int, device, gpu_step: str = "auto", **kwargs):
+def gpu_stepper(model, n_streams: int, device, gpu_step: str = "auto", **kwargs):
     """The GPU stepper for ``--gpu-step``: a :class:`~evmamba.streaming.gpu_serve.ServeStepper` for ``serve``
     and, where it runs, for ``auto`` with one stream; else a :class:`~evmamba.streaming.gpu_step.GraphStepper`.
     Says on standard error which step runs (and why not the fused one, when ``auto`` fell back)."""
@@ -200,7 +200,7 @@ def _stream(args: argparse.Namespace) -> int:
     from ..streaming.loop import JsonLines, LiveView, LoopConfig, StreamLoop
 
     if device.startswith("cuda"):
-        stepper = graph_stepper(sm.model, 1, device, args.gpu_step)
+        stepper = gpu_stepper(sm.model, 1, device, args.gpu_step)
     else:
         stepper = FastStepper(sm.model)
     warm_up(stepper, sm.binning, sm.sensor_size)
@@ -257,7 +257,7 @@ def _throughput(args, sm, device: str) -> int:
     binned, bin_s = concurrent.bin_recordings(source.recordings, sm.sensor_size, sm.binning, sm.model.surface_config)
     t0 = time.perf_counter()
     if device.startswith("cuda"):
-        stepper = graph_stepper(sm.model, args.streams, device, args.gpu_step)
+        stepper = gpu_stepper(sm.model, args.streams, device, args.gpu_step)
         result = concurrent.run_gpu(stepper, binned, args.streams)
         result["gpu_step"] = stepper.step_kind
     else:

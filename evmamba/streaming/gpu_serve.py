@@ -52,6 +52,13 @@ SERVE_NUM_WARPS = 2
 ORDERED_HOSTS = ("x86_64", "amd64", "i686", "i386")
 
 
+def _unordered_host() -> str | None:
+    """Why this host cannot feed the serving loop (its stores may reach the GPU out of order), or None."""
+    if platform.machine().lower() in ORDERED_HOSTS:
+        return None
+    return f"the serving loop needs an x86-64 host (stores in program order); this one is {platform.machine()!r}"
+
+
 def serve_support(model) -> str | None:
     """Why :class:`ServeStepper` cannot run ``model`` on this machine (a message), or None if it can: the
     fused step must serve the model (:func:`~evmamba.streaming.gpu_step.fused_support`), the host must keep
@@ -60,9 +67,7 @@ def serve_support(model) -> str | None:
 
     if not torch.cuda.is_available():
         return "CUDA is not available"
-    if platform.machine().lower() not in ORDERED_HOSTS:
-        return f"the serving loop needs an x86-64 host (stores in program order); this one is {platform.machine()!r}"
-    return fused_support(model)
+    return _unordered_host() or fused_support(model)
 
 
 def _stop_loop(ctrl: np.ndarray, stream, timeout_s: float) -> bool:
@@ -112,9 +117,9 @@ class ServeStepper:
         if self.graphed:
             if not torch.cuda.is_available():
                 raise RuntimeError(f"{where}: CUDA is not available; use the CPU stepper (FastStepper) instead")
-            if platform.machine().lower() not in ORDERED_HOSTS:
-                raise ValueError(f"{where}: the serving loop needs a host whose stores reach the GPU in order "
-                                 f"(x86-64); this one is {platform.machine()!r} -- use GraphStepper")
+            why = _unordered_host()
+            if why is not None:
+                raise ValueError(f"{where}: {why} -- use GraphStepper")
         elif not INTERPRETING:
             raise ValueError(f"{where}: device {self.device} runs the loop only under TRITON_INTERPRET=1 (tests); "
                              f"use a CUDA device")
