@@ -88,7 +88,7 @@ def test_the_loop_serves_several_streams_in_lockstep():
     state = T.allocate_state(w, 3, DEV)
     records = T.pack_inputs(tok, dt, cnt, surf)
     pin = (lambda t: t.pin_memory()) if CUDA else (lambda t: t)  # noqa: E731
-    ring, inp = 4, pin(torch.zeros(3, 4, w.record))
+    ring, inp = 4, pin(torch.zeros(3, 4, w.record, dtype=torch.long))
     logits = pin(torch.full((3, 4, model.n_classes), float("nan")))
     ctrl, done = pin(torch.zeros(1, dtype=torch.long)), pin(torch.zeros(1, dtype=torch.long))
     stage = torch.zeros(3, w.record, device=DEV)
@@ -96,7 +96,7 @@ def test_the_loop_serves_several_streams_in_lockstep():
     cache = ref.allocate_inference_cache(3, dtype=torch.float64)
     for first, end in ((0, 4), (4, 7)):
         for t in range(first, end):
-            inp[:, t % ring] = records[:, t]
+            inp[:, t % ring] = torch.from_numpy(T.tag_records(records[:, t].numpy()[None], t)[0])
         ctrl[0] = -end - 1
         T.model_serve_triton(w, state, inp, logits, ctrl, done, stage, start=first)
         if CUDA:
@@ -148,18 +148,20 @@ def test_arguments_are_checked():
     w = pack(model, DEV)
     state = T.allocate_state(w, 1, DEV)
     host = lambda *shape, **kw: torch.zeros(*shape, **kw).pin_memory() if CUDA else torch.zeros(*shape, **kw)  # noqa: E731
-    inp = host(1, 4, w.record)
+    inp = host(1, 4, w.record, dtype=torch.long)
     lo = host(1, 4, model.n_classes)
     count = lambda: host(1, dtype=torch.long)  # noqa: E731
     stage = torch.zeros(1, w.record, device=DEV)
     with pytest.raises(ValueError, match="ctrl must be a \\(1,\\) int64 tensor; got torch.int32"):
         T.model_serve_triton(w, state, inp, lo, torch.zeros(1, dtype=torch.int32), count(), stage)
+    with pytest.raises(ValueError, match="inputs must be int64 with a contiguous last axis; got torch.float32"):
+        T.model_serve_triton(w, state, host(1, 4, w.record), lo, count(), count(), stage)
     with pytest.raises(ValueError, match="stage must be a contiguous float32 tensor of shape \\(1, 21\\)"):
         T.model_serve_triton(w, state, inp, lo, count(), count(), torch.zeros(1, 20, device=DEV))
     big = T.allocate_state(w, 17, DEV)
     with pytest.raises(ValueError, match="at most 16 streams"):
-        T.model_serve_triton(w, big, host(17, 4, w.record), host(17, 4, model.n_classes), count(), count(),
-                             torch.zeros(17, w.record, device=DEV))
+        T.model_serve_triton(w, big, host(17, 4, w.record, dtype=torch.long), host(17, 4, model.n_classes),
+                             count(), count(), torch.zeros(17, w.record, device=DEV))
 
 
 def test_on_the_cpu_only_under_the_interpreter(monkeypatch):
@@ -229,8 +231,38 @@ def test_rings_must_be_pinned_on_the_gpu():
     pinned = lambda *shape, **kw: torch.zeros(*shape, **kw).pin_memory()  # noqa: E731
     stage = torch.zeros(1, w.record, device="cuda")
     with pytest.raises(ValueError, match="inputs must be in pinned host memory .*; got unpinned host memory"):
-        T.model_serve_triton(w, state, torch.zeros(1, 4, w.record), pinned(1, 4, model.n_classes),
+        T.model_serve_triton(w, state, torch.zeros(1, 4, w.record, dtype=torch.long), pinned(1, 4, model.n_classes),
                              pinned(1, dtype=torch.long), pinned(1, dtype=torch.long), stage)
     with pytest.raises(ValueError, match="done must be in pinned host memory .*; got cuda:0"):
-        T.model_serve_triton(w, state, pinned(1, 4, w.record), pinned(1, 4, model.n_classes),
+        T.model_serve_triton(w, state, pinned(1, 4, w.record, dtype=torch.long), pinned(1, 4, model.n_classes),
                              pinned(1, dtype=torch.long), torch.zeros(1, dtype=torch.long, device="cuda"), stage)
+
+
+def test_record_words_carry_the_value_and_the_tag():
+    """A tagged word holds the float32 value's exact bits low and ``t % (2**31 - 1) + 1`` high (never 0, what a
+    fresh ring holds), as the kernel decodes them."""
+    vals = np.array([[3.0, -0.0, 1e-30], [np.inf, 7.5, -2.25]], np.float32)
+    words = T.tag_records(vals, 2**31 - 2)
+    assert words.dtype == np.int64 and words.shape == (2, 3)
+    assert np.array_equal((words & 0xFFFFFFFF).astype(np.uint32).view(np.float32).view(np.uint32),
+                          vals.view(np.uint32))
+    assert np.array_equal(words >> 32, [[2**31 - 1] * 3, [1] * 3])
+    assert T.record_tag(0) == 1 and T.record_tag(2**31 - 1) == 1
+    mark = np.array([T.LOGITS_MARK], np.uint32).view(np.float32)
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(mark[0]) and (mark * 1.0).view(np.uint32)[0] != T.LOGITS_MARK  # arithmetic quietens it
+
+
+def test_a_slot_written_before_a_reset_is_not_served_again():
+    """Tags keep counting over resets: the next token after a reset is the new one. (On a GPU the new loop is
+    launched before the host writes that token's record; were tags to restart at 0, the loop would find the
+    last loop's first record in slot 0 already carrying the tag it waits for.)"""
+    model = make_model(**CONFIGS["table-mean-zoh"])
+    tok, dt, cnt, _ = one_stream(model, 6)
+    with ServeStepper(copy.deepcopy(model), DEV, ring=4) as s:
+        first = s.run(tok[:1], dt[:1], cnt[:1]).logits
+        s.reset()
+        again = s.run(tok[3:4], dt[3:4], cnt[3:4]).logits
+    want = reference(model, tok, dt, cnt, None, start=3)[:1]
+    assert rel(torch.from_numpy(again), want) < TOL
+    assert not np.array_equal(first, again)

@@ -320,7 +320,7 @@ def _zero_copy_latencies(model, seq, part, n: int, num_warps: int | None = None,
     return lat, float(np.abs(got - _graph_logits(model, seq, n, surf, num_warps)).max())
 
 
-def _serve_latencies(model, seq, part, n: int, num_warps: int | None = None,
+def _serve_latencies(model, seq, part, n: int, num_warps: int | None = None, release: bool = False,
                      warm: int = 200) -> tuple[np.ndarray, float]:
     """Batch-1 token latencies (s) of the resident serving loop (:class:`~evmamba.streaming.gpu_serve.
     ServeStepper`) through its ``run`` with one token per call, as the stream loop calls it: from the call to
@@ -330,7 +330,7 @@ def _serve_latencies(model, seq, part, n: int, num_warps: int | None = None,
 
     surf = part(n)
     lat, got = np.empty(n), np.empty((n, model.n_classes), np.float32)
-    with ServeStepper(model, "cuda", num_warps=num_warps) as s:
+    with ServeStepper(model, "cuda", num_warps=num_warps, release=release) as s:
         for i, timed in _each_token(s, n, warm):
             one = slice(i, i + 1)
             t0 = time.perf_counter()
@@ -486,11 +486,17 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
 
     def serve():
         # The resident serving loop (what `evmamba stream` runs for one stream on a GPU by default): one token
-        # per run() call, from the call to the logits on the host; the default warps (2), 1 and 4.
+        # per run() call, from the call to the logits on the host: the default warps (2) without and with a
+        # fence after every token (release), three rounds taken in turn so that both see the same machine
+        # (their latencies pooled), then 1 and 4 warps once.
         n_lat = min(densest.num_tokens, 2000 if quick else 5000)
-        for nw in (None, 1, 4):
-            out[f"batch1_serve_warps_{nw or 'default'}"] = _latency_summary(
-                *_serve_latencies(sm.model, densest, part, n_lat, num_warps=nw))
+        rounds: dict[str, list] = {}
+        for nw, release in [(None, False), (None, True)] * 3 + [(1, False), (4, False)]:
+            key = f"batch1_serve_{'release_' if release else ''}warps_{nw or 'default'}"
+            rounds.setdefault(key, []).append(_serve_latencies(sm.model, densest, part, n_lat, num_warps=nw,
+                                                               release=release))
+        for key, runs in rounds.items():
+            out[key] = _latency_summary(np.concatenate([lat for lat, _ in runs]), max(d for _, d in runs))
 
     def loop():
         from ..streaming.gpu_serve import ServeStepper, serve_support

@@ -35,6 +35,7 @@ from __future__ import annotations
 import numbers
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -457,6 +458,16 @@ def model_step_kernel(
         tl.store(counter_ptr, 0, mask=last)
 
 
+#: Tags of the serving loop's records: token ``t``'s record carries ``t % TAG_MODULUS + 1`` (never 0, the value
+#: a fresh ring holds; a slot is rewritten every turn of the ring, long before a tag could repeat).
+TAG_MODULUS = 2**31 - 1
+
+
+def record_tag(t: int) -> int:
+    """The tag that marks token ``t``'s record in the serving loop's ring (:func:`model_serve_triton`)."""
+    return t % TAG_MODULUS + 1
+
+
 @triton.jit(do_not_specialize=["start"])
 def model_serve_kernel(
     inp_ptr, logits_ptr, ctrl_ptr, done_ptr, stage_ptr, start, ring,
@@ -471,18 +482,24 @@ def model_serve_kernel(
     KP: tl.constexpr, CP: tl.constexpr, FP: tl.constexpr, HP: tl.constexpr,
     EMBED: tl.constexpr, HAS_COUNT: tl.constexpr, NORM: tl.constexpr, READOUT: tl.constexpr,
     EVENT: tl.constexpr, METHOD: tl.constexpr, DOT: tl.constexpr, FAST: tl.constexpr, RECP: tl.constexpr,
+    TAG_MOD: tl.constexpr, RELEASE: tl.constexpr,
 ):
     """The serving loop (:func:`model_serve_triton`): one program that stays resident and steps its streams
-    through every token the host publishes in ``ctrl``, until the host asks it to stop.
+    through every token whose records the host has written, until the host asks it to stop.
 
-    ``ctrl`` (host memory): ``k >= 0`` -- tokens ``0 .. k - 1`` are published; ``-k - 1`` -- the same, then
-    stop. Token ``t``'s records and logits live in slot ``t % ring`` of the host rings. Each token's records are
-    first copied into ``stage`` (device memory, ``(B, 3 + F)``) and the step reads them from there: the ring's
-    cache lines may be stale (a slot is rewritten every turn of the ring, and a line read for one slot also
-    holds part of the next), so the ring is read with volatile loads only, one element per thread and all at
-    once (the step's own loads, with their many elements per thread, would be serialised over the bus). After
-    each token the program writes the count of tokens done into ``done`` with a system-scope release, so a host
-    that sees ``done > t`` also sees token ``t``'s logits."""
+    Each element of a record is one 64-bit word, the float32 value in its low half and the token's tag in its
+    high half. The program polls the next slot with volatile loads, one word per thread and all at once, and
+    steps the token as soon as every word carries its tag: the host writes each value before its tag, and an
+    aligned 64-bit word is read whole, so a tagged word holds the token's value. That is one trip over the bus
+    per token (no separate "published" count to read first). The values are first copied into ``stage``
+    (device memory, ``(B, 3 + F)``) and the step reads them from there (the step's own loads, with many
+    elements per thread, would be serialised over the bus, and the ring's cache lines may be stale).
+
+    ``ctrl`` (host memory) is read with every poll only to stop: ``-k - 1`` ends the loop once ``k`` tokens are
+    served. The logits go to the host ring with plain stores; the host knows they are complete when none of
+    the token's values still holds the marker it wrote there before the record (no fence per token). With
+    ``RELEASE`` the program also raises ``done`` to the count served after each token with a system-scope
+    release (the earlier protocol, kept for measurement); without it ``done`` is written once, at the end."""
     REC: tl.constexpr = F + 3
     j = tl.arange(0, BS * RECP)
     jb = tl.program_id(0).to(tl.int64) * BS + j // RECP
@@ -491,12 +508,13 @@ def model_serve_kernel(
     served = start.to(tl.int64)
     running = served >= 0
     while running:
-        # Volatile loads observe host writes (system scope); the published count only grows.
+        slot = served % ring
+        word = tl.load(inp_ptr + jb * s_in_b + slot * s_in_t + jf, mask=m_stage, other=0, volatile=True)
         c = tl.load(ctrl_ptr, volatile=True)
-        avail = tl.where(c < 0, -c - 1, c)
-        while served < avail:
-            slot = served % ring
-            x = tl.load(inp_ptr + jb * s_in_b + slot * s_in_t + jf, mask=m_stage, other=0.0, volatile=True)
+        tag = served % TAG_MOD + 1
+        fresh = tl.where(m_stage, (word >> 32) == tag, True).to(tl.int32)
+        if tl.min(fresh, axis=0) == 1:
+            x = word.to(tl.int32).to(tl.float32, bitcast=True)  # the low half: the value's bits
             tl.store(stage_ptr + jb * REC + jf, x, mask=m_stage)
             tl.debug_barrier()  # the staged records are complete before any thread reads them
             _token_step(
@@ -509,12 +527,14 @@ def model_serve_kernel(
                 NL, D, E, N, R, K, C, F, H, BS, DP, EP, NP, RP, KP, CP, FP, HP,
                 EMBED, HAS_COUNT, NORM, READOUT, EVENT, METHOD, DOT, FAST,
             )
-            # Every thread's stores (state, logits) come before the count that makes them visible; the next
-            # token's staging waits for this one's reads of the stage.
+            # The next token's staging waits for this one's reads of the stage.
             tl.debug_barrier()
             served += 1
-            tl.atomic_xchg(done_ptr, served, sem="release", scope="sys")
-        running = c >= 0
+            if RELEASE:
+                tl.atomic_xchg(done_ptr, served, sem="release", scope="sys")
+        else:
+            running = (c >= 0) | (served < -c - 1)
+    tl.store(done_ptr, served)
 
 
 # ----------------------------------------------------------------------------------------------- launch
@@ -528,9 +548,11 @@ def default_block_streams(n_streams: int) -> int:
     return min(16, next_pow2(n_streams))
 
 
-def _check_step_args(where: str, w: ModelStepWeights, state: dict, inputs, logits, dev) -> tuple[int, int]:
+def _check_step_args(where: str, w: ModelStepWeights, state: dict, inputs, logits, dev,
+                     record_dtype: torch.dtype = torch.float32) -> tuple[int, int]:
     """Shapes, dtypes and devices of a launch's records, logits, state and weights (not values: safe inside a
-    graph capture). ``dev`` is where the state and weights live. Returns ``(B, T)``."""
+    graph capture). ``dev`` is where the state and weights live; ``record_dtype`` the records' dtype (the
+    serving loop's are tagged int64). Returns ``(B, T)``."""
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 3 or inputs.shape[-1] != w.record:
         got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise ValueError(f"{where}: inputs must have shape (B, T, {w.record}); got {got}")
@@ -544,8 +566,9 @@ def _check_step_args(where: str, w: ModelStepWeights, state: dict, inputs, logit
         mapped = dev.type == "cuda" and t.device.type == "cpu" and t.is_pinned()
         if t.device != dev and not mapped:
             raise ValueError(f"{where}: {name} must be on {dev} or in pinned host memory; got {t.device}")
-    if inputs.dtype != torch.float32 or inputs.stride(-1) != 1:
-        raise ValueError(f"{where}: inputs must be float32 with a contiguous last axis")
+    if inputs.dtype != record_dtype or inputs.stride(-1) != 1:
+        name = str(record_dtype).replace("torch.", "")
+        raise ValueError(f"{where}: inputs must be {name} with a contiguous last axis; got {inputs.dtype}")
     if tuple(logits.shape) != (batch, steps, w.n_classes) or logits.dtype != torch.float32 or logits.stride(-1) != 1:
         raise ValueError(f"{where}: logits must be float32 of shape {(batch, steps, w.n_classes)}; "
                          f"got {logits.dtype} {tuple(logits.shape)}")
@@ -643,19 +666,26 @@ MAX_SERVE_STREAMS = 16
 
 def model_serve_triton(w: ModelStepWeights, state: dict, inputs: torch.Tensor, logits: torch.Tensor,
                        ctrl: torch.Tensor, done: torch.Tensor, stage: torch.Tensor, start: int = 0,
-                       num_warps: int | None = None) -> None:
+                       num_warps: int | None = None, release: bool = False) -> None:
     """Launch the serving loop: one resident program that steps ``B <= 16`` streams through every token the
-    host publishes, with no launch per token (the batch-1 latency path of the stream loop,
+    host writes, with no launch per token (the batch-1 latency path of the stream loop,
     :class:`~evmamba.streaming.gpu_serve.ServeStepper`).
 
-    ``inputs`` ``(B, ring, 3 + F)`` and ``logits`` ``(B, ring, C)`` float32 are rings in pinned host memory:
-    token ``t``'s records are read from, and its logits written to, slot ``t % ring``. ``ctrl`` and ``done``
-    are ``(1,)`` int64 pinned host tensors; ``stage`` a ``(B, 3 + F)`` float32 scratch tensor beside the state
-    (the kernel copies each token's records there). The host publishes tokens by raising ``ctrl[0]`` to their count
-    (after writing their records), and asks the loop to end with ``ctrl[0] = -count - 1`` (it serves every
-    published token first); the kernel raises ``done[0]`` to the count of tokens served after each, the
-    token's logits visible before it. ``start``: the first token's number (the count served so far; the
-    state in ``state`` is where those tokens left it).
+    ``inputs`` ``(B, ring, 3 + F)`` int64 and ``logits`` ``(B, ring, C)`` float32 are rings in pinned host
+    memory: token ``t``'s records are read from, and its logits written to, slot ``t % ring``. Each int64 of
+    ``inputs`` is a tagged value: the float32 record value's bits in the low 32 bits, ``record_tag(t)`` in the
+    high 32 (:func:`tag_records`); the host writes a slot's values before its tags, and the kernel steps token
+    ``t`` once all its words carry ``t``'s tag. Before publishing a token the host fills its logits slot with
+    :data:`LOGITS_MARK`'s bits; the token is served once no value of the slot holds them (no value the model
+    computes does: the marker is a signalling NaN, which arithmetic never returns).
+
+    ``ctrl`` and ``done`` are ``(1,)`` int64 pinned host tensors: the host keeps ``ctrl[0]`` at the count of
+    tokens written and asks the loop to end with ``ctrl[0] = -count - 1`` (it serves every token written
+    first); the kernel writes the count served into ``done[0]`` when it ends, and with ``release`` after every
+    token too, with a system-scope release (a fence per token; the host does not need it). ``stage`` is a
+    ``(B, 3 + F)`` float32 scratch tensor beside the state (the kernel copies each token's records there).
+    ``start``: the first token's number (the count served so far by earlier loops on this ring; the state in
+    ``state`` is where those tokens left it).
 
     On a GPU the launch returns at once and the kernel runs until stopped: the caller must stop it (and wait
     for its stream) before anything synchronises the whole device. Under ``TRITON_INTERPRET=1`` the launch
@@ -673,7 +703,7 @@ def model_serve_triton(w: ModelStepWeights, state: dict, inputs: torch.Tensor, l
         if isinstance(t, torch.Tensor) and dev.type == "cuda" and not (t.device.type == "cpu" and t.is_pinned()):
             raise ValueError(f"{where}: {name} must be in pinned host memory (the host writes or reads it while "
                              f"the kernel runs); got {'unpinned host memory' if t.device.type == 'cpu' else t.device}")
-    batch, ring = _check_step_args(where, w, state, inputs, logits, dev)
+    batch, ring = _check_step_args(where, w, state, inputs, logits, dev, record_dtype=torch.int64)
     if not isinstance(stage, torch.Tensor) or tuple(stage.shape) != (batch, w.record) or \
             stage.dtype != torch.float32 or not stage.is_contiguous() or stage.device != dev:
         got = f"{stage.dtype} {tuple(stage.shape)} on {stage.device}" if isinstance(stage, torch.Tensor) else \
@@ -689,9 +719,24 @@ def model_serve_triton(w: ModelStepWeights, state: dict, inputs: torch.Tensor, l
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
     model_serve_kernel[(1,)](inputs, logits, ctrl, done, stage, start, ring, *args, RECP=next_pow2(w.record),
-                             **consts)
+                             TAG_MOD=TAG_MODULUS, RELEASE=bool(release), **consts)
 
 
-__all__ = ["DISCRETIZATIONS", "EMBED_CODES", "MAX_SERVE_STREAMS", "METHOD_CODES", "NORM_CODES", "READOUT_CODES",
-           "ModelStepWeights", "allocate_state", "default_block_streams", "model_serve_triton", "model_step_triton",
-           "pack_inputs", "write_records", "pack_inputs_time_major"]
+#: What the host writes into a logits slot of the serving loop before publishing its token: a signalling NaN
+#: (float32 bits ``0x7FBADBAD``), a value no arithmetic returns, so a slot free of it holds the token's logits.
+LOGITS_MARK = 0x7FBADBAD
+
+
+def tag_records(values: np.ndarray, first: int) -> np.ndarray:
+    """Tagged int64 words of the serving loop's ring (:func:`model_serve_triton`) for records ``values``
+    ``(T, ..., 3 + F)`` float32 of tokens ``first .. first + T - 1``: the value's bits low, the tag high."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    tags = np.array([record_tag(first + i) for i in range(values.shape[0])], np.int64)
+    tags = tags.reshape((-1,) + (1,) * (values.ndim - 1))
+    return (tags << 32) | values.view(np.uint32).astype(np.int64)
+
+
+__all__ = ["DISCRETIZATIONS", "EMBED_CODES", "LOGITS_MARK", "MAX_SERVE_STREAMS", "METHOD_CODES", "NORM_CODES",
+           "READOUT_CODES", "TAG_MODULUS", "ModelStepWeights", "allocate_state", "default_block_streams",
+           "model_serve_triton", "model_step_triton", "pack_inputs", "pack_inputs_time_major", "record_tag",
+           "tag_records", "write_records"]

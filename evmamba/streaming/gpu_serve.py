@@ -5,15 +5,16 @@ starts) on top of the step itself. :class:`ServeStepper` launches the fused step
 (:func:`~evmamba.kernels.triton_model_step.model_serve_triton`) once: one program stays resident on the GPU
 and waits for tokens. The host talks to it through pinned host memory only:
 
-* a ring of ``ring`` input records and a ring of logits (token ``t`` in slot ``t % ring``);
-* ``ctrl``: the count of tokens published (written by the host after their records; ``-count - 1`` asks the
-  loop to end after serving them);
-* ``done``: the count of tokens served (written by the kernel after each token's logits, with a system-scope
-  release, so a host that reads ``done > t`` finds token ``t``'s logits in the ring).
+* a ring of ``ring`` input records and a ring of logits (token ``t`` in slot ``t % ring``). Every value of a
+  record is written with the token's *tag* beside it in the same 64-bit word, value first: the loop steps
+  token ``t`` as soon as its slot's words all carry ``t``'s tag, so one read over the bus both finds the token
+  and fetches it. The logits slot is filled with a marker (a signalling NaN no arithmetic returns) before the
+  record is written; the token is served when no logit holds the marker any more, so the kernel needs no fence;
+* ``ctrl``: the count of tokens written (``-count - 1`` asks the loop to end after serving them).
 
-A token therefore costs the host a few stores and a spin on ``done``, and the GPU a read of the record over
-the bus (copied into a small device buffer first, one volatile load per thread: the ring's cache lines may be
-stale), the step, and a write of the logits: no launch, no copy, no synchronisation call.
+A token therefore costs the host a few stores and a spin on its logits, and the GPU one read of the record
+over the bus (copied into a small device buffer first, one volatile load per thread: the ring's cache lines
+may be stale), the step, and a write of the logits: no launch, no copy, no synchronisation call, no fence.
 
 Chunks longer than half the ring are published half a ring at a time, so the kernel works on one half while
 the host fills the other and collects the logits of the half before. :meth:`ServeStepper.reset` ends the
@@ -91,7 +92,9 @@ class ServeStepper:
 
     ``ring``: records (and logits) in flight, at least 2; ``num_warps``: warps of the serving program (default
     :data:`SERVE_NUM_WARPS`); ``timeout_s``: how long the host waits for a token before it raises
-    ``RuntimeError`` (the GPU is busy with other work, or the loop is gone). ``ValueError`` if the fused step
+    ``RuntimeError`` (the GPU is busy with other work, or the loop is gone); ``release``: the kernel also
+    publishes a count served after every token with a system-scope fence (the earlier protocol; the host does
+    not need it, the benchmark times it). ``ValueError`` if the fused step
     does not serve the model (the setting is named; :class:`~evmamba.streaming.gpu_step.GraphStepper` runs it
     unfused)."""
 
@@ -100,7 +103,8 @@ class ServeStepper:
     fused = True
     fallback_reason = None
 
-    def __init__(self, model, device="cuda", ring: int = 256, num_warps: int | None = None, timeout_s: float = 5.0):
+    def __init__(self, model, device="cuda", ring: int = 256, num_warps: int | None = None, timeout_s: float = 5.0,
+                 release: bool = False):
         from ..kernels import triton_model_step as T
         from ..kernels.triton_primitives import INTERPRETING
         from .gpu_step import fused_support, pack
@@ -130,20 +134,29 @@ class ServeStepper:
         self.vocab_size, self.n_classes = model.vocab_size, model.n_classes
         self.n_surface = model.embedding.n_surface if model.embedding.needs_surfaces else 0
         self.surface_config = model.surface_config
-        self.ring, self.timeout_s = ring, float(timeout_s)
+        self.ring, self.timeout_s, self.release = ring, float(timeout_s), bool(release)
         self.num_warps = SERVE_NUM_WARPS if num_warps is None else num_warps
         self.weights = w = pack(self.model, self.device)
         self.cache = T.allocate_state(w, 1, self.device)
         pin = (lambda t: t.pin_memory()) if self.graphed else (lambda t: t)  # noqa: E731
-        self._inp = pin(torch.zeros(1, ring, w.record, dtype=torch.float32))
+        self._inp = pin(torch.zeros(1, ring, w.record, dtype=torch.int64))
         self._logits = pin(torch.zeros(1, ring, self.n_classes, dtype=torch.float32))
         self._ctrl = pin(torch.zeros(1, dtype=torch.int64))
         self._done = pin(torch.zeros(1, dtype=torch.int64))
         self._stage = torch.zeros(1, w.record, dtype=torch.float32, device=self.device)
-        # numpy views of the pinned buffers: the host's per-token work is plain stores and loads.
-        self._rec, self._out = self._inp.numpy()[0], self._logits.numpy()[0]
-        self._c, self._d = self._ctrl.numpy(), self._done.numpy()
-        self._published = 0  # tokens published to the current loop
+        # numpy views of the pinned buffers: the host's per-token work is plain stores and loads. A record word
+        # is (value, tag) as two 32-bit halves, low first (x86-64 is little-endian).
+        words = self._inp.numpy()[0]
+        self._rec = words.view(np.float32).reshape(ring, w.record, 2)[..., 0]
+        self._tags = words.view(np.int32).reshape(ring, w.record, 2)[..., 1]
+        self._out = self._logits.numpy()[0]
+        self._marks = self._out.view(np.uint32)
+        self._mark, self._tag_modulus = T.LOGITS_MARK, T.TAG_MODULUS
+        self._marks[:] = self._mark
+        self._c = self._ctrl.numpy()
+        # Tokens written to this ring, over every loop it has served: tags never repeat, so a slot written
+        # before a reset can never pass for a new token.
+        self._published = 0
         self._running = False
         self._stream = torch.cuda.Stream(self.device) if self.graphed else None
         self._finalizer = None
@@ -153,13 +166,12 @@ class ServeStepper:
         from ..kernels.triton_model_step import model_serve_triton
 
         model_serve_triton(self.weights, self.cache, self._inp, self._logits, self._ctrl, self._done, self._stage,
-                           start=start, num_warps=self.num_warps)
+                           start=start, num_warps=self.num_warps, release=self.release)
 
     def _ensure_running(self) -> None:
         if self._running or not self.graphed:
             return
         self._c[0] = self._published
-        self._d[0] = self._published
         # The state's last change (a reset, the packing) is queued on the current stream: the loop waits for it.
         self._stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self._stream):
@@ -186,16 +198,22 @@ class ServeStepper:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _wait(self, count: int) -> None:
-        """Spin until ``count`` tokens are served."""
-        d = self._d
-        if d[0] >= count:
-            return
-        deadline = time.perf_counter() + self.timeout_s
-        while d[0] < count:
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"ServeStepper: token {count - 1} was not served within {self.timeout_s} s "
-                                   f"(served {int(d[0])}); is the GPU busy with other work?")
+    def _wait(self, slots, last: int) -> None:
+        """Spin until the logits slots ``slots`` (an index or an index array) hold no marker; ``last``: the latest
+        token among them (for the error)."""
+        deadline = None
+        while self._pending(slots):
+            if deadline is None:
+                deadline = time.perf_counter() + self.timeout_s
+            elif time.perf_counter() > deadline:
+                raise RuntimeError(f"ServeStepper: token {last} was not served within {self.timeout_s} s; is the "
+                                   f"GPU busy with other work?")
+
+    def _pending(self, slots) -> bool:
+        """Whether a logits slot of ``slots`` (an index or an index array) still holds the marker."""
+        marks = self._marks[slots]
+        # One slot: a list search is several times quicker than numpy's compare-and-any on a few values.
+        return self._mark in marks.tolist() if marks.ndim == 1 else bool((marks == self._mark).any())
 
     # ------------------------------------------------------------------------------------------ steps
     def run(self, tokens, dt, counts=None, need=None, stream: int = 0, copy: bool = True, check: bool = True,
@@ -235,12 +253,13 @@ class ServeStepper:
                 # The slots of this piece still hold the piece before the last one: collect it first.
                 self._collect(k0, starts[p - 2], starts[p - 2] + piece, index, out)
             rec, slots = self._rec, (k0 + np.arange(s, e)) % ring
+            self._marks[slots] = self._mark
             rec[slots, 0] = tokens[s:e]
             rec[slots, 1] = dt[s:e]
             rec[slots, 2] = 1.0 if counts is None else counts[s:e]
             if self.n_surface:
                 rec[slots, 3:] = surfaces[s:e]
-            self._publish(k0 + s, k0 + e)
+            self._publish(k0 + s, k0 + e, slots)
         for p in range(max(len(starts) - 2, 0), len(starts)):
             self._collect(k0, starts[p], min(n, starts[p] + piece), index, out)
         return StepOutput(out, index)
@@ -251,18 +270,31 @@ class ServeStepper:
         self._ensure_running()
         k = self._published
         slot = k % self.ring  # free: every call waits for its tokens before it returns
+        marks, mark = self._marks[slot], self._mark
+        marks.fill(mark)
         r = self._rec[slot]
         r[0], r[1], r[2] = tokens[0], dt[0], 1.0 if counts is None else counts[0]
         if self.n_surface:
             r[3:] = surfaces[0]
-        self._publish(k, k + 1)
-        self._wait(k + 1)
+        self._publish(k, k + 1, slot)
+        if self.graphed:
+            # Spin on one logit first (a scalar read is quicker than a check of the whole slot), a bounded
+            # number of times; then on all of them (they arrive in no particular order), with the timeout.
+            spins = 0
+            while marks[-1] == mark and spins < 1_000_000:
+                spins += 1
+        self._wait(slot, k)
         if need is None or need[0]:
             return StepOutput(self._out[slot:slot + 1].copy(), np.zeros(1, np.int64))
         return StepOutput(np.empty((0, self.n_classes), np.float32), np.zeros(0, np.int64))
 
-    def _publish(self, first: int, end: int) -> None:
-        """Tokens ``first .. end - 1`` have their records in the ring: hand them to the loop."""
+    def _publish(self, first: int, end: int, slots) -> None:
+        """Tokens ``first .. end - 1`` have their values in the ring at ``slots``: tag them (after the values:
+        the host's stores reach the GPU in order), which hands them to the loop."""
+        if isinstance(slots, int):
+            self._tags[slots].fill(first % self._tag_modulus + 1)  # a view: fill() is the quickest store
+        else:
+            self._tags[slots] = (np.arange(first, end) % self._tag_modulus + 1)[:, None]
         self._published = end
         if self.graphed:
             self._c[0] = end
@@ -273,7 +305,7 @@ class ServeStepper:
 
     def _collect(self, k0: int, s: int, e: int, index: np.ndarray, out: np.ndarray) -> None:
         """Wait for tokens ``k0 + s .. k0 + e - 1`` and copy the logits of those asked for into ``out``."""
-        self._wait(k0 + e)
+        self._wait((k0 + np.arange(s, e)) % self.ring, k0 + e - 1)
         lo, hi = np.searchsorted(index, (s, e))
         if hi > lo:
             out[lo:hi] = self._out[(k0 + index[lo:hi]) % self.ring]
@@ -287,7 +319,6 @@ class ServeStepper:
         self.close()
         for v in self.cache.values():
             v.zero_()
-        self._published = 0
 
     def __del__(self) -> None:
         if not getattr(self, "_running", False):  # also a stepper whose constructor raised
