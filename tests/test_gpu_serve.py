@@ -266,3 +266,16 @@ def test_a_slot_written_before_a_reset_is_not_served_again():
     want = reference(model, tok, dt, cnt, None, start=3)[:1]
     assert rel(torch.from_numpy(again), want) < TOL
     assert not np.array_equal(first, again)
+
+
+def test_with_and_without_the_fence_the_logits_are_the_same():
+    """The per-token fence (``release``) only changes when the logits reach the host, not what they are."""
+    model = make_model(**CONFIGS["table-mean-zoh"])
+    tok, dt, cnt, _ = one_stream(model, 7)
+    got = []
+    for release in (True, False):
+        with ServeStepper(copy.deepcopy(model), DEV, ring=4, release=release) as s:
+            assert s.release is release
+            got.append(run_chunks(s, tok, dt, cnt, None, [1, 6])[0])
+    assert np.array_equal(got[0], got[1])
+    assert rel(torch.from_numpy(got[0]), reference(model, tok, dt, cnt, None)) < TOL

@@ -320,7 +320,7 @@ def _zero_copy_latencies(model, seq, part, n: int, num_warps: int | None = None,
     return lat, float(np.abs(got - _graph_logits(model, seq, n, surf, num_warps)).max())
 
 
-def _serve_latencies(model, seq, part, n: int, num_warps: int | None = None, release: bool = False,
+def _serve_latencies(model, seq, part, n: int, num_warps: int | None = None, release: bool | None = None,
                      warm: int = 200) -> tuple[np.ndarray, float]:
     """Batch-1 token latencies (s) of the resident serving loop (:class:`~evmamba.streaming.gpu_serve.
     ServeStepper`) through its ``run`` with one token per call, as the stream loop calls it: from the call to
@@ -486,13 +486,13 @@ def bench_gpu(sm, recs, quick: bool, n_streams: int, gpu_step: str = "auto", blo
 
     def serve():
         # The resident serving loop (what `evmamba stream` runs for one stream on a GPU by default): one token
-        # per run() call, from the call to the logits on the host: the default warps (2) without and with a
-        # fence after every token (release), three rounds taken in turn so that both see the same machine
+        # per run() call, from the call to the logits on the host: the defaults (2 warps, a fence after every
+        # token) and the same without the fence, three rounds taken in turn so that both see the same machine
         # (their latencies pooled), then 1 and 4 warps once.
         n_lat = min(densest.num_tokens, 2000 if quick else 5000)
         rounds: dict[str, list] = {}
-        for nw, release in [(None, False), (None, True)] * 3 + [(1, False), (4, False)]:
-            key = f"batch1_serve_{'release_' if release else ''}warps_{nw or 'default'}"
+        for nw, release in [(None, None), (None, False)] * 3 + [(1, None), (4, None)]:
+            key = f"batch1_serve_{'no_fence_' if release is False else ''}warps_{nw or 'default'}"
             rounds.setdefault(key, []).append(_serve_latencies(sm.model, densest, part, n_lat, num_warps=nw,
                                                                release=release))
         for key, runs in rounds.items():

@@ -499,7 +499,8 @@ def model_serve_kernel(
     served. The logits go to the host ring with plain stores; the host knows they are complete when none of
     the token's values still holds the marker it wrote there before the record (no fence per token). With
     ``RELEASE`` the program also raises ``done`` to the count served after each token with a system-scope
-    release (the earlier protocol, kept for measurement); without it ``done`` is written once, at the end."""
+    release, which pushes the logits out to the host at once (faster in practice, not needed for correctness);
+    without it ``done`` is written once, at the end."""
     REC: tl.constexpr = F + 3
     j = tl.arange(0, BS * RECP)
     jb = tl.program_id(0).to(tl.int64) * BS + j // RECP
@@ -682,7 +683,8 @@ def model_serve_triton(w: ModelStepWeights, state: dict, inputs: torch.Tensor, l
     ``ctrl`` and ``done`` are ``(1,)`` int64 pinned host tensors: the host keeps ``ctrl[0]`` at the count of
     tokens written and asks the loop to end with ``ctrl[0] = -count - 1`` (it serves every token written
     first); the kernel writes the count served into ``done[0]`` when it ends, and with ``release`` after every
-    token too, with a system-scope release (a fence per token; the host does not need it). ``stage`` is a
+    token too, with a system-scope release (a fence per token: the host does not need the count, but the fence
+    gets the logits to it sooner). ``stage`` is a
     ``(B, 3 + F)`` float32 scratch tensor beside the state (the kernel copies each token's records there).
     ``start``: the first token's number (the count served so far by earlier loops on this ring; the state in
     ``state`` is where those tokens left it).

@@ -9,12 +9,15 @@ and waits for tokens. The host talks to it through pinned host memory only:
   record is written with the token's *tag* beside it in the same 64-bit word, value first: the loop steps
   token ``t`` as soon as its slot's words all carry ``t``'s tag, so one read over the bus both finds the token
   and fetches it. The logits slot is filled with a marker (a signalling NaN no arithmetic returns) before the
-  record is written; the token is served when no logit holds the marker any more, so the kernel needs no fence;
+  record is written; the token is served when no logit holds the marker any more, whatever order the logits
+  arrive in. The kernel still ends every token with a system-scope fence (a count of tokens served, released
+  to host memory): not for correctness, but because it pushes the logits out at once -- without it a token
+  took about 1 µs longer at the median in both runs that compared them (:data:`SERVE_RELEASE`);
 * ``ctrl``: the count of tokens written (``-count - 1`` asks the loop to end after serving them).
 
 A token therefore costs the host a few stores and a spin on its logits, and the GPU one read of the record
 over the bus (copied into a small device buffer first, one volatile load per thread: the ring's cache lines
-may be stale), the step, and a write of the logits: no launch, no copy, no synchronisation call, no fence.
+may be stale), the step, and a write of the logits: no launch, no copy, no synchronisation call.
 
 Chunks longer than half the ring are published half a ring at a time, so the kernel works on one half while
 the host fills the other and collects the logits of the half before. :meth:`ServeStepper.reset` ends the
@@ -49,6 +52,11 @@ from .steppers import StepOutput
 #: model, one run of ``evmamba bench stream`` gave p50 17.9 µs with 2 warps against 21.6 (1) and 23.0 (4); the
 #: figures in docs/benchmarks.md come from a later run.
 SERVE_NUM_WARPS = 2
+#: Whether the serving program ends every token with a system-scope release of its served count. The host waits
+#: on the logits themselves either way; the fence only makes them arrive sooner. Two runs of ``evmamba bench
+#: stream`` on H200s, each variant in turn: p50 15.9 against 17.1 µs, and 16.9 against 18.0 µs (6 000 tokens
+#: each) with the fence.
+SERVE_RELEASE = True
 #: Hosts whose stores reach the GPU in program order (total store order).
 ORDERED_HOSTS = ("x86_64", "amd64", "i686", "i386")
 
@@ -92,9 +100,9 @@ class ServeStepper:
 
     ``ring``: records (and logits) in flight, at least 2; ``num_warps``: warps of the serving program (default
     :data:`SERVE_NUM_WARPS`); ``timeout_s``: how long the host waits for a token before it raises
-    ``RuntimeError`` (the GPU is busy with other work, or the loop is gone); ``release``: the kernel also
-    publishes a count served after every token with a system-scope fence (the earlier protocol; the host does
-    not need it, the benchmark times it). ``ValueError`` if the fused step
+    ``RuntimeError`` (the GPU is busy with other work, or the loop is gone); ``release``: whether the kernel
+    ends every token with a system-scope release (default :data:`SERVE_RELEASE`; the results are the same,
+    only the latency differs). ``ValueError`` if the fused step
     does not serve the model (the setting is named; :class:`~evmamba.streaming.gpu_step.GraphStepper` runs it
     unfused)."""
 
@@ -104,7 +112,7 @@ class ServeStepper:
     fallback_reason = None
 
     def __init__(self, model, device="cuda", ring: int = 256, num_warps: int | None = None, timeout_s: float = 5.0,
-                 release: bool = False):
+                 release: bool | None = None):
         from ..kernels import triton_model_step as T
         from ..kernels.triton_primitives import INTERPRETING
         from .gpu_step import fused_support, pack
@@ -134,7 +142,8 @@ class ServeStepper:
         self.vocab_size, self.n_classes = model.vocab_size, model.n_classes
         self.n_surface = model.embedding.n_surface if model.embedding.needs_surfaces else 0
         self.surface_config = model.surface_config
-        self.ring, self.timeout_s, self.release = ring, float(timeout_s), bool(release)
+        self.ring, self.timeout_s = ring, float(timeout_s)
+        self.release = SERVE_RELEASE if release is None else bool(release)
         self.num_warps = SERVE_NUM_WARPS if num_warps is None else num_warps
         self.weights = w = pack(self.model, self.device)
         self.cache = T.allocate_state(w, 1, self.device)
@@ -329,4 +338,4 @@ class ServeStepper:
             warnings.warn(f"ServeStepper: {exc}", RuntimeWarning, stacklevel=1)
 
 
-__all__ = ["ORDERED_HOSTS", "SERVE_NUM_WARPS", "ServeStepper", "serve_support"]
+__all__ = ["ORDERED_HOSTS", "SERVE_NUM_WARPS", "SERVE_RELEASE", "ServeStepper", "serve_support"]
