@@ -20,7 +20,7 @@ for run in synthetic-s0 nmnist_small-s0 nmnist_small_frames-s0; do   # per-class
 done
 
 if [[ ${2:-} == export ]]; then  # the committed checkpoints: the seed chosen on validation (see docs/training.md)
-    cp "$out/nmnist_small-s1/model.pt" checkpoints/nmnist_small.pt
+    cp "$out/nmnist_small-s2/model.pt" checkpoints/nmnist_small.pt
     cp "$out/poker_dvs-f0-s0/model.pt" checkpoints/poker_dvs.pt
     cp "$out/dvsgesture_samples/model.pt" checkpoints/dvsgesture.pt
     ls -l checkpoints
