@@ -15,6 +15,7 @@ from evmamba.datasets.base import EventDataset
 from evmamba.model.classifier import EventClassifier
 from evmamba.model.memory import training_step_bytes
 from evmamba.pipeline import BinningConfig, bin_events, make_events
+from evmamba.pipeline.augment import AugmentConfig
 from evmamba.pipeline.token_counts import token_counts
 from evmamba.training import auto
 from evmamba.training.settings import train_settings
@@ -202,6 +203,19 @@ def test_explicit_keys_win_and_are_not_reported():
     assert chosen["train"]["batch_tokens"] >= 3 * np.median(tokens)
 
 
+def test_cameras_get_augmentation_and_spike_data_none():
+    cam = auto.choose_augment((34, 34, 2), None)
+    assert cam.values == {"max_shift": 2, "max_rotation_deg": 15.0, "scale": [0.9, 1.1], "drop_rate": 0.2}
+    assert [r.split(" = ")[0] for r in cam.reasons] == ["augment.max_shift", "augment.max_rotation_deg",
+                                                        "augment.scale", "augment.drop_rate"]
+    # the translation follows the smaller side (6 %)
+    assert [auto.choose_augment(s, None).values["max_shift"] for s in [(304, 240, 2), (1280, 720, 2), (8, 8, 1)]] \
+        == [14, 43, 1]
+    assert auto.choose_augment((700, 1, 1), None).values == {}  # spike channels: nothing validated, nothing chosen
+    assert auto.choose_augment((34, 34, 2), {}).values == {}  # the config's own (empty) section
+    AugmentConfig.from_dict(cam.values, source="test").check_sensor((34, 34, 2), "test")
+
+
 def test_downsampling_keeps_a_small_grid():
     assert [
         auto.choose_downsample(s)[0]
@@ -249,8 +263,14 @@ def test_a_dataset_only_config_resolves_to_a_complete_checked_config(tmp_path):
                               progress=False, echo=lines.append)
     check_config(cfg)
     assert cfg.dataset.test_fraction == auto.FOLDER_TEST_FRACTION and cfg.train.auto is False
-    assert list(cfg)[:4] == ["dataset", "binning", "model", "train"]
+    assert list(cfg)[:5] == ["dataset", "binning", "model", "augment", "train"]
     assert {"downsample", "bin_us", "time_unit"} <= set(cfg.binning) and "d_model" in cfg.model
+    assert dict(cfg.augment) == {"max_shift": 2, "max_rotation_deg": 15.0, "scale": [0.9, 1.1], "drop_rate": 0.2}
+    assert any(line.startswith("auto: augment.max_shift = 2: random translation by up to 2 px") for line in lines)
+    # an augment section of the config's own, even an empty one, is kept as it is
+    own = auto.resolve_config({"dataset": {"name": "folder", "root": str(tmp_path / "data")}, "augment": {}},
+                              progress=False, echo=None)
+    assert dict(own.augment) == {}
     assert lines[0].startswith("auto: folder: 10 training recordings of 2 classes, sensor 32 x 32 x 2")
     assert any(line.startswith("auto: dataset.test_fraction = 0.2") for line in lines)
     # resolving the resolved config changes nothing

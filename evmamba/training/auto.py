@@ -33,7 +33,12 @@ What is chosen, in order (the constants below hold the thresholds):
   :data:`MEMORY_SHARE` of the memory available), ``epochs`` (about :data:`TARGET_STEPS` optimizer steps),
   ``lr``, warmup, ``ema_decay`` (the moving average of the weights that is validated and shipped spans about
   a tenth of the run's steps: :data:`EMA_SHARE`), ``val_fraction`` (10 % from 500 training recordings on) and
-  ``test_every``.
+  ``test_every``;
+* ``augment`` -- only when the config has no ``augment`` section at all: on a camera (a 2-D sensor) random
+  translation by up to :data:`AUGMENT_SHIFT_SHARE` of the smaller side, rotation by up to 15 degrees, zoom
+  by 0.9-1.1 and a 20 % event drop (:data:`CAMERA_AUGMENT`, chosen on validation: docs/training.md); 1-D
+  spike data get none (nothing to validate such a choice on). An ``augment`` section, even an empty one,
+  is the config's own choice and is kept as it is.
 
 The model's embedding is chosen in one place, :data:`DEFAULT_EMBEDDING` inside
 :func:`default_model_section`.
@@ -437,6 +442,38 @@ def choose_train(stats: DataStats, binning: BinningConfig, model_section: Mappin
     return out
 
 
+#: Augmentation a dataset-only config gets on a camera, besides the translation (:func:`choose_augment`). Chosen
+#: against none on the validation splits of the N-MNIST subset and the POKER-DVS kAER folder, 3 seeds each
+#: (docs/training.md, "Sixth round").
+CAMERA_AUGMENT = {"max_rotation_deg": 15.0, "scale": [0.9, 1.1], "drop_rate": 0.2}
+#: Largest random translation of a camera's events, as a share of its smaller side (2 px at 34 x 34, 14 at
+#: 304 x 240: about what the N-MNIST and POKER-DVS configs use by hand).
+AUGMENT_SHIFT_SHARE = 0.06
+
+
+def choose_augment(sensor_size, given: Mapping[str, Any] | None) -> Choice:
+    """The ``augment`` section of a config that has none (``given`` None): :data:`CAMERA_AUGMENT` and a
+    translation on a 2-D sensor ``(W, H, P)``, nothing on 1-D spike data (``H == 1``). A config's own
+    section, even an empty one, is kept (an empty choice)."""
+    out = Choice()
+    if given is not None:
+        return out
+    w, h = int(sensor_size[0]), int(sensor_size[1])
+    if h == 1 or w == 1:
+        return out
+    shift = max(1, round(AUGMENT_SHIFT_SHARE * min(w, h)))
+    why = "random {} of the training events (a camera: the same scene moved, turned or thinned is the same class)"
+    out.set("max_shift", shift, why.format(f"translation by up to {shift} px ({AUGMENT_SHIFT_SHARE:.0%} of the "
+                                           f"smaller side)"), "augment")
+    out.set("max_rotation_deg", CAMERA_AUGMENT["max_rotation_deg"],
+            why.format(f"rotation by up to {CAMERA_AUGMENT['max_rotation_deg']:g} degrees"), "augment")
+    out.set("scale", list(CAMERA_AUGMENT["scale"]), why.format("zoom by {:g}-{:g}".format(*CAMERA_AUGMENT["scale"])),
+            "augment")
+    out.set("drop_rate", CAMERA_AUGMENT["drop_rate"],
+            why.format(f"drop of {CAMERA_AUGMENT['drop_rate']:.0%} of the events"), "augment")
+    return out
+
+
 def choose_validation(n_recordings: int, given_train: Mapping[str, Any]) -> Choice:
     """``train.val_fraction`` when the config gives neither it nor ``train.val_split``: 10 % of a training
     split of 500 recordings or more, else none."""
@@ -470,9 +507,11 @@ def choose_settings(train_dataset, given: Mapping[str, Mapping[str, Any]], *, av
                     progress: bool = True) -> tuple[dict[str, dict[str, Any]], list[str], DataStats]:
     """Look at ``train_dataset`` (an event dataset: the training split) and choose the ``binning``, ``model``
     and ``train`` keys that ``given`` (``{"binning": {...}, "model": {...}, "train": {...}}``, the
-    config's own keys) leaves out. Returns ``({section: chosen keys}, reasons, stats)``; the first reason
+    config's own keys) leaves out, and the ``augment`` section when ``given`` has no ``"augment"`` entry
+    (:func:`choose_augment`). Returns ``({section: chosen keys}, reasons, stats)``; the first reason
     describes the data, then one per chosen key. ``available_bytes`` bounds the batch budget (None: no
     bound)."""
+    augment_given = given.get("augment")
     given = {name: dict(given.get(name) or {}) for name in ("binning", "model", "train")}
     sensor = tuple(int(v) for v in train_dataset.sensor_size)
     k_given = given["binning"].get("downsample")
@@ -491,8 +530,10 @@ def choose_settings(train_dataset, given: Mapping[str, Mapping[str, Any]], *, av
     model_choice = default_model_section(stats, binning, given["model"])
     model_section = {**model_choice.values, **given["model"]}
     train_choice = choose_train(stats, binning, model_section, given["train"], available_bytes)
-    reasons += bin_choice.reasons + model_choice.reasons + train_choice.reasons
-    chosen = {"binning": bin_choice.values, "model": model_choice.values, "train": train_choice.values}
+    augment_choice = choose_augment(sensor, augment_given)
+    reasons += bin_choice.reasons + model_choice.reasons + augment_choice.reasons + train_choice.reasons
+    chosen = {"binning": bin_choice.values, "model": model_choice.values, "augment": augment_choice.values,
+              "train": train_choice.values}
     return chosen, reasons, stats
 
 
@@ -528,6 +569,8 @@ def resolve_config(cfg, *, progress: bool = True, echo: Callable[[str], None] | 
 
     say = echo or (lambda line: None)
     given = {name: section(cfg, name) for name in ("dataset", "binning", "model", "train")}
+    # An augment section the config gives, even an empty one, is its own choice; None: it has none.
+    given["augment"] = section(cfg, "augment") if cfg.get("augment") is not None else None
     ds_choice = choose_dataset(given["dataset"])
     dataset_section = {**given["dataset"], **ds_choice.values}
     chosen: dict[str, dict[str, Any]] = {"dataset": ds_choice.values}
@@ -546,7 +589,8 @@ def resolve_config(cfg, *, progress: bool = True, echo: Callable[[str], None] | 
     plain = OmegaConf.to_container(cfg, resolve=True) if hasattr(cfg, "_metadata") else dict(cfg)
     for name, values in chosen.items():
         if values:  # the config's own keys win, and come first
-            plain[name] = {**given[name], **{k: v for k, v in values.items() if k not in given[name]}}
+            own = given[name] or {}
+            plain[name] = {**own, **{k: v for k, v in values.items() if k not in own}}
     plain["train"] = {**(plain.get("train") or {}), "auto": False}
     order = ["dataset", "binning", "model", "augment", "train"]
     ordered = {k: plain[k] for k in order if k in plain}
@@ -560,6 +604,7 @@ def _spread(values: np.ndarray, fmt) -> str:
     return f"median {fmt(float(np.median(values)))} ({fmt(float(values.min()))} to {fmt(float(values.max()))})"
 
 
-__all__ = ["BIN_LADDER_US", "DEFAULT_CONTEXT", "DEFAULT_EMBEDDING", "DataStats", "auto_enabled", "choose_binning",
-           "choose_bin_us", "choose_downsample", "choose_settings", "choose_train", "default_model_section",
-           "describe_dataset", "resolve_config", "spread_indices"]
+__all__ = ["AUGMENT_SHIFT_SHARE", "BIN_LADDER_US", "CAMERA_AUGMENT", "DEFAULT_CONTEXT", "DEFAULT_EMBEDDING",
+           "DataStats", "auto_enabled", "choose_augment", "choose_bin_us", "choose_binning", "choose_downsample",
+           "choose_settings", "choose_train", "default_model_section", "describe_dataset", "resolve_config",
+           "spread_indices"]
