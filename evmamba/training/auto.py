@@ -462,15 +462,13 @@ def choose_augment(sensor_size, given: Mapping[str, Any] | None) -> Choice:
     if h == 1 or w == 1:
         return out
     shift = max(1, round(AUGMENT_SHIFT_SHARE * min(w, h)))
-    why = "random {} of the training events (a camera: the same scene moved, turned or thinned is the same class)"
-    out.set("max_shift", shift, why.format(f"translation by up to {shift} px ({AUGMENT_SHIFT_SHARE:.0%} of the "
-                                           f"smaller side)"), "augment")
-    out.set("max_rotation_deg", CAMERA_AUGMENT["max_rotation_deg"],
-            why.format(f"rotation by up to {CAMERA_AUGMENT['max_rotation_deg']:g} degrees"), "augment")
-    out.set("scale", list(CAMERA_AUGMENT["scale"]), why.format("zoom by {:g}-{:g}".format(*CAMERA_AUGMENT["scale"])),
-            "augment")
-    out.set("drop_rate", CAMERA_AUGMENT["drop_rate"],
-            why.format(f"drop of {CAMERA_AUGMENT['drop_rate']:.0%} of the events"), "augment")
+    why = " of the training events (on a camera, a scene moved, turned, zoomed or thinned is the same class)"
+    rot, (lo, hi), drop = CAMERA_AUGMENT["max_rotation_deg"], CAMERA_AUGMENT["scale"], CAMERA_AUGMENT["drop_rate"]
+    out.set("max_shift", shift, f"random translation by up to {shift} px ({AUGMENT_SHIFT_SHARE:.0%} of the "
+                                f"smaller side){why}", "augment")
+    out.set("max_rotation_deg", rot, f"random rotation by up to {rot:g} degrees{why}", "augment")
+    out.set("scale", [lo, hi], f"random zoom by {lo:g}-{hi:g}{why}", "augment")
+    out.set("drop_rate", drop, f"random drop of {drop:.0%}{why}", "augment")
     return out
 
 
