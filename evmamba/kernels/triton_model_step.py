@@ -463,8 +463,9 @@ def model_step_kernel(
 TAG_MODULUS = 2**31 - 1
 
 
-def record_tag(t: int) -> int:
-    """The tag that marks token ``t``'s record in the serving loop's ring (:func:`model_serve_triton`)."""
+def record_tag(t):
+    """The tag that marks token ``t``'s record in the serving loop's ring (:func:`model_serve_triton`); ``t`` an
+    int or an integer array (the kernel computes the same from its count of tokens served)."""
     return t % TAG_MODULUS + 1
 
 
@@ -733,7 +734,7 @@ def tag_records(values: np.ndarray, first: int) -> np.ndarray:
     """Tagged int64 words of the serving loop's ring (:func:`model_serve_triton`) for records ``values``
     ``(T, ..., 3 + F)`` float32 of tokens ``first .. first + T - 1``: the value's bits low, the tag high."""
     values = np.ascontiguousarray(values, dtype=np.float32)
-    tags = np.array([record_tag(first + i) for i in range(values.shape[0])], np.int64)
+    tags = record_tag(np.arange(first, first + values.shape[0], dtype=np.int64))
     tags = tags.reshape((-1,) + (1,) * (values.ndim - 1))
     return (tags << 32) | values.view(np.uint32).astype(np.int64)
 

@@ -160,7 +160,7 @@ class ServeStepper:
         self._tags = words.view(np.int32).reshape(ring, w.record, 2)[..., 1]
         self._out = self._logits.numpy()[0]
         self._marks = self._out.view(np.uint32)
-        self._mark, self._tag_modulus = T.LOGITS_MARK, T.TAG_MODULUS
+        self._mark, self._tag = T.LOGITS_MARK, T.record_tag
         self._marks[:] = self._mark
         self._c = self._ctrl.numpy()
         # Tokens written to this ring, over every loop it has served: tags never repeat, so a slot written
@@ -301,9 +301,9 @@ class ServeStepper:
         """Tokens ``first .. end - 1`` have their values in the ring at ``slots``: tag them (after the values:
         the host's stores reach the GPU in order), which hands them to the loop."""
         if isinstance(slots, int):
-            self._tags[slots].fill(first % self._tag_modulus + 1)  # a view: fill() is the quickest store
+            self._tags[slots].fill(self._tag(first))  # a view: fill() is the quickest store
         else:
-            self._tags[slots] = (np.arange(first, end) % self._tag_modulus + 1)[:, None]
+            self._tags[slots] = self._tag(np.arange(first, end))[:, None]
         self._published = end
         if self.graphed:
             self._c[0] = end
