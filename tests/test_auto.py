@@ -106,13 +106,13 @@ CASES = {
     "camera 34x34, short recordings":
         ((34, 34, 2), lambda: _camera((34, 34, 2), 12, 400, 6, 300_000, 2_000, 1), 1, "ms"),
     "camera 128x128":
-        ((128, 128, 2), lambda: _camera((128, 128, 2), 4, 6_000, 10, 1_450_000, 3_000, 2), 2, "ms"),
+        ((128, 128, 2), lambda: _camera((128, 128, 2), 4, 6_000, 10, 1_450_000, 3_000, 2), 4, "ms"),
     "ATIS 304x240, ~100 k events":
-        ((304, 240, 2), lambda: _camera((304, 240, 2), 3, 10_000, 10, 1_000_000, 2_000, 3), 5, "ms"),
+        ((304, 240, 2), lambda: _camera((304, 240, 2), 3, 10_000, 10, 1_000_000, 2_000, 3), 10, "ms"),
     "1280x720, long recordings":
-        ((1280, 720, 2), lambda: _camera((1280, 720, 2), 3, 20_000, 10, 60_000_000, 5_000, 4), 20, "ms"),
+        ((1280, 720, 2), lambda: _camera((1280, 720, 2), 3, 20_000, 10, 60_000_000, 5_000, 4), 40, "ms"),
     "1280x720, very long recordings":
-        ((1280, 720, 2), lambda: _camera((1280, 720, 2), 3, 2_000, 5, 200_000_000, 5_000, 5), 20, "s"),
+        ((1280, 720, 2), lambda: _camera((1280, 720, 2), 3, 2_000, 5, 200_000_000, 5_000, 5), 40, "s"),
     "spike data, 700 channels x 1":
         ((700, 1, 1), lambda: _spikes(700, 6, 8_000, 1_000_000, 6), 1, "ms"),
     "camera 34x34, 0.5 ms recordings":
@@ -129,7 +129,7 @@ def test_chosen_settings_fit_the_data(case):
     binning, model, train = chosen["binning"], chosen["model"], chosen["train"]
     assert binning["downsample"] == k and binning["polarity"] is True and binning["time_unit"] == unit
     grid = (-(-sensor[0] // k), -(-sensor[1] // k))
-    assert max(grid) <= (64 if sensor[1] > 1 else 1024)
+    assert max(grid) <= (auto.MAX_CELLS if sensor[1] > 1 and max(sensor[:2]) > 64 else 64 if sensor[1] > 1 else 1024)
     bin_us, median = expected_bin_us(recordings, sensor, k)
     assert binning["bin_us"] == bin_us
     # input pooling: the smallest power of two (at most 32) that brings the median to 512 tokens or fewer
@@ -180,7 +180,7 @@ def test_the_batch_budget_fits_the_memory_it_is_given():
     assert budget < roomy["train"]["batch_tokens"]
     assert tight["train"]["max_tokens"] <= budget
     model = EventClassifier(
-        61 * 48 * 2, 4, grid=[61, 48, 2], **{k: v for k, v in tight["model"].items() if k != "type"}
+        31 * 24 * 2, 4, grid=[31, 24, 2], **{k: v for k, v in tight["model"].items() if k != "type"}
     )
     assert training_step_bytes(model, 1, budget).total <= auto.MEMORY_SHARE * tight_bytes
     assert any("lowered to fit" in r for r in reasons)
@@ -211,7 +211,9 @@ def test_cameras_get_augmentation_and_spike_data_none():
     # the translation follows the smaller side (6 %)
     assert [auto.choose_augment(s, None).values["max_shift"] for s in [(304, 240, 2), (1280, 720, 2), (8, 8, 1)]] \
         == [14, 43, 1]
-    assert auto.choose_augment((700, 1, 1), None).values == {}  # spike channels: nothing validated, nothing chosen
+    spikes = auto.choose_augment((700, 1, 1), None).values  # spike channels: mixing, nothing spatial
+    assert spikes == {"mix_p": 0.5}
+    AugmentConfig.from_dict(spikes, source="test").check_sensor((700, 1, 1), "test")
     assert auto.choose_augment((34, 34, 2), {}).values == {}  # the config's own (empty) section
     AugmentConfig.from_dict(cam.values, source="test").check_sensor((34, 34, 2), "test")
 
@@ -219,8 +221,9 @@ def test_cameras_get_augmentation_and_spike_data_none():
 def test_downsampling_keeps_a_small_grid():
     assert [
         auto.choose_downsample(s)[0]
-        for s in [(34, 34, 2), (35, 35, 2), (128, 128, 2), (304, 240, 2), (346, 260, 2), (640, 480, 2), (1280, 720, 2)]
-    ] == [1, 1, 2, 5, 6, 10, 20]
+        for s in [(34, 34, 2), (35, 35, 2), (64, 48, 2), (65, 65, 2), (128, 128, 2), (304, 240, 2), (346, 260, 2),
+                  (640, 480, 2), (1280, 720, 2)]
+    ] == [1, 1, 1, 3, 4, 10, 11, 20, 40]
     assert auto.choose_downsample((700, 1, 1))[0] == 1 and auto.choose_downsample((4096, 1, 2))[0] == 4
 
 

@@ -14,9 +14,10 @@ duration and the number of tokens at each bin width of :data:`BIN_LADDER_US` (co
 What is chosen, in order (the constants below hold the thresholds):
 
 * ``dataset.test_fraction`` -- a folder dataset without train/test splits holds out 20 % of every class;
-* ``binning.downsample`` -- the smallest factor that leaves at most :data:`MAX_CELLS` cells on each side of
-  a camera (34x34 -> 1, 128x128 -> 2, 304x240 -> 5, 1280x720 -> 20), or at most :data:`MAX_CHANNELS`
-  channels of 1-D spike data (700 -> 1); ``binning.polarity`` true;
+* ``binning.downsample`` -- 1 on a camera of at most :data:`FULL_RESOLUTION_SIDE` pixels a side, else the
+  smallest factor that leaves at most :data:`MAX_CELLS` cells on each side (34x34 -> 1, 128x128 -> 4,
+  304x240 -> 10, 1280x720 -> 40), or at most :data:`MAX_CHANNELS` channels of 1-D spike data (700 -> 1);
+  ``binning.polarity`` true;
 * ``binning.bin_us`` -- the finest width of the ladder whose median token count per recording is at most
   :data:`TARGET_TOKENS` (0, one token per event, when the recordings are short enough already), but no
   wider than an eighth of the median duration (:data:`MIN_BINS`); for dense data that no allowed width
@@ -36,9 +37,10 @@ What is chosen, in order (the constants below hold the thresholds):
   ``test_every``;
 * ``augment`` -- only when the config has no ``augment`` section at all: on a camera (a 2-D sensor) random
   translation by up to :data:`AUGMENT_SHIFT_SHARE` of the smaller side, rotation by up to 15 degrees, zoom
-  by 0.9-1.1 and a 20 % event drop (:data:`CAMERA_AUGMENT`, chosen on validation: docs/training.md); 1-D
-  spike data get none (nothing to validate such a choice on). An ``augment`` section, even an empty one,
-  is the config's own choice and is kept as it is.
+  by 0.9-1.1 and a 20 % event drop (:data:`CAMERA_AUGMENT`, chosen on validation: docs/training.md); on 1-D
+  spike data, event-level mixing of two training recordings with mixed labels (:data:`SPIKE_AUGMENT`, chosen
+  on validation on a 1-D stand-in). An ``augment`` section, even an empty one, is the config's own choice and
+  is kept as it is.
 
 The model's embedding is chosen in one place, :data:`DEFAULT_EMBEDDING` inside
 :func:`default_model_section`.
@@ -62,13 +64,19 @@ from .data import model_type, section
 BIN_LADDER_US = (0, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
                  1_000_000, 2_000_000, 5_000_000, 10_000_000)
 SAMPLE_RECORDINGS = 200  # recordings read to describe a dataset
-MAX_CELLS = 64  # token-grid cells on each side of a camera
+#: Token-grid cells on each side of a camera larger than FULL_RESOLUTION_SIDE. 32 was chosen against 64 on
+#: validation on a 304x240 stand-in (docs/training.md, "Seventh round"): the coarser grid merges more events
+#: per token, so the first layer needs less pooling and the context stage stays on.
+MAX_CELLS = 32
+FULL_RESOLUTION_SIDE = 64  # cameras up to this many pixels a side keep every pixel (N-MNIST, POKER-DVS)
 MAX_CHANNELS = 1024  # token channels of 1-D spike data
 TARGET_TOKENS = 4096  # median tokens per recording the bin width aims at (at most)
 MIN_BINS = 8  # time bins in a median recording (at least): a bin is at most an eighth of it
 DENSE_SLACK = 2.0  # dense data: the finest bin within this factor of the widest allowed bin's token count
 LAYER_TOKENS = 512  # median sequence length the first layer should see (at most)
-TARGET_STEPS = 500  # optimizer steps of a run
+#: Optimizer steps of a run. 1 000 was chosen against 500 on validation on two stand-ins (a 304x240 camera and a
+#: 68-channel 1-D sensor, docs/training.md "Seventh round"): at 500 every run was still improving at its end.
+TARGET_STEPS = 1000
 EMA_SHARE = 0.1  # train.ema_decay: the average of the weights spans about this share of the run's steps
 MEMORY_SHARE = 0.5  # share of the available memory the training batches may plan to use
 FOLDER_TEST_FRACTION = 0.2
@@ -204,15 +212,19 @@ def _fmt_n(n: float) -> str:
 
 
 def choose_downsample(sensor_size) -> tuple[int, str]:
-    """``(k, reason)``: the smallest downsampling that leaves at most :data:`MAX_CELLS` cells a side of a
-    camera, or at most :data:`MAX_CHANNELS` channels of 1-D data."""
+    """``(k, reason)``: no downsampling on a camera of at most :data:`FULL_RESOLUTION_SIDE` pixels a side,
+    else the smallest that leaves at most :data:`MAX_CELLS` cells a side; for 1-D data the smallest that
+    leaves at most :data:`MAX_CHANNELS` channels."""
     w, h, _ = (int(v) for v in sensor_size)
     if h == 1:
         k = max(1, -(-w // MAX_CHANNELS))
         return k, f"{w} channels of 1-D data become {-(-w // k)} token channels (at most {MAX_CHANNELS})"
+    if max(w, h) <= FULL_RESOLUTION_SIDE:
+        return 1, (f"the {w} x {h} sensor keeps every pixel (at most {FULL_RESOLUTION_SIDE} a side: "
+                   "each pixel's detail counts)")
     k = max(1, -(-w // MAX_CELLS), -(-h // MAX_CELLS))
     return k, (f"the {w} x {h} sensor becomes a {-(-w // k)} x {-(-h // k)} grid (at most {MAX_CELLS} cells a "
-               "side: a small vocabulary, and nearby pixels share a token)")
+               "side: nearby pixels share a token, so each token merges more events and streams get shorter)")
 
 
 def choose_bin_us(stats: DataStats) -> tuple[int, str]:
@@ -449,17 +461,27 @@ CAMERA_AUGMENT = {"max_rotation_deg": 15.0, "scale": [0.9, 1.1], "drop_rate": 0.
 #: Largest random translation of a camera's events, as a share of its smaller side (2 px at 34 x 34, 14 at
 #: 304 x 240: about what the N-MNIST and POKER-DVS configs use by hand).
 AUGMENT_SHIFT_SHARE = 0.06
+#: Augmentation of 1-D spike data (sensor ``(channels, 1, P)``): half of the training recordings get a random
+#: 20-50 % of another recording's events in place of their own, with the labels mixed in that proportion
+#: (``evmamba.pipeline.mixing``). Chosen on validation on a 68-channel stand-in against none, a 20 % event
+#: drop (with and without a time stretch) and drop, stretch and mixing together (docs/training.md, "Seventh
+#: round"); 1-D data have no plane to move, turn or zoom.
+SPIKE_AUGMENT = {"mix_p": 0.5}
 
 
 def choose_augment(sensor_size, given: Mapping[str, Any] | None) -> Choice:
     """The ``augment`` section of a config that has none (``given`` None): :data:`CAMERA_AUGMENT` and a
-    translation on a 2-D sensor ``(W, H, P)``, nothing on 1-D spike data (``H == 1``). A config's own
-    section, even an empty one, is kept (an empty choice)."""
+    translation on a 2-D sensor ``(W, H, P)``, :data:`SPIKE_AUGMENT` on 1-D spike data (``H == 1``). A
+    config's own section, even an empty one, is kept (an empty choice)."""
     out = Choice()
     if given is not None:
         return out
     w, h = int(sensor_size[0]), int(sensor_size[1])
     if h == 1 or w == 1:
+        mix = SPIKE_AUGMENT["mix_p"]
+        out.set("mix_p", mix, f"{mix:.0%} of the training recordings take in 20-50 % of another recording's "
+                "events, labels mixed in proportion (on spike channels there is no plane to move or turn; "
+                "chosen on validation)", "augment")
         return out
     shift = max(1, round(AUGMENT_SHIFT_SHARE * min(w, h)))
     why = " of the training events (on a camera, a scene moved, turned, zoomed or thinned is the same class)"
@@ -603,6 +625,6 @@ def _spread(values: np.ndarray, fmt) -> str:
 
 
 __all__ = ["AUGMENT_SHIFT_SHARE", "BIN_LADDER_US", "CAMERA_AUGMENT", "DEFAULT_CONTEXT", "DEFAULT_EMBEDDING",
-           "DataStats", "auto_enabled", "choose_augment", "choose_bin_us", "choose_binning", "choose_downsample",
-           "choose_settings", "choose_train", "default_model_section", "describe_dataset", "resolve_config",
-           "spread_indices"]
+           "SPIKE_AUGMENT", "DataStats", "auto_enabled", "choose_augment", "choose_bin_us", "choose_binning",
+           "choose_downsample", "choose_settings", "choose_train", "default_model_section", "describe_dataset",
+           "resolve_config", "spread_indices"]
