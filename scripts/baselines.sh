@@ -3,7 +3,7 @@
 # under runs/baselines/. About three minutes on two busy CPU cores, most of it simulating the synthetic set.
 #
 #   bash scripts/baselines.sh            # everything
-#   bash scripts/baselines.sh poker_dvs  # one block: synthetic, nmnist_small, poker_dvs, dvsgesture_samples
+#   bash scripts/baselines.sh poker_dvs  # one block: synthetic, nmnist_small, poker_dvs, standins, dvsgesture_samples
 #
 # Each config is run twice: as it is (the same split as the model: nmnist_small and poker_dvs hold out 10 % of
 # the train split for validation, on which the baseline chooses its cell size, time bins, square roots and k;
@@ -31,6 +31,11 @@ if want poker_dvs; then
     done
     python scripts/summarize_folds.py "$out"/poker_dvs-fold?.json
     python scripts/summarize_folds.py "$out"/poker_dvs-val-fold?.json
+fi
+
+if want standins && [[ -f runs/proxies/atis.yaml ]]; then  # built by scripts/train_results.sh
+    bl atis --config runs/proxies/atis.yaml
+    bl spikes --config runs/proxies/spikes.yaml
 fi
 
 if want dvsgesture_samples; then  # train and test are the same ten trials: this measures nothing
