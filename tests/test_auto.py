@@ -153,7 +153,11 @@ def test_chosen_settings_fit_the_data(case):
         assert {k: model["context"][k] for k in ("radius", "dilation", "channels")} == auto.DEFAULT_CONTEXT
     # the batch budget holds a cropped stream; settings are valid train keys
     assert train["max_tokens"] <= train["batch_tokens"]
-    assert 10 <= train["epochs"] <= 80
+    assert auto.MIN_EPOCHS <= train["epochs"] <= auto.MAX_EPOCHS
+    # the printed reason states the steps the run really gets when a bound on the epochs binds
+    steps_reason = next(r for r in reasons if r.startswith("train.epochs"))
+    if train["epochs"] == auto.MAX_EPOCHS:
+        assert "at most 80 epochs" in steps_reason and str(auto.TARGET_STEPS) in steps_reason
     # the average of the weights spans about a tenth of the run's optimizer steps (at least 10)
     why = next(r for r in reasons if r.startswith("train.ema_decay"))
     span, total = (int(x) for x in re.search(r"over about (\d+) of the run's (\d+) optimizer steps", why).groups())

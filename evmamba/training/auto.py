@@ -77,6 +77,7 @@ LAYER_TOKENS = 512  # median sequence length the first layer should see (at most
 #: Optimizer steps of a run. 1 000 was chosen against 500 on validation on two stand-ins (a 304x240 camera and a
 #: 68-channel 1-D sensor, docs/training.md "Seventh round"): at 500 every run was still improving at its end.
 TARGET_STEPS = 1000
+MIN_EPOCHS, MAX_EPOCHS = 10, 80  # train.epochs stays within these, whatever TARGET_STEPS asks
 EMA_SHARE = 0.1  # train.ema_decay: the average of the weights spans about this share of the run's steps
 MEMORY_SHARE = 0.5  # share of the available memory the training batches may plan to use
 FOLDER_TEST_FRACTION = 0.2
@@ -435,9 +436,17 @@ def choose_train(stats: DataStats, binning: BinningConfig, model_section: Mappin
         put("max_tokens", int(crop), crop_why)
 
     steps = max(1, math.ceil(n_fit / max(1, min(bs, int(budget) // max(int(median), 1)))))
-    epochs = int(given.get("epochs", min(80, max(10, math.ceil(TARGET_STEPS / steps)))))
-    put("epochs", epochs, f"about {steps} optimizer step{'s' if steps > 1 else ''} an epoch, about {TARGET_STEPS} "
-        "in all (10 to 80 epochs)")
+    wanted = math.ceil(TARGET_STEPS / steps)
+    epochs = int(given.get("epochs", min(MAX_EPOCHS, max(MIN_EPOCHS, wanted))))
+    per_epoch = f"about {steps} optimizer step{'s' if steps > 1 else ''} an epoch"
+    if wanted > MAX_EPOCHS:
+        why = (f"{per_epoch}: at most {MAX_EPOCHS} epochs, so about {steps * MAX_EPOCHS} of the {TARGET_STEPS} "
+               "steps aimed at")
+    elif wanted < MIN_EPOCHS:
+        why = f"{per_epoch}: at least {MIN_EPOCHS} epochs, so about {steps * MIN_EPOCHS} steps"
+    else:
+        why = f"{per_epoch}, about {TARGET_STEPS} in all ({MIN_EPOCHS} to {MAX_EPOCHS} epochs)"
+    put("epochs", epochs, why)
     d_model = int(model_section.get("d_model", 32))
     put("lr", 0.005 if d_model <= 48 else 0.003, f"AdamW for a {d_model}-wide model, cosine decay")
     if "warmup_steps" not in given:
