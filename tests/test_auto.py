@@ -304,3 +304,28 @@ def test_a_dataset_only_config_trains_end_to_end(tmp_path, capsys):
     assert main(["train", "--config", str(out / "config.yaml"), "--out", str(tmp_path / "again"), "--no-progress",
                  "train.epochs=1"]) == 0
     assert "auto:" not in capsys.readouterr().out
+
+
+def test_a_dataset_only_config_on_spike_channels_trains_with_mixing(tmp_path, capsys):
+    """1-D spike data get the chosen mixing of two recordings (SPIKE_AUGMENT), and the run goes through it."""
+    from evmamba.pipeline.readers import write_events
+
+    rng = np.random.default_rng(12)
+    sensor = (24, 1, 2)
+    for cls in ("low", "high"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for k in range(6):
+            ev = bursts(rng, sensor, 150, 6, 80_000, 1_500)
+            ev["x"] = ev["x"] // 2 + (sensor[0] // 2 if cls == "high" else 0)
+            write_events(tmp_path / "data" / cls / f"r{k}.npz", ev, sensor)
+    cfg = tmp_path / "spikes.yaml"
+    cfg.write_text(yaml.safe_dump({"dataset": {"name": "folder", "root": str(tmp_path / "data")},
+                                   "cache_dir": str(tmp_path / "cache")}))
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress",
+                 "train.epochs=2"]) == 0
+    printed = capsys.readouterr().out
+    assert "auto: augment.mix_p = 0.5: 50% of the training recordings take in 20-50 %" in printed
+    assert "augment.max_shift" not in printed and "augment.max_rotation_deg" not in printed
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["augment"] == {"mix_p": 0.5}
+    assert math.isfinite(float(printed.strip().splitlines()[-1].split()[2]))  # "test accuracy: X (...)"
