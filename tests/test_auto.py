@@ -324,7 +324,7 @@ def test_a_dataset_only_config_on_spike_channels_trains_with_mixing(tmp_path, ca
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress",
                  "train.epochs=2"]) == 0
     printed = capsys.readouterr().out
-    assert "auto: augment.mix_p = 0.5: 50% of the training recordings take in 20-50 %" in printed
+    assert "auto: augment.mix_p = 0.5: 50% of the training recordings take in 20%-50% of another" in printed
     assert "augment.max_shift" not in printed and "augment.max_rotation_deg" not in printed
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["augment"] == {"mix_p": 0.5}

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from ..model.checkpoint import TOKEN_MODEL
+from ..pipeline.augment import AugmentConfig
 from ..pipeline.binning import TIME_UNITS_US, BinningConfig, vocab_size
 from ..pipeline.surfaces import SurfaceConfig
 from .data import model_type, section
@@ -487,10 +488,13 @@ def choose_augment(sensor_size, given: Mapping[str, Any] | None) -> Choice:
         return out
     w, h = int(sensor_size[0]), int(sensor_size[1])
     if h == 1 or w == 1:
-        mix = SPIKE_AUGMENT["mix_p"]
-        out.set("mix_p", mix, f"{mix:.0%} of the training recordings take in 20-50 % of another recording's "
-                "events, labels mixed in proportion (on spike channels there is no plane to move or turn; "
-                "chosen on validation)", "augment")
+        mixing = AugmentConfig.from_dict(SPIKE_AUGMENT, source="SPIKE_AUGMENT")
+        lo, hi = mixing.mix_ratio
+        why = (f"{mixing.mix_p:.0%} of the training recordings take in {lo:.0%}-{hi:.0%} of another recording's "
+               "events, labels mixed in proportion (on spike channels there is no plane to move or turn; chosen "
+               "on validation)")
+        for key, value in SPIKE_AUGMENT.items():
+            out.set(key, value, why, "augment")
         return out
     shift = max(1, round(AUGMENT_SHIFT_SHARE * min(w, h)))
     why = " of the training events (on a camera, a scene moved, turned, zoomed or thinned is the same class)"
