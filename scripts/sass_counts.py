@@ -29,7 +29,7 @@ from triton.compiler import ASTSource
 
 from evmamba.kernels import triton_scan_kernels as kernels
 from evmamba.kernels.discretization import METHOD_CODES
-from evmamba.kernels.triton_scan import CHUNK
+from evmamba.kernels.triton_scan import launch_config
 
 #: Activations in the inputs' dtype; every other pointer is float32 (states, partial sums) or int64 (lengths).
 _ACTIVATIONS = {"u_ptr", "delta_ptr", "z_ptr", "B_ptr", "C_ptr", "dy_ptr", "y_ptr", "du_ptr", "ddelta_ptr", "dz_ptr"}
@@ -102,10 +102,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sass", default=None, help="write the whole disassembly here")
     args = ap.parse_args(argv)
 
-    n1, n2 = 4, 4  # N = 16 states, the launcher's tile for it
-    warps = args.warps or (4 if args.kernel == "fwd" else 1)
-    block_d = args.block_d or (32 // n1) * warps
-    common = dict(T=CHUNK, BLOCK_D=block_d, N1=n1, N2=n2, METHOD=METHOD_CODES[args.method], EVENT=args.event,
+    cfg = launch_config(256, 16, args.kernel)  # the launcher's tile for N = 16 states (any D of 256 or more)
+    warps = args.warps or cfg.num_warps
+    block_d = args.block_d or cfg.block_d // cfg.num_warps * warps  # the launcher's channels per warp
+    common = dict(T=cfg.T, BLOCK_D=block_d, N1=cfg.n1, N2=cfg.n2, METHOD=METHOD_CODES[args.method], EVENT=args.event,
                   SOFTPLUS=True, HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_LEN=False, CARRY_ONLY=False,
                   NATIVE=True, FAST=True)
     if args.kernel == "fwd":
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
         fn = kernels.scan_bwd_kernel
         constants = dict(common, HAS_DHT=False)
     result = analyse(compile_sm90(fn, constants, warps, args.dtype))
-    per_thread = n2 * CHUNK
+    per_thread = cfg.n2 * cfg.T
     print(f"{args.kernel} kernel, {'event' if args.event else 'standard'} mode, {args.dtype}, {args.method}, "
           f"BLOCK_D {block_d}, {warps} warp(s), Triton {triton.__version__}, sm_90")
     print(f"registers per thread {result['registers']}, stack {result['stack_bytes']} bytes")

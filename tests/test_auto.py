@@ -129,7 +129,11 @@ def test_chosen_settings_fit_the_data(case):
     binning, model, train = chosen["binning"], chosen["model"], chosen["train"]
     assert binning["downsample"] == k and binning["polarity"] is True and binning["time_unit"] == unit
     grid = (-(-sensor[0] // k), -(-sensor[1] // k))
-    assert max(grid) <= (auto.MAX_CELLS if sensor[1] > 1 and max(sensor[:2]) > 64 else 64 if sensor[1] > 1 else 1024)
+    if sensor[1] == 1:
+        limit = auto.MAX_CHANNELS
+    else:
+        limit = auto.MAX_CELLS if max(sensor[:2]) > auto.FULL_RESOLUTION_SIDE else auto.FULL_RESOLUTION_SIDE
+    assert max(grid) <= limit
     bin_us, median = expected_bin_us(recordings, sensor, k)
     assert binning["bin_us"] == bin_us
     # input pooling: the smallest power of two (at most 32) that brings the median to 512 tokens or fewer
