@@ -146,8 +146,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, config: str | os.PathLike
         preds, labels = _frame_predictions(model, data.test, device, batch_size, progress)
         order = np.arange(len(labels))
     else:
+        # The checkpoint's loader workers were set for the machine it was trained on: no more than this one has.
+        workers = min(int(cfg_train.get("workers", 0) or 0), os.cpu_count() or 1)
         loader, batches = make_loader(data.test, data.lengths["test"], batch_size, data.collate, shuffle=False,
-                                      seed=0, workers=int(cfg_train.get("workers", 0) or 0), even=False)
+                                      seed=0, workers=workers, even=False)
         preds, labels = _token_predictions(model, loader, device, max_chunk, progress)
         # The loader groups recordings of similar length: row r of the predictions is recording order[r].
         order = np.array([i for batch in batches for i in batch], np.int64)
