@@ -358,9 +358,9 @@ def test_dotted_overrides_turn_the_context_on_in_a_shipped_config():
 
     cfg = load_config("nmnist_small", ["model.context.radius=1", "model.context.tau=30"])
     arch, _ = EventClassifier.parse_section(cfg.model)
-    assert arch.context == ContextConfig(radius=1, tau=30.0)
+    assert arch.context == ContextConfig(radius=1, tau=30.0, channels=32)  # the config's channels kept
     cfg = load_config("nmnist_small", ["model.context={radius: 3, dilation: 1}"])
-    assert EventClassifier.parse_section(cfg.model)[0].context == ContextConfig(radius=3, dilation=1)
+    assert EventClassifier.parse_section(cfg.model)[0].context == ContextConfig(radius=3, dilation=1, channels=32)
     check_config(load_config("nmnist_small", ["model.context.channels=8"]))
     with pytest.raises(ValueError, match="'channels'"):
         check_config(load_config("nmnist_small", ["model.context.channels=0"]))
