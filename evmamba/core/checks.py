@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -74,4 +75,26 @@ def section_kwargs(cls, d: Any, source: str, *, expected: str = "a mapping",
     return dict(d)
 
 
-__all__ = ["check_int", "check_number", "is_int", "is_number", "section_kwargs"]
+def validated_from_mapping(cls, d: Any, source: str, what: str):
+    """An instance of the frozen dataclass ``cls`` from the config section ``d`` (plain mapping or OmegaConf
+    node; missing keys take the defaults), validated by ``cls._validate(source)`` first so that every error
+    names the caller's ``source`` rather than the dataclass's own: ``TypeError`` when ``d`` is not a mapping
+    (``what`` says of what: "binning options"), ``ValueError`` naming unknown keys and the known ones."""
+    if hasattr(d, "_metadata") and hasattr(d, "_get_node"):  # an OmegaConf container
+        from omegaconf import OmegaConf
+
+        d = OmegaConf.to_container(d, resolve=True)
+    if not isinstance(d, Mapping):
+        raise TypeError(f"{source}: expected a mapping of {what}; got {type(d).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(str(k) for k in d if k not in known)
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    obj = object.__new__(cls)  # unvalidated: the fields as given, checked under the caller's name
+    for f in fields(cls):
+        object.__setattr__(obj, f.name, d.get(f.name, f.default))
+    obj._validate(source)
+    return cls(**{f.name: getattr(obj, f.name) for f in fields(cls)})
+
+
+__all__ = ["check_int", "check_number", "is_int", "is_number", "section_kwargs", "validated_from_mapping"]

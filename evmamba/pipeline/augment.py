@@ -42,12 +42,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from ..core.checks import is_int
+from ..core.checks import is_int, validated_from_mapping
 from ..core.events import check_sensor_size
 from .events import validate_events
 
@@ -593,21 +593,7 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "augment config") -> AugmentConfig:
         """Build from a mapping; unknown keys are rejected (``ValueError`` naming them)."""
-        if hasattr(d, "_metadata") and hasattr(d, "_get_node"):  # an OmegaConf container
-            from omegaconf import OmegaConf
-
-            d = OmegaConf.to_container(d, resolve=True)
-        if not isinstance(d, Mapping):
-            raise TypeError(f"{source}: expected a mapping of augmentation options; got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in d if k not in known)
-        if unknown:
-            raise ValueError(f"{source}: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        obj = object.__new__(cls)
-        for f in fields(cls):
-            object.__setattr__(obj, f.name, d.get(f.name, f.default))
-        obj._validate(source)
-        return cls(**{f.name: getattr(obj, f.name) for f in fields(cls)})
+        return validated_from_mapping(cls, d, source, "augmentation options")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..core.checks import validated_from_mapping
 from ..core.events import EVENT_DTYPE, SensorSize, check_sensor_size
 from .events import validate_events
 
@@ -152,22 +153,7 @@ class BinningConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "binning config") -> BinningConfig:
         """Build from a mapping (a plain dict or an OmegaConf ``DictConfig``); unknown keys are rejected."""
-        if hasattr(d, "_metadata") and hasattr(d, "_get_node"):  # an OmegaConf container
-            from omegaconf import OmegaConf
-
-            d = OmegaConf.to_container(d, resolve=True)
-        if not isinstance(d, Mapping):
-            raise TypeError(f"{source}: expected a mapping of binning options; got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in d if k not in known)
-        if unknown:
-            raise ValueError(f"{source}: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        # Validate with the caller's source name before the dataclass does it with its own.
-        obj = object.__new__(cls)
-        for f in fields(cls):
-            object.__setattr__(obj, f.name, d.get(f.name, f.default))
-        obj._validate(source)
-        return cls(**{f.name: getattr(obj, f.name) for f in fields(cls)})
+        return validated_from_mapping(cls, d, source, "binning options")
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (for configs, HDF5 attributes and cache keys)."""
