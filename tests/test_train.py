@@ -92,6 +92,20 @@ def test_training_run_writes_metrics_plots_and_checkpoints(run_dir, capsys):
     assert not list(run_dir.glob(".*tmp"))  # atomic writes leave no temporary files
 
 
+def test_curves_are_redrawn_after_the_first_and_the_last_epoch_and_at_most_every_interval(tmp_path, monkeypatch):
+    import evmamba.training.loop as loop
+
+    drawn = []
+    monkeypatch.setattr(loop, "plot_training_curves", lambda epochs, path: drawn.append(epochs[-1]["epoch"]))
+    cfg = tiny_config(tmp_path, train={"epochs": 4, "val_fraction": 0.0})
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert drawn == [1, 4]  # four short epochs inside one interval
+    monkeypatch.setattr(loop, "CURVES_EVERY_S", 0.0)
+    drawn.clear()
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r2"), "--no-progress"]) == 0
+    assert drawn == [1, 2, 3, 4]
+
+
 def test_final_line_reports_test_accuracy(tmp_path, capsys):
     cfg = tiny_config(tmp_path, train={"epochs": 1, "val_fraction": 0.0})
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r"), "--no-progress"]) == 0
