@@ -362,6 +362,31 @@ def test_parallel_run_that_stops_resumes_in_parallel(tmp_path):
     assert_same_file(path, fresh)
 
 
+def test_a_failing_worker_lets_the_others_finish_and_exit_instead_of_killing_them(tmp_path, monkeypatch):
+    """A worker killed while it passes a result back keeps the result queue's lock, and the pool's shutdown then
+    waits on that lock forever (it happened: Pool.terminate() after a worker raised). So after an error the
+    workers finish what they hold and exit by themselves, and Ctrl-C is left to the parent."""
+    import signal
+
+    import evmamba.datasets.cache as cache_module
+
+    pools, in_worker, context = [], [], cache_module._pool_context()
+
+    class Recorded:
+        def Pool(self, *args, **kwargs):  # noqa: N802 (the multiprocessing name)
+            pools.append(context.Pool(*args, **kwargs))
+            in_worker.append(pools[-1].apply(signal.getsignal, (signal.SIGINT,)))
+            return pools[-1]
+
+    monkeypatch.setattr(cache_module, "_pool_context", Recorded)
+    with pytest.raises(RuntimeError, match="stopped at 23"):
+        build_cache(LoggedToFile(synthetic_factory(SYN, "train"), tmp_path / "first.log", fail_at=23),
+                    syn_cfg(tmp_path), tmp_path / "parallel.h5", split="train", block_size=4, workers=2, progress=False)
+    workers = [p for pool in pools for p in pool._pool]
+    assert workers and all(p.exitcode == 0 for p in workers)  # none terminated (-SIGTERM)
+    assert in_worker == [signal.SIG_IGN] and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+
+
 def test_parallel_workers_stay_a_few_blocks_ahead_of_a_slow_writer(tmp_path, monkeypatch):
     import time
 

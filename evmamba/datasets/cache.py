@@ -46,6 +46,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -467,6 +468,14 @@ def _init_worker(dataset, binning: BinningConfig) -> None:
     _WORKER_STATE = (dataset, binning)
 
 
+def _init_pool_worker(dataset, binning: BinningConfig) -> None:
+    """A pool worker's initialiser: Ctrl-C is the parent's to handle. A worker that died of it while passing
+    a result back would leave the result queue's lock taken for good, and the pool's shutdown would then wait
+    on that lock forever."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(dataset, binning)
+
+
 def _bin_block(indices: Sequence[int]) -> dict[str, Any]:
     """Read and bin the samples ``indices`` of the worker's dataset; arrays concatenated in index order."""
     dataset, binning = _WORKER_STATE  # type: ignore[misc]
@@ -705,7 +714,7 @@ def _write_blocks(partial: Path, dataset, binning, blocks, n, start, workers, pr
             first = _bin_block(blocks[0])
         if workers > 1 and len(blocks) > 2:
             procs = min(workers, len(blocks) - 1)
-            pool = _pool_context().Pool(procs, initializer=_init_worker, initargs=(dataset, binning))
+            pool = _pool_context().Pool(procs, initializer=_init_pool_worker, initargs=(dataset, binning))
             rest = _in_order(pool, blocks[1:], _IN_FLIGHT_PER_WORKER * procs)
         else:
             rest = map(_bin_block, blocks[1:])
@@ -717,7 +726,10 @@ def _write_blocks(partial: Path, dataset, binning, blocks, n, start, workers, pr
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()
+            # Not terminate(): a worker killed while putting its result on the queue keeps the queue's lock, and
+            # the pool's own shutdown then waits on it forever (seen after a worker raised). The blocks still in
+            # flight -- at most _IN_FLIGHT_PER_WORKER a worker -- are finished and dropped; the workers then exit.
+            pool.close()
             pool.join()
 
 
