@@ -39,6 +39,13 @@ CONFIGS = {
     "surface-linear-standard-dirac-pool4-last": dict(embedding="surface", surface=SURFACE, surface_hidden=0,
                                                      n_layers=3, pool_stride=4, readout="last",
                                                      discretization="dirac", event_mode=False, count_feature=False),
+    # The context stage: neighbours inside and outside the grid, the token's own cell, ids seen and not yet.
+    "surface-context-inputpool2-pool2": dict(embedding="surface", surface=SURFACE, surface_hidden=12, n_layers=2,
+                                             input_pool=2, pool_stride=2,
+                                             context={"radius": 1, "dilation": 1, "channels": 6, "tau": 2.0}),
+    "table-context-linear-dilation2-last": dict(embedding="table", n_layers=2, readout="last",
+                                                context={"radius": 2, "dilation": 2, "channels": 5, "tau": 0.7,
+                                                         "activation": "none"}),
 }
 
 
@@ -96,6 +103,10 @@ def check_against_step(model, batch, length, device, block_streams=None, tol=TOL
         committed = cache["layers"][li]
         assert rel(state["ssm"][:, li], committed["lrnn_state"].transpose(1, 2)) < tol, f"layer {li} state"
         assert rel(state["conv"][:, li], committed["conv_state"].transpose(1, 2)) < tol, f"layer {li} conv"
+    if model.context is not None:  # the neighbour map: every id's latest projected embedding and its time
+        ctx = cache["context"]
+        assert rel(state["ctx_h"], ctx["h"][:, :VOCAB]) < tol and rel(state["ctx_now"], ctx["now"]) < 1e-12
+        assert torch.equal(state["ctx_t"], ctx["t"][:, :VOCAB])
 
 
 @pytest.mark.parametrize("batch", [1, 3, 5])
@@ -104,7 +115,8 @@ def test_fused_step_equals_classifier_step(name, batch):
     check_against_step(make_model(**CONFIGS[name]), batch, 9, "cuda" if CUDA else "cpu")
 
 
-@pytest.mark.parametrize("name", ["table-mean-zoh", "surface-inputpool2-pool4-dtmean-mamba"])
+@pytest.mark.parametrize("name", ["table-mean-zoh", "surface-inputpool2-pool4-dtmean-mamba",
+                                  "table-context-linear-dilation2-last"])
 def test_blocks_of_streams_through_tl_dot(name):
     """16 streams per program (the ``tl.dot`` path) with 5 real streams: the padded rows stay out."""
     check_against_step(make_model(**CONFIGS[name]), 5, 9, "cuda" if CUDA else "cpu", block_streams=16)

@@ -55,6 +55,7 @@ MAX_D_STATE = 64
 MAX_D_CONV = 8
 MAX_SURFACE = 256
 MAX_CLASSES = 1024
+MAX_CONTEXT_CHANNELS = 256
 
 
 class ModelStepWeights(NamedTuple):
@@ -70,6 +71,12 @@ class ModelStepWeights(NamedTuple):
     ``d_skip`` (L, E), ``rate`` (L, E) (``softplus`` of the event rate), ``out_wt`` (L, E, D), ``out_b``
     (L, D); ``fnorm_w``/``fnorm_b`` (D,), ``head_wt`` (D, C), ``head_b`` (C,); ``strides`` (L + 1,) int32:
     the input pooling's stride, then the stride after each layer (1: none).
+
+    The context stage (``ctx_n`` neighbours of ``ctx_c`` channels; ``ctx_n = 0``: none, and one-element
+    placeholders): ``ctx_in_wt`` (D, ctx_c), ``ctx_in_b`` (ctx_c,), ``ctx_out_wt`` (ctx_n * ctx_c, D) (row
+    ``n ctx_c + c``: channel ``c`` of neighbour ``n``), ``ctx_out_b`` (D,), ``ctx_off`` (ctx_n, 3) int32: each
+    neighbour's ``(dx, dy, dp)``; ``ctx_silu`` SiLU after the input projection, ``ctx_tau`` the decay's time
+    constant (the unit of ``dt``), ``ctx_grid`` the stage's token grid ``(W', H', P)``.
     """
 
     table: torch.Tensor
@@ -101,6 +108,11 @@ class ModelStepWeights(NamedTuple):
     head_wt: torch.Tensor
     head_b: torch.Tensor
     strides: torch.Tensor
+    ctx_in_wt: torch.Tensor
+    ctx_in_b: torch.Tensor
+    ctx_out_wt: torch.Tensor
+    ctx_out_b: torch.Tensor
+    ctx_off: torch.Tensor
     # Sizes and codes (plain ints and floats).
     n_layers: int
     d_model: int
@@ -123,6 +135,11 @@ class ModelStepWeights(NamedTuple):
     dt_eps: float
     event: bool
     method: int
+    ctx_grid: tuple
+    ctx_n: int
+    ctx_c: int
+    ctx_silu: bool
+    ctx_tau: float
 
     @property
     def record(self) -> int:
@@ -131,13 +148,20 @@ class ModelStepWeights(NamedTuple):
 
 
 def allocate_state(w: ModelStepWeights, n_streams: int, device) -> dict:
-    """Zeroed per-stream state for :func:`model_step_triton` (float32; every tensor's first axis is the
-    stream, so a stream is reset by zeroing its rows): ``conv`` (B, L, K, E), ``ssm`` (B, L, N, E), the pooling
-    carries ``carry_sum`` (B, L + 1, D), ``carry_dt`` and ``carry_n`` (B, L + 1) (one slot per pooling, unused
-    where the stride is 1), the readout's ``ro_sum`` (B, D), ``ro_w`` (B,) and ``ro_last`` (B, D)."""
+    """Zeroed per-stream state for :func:`model_step_triton` (float32 but the times; every tensor's first axis
+    is the stream, so a stream is reset by zeroing its rows): ``conv`` (B, L, K, E), ``ssm`` (B, L, N, E), the
+    pooling carries ``carry_sum`` (B, L + 1, D), ``carry_dt`` and ``carry_n`` (B, L + 1) (one slot per pooling, unused
+    where the stride is 1), the readout's ``ro_sum`` (B, D), ``ro_w`` (B,) and ``ro_last`` (B, D); the context
+    stage's map, ``ctx_h`` (B, V, ctx_c) the latest projected embedding of every token id, ``ctx_t`` (B, V)
+    float64 its time, and ``ctx_now`` (B,) float64 the stream's time (one-element placeholders without a
+    stage). An id never seen holds 0, so contributes 0."""
     f = dict(device=device, dtype=torch.float32)
     b, nl = n_streams, w.n_layers
+    v, c = (int(np.prod(w.ctx_grid)), w.ctx_c) if w.ctx_n else (1, 1)
     return {
+        "ctx_h": torch.zeros(b, v, c, **f),
+        "ctx_t": torch.zeros(b, v, device=device, dtype=torch.float64),
+        "ctx_now": torch.zeros(b, device=device, dtype=torch.float64),
         "conv": torch.zeros(b, nl, w.d_conv, w.d_inner, **f),
         "ssm": torch.zeros(b, nl, w.d_state, w.d_inner, **f),
         "carry_sum": torch.zeros(b, nl + 1, w.d_model, **f),
@@ -292,13 +316,16 @@ def _token_step(
     table_ptr, xt_ptr, yt_ptr, pt_ptr, post_ptr, cw_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
     nw_ptr, nb_ptr, inw_ptr, inb_ptr, convw_ptr, convb_ptr, xpw_ptr, dtpw_ptr, dtb_ptr, aneg_ptr, dsk_ptr,
     rate_ptr, outw_ptr, outb_ptr, fnw_ptr, fnb_ptr, headw_ptr, headb_ptr, strides_ptr,
+    ciw_ptr, cib_ptr, cow_ptr, cob_ptr, coff_ptr, ch_ptr, ct_ptr, cnow_ptr,
     B, s_in_b, s_in_t, s_lo_b, s_lo_t, grid_w, grid_p, pos_cell, pos_nx, norm_eps, dt_eps,
+    ctx_gw, ctx_gh, ctx_gp, ctx_tau,
     NL: tl.constexpr, D: tl.constexpr, E: tl.constexpr, N: tl.constexpr, R: tl.constexpr, K: tl.constexpr,
     C: tl.constexpr, F: tl.constexpr, H: tl.constexpr,
     BS: tl.constexpr, DP: tl.constexpr, EP: tl.constexpr, NP: tl.constexpr, RP: tl.constexpr,
     KP: tl.constexpr, CP: tl.constexpr, FP: tl.constexpr, HP: tl.constexpr,
     EMBED: tl.constexpr, HAS_COUNT: tl.constexpr, NORM: tl.constexpr, READOUT: tl.constexpr,
     EVENT: tl.constexpr, METHOD: tl.constexpr, DOT: tl.constexpr, FAST: tl.constexpr,
+    CN: tl.constexpr, CC: tl.constexpr, CCP: tl.constexpr, CSILU: tl.constexpr,
 ):
     """One token of program ``pid``'s ``BS`` streams: the record at position ``pos`` of ``inp_ptr`` in, the
     logits at ``pos`` of ``logits_ptr`` out, the state updated in place."""
@@ -341,6 +368,43 @@ def _token_step(
     if HAS_COUNT:
         cnt = tl.load(rec + 2, mask=mb, other=1.0)
         h = h + tl.log(tl.maximum(cnt, 1.0))[:, None] * _vec(cw_ptr, D, DP)[None, :]
+
+    # ---- the context stage (ContextStage.step): every token, before any pooling, so always committed
+    if CN > 0:
+        cc = tl.arange(0, CCP)
+        m_bc = mb[:, None] & (cc[None, :] < CC)
+        hc = _mm(h, _mat(ciw_ptr, D, CC, DP, CCP, CC), DOT) + _vec(cib_ptr, CC, CCP)[None, :]
+        if CSILU:
+            hc = hc * sigmoid(hc, FAST)
+        now = tl.load(cnow_ptr + b, mask=mb, other=0.0) + dtv.to(tl.float64)  # times in float64, as the stage
+        cells = ctx_gw * ctx_gh * ctx_gp
+        h_map = ch_ptr + b * cells * CC
+        t_map = ct_ptr + b * cells
+        xy = tok // ctx_gp
+        x0 = xy % ctx_gw
+        y0 = xy // ctx_gw
+        acc = tl.zeros([BS, DP], dtype=tl.float32)
+        for k in range(CN):
+            nx = x0 + tl.load(coff_ptr + 3 * k)
+            ny = y0 + tl.load(coff_ptr + 3 * k + 1)
+            inside = mb & (nx >= 0) & (nx < ctx_gw) & (ny >= 0) & (ny < ctx_gh)
+            cell = (ny * ctx_gw + nx) * ctx_gp + tl.load(coff_ptr + 3 * k + 2)
+            # The token's own cell holds its new value and time (the stage writes them before it gathers);
+            # the others are read from the map, which is written only after every read below.
+            own = inside & (cell == tok)
+            other = inside & (cell != tok)
+            v = tl.load(h_map[:, None] + cell[:, None] * CC + cc[None, :], mask=other[:, None] & m_bc, other=0.0)
+            t_then = tl.load(t_map + cell, mask=other, other=0.0)
+            v = tl.where(own[:, None], hc, v)
+            t_then = tl.where(own, now, t_then)
+            # Cells outside the grid contribute 0; cells never seen hold 0 (any decay times 0).
+            decay = tl.where(inside, tl.exp(((t_then - now) / ctx_tau).to(tl.float32)), 0.0)
+            acc += _mm(v * decay[:, None], _mat(cow_ptr + k * CC * D, CC, D, CCP, DP, D), DOT)
+        h = h + acc + _vec(cob_ptr, D, DP)[None, :]
+        tl.debug_barrier()  # the map's reads above come before its writes, whichever thread does them
+        tl.store(h_map[:, None] + tok[:, None] * CC + cc[None, :], hc, mask=m_bc)
+        tl.store(t_map + tok, now, mask=mb)
+        tl.store(cnow_ptr + b, now, mask=mb)
 
     # ---- the input pooling (slot 0), then every layer followed by its pooling
     keep = mb
@@ -429,13 +493,16 @@ def model_step_kernel(
     table_ptr, xt_ptr, yt_ptr, pt_ptr, post_ptr, cw_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
     nw_ptr, nb_ptr, inw_ptr, inb_ptr, convw_ptr, convb_ptr, xpw_ptr, dtpw_ptr, dtb_ptr, aneg_ptr, dsk_ptr,
     rate_ptr, outw_ptr, outb_ptr, fnw_ptr, fnb_ptr, headw_ptr, headb_ptr, strides_ptr,
+    ciw_ptr, cib_ptr, cow_ptr, cob_ptr, coff_ptr, ch_ptr, ct_ptr, cnow_ptr,
     B, s_in_b, s_in_t, s_lo_b, s_lo_t, grid_w, grid_p, pos_cell, pos_nx, norm_eps, dt_eps,
+    ctx_gw, ctx_gh, ctx_gp, ctx_tau,
     NL: tl.constexpr, D: tl.constexpr, E: tl.constexpr, N: tl.constexpr, R: tl.constexpr, K: tl.constexpr,
     C: tl.constexpr, F: tl.constexpr, H: tl.constexpr,
     BS: tl.constexpr, DP: tl.constexpr, EP: tl.constexpr, NP: tl.constexpr, RP: tl.constexpr,
     KP: tl.constexpr, CP: tl.constexpr, FP: tl.constexpr, HP: tl.constexpr,
     EMBED: tl.constexpr, HAS_COUNT: tl.constexpr, NORM: tl.constexpr, READOUT: tl.constexpr,
     EVENT: tl.constexpr, METHOD: tl.constexpr, DOT: tl.constexpr, FAST: tl.constexpr, ADVANCE: tl.constexpr,
+    CN: tl.constexpr, CC: tl.constexpr, CCP: tl.constexpr, CSILU: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pos = tl.load(pos_ptr)
@@ -445,9 +512,11 @@ def model_step_kernel(
         table_ptr, xt_ptr, yt_ptr, pt_ptr, post_ptr, cw_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
         nw_ptr, nb_ptr, inw_ptr, inb_ptr, convw_ptr, convb_ptr, xpw_ptr, dtpw_ptr, dtb_ptr, aneg_ptr, dsk_ptr,
         rate_ptr, outw_ptr, outb_ptr, fnw_ptr, fnb_ptr, headw_ptr, headb_ptr, strides_ptr,
+        ciw_ptr, cib_ptr, cow_ptr, cob_ptr, coff_ptr, ch_ptr, ct_ptr, cnow_ptr,
         B, s_in_b, s_in_t, s_lo_b, s_lo_t, grid_w, grid_p, pos_cell, pos_nx, norm_eps, dt_eps,
+        ctx_gw, ctx_gh, ctx_gp, ctx_tau,
         NL, D, E, N, R, K, C, F, H, BS, DP, EP, NP, RP, KP, CP, FP, HP,
-        EMBED, HAS_COUNT, NORM, READOUT, EVENT, METHOD, DOT, FAST,
+        EMBED, HAS_COUNT, NORM, READOUT, EVENT, METHOD, DOT, FAST, CN, CC, CCP, CSILU,
     )
 
     if ADVANCE:
@@ -476,13 +545,16 @@ def model_serve_kernel(
     table_ptr, xt_ptr, yt_ptr, pt_ptr, post_ptr, cw_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
     nw_ptr, nb_ptr, inw_ptr, inb_ptr, convw_ptr, convb_ptr, xpw_ptr, dtpw_ptr, dtb_ptr, aneg_ptr, dsk_ptr,
     rate_ptr, outw_ptr, outb_ptr, fnw_ptr, fnb_ptr, headw_ptr, headb_ptr, strides_ptr,
+    ciw_ptr, cib_ptr, cow_ptr, cob_ptr, coff_ptr, ch_ptr, ct_ptr, cnow_ptr,
     B, s_in_b, s_in_t, s_lo_b, s_lo_t, grid_w, grid_p, pos_cell, pos_nx, norm_eps, dt_eps,
+    ctx_gw, ctx_gh, ctx_gp, ctx_tau,
     NL: tl.constexpr, D: tl.constexpr, E: tl.constexpr, N: tl.constexpr, R: tl.constexpr, K: tl.constexpr,
     C: tl.constexpr, F: tl.constexpr, H: tl.constexpr,
     BS: tl.constexpr, DP: tl.constexpr, EP: tl.constexpr, NP: tl.constexpr, RP: tl.constexpr,
     KP: tl.constexpr, CP: tl.constexpr, FP: tl.constexpr, HP: tl.constexpr,
     EMBED: tl.constexpr, HAS_COUNT: tl.constexpr, NORM: tl.constexpr, READOUT: tl.constexpr,
     EVENT: tl.constexpr, METHOD: tl.constexpr, DOT: tl.constexpr, FAST: tl.constexpr, RECP: tl.constexpr,
+    CN: tl.constexpr, CC: tl.constexpr, CCP: tl.constexpr, CSILU: tl.constexpr,
     TAG_MOD: tl.constexpr, RELEASE: tl.constexpr,
 ):
     """The serving loop (:func:`model_serve_triton`): one program that stays resident and steps its streams
@@ -525,9 +597,11 @@ def model_serve_kernel(
                 table_ptr, xt_ptr, yt_ptr, pt_ptr, post_ptr, cw_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
                 nw_ptr, nb_ptr, inw_ptr, inb_ptr, convw_ptr, convb_ptr, xpw_ptr, dtpw_ptr, dtb_ptr, aneg_ptr,
                 dsk_ptr, rate_ptr, outw_ptr, outb_ptr, fnw_ptr, fnb_ptr, headw_ptr, headb_ptr, strides_ptr,
+                ciw_ptr, cib_ptr, cow_ptr, cob_ptr, coff_ptr, ch_ptr, ct_ptr, cnow_ptr,
                 B, REC, 0, s_lo_b, s_lo_t, grid_w, grid_p, pos_cell, pos_nx, norm_eps, dt_eps,
+                ctx_gw, ctx_gh, ctx_gp, ctx_tau,
                 NL, D, E, N, R, K, C, F, H, BS, DP, EP, NP, RP, KP, CP, FP, HP,
-                EMBED, HAS_COUNT, NORM, READOUT, EVENT, METHOD, DOT, FAST,
+                EMBED, HAS_COUNT, NORM, READOUT, EVENT, METHOD, DOT, FAST, CN, CC, CCP, CSILU,
             )
             # The next token's staging waits for this one's reads of the stage.
             tl.debug_barrier()
@@ -578,8 +652,9 @@ def _check_step_args(where: str, w: ModelStepWeights, state: dict, inputs, logit
     for key, t in want.items():
         got = state.get(key)
         if not isinstance(got, torch.Tensor) or tuple(got.shape) != (batch, *t.shape[1:]) or \
-                got.dtype != torch.float32 or not got.is_contiguous() or got.device != dev:
-            raise ValueError(f"{where}: state[{key!r}] must be a contiguous float32 tensor of shape "
+                got.dtype != t.dtype or not got.is_contiguous() or got.device != dev:
+            name = str(t.dtype).replace("torch.", "")
+            raise ValueError(f"{where}: state[{key!r}] must be a contiguous {name} tensor of shape "
                              f"{(batch, *t.shape[1:])} on {dev}")
     for t in tuple(x for x in w if isinstance(x, torch.Tensor)):
         if t.device != dev:
@@ -601,8 +676,11 @@ def _launch_args(w: ModelStepWeights, state: dict, inputs, logits, bs: int, num_
         w.table, w.x_tab, w.y_tab, w.p_tab, w.pos_tab, w.count_w, w.s_w1t, w.s_b1, w.s_w2t, w.s_b2,
         w.norm_w, w.norm_b, w.in_wt, w.in_b, w.conv_w, w.conv_b, w.xp_wt, w.dtp_wt, w.dt_b, w.a_neg, w.d_skip,
         w.rate, w.out_wt, w.out_b, w.fnorm_w, w.fnorm_b, w.head_wt, w.head_b, w.strides,
+        w.ctx_in_wt, w.ctx_in_b, w.ctx_out_wt, w.ctx_out_b, w.ctx_off, state["ctx_h"], state["ctx_t"],
+        state["ctx_now"],
         inputs.shape[0], inputs.stride(0), inputs.stride(1), logits.stride(0), logits.stride(1),
-        w.grid_w, w.grid_p, w.pos_cell, w.pos_nx, float(w.norm_eps), float(w.dt_eps),
+        w.grid_w, w.grid_p, w.pos_cell, w.pos_nx, float(w.norm_eps), float(w.dt_eps), *w.ctx_grid,
+        float(w.ctx_tau),
     )
     consts = dict(
         NL=w.n_layers, D=w.d_model, E=w.d_inner, N=w.d_state, R=w.dt_rank, K=w.d_conv, C=w.n_classes,
@@ -612,6 +690,7 @@ def _launch_args(w: ModelStepWeights, state: dict, inputs, logits, bs: int, num_
         HP=_pad(max(hid, 1), dot),
         EMBED=w.embed, HAS_COUNT=bool(w.has_count), NORM=w.norm, READOUT=w.readout, EVENT=bool(w.event),
         METHOD=w.method, DOT=dot, FAST=not INTERPRETING, num_warps=num_warps,
+        CN=w.ctx_n, CC=max(w.ctx_c, 1), CCP=_pad(max(w.ctx_c, 1), dot), CSILU=bool(w.ctx_silu),
     )
     return args, consts
 

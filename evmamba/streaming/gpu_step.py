@@ -60,8 +60,6 @@ def fused_support(model) -> str | None:
 
     if not isinstance(model, EventClassifier):
         return f"the fused GPU step runs an EventClassifier; got {type(model).__name__}"
-    if getattr(model, "context", None) is not None:
-        return "the fused GPU step does not implement the context stage (model.context)"
     first = model.layers[0]
     limits = [("d_model", model.d_model, T.MAX_D_MODEL), ("d_inner (expand * d_model)", first.d_inner, T.MAX_D_INNER),
               ("d_state", first.d_state, T.MAX_D_STATE), ("d_conv", first.d_conv, T.MAX_D_CONV),
@@ -72,6 +70,8 @@ def fused_support(model) -> str | None:
         mlp = emb.surface_mlp
         if isinstance(mlp, torch.nn.Sequential):
             limits.append(("surface_hidden", mlp[0].out_features, T.MAX_SURFACE))
+    if model.context is not None:
+        limits.append(("context channels", model.context.channels, T.MAX_CONTEXT_CHANNELS))
     for name, value, top in limits:
         if value > top:
             return f"the fused GPU step serves {name} up to {top}; the model has {name}={value}"
@@ -112,15 +112,20 @@ def pack(model, device="cuda"):
     (norm_kind, eps, norm_w, norm_b, fnorm_w, fnorm_b, head_wt, head_b, _, _, readout, dt_eps, event,
      method) = fw.head
     strides = torch.tensor([model.architecture.input_pool, *model.strides], dtype=torch.int32, device=dev)
+    # The context stage as the CPU step has it (placeholders without one; the kernel then skips it).
+    (c_in, c_in_b, c_out, c_out_b, dx, dy, dp, cgw, cgh, cgp, tau, act) = fw.context
+    offsets = np.stack([dx, dy, dp], axis=1).astype(np.int32) if dx.size else np.zeros((1, 3), np.int32)
     return ModelStepWeights(
         *(t(a) for a in (table, xt, yt, pt, pos, count_w, w1t, b1, w2t, b2, norm_w, norm_b)),
         *(t(a) for a in fw.layers),
         *(t(a) for a in (fnorm_w, fnorm_b, head_wt, head_b)), strides,
+        *(t(a) for a in (c_in, c_in_b, c_out, c_out_b)), torch.as_tensor(offsets).to(dev).contiguous(),
         n_layers=model.n_layers, d_model=fw.d_model, d_inner=fw.d_inner, d_state=fw.d_state, dt_rank=fw.dt_rank,
         d_conv=fw.d_conv, n_classes=fw.n_classes, n_surface=fw.n_surface, surface_hidden=fw.surface_hidden,
         embed=int(emb_kind), has_count=bool(has_count), grid_w=int(gw), grid_p=int(gp), pos_cell=int(cell),
         pos_nx=int(nx), norm=int(norm_kind), norm_eps=float(eps), readout=int(readout), dt_eps=float(dt_eps),
-        event=bool(event), method=int(method),
+        event=bool(event), method=int(method), ctx_grid=(int(cgw), int(cgh), int(cgp)), ctx_n=int(dx.size),
+        ctx_c=int(fw.context_channels), ctx_silu=bool(act == 1), ctx_tau=float(tau),
     )
 
 
