@@ -240,24 +240,47 @@ DEVICES = [
 ]
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("device", DEVICES)
-def test_graph_stepper_runs_the_context_and_resets_rows(device):
-    """On CUDA the step (context scatter/gather included) is captured in a CUDA graph: same logits as forward."""
+def test_graph_stepper_runs_the_context_and_resets_rows(device, fused):
+    """The classifier's step (on CUDA captured in a CUDA graph) and the one-kernel step (on the CPU through
+    Triton's interpreter) with the context stage: the logits of the forward pass, and a reset row starts over."""
     from evmamba.streaming.gpu_step import GraphStepper
 
+    if fused and device == "cpu" and torch.cuda.is_available():
+        pytest.skip("the Triton interpreter is off on a machine with a CUDA device")
     model = make_model()
     tokens, dt, counts = random_stream(2, 12, VOCAB)
-    stepper = GraphStepper(copy.deepcopy(model), n_streams=2, device=device, block=5)
-    assert stepper.step_kind == "unfused" and "context" in stepper.fallback_reason  # never the fused kernel
-    with pytest.raises(ValueError, match="context"):
-        GraphStepper(copy.deepcopy(model), n_streams=2, device=device, block=5, fused=True)
+    stepper = GraphStepper(copy.deepcopy(model), n_streams=2, device=device, block=5, fused=fused)
+    assert stepper.step_kind == ("fused" if fused else "unfused")
+    if device == "cuda":  # the default there is the fused kernel, context stage included
+        assert GraphStepper(copy.deepcopy(model), n_streams=2, device=device, block=5).step_kind == "fused"
+    tol = 1e-4 if device == "cuda" and fused else 1e-5  # compiled, the kernel's exp2/log2 are approximate
     with torch.no_grad():
         want = model(tokens, dt, counts)
         got = stepper.run_batch(tokens.numpy(), dt.numpy(), counts.numpy())
-        assert rel_err(torch.from_numpy(got[:, -1]), want) < 1e-5
+        assert rel_err(torch.from_numpy(got[:, -1]), want) < tol
         stepper.reset(1)
         again = stepper.run_batch(tokens.numpy()[:, :4], dt.numpy()[:, :4], counts.numpy()[:, :4])
-        assert rel_err(torch.from_numpy(again[1, -1]), model(tokens[1:, :4], dt[1:, :4], counts[1:, :4])[0]) < 1e-5
+        assert rel_err(torch.from_numpy(again[1, -1]), model(tokens[1:, :4], dt[1:, :4], counts[1:, :4])[0]) < tol
+
+
+def test_auto_gpu_step_of_one_stream_takes_the_graph_replays_for_the_context_stage(monkeypatch, capsys):
+    """``evmamba stream --device cuda`` with one stream: the serving loop is slower than the fused step's graph
+    replays for a model with the context stage (docs/benchmarks.md), so ``auto`` does not take it even where
+    it runs; asked for by name, it is still served."""
+    import evmamba.streaming.gpu_serve as gpu_serve
+    from evmamba.cli.stream import gpu_stepper
+    from evmamba.streaming.gpu_step import GraphStepper
+
+    monkeypatch.setattr(gpu_serve, "serve_support", lambda model: None)  # as on a GPU machine
+    stepper = gpu_stepper(make_model(), 1, "cpu", "auto", block=4)
+    assert isinstance(stepper, GraphStepper)
+    asked = []
+    monkeypatch.setattr(gpu_serve, "ServeStepper", lambda model, device: asked.append(device) or stepper)
+    assert gpu_stepper(make_model(), 1, "cpu", "serve") is stepper and asked == ["cpu"]
+    plain = EventClassifier(VOCAB, 4, d_model=16, n_layers=2, d_state=4, embedding="factorised", grid=GRID)
+    assert gpu_stepper(plain, 1, "cpu", "auto") is stepper and asked == ["cpu", "cpu"]  # no stage: served
 
 
 # ------------------------------------------------------------------------------------------ the compiled CPU step

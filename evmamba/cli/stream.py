@@ -20,8 +20,10 @@ still prints and writes the summary (exit status 130 or 143).
 ``--streams N`` runs N concurrent streams of the given recordings as fast as possible (throughput mode:
 final decisions and aggregate events/s only). ``--device cuda`` runs the classifier's step in a CUDA graph:
 one fused kernel per token for the whole model (``--gpu-step fused``: an unsupported model is an error), the
-classifier's own ``step`` (``unfused``), or the first where the model is supported and the second otherwise
-(``auto``, the default; a model with the context stage runs unfused); which step ran, and why, is printed. The
+classifier's own ``step`` (``unfused``), one resident program that serves a single stream (``serve``), or
+(``auto``, the default) ``serve`` for one stream -- ``fused`` for a model with the context stage, where the
+serving loop is slower --, ``fused`` for several, and ``unfused`` where the model is not supported; which step
+ran, and why, is printed. The
 default device (``auto``) uses the compiled CPU step unless ``--streams`` > 1 and a GPU is present.
 """
 
@@ -125,13 +127,19 @@ def gpu_stepper(model, n_streams: int, device, gpu_step: str = "auto", **kwargs)
     if gpu_step == "serve" and n_streams != 1:
         raise ValueError(f"--gpu-step serve: the serving loop runs one stream; got --streams {n_streams} "
                          f"(use fused)")
-    if gpu_step == "serve" or (gpu_step == "auto" and n_streams == 1 and serve_support(model) is None):
+    # With the context stage the serving loop's one program is slower than the fused step's graph replays
+    # (469 against 69 us a token for the N-MNIST checkpoint on an H200, docs/benchmarks.md): auto takes those.
+    slow_serve = gpu_step == "auto" and n_streams == 1 and getattr(model, "context", None) is not None
+    if gpu_step == "serve" or (gpu_step == "auto" and n_streams == 1 and not slow_serve
+                               and serve_support(model) is None):
         stepper = ServeStepper(model, device=device)
         print(f"GPU step: {stepper.step_kind}", file=sys.stderr, flush=True)
         return stepper
     fused = GPU_STEP_CHOICES[gpu_step]
     stepper = GraphStepper(model, n_streams, device=device, fused=fused, **kwargs)
     why = "" if stepper.fused or gpu_step == "unfused" else f" ({stepper.fallback_reason})"
+    if slow_serve and stepper.fused:
+        why = " (not serve: the serving loop is slower with the context stage)"
     print(f"GPU step: {stepper.step_kind}{why}", file=sys.stderr, flush=True)
     return stepper
 
