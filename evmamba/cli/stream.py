@@ -23,8 +23,8 @@ one fused kernel per token for the whole model (``--gpu-step fused``: an unsuppo
 classifier's own ``step`` (``unfused``), one resident program that serves a single stream (``serve``), or
 (``auto``, the default) ``serve`` for one stream -- ``fused`` for a model with the context stage, where the
 serving loop is slower --, ``fused`` for several, and ``unfused`` where the model is not supported; which step
-ran, and why, is printed. The
-default device (``auto``) uses the compiled CPU step unless ``--streams`` > 1 and a GPU is present.
+ran, and why, is printed. The default device (``auto``) uses the compiled CPU step unless ``--streams`` > 1 and
+a GPU is present.
 """
 
 from __future__ import annotations

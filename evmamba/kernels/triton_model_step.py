@@ -1,8 +1,9 @@
 """One token of a whole token classifier in ONE Triton kernel: :func:`model_step_triton`.
 
 The GPU counterpart of :mod:`evmamba.kernels.cpu_step` (same weight packing, same order of operations): per
-stream, the embedding (``table``, ``factorised`` or ``surface`` with its MLP, plus the count feature), then for
-every layer its norm (RMS or Layer), ``in_proj``, the causal convolution's state shift, SiLU, ``x_proj``,
+stream, the embedding (``table``, ``factorised`` or ``surface`` with its MLP, plus the count feature), the
+context stage (the token's projection written to a per-stream map of every token id, its neighbours' read back
+and decayed), then for every layer its norm (RMS or Layer), ``in_proj``, the causal convolution's state shift, SiLU, ``x_proj``,
 ``dt_proj`` and softplus, the discretization (all four, standard or event mode with one ``dt`` per stream), the
 state update, ``C . h``, the ``D`` skip, the SiLU gate, ``out_proj`` and the residual; the event pooling
 carry between stages, the final norm, the running readout (``mean``, ``last``, ``dt_mean``) and the head.
