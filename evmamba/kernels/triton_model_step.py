@@ -3,11 +3,11 @@
 The GPU counterpart of :mod:`evmamba.kernels.cpu_step` (same weight packing, same order of operations): per
 stream, the embedding (``table``, ``factorised`` or ``surface`` with its MLP, plus the count feature), the
 context stage (the token's projection written to a per-stream map of every token id, its neighbours' read back
-and decayed), then for every layer its norm (RMS or Layer), ``in_proj``, the causal convolution's state shift, SiLU, ``x_proj``,
-``dt_proj`` and softplus, the discretization (all four, standard or event mode with one ``dt`` per stream), the
-state update, ``C . h``, the ``D`` skip, the SiLU gate, ``out_proj`` and the residual; the event pooling
-carry between stages, the final norm, the running readout (``mean``, ``last``, ``dt_mean``) and the head.
-The per-stream state buffers are updated in place.
+and decayed), then for every layer its norm (RMS or Layer), ``in_proj``, the causal convolution's state shift,
+SiLU, ``x_proj``, ``dt_proj`` and softplus, the discretization (all four, standard or event mode with one
+``dt`` per stream), the state update, ``C . h``, the ``D`` skip, the SiLU gate, ``out_proj`` and the residual;
+the event pooling carry between stages, the final norm, the running readout (``mean``, ``last``, ``dt_mean``)
+and the head. The per-stream state buffers are updated in place.
 
 **Pooling.** A pooling slot follows the embedding (the input pooling) and every layer; a stride of 1 is the
 identity (its carry stays empty and is never read or written), so the stages need no branching. ``keep`` per
