@@ -129,9 +129,9 @@ def gpu_stepper(model, n_streams: int, device, gpu_step: str = "auto", **kwargs)
                          f"(use fused)")
     # With the context stage the serving loop's one program is slower than the fused step's graph replays
     # (469 against 69 us a token for the N-MNIST checkpoint on an H200, docs/benchmarks.md): auto takes those.
-    slow_serve = gpu_step == "auto" and n_streams == 1 and getattr(model, "context", None) is not None
-    if gpu_step == "serve" or (gpu_step == "auto" and n_streams == 1 and not slow_serve
-                               and serve_support(model) is None):
+    auto_one = gpu_step == "auto" and n_streams == 1
+    slow_serve = auto_one and getattr(model, "context", None) is not None
+    if gpu_step == "serve" or (auto_one and not slow_serve and serve_support(model) is None):
         stepper = ServeStepper(model, device=device)
         print(f"GPU step: {stepper.step_kind}", file=sys.stderr, flush=True)
         return stepper
