@@ -99,13 +99,19 @@ def main(argv=None) -> int:
     ap.add_argument("--method", choices=sorted(METHOD_CODES), default="mamba", help="discretization")
     ap.add_argument("--block-d", type=int, default=None, help="channels per program (default: the launcher's)")
     ap.add_argument("--warps", type=int, default=None, help="warps per program (default: the launcher's)")
+    ap.add_argument("--n1", type=int, default=None, help="states across lanes (default: the launcher's)")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="backward: per-block slices for the sums over channels instead of atomic adds")
     ap.add_argument("--sass", default=None, help="write the whole disassembly here")
     args = ap.parse_args(argv)
 
     cfg = launch_config(256, 16, args.kernel)  # the launcher's tile for N = 16 states (any D of 256 or more)
     warps = args.warps or cfg.num_warps
     block_d = args.block_d or cfg.block_d // cfg.num_warps * warps  # the launcher's channels per warp
-    common = dict(T=cfg.T, BLOCK_D=block_d, N1=cfg.n1, N2=cfg.n2, METHOD=METHOD_CODES[args.method], EVENT=args.event,
+    n1 = args.n1 or cfg.n1
+    n2 = cfg.n1 * cfg.n2 // n1
+    block_d = block_d * cfg.n1 // n1  # lanes move between channels and states
+    common = dict(T=cfg.T, BLOCK_D=block_d, N1=n1, N2=n2, METHOD=METHOD_CODES[args.method], EVENT=args.event,
                   SOFTPLUS=True, HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_LEN=False, CARRY_ONLY=False,
                   NATIVE=True, FAST=True)
     if args.kernel == "fwd":
@@ -113,9 +119,9 @@ def main(argv=None) -> int:
         constants = dict(common, HAS_H0=False, SAVE_STATES=True, WRITE_FINAL=True)
     else:
         fn = kernels.scan_bwd_kernel
-        constants = dict(common, HAS_DHT=False)
+        constants = dict(common, HAS_DHT=False, ATOMIC_SUMS=not args.deterministic)
     result = analyse(compile_sm90(fn, constants, warps, args.dtype))
-    per_thread = cfg.n2 * cfg.T
+    per_thread = n2 * cfg.T
     print(f"{args.kernel} kernel, {'event' if args.event else 'standard'} mode, {args.dtype}, {args.method}, "
           f"BLOCK_D {block_d}, {warps} warp(s), Triton {triton.__version__}, sm_90")
     print(f"registers per thread {result['registers']}, stack {result['stack_bytes']} bytes")

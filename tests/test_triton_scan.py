@@ -129,6 +129,30 @@ def test_bfloat16_matches_reference(disc, event):
     run_and_compare(p, disc, lengths, tol_y=1e-2, tol_g=1e-2, seed=11)
 
 
+@pytest.mark.parametrize("atomic", [False, True], ids=["slices", "atomic"])
+def test_both_ways_of_summing_over_channels(monkeypatch, atomic):
+    """The gradients of B, C and the time steps sum over channel blocks (several blocks at these sizes) either
+    with atomic adds or through per-block slices; both equal the reference, and the slices are reproducible."""
+    monkeypatch.setattr(triton_scan, "ATOMIC_CHANNEL_SUMS", atomic)
+    shape = (2, 300, 530, 16) if CUDA else (2, 40, 30, 16)
+    p = problem(*shape, True, True, False, seed=23)
+    run_and_compare(p, "zoh", None, tol_y=1e-5, tol_g=1e-4, seed=23)
+    if not atomic:
+        grads = []
+        for _ in range(2):
+            q = leaves(p)
+            selective_scan_triton(**q, discretization="zoh").sum().backward()
+            grads.append([q[k].grad for k in ("B", "C", "dt")])
+        assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_deterministic_mode_selects_the_slices(monkeypatch):
+    monkeypatch.setattr(triton_scan, "ATOMIC_CHANNEL_SUMS", None)
+    assert triton_scan.use_atomic_sums()
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert not triton_scan.use_atomic_sums()
+
+
 def test_strided_inputs_as_the_layer_passes_them():
     """u/delta/z as (B, D, L) views of (B, L, D) storage; B/C as views of one (B, L, R + 2N) projection."""
     batch, dim, L, N, R = (2, 96, 500, 16, 6) if CUDA else (2, 20, 41, 16, 3)

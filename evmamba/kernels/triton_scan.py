@@ -218,6 +218,19 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dt, rate, 
     return y, (hT if want_final else None), (states if save_states else None)
 
 
+#: How the backward sums the gradients of ``B`` and ``C`` over channel blocks: ``True`` adds
+#: them in place with atomic adds (fastest; the order of the additions, so the last bits, vary from run to run),
+#: ``False`` writes one slice per block and sums them afterwards (bitwise reproducible), ``None`` chooses
+#: ``False`` exactly when ``torch.use_deterministic_algorithms(True)`` is in force.
+ATOMIC_CHANNEL_SUMS: bool | None = None
+
+
+def use_atomic_sums() -> bool:
+    if ATOMIC_CHANNEL_SUMS is not None:
+        return ATOMIC_CHANNEL_SUMS
+    return not torch.are_deterministic_algorithms_enabled()
+
+
 def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, dt, rate, method,
                   lengths, states):
     """Launch the backward kernel (after its carry pass when split into segments) and reduce its partial sums.
@@ -236,12 +249,16 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     event = dt is not None
     needs_delta = not (event and method == "dirac")
 
+    atomic = use_atomic_sums()
+    # Sums over channels for B and C: one buffer that every channel block adds into, or one slice per block.
+    n_slices = 1 if atomic else n_dblocks
+    part = torch.zeros if atomic else _alloc
     du = _alloc(batch, dim, L, device=dev, dtype=u.dtype)
     ddelta = (_alloc(batch, dim, L, device=dev, dtype=delta.dtype) if needs_delta
               else torch.zeros(batch, dim, L, device=dev, dtype=delta.dtype))
     dz = _alloc(batch, dim, L, device=dev, dtype=z.dtype) if z is not None else _dummy(u)
-    dB_part = _alloc(n_dblocks, batch, n, L, **f32)
-    dC_part = _alloc(n_dblocks, batch, n, L, **f32)
+    dB_part = part(n_slices, batch, n, L, **f32)
+    dC_part = part(n_slices, batch, n, L, **f32)
     dts_part = _alloc(n_dblocks, batch, L, **f32) if event else _dummy(u)
     dA_part = _alloc(n_segs, batch, dim, n, **f32)
     dD_part = _alloc(n_segs, batch, dim, **f32) if D is not None else _dummy(u)
@@ -273,15 +290,15 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
         T=cfg.T, BLOCK_D=cfg.block_d, N1=cfg.n1, N2=cfg.n2,
         METHOD=METHOD_CODES[method], EVENT=event, SOFTPLUS=bool(delta_softplus),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        HAS_LEN=lengths is not None, HAS_DHT=dhT is not None,
+        HAS_LEN=lengths is not None, HAS_DHT=dhT is not None, ATOMIC_SUMS=atomic,
         NATIVE=(not INTERPRETING) or FORCE_NATIVE_SCAN, FAST=not INTERPRETING, num_warps=cfg.num_warps,
     )
     if n_segs > 1:
         # Segments 1..S-1 send messages; segment 0 would send to nothing before it.
         scan_bwd_kernel[(n_dblocks, batch, n_segs - 1)](*args(1), CARRY_ONLY=True, **flags)
     scan_bwd_kernel[(n_dblocks, batch, n_segs)](*args(0), CARRY_ONLY=False, **flags)
-    dB = dB_part.sum(0).to(B.dtype)
-    dC = dC_part.sum(0).to(C.dtype)
+    dB = (dB_part[0] if atomic else dB_part.sum(0)).to(B.dtype)
+    dC = (dC_part[0] if atomic else dC_part.sum(0)).to(C.dtype)
     dA = dA_part.sum((0, 1)).to(A.dtype)
     dD = None if D is None else dD_part.sum((0, 1)).to(D.dtype)
     dbias = None if delta_bias is None else dbias_part.sum((0, 1)).to(delta_bias.dtype)

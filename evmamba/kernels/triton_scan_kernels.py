@@ -30,8 +30,9 @@ initial and final state. With ``SAVE_STATES`` it writes the state at the start o
 **Backward** (``scan_bwd_kernel``): chunks in reverse order. Each recomputes its states, runs the adjoint
 ``g[t] = dh[t] + Abar[t+1] g[t+1]`` backwards and turns it into gradients for ``u``, ``delta``
 (pre-softplus), ``z``, ``A``, ``B``, ``C``, ``D``, the ``delta`` bias, the event rate, the time steps and the
-initial state. Sums over channels (``B``, ``C``, time steps) are written per channel block and added up by
-the caller; sums over time (``A``, ``D``, biases) are kept in registers and written once per program.
+initial state. Sums over channels are added into one buffer with atomic adds (``B``, ``C``; unless
+``ATOMIC_SUMS`` is off) or written per channel block and added up by the caller (time steps); sums over time
+(``A``, ``D``, biases) are kept in registers and written once per program.
 """
 
 from __future__ import annotations
@@ -98,6 +99,18 @@ def _load_t_opt(ptr, s_l, it, mt, HAS: tl.constexpr):
         return tl.zeros([it.shape[0]], tl.float32)
 
 
+@triton.jit
+def _take(x, FAST: tl.constexpr):
+    """A prefetched float32 tile at the point of use, passed through a register move that the compiler may not
+    move or see through. Without it, the compiler put the change of layout that the use needs (through shared
+    memory) right after the load, where it waited out the memory latency in every chunk: 13 % of the
+    backward's stall samples on an H200, at the chunk's saved state."""
+    if FAST:
+        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=False, pack=1)
+    else:
+        return x
+
+
 # ------------------------------------------------------------------------------- shared arithmetic
 @triton.jit
 def _sum_states(x):
@@ -150,14 +163,30 @@ def _input_term(dtB, v, Bm, A, A_inv, METHOD: tl.constexpr, FAST: tl.constexpr):
 
 
 @triton.jit
-def _load_dn(ptr, idd, n3, m_dn, DIM, N):
-    """``(N2, 1, BLOCK_D, N1)`` slice of a contiguous ``(.., D, N)`` float32 tensor (``ptr`` at its start)."""
+def _load_dn3(ptr, idd, n3, m_dn, N):
+    """``(N2, BLOCK_D, N1)`` slice of a contiguous ``(.., D, N)`` float32 tensor (``ptr`` at its start)."""
+    return tl.load(ptr + idd[None, :, None] * N + n3, mask=m_dn, other=0.0)
+
+
+@triton.jit
+def _load_dn(ptr, idd, n3, m_dn, N):
+    """``(N2, 1, BLOCK_D, N1)`` slice of a contiguous ``(.., D, N)`` float32 tensor (``ptr`` at its start);
+    ``n3`` the ``(N2, 1, N1)`` offsets of the states within a channel's row of ``N``."""
     return tl.load(ptr + idd[None, :, None] * N + n3, mask=m_dn, other=0.0)[:, None, :, :]
 
 
 @triton.jit
 def _store_dn(ptr, x, idd, n3, m_dn, N):
     tl.store(ptr + idd[None, :, None] * N + n3, tl.sum(x, axis=1), mask=m_dn)
+
+
+@triton.jit
+def _store_sum(ptr, x, mask, ATOMIC: tl.constexpr):
+    """A channel block's share of a sum over channels: added in place (``ATOMIC``) or stored in its own slice."""
+    if ATOMIC:
+        tl.atomic_add(ptr, x, mask=mask, sem="relaxed")
+    else:
+        tl.store(ptr, x, mask=mask)
 
 
 # ---------------------------------------------------------------------------------------- forward
@@ -230,7 +259,7 @@ def scan_fwd_kernel(
         # Start of this segment: run the carries of the segments before it.
         for j in range(0, seg):
             off = seg_base + (j + zero64) * DIM * N
-            h = _load_dn(seg_P_ptr + off, idd, n3, m_dn, DIM, N) * h + _load_dn(seg_E_ptr + off, idd, n3, m_dn, DIM, N)
+            h = _load_dn(seg_P_ptr + off, idd, n3, m_dn, N) * h + _load_dn(seg_E_ptr + off, idd, n3, m_dn, N)
 
     c_begin = seg * chunks_per_seg
     c_end = tl.minimum(c_begin + chunks_per_seg, n_chunks)
@@ -329,13 +358,15 @@ def scan_bwd_kernel(
     METHOD: tl.constexpr, EVENT: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr,
     HAS_DHT: tl.constexpr, CARRY_ONLY: tl.constexpr, NATIVE: tl.constexpr, FAST: tl.constexpr,
+    ATOMIC_SUMS: tl.constexpr,
 ):
     """Gradients, or with ``CARRY_ONLY`` the segment carry pass: writes ``W`` and ``P`` ``(B, n_segs, D, N)``,
     the adjoint message each segment sends to the one before it when nothing enters it from behind, and the
     product of the segment's decays.
 
     Outputs are contiguous: ``du``/``ddelta``/``dz`` ``(B, D, L)`` in the inputs' dtypes; ``dB``/``dC``
-    ``(n_dblocks, B, N, L)`` and ``dts`` ``(n_dblocks, B, L)`` per channel block; ``dA`` ``(n_segs, B, D, N)``
+    ``(1, B, N, L)`` zero-filled for ``ATOMIC_SUMS``, else ``(n_dblocks, B, N, L)``, and ``dts``
+    ``(n_dblocks, B, L)`` per channel block; ``dA`` ``(n_segs, B, D, N)``
     and ``dD``/``dbias``/``drate`` ``(n_segs, B, D)`` per batch row and segment; ``dh0`` ``(B, D, N)``."""
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -380,12 +411,12 @@ def scan_bwd_kernel(
         P = tl.full([N2, 1, BLOCK_D, N1], 1.0, tl.float32)
     else:
         if HAS_DHT:
-            w = _load_dn(dhT_ptr + b * DIM * N, idd, n3, m_dn, DIM, N)
+            w = _load_dn(dhT_ptr + b * DIM * N, idd, n3, m_dn, N)
         else:
             w = tl.zeros([N2, 1, BLOCK_D, N1], tl.float32)
         for jj in range(0, n_segs - 1 - seg):
             off = seg_base + (n_segs - 1 - jj + zero64) * DIM * N
-            w = _load_dn(seg_P_ptr + off, idd, n3, m_dn, DIM, N) * w + _load_dn(seg_W_ptr + off, idd, n3, m_dn, DIM, N)
+            w = _load_dn(seg_P_ptr + off, idd, n3, m_dn, N) * w + _load_dn(seg_W_ptr + off, idd, n3, m_dn, N)
 
     # Sums over time: (T, BLOCK_D) tiles added elementwise chunk after chunk, reduced once at the end.
     dA_acc = tl.zeros([N2, BLOCK_D, N1], tl.float32)
@@ -403,7 +434,12 @@ def scan_bwd_kernel(
     st_b = states_ptr + (b * n_chunks) * DIM * N
     # Outputs (contiguous).
     o_td = b * DIM * L + idd[None, :] * L + it[:, None]  # (T, BD) offsets at t0 = 0
-    o_nt = (pid_d * n_batch + b) * N * L + n3 * L + it[None, :, None]  # (N2, T, N1)
+    if ATOMIC_SUMS:
+        o_nt = b * N * L + n3 * L + it[None, :, None]  # (N2, T, N1): every channel block adds into (B, N, L)
+    else:
+        o_nt = (pid_d * n_batch + b) * N * L + n3 * L + it[None, :, None]  # one slice per channel block
+    # The time steps' gradient always goes to per-block slices: all of a row's channel blocks reach the same
+    # few addresses at about the same time (measured once with atomic adds here too: event mode 4-13 % slower).
     o_t = (pid_d * n_batch + b) * L + it
 
     c_begin = seg * chunks_per_seg
@@ -417,6 +453,10 @@ def scan_bwd_kernel(
     Cm = _load_ntn(C_b + t_last * s_C_l, s_C_l, s_C_n, it, n3, m_last, mn3)
     ts = _load_t_opt(ts_b + t_last * s_ts_l, s_ts_l, it, m_last, EVENT)
     dy = _load_td(dy_b + t_last * s_dy_l, s_dy_l, s_dy_d, it, idd, m_last, md)
+    # The state saved at each chunk's start is prefetched with the chunk's inputs: loaded where it is used,
+    # its memory latency stood in every chunk's dependent chain.
+    if FULL:
+        h_start = _load_dn3(st_b + (c_end - 1 + zero64) * DIM * N, idd, n3, m_dn & (c_begin < c_end), N)
     for cc in range(0, c_end - c_begin):
         c = c_end - 1 - cc
         t0 = (c + zero64) * T
@@ -429,6 +469,8 @@ def scan_bwd_kernel(
         C_n = _load_ntn(C_b + tp * s_C_l, s_C_l, s_C_n, it, n3, mp, mn3)
         ts_n = _load_t_opt(ts_b + tp * s_ts_l, s_ts_l, it, mp, EVENT)
         dy_n = _load_td(dy_b + tp * s_dy_l, s_dy_l, s_dy_d, it, idd, mp, md)
+        if FULL:
+            h_start_n = _load_dn3(st_b + (c - 1 + zero64) * DIM * N, idd, n3, m_dn & (c - 1 >= c_begin), N)
 
         tt = t0 + it
         in_range = tt < L
@@ -456,13 +498,13 @@ def scan_bwd_kernel(
             P = P * take_time(abar * Pn, 0, 1, T)
         else:
             # ---- recompute the chunk's states from the one saved at its start
-            h_start = _load_dn(st_b + (c + zero64) * DIM * N, idd, n3, m_dn, DIM, N)
             v = u * valid[:, None]
             v4 = v[None, :, :, None]
             Bm4 = Bm[:, :, None, :]
             bx, f = _input_term(dtB, v, Bm, A, A_inv, METHOD, FAST)
-            H = linear_scan(abar, tl.where(_first_step_mask(it), bx + abar * h_start, bx), 1, T, False, NATIVE)
-            H_prev = shift_scan(H, h_start, 1, T, False, NATIVE)
+            h0c = _take(h_start, FAST)[:, None, :, :]
+            H = linear_scan(abar, tl.where(_first_step_mask(it), bx + abar * h0c, bx), 1, T, False, NATIVE)
+            H_prev = shift_scan(H, h0c, 1, T, False, NATIVE)
 
             # ---- output gate and skip
             if HAS_D:
@@ -480,7 +522,7 @@ def scan_bwd_kernel(
                 tl.store(dz_ptr + o_td + t0, dz, mask=in_range[:, None] & md[None, :])
             # C's gradient needs this block's states; take it now so that H is dead before the adjoint.
             dC_part = tl.sum(dpre4 * H, axis=2)  # (N2, T, N1)
-            tl.store(dC_ptr + o_nt + t0, dC_part, mask=in_range[None, :, None] & mn3)
+            _store_sum(dC_ptr + o_nt + t0, dC_part, in_range[None, :, None] & mn3, ATOMIC_SUMS)
 
             # ---- adjoint recurrence, backwards: g[t] = dh[t] + Abar[t+1] g[t+1]; the carry w = Abar[T] g[T]
             dh = tl.where(last, dpre4 * Cm4 + w, dpre4 * Cm4)
@@ -495,7 +537,7 @@ def scan_bwd_kernel(
             # ---- gradients through Bbar u = f * v * B
             GB = G * Bm4
             dB_part = tl.sum(G * (f * v4), axis=2)  # (N2, T, N1): sum over this block's channels
-            tl.store(dB_ptr + o_nt + t0, dB_part, mask=in_range[None, :, None] & mn3)
+            _store_sum(dB_ptr + o_nt + t0, dB_part, in_range[None, :, None] & mn3, ATOMIC_SUMS)
             if METHOD == 0:
                 sGB = _sum_states(GB)  # (T, BD)
                 dv = sGB * dtB
@@ -537,6 +579,8 @@ def scan_bwd_kernel(
                 tl.store(ddelta_ptr + o_td + t0, ddelta, mask=in_range[:, None] & md[None, :])
 
         u, dtr, z, Bm, Cm, ts, dy = u_n, dtr_n, z_n, B_n, C_n, ts_n, dy_n
+        if FULL:
+            h_start = h_start_n
 
     if CARRY_ONLY:
         _store_dn(seg_W_ptr + seg_base + (seg + zero64) * DIM * N, w, idd, n3, m_dn, N)
