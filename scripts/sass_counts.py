@@ -107,10 +107,10 @@ def main(argv=None) -> int:
 
     cfg = launch_config(256, 16, args.kernel)  # the launcher's tile for N = 16 states (any D of 256 or more)
     warps = args.warps or cfg.num_warps
-    block_d = args.block_d or cfg.block_d // cfg.num_warps * warps  # the launcher's channels per warp
     n1 = args.n1 or cfg.n1
     n2 = cfg.n1 * cfg.n2 // n1
-    block_d = block_d * cfg.n1 // n1  # lanes move between channels and states
+    # The launcher's channels per warp, with the lanes that --n1 moves between states and channels.
+    block_d = args.block_d or cfg.block_d // cfg.num_warps * warps * cfg.n1 // n1
     common = dict(T=cfg.T, BLOCK_D=block_d, N1=n1, N2=n2, METHOD=METHOD_CODES[args.method], EVENT=args.event,
                   SOFTPLUS=True, HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_LEN=False, CARRY_ONLY=False,
                   NATIVE=True, FAST=True)

@@ -131,8 +131,9 @@ def test_bfloat16_matches_reference(disc, event):
 
 @pytest.mark.parametrize("atomic", [False, True], ids=["slices", "atomic"])
 def test_both_ways_of_summing_over_channels(monkeypatch, atomic):
-    """The gradients of B, C and the time steps sum over channel blocks (several blocks at these sizes) either
-    with atomic adds or through per-block slices; both equal the reference, and the slices are reproducible."""
+    """The gradients of B and C sum over channel blocks (several blocks at these sizes) either with atomic adds
+    or through per-block slices (the time steps' always through slices); both equal the reference, and the
+    slices are bitwise reproducible."""
     monkeypatch.setattr(triton_scan, "ATOMIC_CHANNEL_SUMS", atomic)
     shape = (2, 300, 530, 16) if CUDA else (2, 40, 30, 16)
     p = problem(*shape, True, True, False, seed=23)

@@ -226,6 +226,7 @@ ATOMIC_CHANNEL_SUMS: bool | None = None
 
 
 def use_atomic_sums() -> bool:
+    """Whether this backward adds the channel blocks' gradients of ``B`` and ``C`` atomically (see above)."""
     if ATOMIC_CHANNEL_SUMS is not None:
         return ATOMIC_CHANNEL_SUMS
     return not torch.are_deterministic_algorithms_enabled()
