@@ -172,7 +172,7 @@ def _load_dn3(ptr, idd, n3, m_dn, N):
 def _load_dn(ptr, idd, n3, m_dn, N):
     """``(N2, 1, BLOCK_D, N1)`` slice of a contiguous ``(.., D, N)`` float32 tensor (``ptr`` at its start);
     ``n3`` the ``(N2, 1, N1)`` offsets of the states within a channel's row of ``N``."""
-    return tl.load(ptr + idd[None, :, None] * N + n3, mask=m_dn, other=0.0)[:, None, :, :]
+    return _load_dn3(ptr, idd, n3, m_dn, N)[:, None, :, :]
 
 
 @triton.jit
@@ -435,9 +435,10 @@ def scan_bwd_kernel(
     # Outputs (contiguous).
     o_td = b * DIM * L + idd[None, :] * L + it[:, None]  # (T, BD) offsets at t0 = 0
     if ATOMIC_SUMS:
-        o_nt = b * N * L + n3 * L + it[None, :, None]  # (N2, T, N1): every channel block adds into (B, N, L)
+        blk = b  # every channel block adds into one (B, N, L) buffer
     else:
-        o_nt = (pid_d * n_batch + b) * N * L + n3 * L + it[None, :, None]  # one slice per channel block
+        blk = pid_d * n_batch + b  # one slice per channel block
+    o_nt = blk * N * L + n3 * L + it[None, :, None]  # (N2, T, N1)
     # The time steps' gradient always goes to per-block slices: all of a row's channel blocks reach the same
     # few addresses at about the same time (measured once with atomic adds here too: event mode 4-13 % slower).
     o_t = (pid_d * n_batch + b) * L + it
