@@ -147,6 +147,37 @@ def test_both_ways_of_summing_over_channels(monkeypatch, atomic):
         assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
+@pytest.mark.parametrize("split", [2, 3])
+def test_forward_carry_pieces(monkeypatch, split):
+    """The forward's carry pass cut into pieces (each segment's carry composed from several shorter ones; the
+    last segment shorter than the others): the outputs, final state and gradients equal the float64
+    reference, with lengths and an initial state."""
+    monkeypatch.setattr(triton_scan, "CHUNKS_PER_SEGMENT_OVERRIDE", 6)
+    monkeypatch.setattr(triton_scan, "CARRY_SPLIT_OVERRIDE", split)
+    shape = (3, 80, 1003, 16) if CUDA else (2, 20, 165, 16)
+    p = problem(*shape, True, True, True, seed=29)
+    lengths = torch.tensor([shape[2], shape[2] - 77, 40][: shape[0]], device=DEVICE)
+    run_and_compare(p, "zoh", lengths, tol_y=1e-5, tol_g=1e-4, seed=29)
+
+
+@pytest.mark.parametrize("shape,segments", [((16, 256, 8192), 4), ((8, 1536, 2048), 2), ((64, 256, 2048), 1)])
+def test_backward_segments_fill_their_last_wave(shape, segments):
+    """The backward's split on an H200-like GPU (132 multiprocessors, 8 one-warp programs each): no last wave
+    that is barely filled (as 1.45 waves were, at 5 segments of 16 x 256 x 8192), and no segments at all when
+    a second wave of whole rows fills well."""
+    from types import SimpleNamespace
+
+    batch, dim, L = shape
+    cfg = triton_scan.LaunchConfig(T=8, block_d=8, n1=4, n2=4, num_warps=1)
+    props = SimpleNamespace(multi_processor_count=132, regs_per_multiprocessor=65536)
+    programs, n_chunks = batch * dim // 8, L // 8
+    per_seg = triton_scan._backward_segments(programs, n_chunks, 132 * 16, cfg, props)
+    n_segs = -(-n_chunks // per_seg)
+    assert n_segs == segments
+    waves = programs * n_segs / (132 * 8)
+    assert waves / -(-waves // 1) > 0.9
+
+
 def test_deterministic_mode_selects_the_slices(monkeypatch):
     monkeypatch.setattr(triton_scan, "ATOMIC_CHANNEL_SUMS", None)
     assert triton_scan.use_atomic_sums()

@@ -142,11 +142,20 @@ def _alloc_like(t: torch.Tensor) -> torch.Tensor:
 
 #: Warps per multiprocessor that the segment split aims for, per kernel. The kernels' register use lets
 #: about 8 warps be resident; the backward gains from a second wave (measured: 2.71 -> 2.47 ms at 8 -> 16).
+#: The backward's split is chosen by :func:`_backward_segments`, which uses this only to break ties.
 TARGET_WARPS_PER_SM = {"fwd": 8, "bwd": 16}
+#: Registers per thread of the backward kernel (255 on sm_90 for every mode and dtype, by
+#: scripts/sass_counts.py; allocated in units of 8): they bound how many of its programs a multiprocessor holds.
+BWD_REGISTERS = 256
+#: The backward's carry pass costs about this fraction of its main pass per chunk (16 x 256 x 8192 and
+#: 64 x 256 x 2048 on an H200, 2026-12-01).
+BWD_CARRY_COST = 0.2
 #: A segment is at least this many chunks long, so its carry (a few loads per state) stays negligible.
 MIN_CHUNKS_PER_SEGMENT = 16
 #: Tests may set this to force the number of chunks per segment.
 CHUNKS_PER_SEGMENT_OVERRIDE: int | None = None
+#: Tests may set this to force the forward carry pass's pieces per segment.
+CARRY_SPLIT_OVERRIDE: int | None = None
 
 
 def segment_plan(batch: int, dim: int, L: int, cfg: LaunchConfig, device: torch.device,
@@ -162,13 +171,58 @@ def segment_plan(batch: int, dim: int, L: int, cfg: LaunchConfig, device: torch.
     elif INTERPRETING:
         per_seg = MIN_CHUNKS_PER_SEGMENT
     else:
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        props = torch.cuda.get_device_properties(device)
         programs = batch * _cdiv(dim, cfg.block_d)
-        want = _cdiv(sms * TARGET_WARPS_PER_SM[kind], cfg.num_warps)
-        n_segs = max(1, min(_cdiv(want, programs), n_chunks // MIN_CHUNKS_PER_SEGMENT))
-        per_seg = _cdiv(n_chunks, n_segs)
+        want = _cdiv(props.multi_processor_count * TARGET_WARPS_PER_SM[kind], cfg.num_warps)
+        if kind == "bwd":
+            per_seg = _backward_segments(programs, n_chunks, want, cfg, props)
+        else:
+            n_segs = max(1, min(_cdiv(want, programs), n_chunks // MIN_CHUNKS_PER_SEGMENT))
+            per_seg = _cdiv(n_chunks, n_segs)
     per_seg = max(1, per_seg)
     return _cdiv(n_chunks, per_seg), per_seg
+
+
+def _backward_segments(programs: int, n_chunks: int, want: int, cfg: LaunchConfig, props) -> int:
+    """Chunks per segment for the backward, by a model of its waves: a multiprocessor holds a fixed number of
+    its programs (registers), every program of a wave takes as long as its segment, and the carry pass adds
+    ``BWD_CARRY_COST`` of that per wave of its own. A last wave that is barely filled costs a whole one (on an
+    H200 at 16 x 256 x 8192: 1.45 waves took 23 % longer than 1.94), so the split avoids it. The model leaves
+    out what each segment costs by itself (its start, its partial sums), so among the splits within 3 % of the
+    cheapest it takes the one with programs nearest ``want``, then the one with fewer segments."""
+    regs = getattr(props, "regs_per_multiprocessor", 65536)
+    slots = props.multi_processor_count * max(1, regs // (BWD_REGISTERS * 32 * cfg.num_warps))
+    plans = []  # (cost in chunk-times, distance from want, segments, chunks per segment)
+    for split in range(1, max(1, n_chunks // MIN_CHUNKS_PER_SEGMENT) + 1):
+        per_seg = _cdiv(n_chunks, split)
+        n_segs = _cdiv(n_chunks, per_seg)
+        cost = per_seg * (_cdiv(programs * n_segs, slots) + BWD_CARRY_COST * _cdiv(programs * (n_segs - 1), slots))
+        plans.append((cost, abs(programs * n_segs - want), n_segs, per_seg))
+    cheapest = min(p[0] for p in plans)
+    return min(p[1:] for p in plans if p[0] <= 1.03 * cheapest)[2]
+
+
+def carry_plan(batch: int, dim: int, n_chunks: int, n_segs: int, per_seg: int, cfg: LaunchConfig,
+               device: torch.device) -> tuple[int, int, int]:
+    """``(n_segs, chunks_per_seg, carry_split)`` for the forward: the carry pass covers all segments but the
+    last, so it has fewer programs than the main pass; cutting each of its segments into ``carry_split``
+    pieces (each a segment of its own, of at least ``MIN_CHUNKS_PER_SEGMENT`` chunks) gives it as many
+    programs as the main pass aims for. ``chunks_per_seg`` is rounded up to a multiple of ``carry_split``."""
+    if n_segs <= 1:
+        return n_segs, per_seg, 1
+    if CARRY_SPLIT_OVERRIDE is not None:
+        split = CARRY_SPLIT_OVERRIDE
+    elif INTERPRETING:
+        split = 1
+    else:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        want = _cdiv(sms * TARGET_WARPS_PER_SM["fwd"], cfg.num_warps)
+        carry_programs = batch * _cdiv(dim, cfg.block_d) * (n_segs - 1)
+        split = min(_cdiv(want, carry_programs), per_seg // MIN_CHUNKS_PER_SEGMENT)
+    split = max(1, min(split, per_seg))
+    per_seg = _cdiv(per_seg, split) * split
+    n_segs = _cdiv(n_chunks, per_seg)
+    return n_segs, per_seg, (split if n_segs > 1 else 1)
 
 
 def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dt, rate, method, initial_state,
@@ -180,27 +234,30 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dt, rate, 
     cfg = launch_config(dim, n, "fwd")
     n_chunks = _cdiv(L, cfg.T)
     n_segs, per_seg = segment_plan(batch, dim, L, cfg, u.device, "fwd")
+    n_segs, per_seg, split = carry_plan(batch, dim, n_chunks, n_segs, per_seg, cfg, u.device)
     dev = u.device
     y = _alloc_like(u)
     hT = _alloc(batch, dim, n, device=dev, dtype=torch.float32) if want_final else _dummy(u)
     states = _alloc(batch, n_chunks, dim, n, device=dev, dtype=torch.float32) if save_states else _dummy(u)
     if n_segs > 1:
-        seg_E = _alloc(batch, n_segs, dim, n, device=dev, dtype=torch.float32)
-        seg_P = _alloc(batch, n_segs, dim, n, device=dev, dtype=torch.float32)
+        seg_E = _alloc(batch, n_segs * split, dim, n, device=dev, dtype=torch.float32)
+        seg_P = _alloc(batch, n_segs * split, dim, n, device=dev, dtype=torch.float32)
     else:
         seg_E = seg_P = _dummy(u)
     event = dt is not None
     d = _dummy(u)
-    args = (
-        u, delta, A, B, C, d if D is None else D, d if z is None else z, d if delta_bias is None else delta_bias,
-        d if dt is None else dt, d if rate is None else rate,
-        d if initial_state is None else initial_state, d if lengths is None else lengths,
-        y, hT, states, seg_E, seg_P,
-        L, dim, n, n_chunks, per_seg, n_segs,
-        *u.stride(), *delta.stride(), *_strides3(z), *B.stride(), *C.stride(),
-        *((0, 0) if dt is None else dt.stride()), *y.stride(), *A.stride(),
-        *((0, 0, 0) if initial_state is None else initial_state.stride()),
-    )
+    def args(chunks_per_seg: int, segs: int, carry_split: int) -> tuple:
+        return (
+            u, delta, A, B, C, d if D is None else D, d if z is None else z,
+            d if delta_bias is None else delta_bias, d if dt is None else dt, d if rate is None else rate,
+            d if initial_state is None else initial_state, d if lengths is None else lengths,
+            y, hT, states, seg_E, seg_P,
+            L, dim, n, n_chunks, chunks_per_seg, segs, carry_split,
+            *u.stride(), *delta.stride(), *_strides3(z), *B.stride(), *C.stride(),
+            *((0, 0) if dt is None else dt.stride()), *y.stride(), *A.stride(),
+            *((0, 0, 0) if initial_state is None else initial_state.stride()),
+        )
+
     flags = dict(
         T=cfg.T, BLOCK_D=cfg.block_d, N1=cfg.n1, N2=cfg.n2,
         METHOD=METHOD_CODES[method], EVENT=event, SOFTPLUS=bool(delta_softplus),
@@ -210,11 +267,13 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dt, rate, 
     )
     n_dblocks = _cdiv(dim, cfg.block_d)
     if n_segs > 1:
-        # The last segment's carry is never used.
-        scan_fwd_kernel[(n_dblocks, batch, n_segs - 1)](
-            *args, SAVE_STATES=False, WRITE_FINAL=False, CARRY_ONLY=True, **flags)
+        # The last segment's carry is never used; each other segment's comes in `split` pieces.
+        scan_fwd_kernel[(n_dblocks, batch, (n_segs - 1) * split)](
+            *args(per_seg // split, n_segs * split, 1), SAVE_STATES=False, WRITE_FINAL=False, CARRY_ONLY=True,
+            **flags)
     scan_fwd_kernel[(n_dblocks, batch, n_segs)](
-        *args, SAVE_STATES=save_states, WRITE_FINAL=want_final, CARRY_ONLY=False, **flags)
+        *args(per_seg, n_segs, split), SAVE_STATES=save_states, WRITE_FINAL=want_final, CARRY_ONLY=False,
+        **flags)
     return y, (hT if want_final else None), (states if save_states else None)
 
 

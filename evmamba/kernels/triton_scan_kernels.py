@@ -194,7 +194,7 @@ def _store_sum(ptr, x, mask, ATOMIC: tl.constexpr):
 def scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ts_ptr, rate_ptr, h0_ptr, len_ptr,
     y_ptr, hT_ptr, states_ptr, seg_E_ptr, seg_P_ptr,
-    L, DIM, N, n_chunks, chunks_per_seg, n_segs,
+    L, DIM, N, n_chunks, chunks_per_seg, n_segs, carry_split,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
     s_z_b, s_z_d, s_z_l,
@@ -211,7 +211,9 @@ def scan_fwd_kernel(
     CARRY_ONLY: tl.constexpr, NATIVE: tl.constexpr, FAST: tl.constexpr,
 ):
     """Main pass, or with ``CARRY_ONLY`` the segment carry pass: zero start, no output, writes ``(E, P)``
-    ``(B, n_segs, D, N)`` per segment. The main pass starts segment ``s`` from the carries of the ones before."""
+    ``(B, n_segs, D, N)`` per segment. The main pass starts segment ``s`` from the carries of the
+    ``s * carry_split`` pieces before it (the carry pass may cut each segment into ``carry_split`` pieces, run
+    as segments of their own, to fill the GPU)."""
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     seg = tl.program_id(2)
@@ -246,7 +248,7 @@ def scan_fwd_kernel(
     else:
         length = L
 
-    seg_base = (b * n_segs) * DIM * N
+    seg_base = (b * n_segs * carry_split) * DIM * N
     if CARRY_ONLY:
         h = tl.zeros([N2, 1, BLOCK_D, N1], tl.float32)
         P = tl.full([N2, 1, BLOCK_D, N1], 1.0, tl.float32)
@@ -257,7 +259,7 @@ def scan_fwd_kernel(
         else:
             h = tl.zeros([N2, 1, BLOCK_D, N1], tl.float32)
         # Start of this segment: run the carries of the segments before it.
-        for j in range(0, seg):
+        for j in range(0, seg * carry_split):
             off = seg_base + (j + zero64) * DIM * N
             h = _load_dn(seg_P_ptr + off, idd, n3, m_dn, N) * h + _load_dn(seg_E_ptr + off, idd, n3, m_dn, N)
 
