@@ -34,11 +34,16 @@ from evmamba.kernels.triton_scan import launch_config
 #: Activations in the inputs' dtype; every other pointer is float32 (states, partial sums) or int64 (lengths).
 _ACTIVATIONS = {"u_ptr", "delta_ptr", "z_ptr", "B_ptr", "C_ptr", "dy_ptr", "y_ptr", "du_ptr", "ddelta_ptr", "dz_ptr"}
 #: Strides that are 1 for contiguous inputs (Triton specialises them away, as it does at run time).
-_UNIT = {"s_u_l", "s_dt_l", "s_z_l", "s_B_l", "s_C_l", "s_ts_l", "s_y_l", "s_dy_l", "s_A_n", "s_h0_n"}
+_UNIT = {"s_u_l", "s_dt_l", "s_z_l", "s_B_l", "s_C_l", "s_ts_l", "s_y_l", "s_dy_l", "s_A_n", "s_h0_n", "s_o_l"}
+#: With --channels-last: the (B, D, L) activations and gradients are transposed (B, L, D) buffers, as in the layer.
+_CHANNELS_LAST = {"s_u_l": "s_u_d", "s_dt_l": "s_dt_d", "s_z_l": "s_z_d", "s_y_l": "s_y_d", "s_dy_l": "s_dy_d",
+                  "s_o_l": "s_o_d"}
 
 
-def compile_sm90(fn, constants: dict, num_warps: int, dtype: str):
-    """``fn`` compiled for sm_90 with ``constants`` for its constexpr parameters and contiguous inputs."""
+def compile_sm90(fn, constants: dict, num_warps: int, dtype: str, channels_last: bool = False):
+    """``fn`` compiled for sm_90 with ``constants`` for its constexpr parameters and contiguous inputs (or,
+    with ``channels_last``, activations contiguous along channels)."""
+    unit = {_CHANNELS_LAST.get(n, n) for n in _UNIT} if channels_last else _UNIT
     signature, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(fn.arg_names):
         if fn.params[i].is_constexpr:
@@ -46,7 +51,7 @@ def compile_sm90(fn, constants: dict, num_warps: int, dtype: str):
         elif name.endswith("_ptr"):
             kind = dtype if name in _ACTIVATIONS else ("i64" if name == "len_ptr" else "fp32")
             signature[name], attrs[(i,)] = "*" + kind, [["tt.divisibility", 16]]
-        elif name in _UNIT:
+        elif name in unit:
             signature[name], constexprs[name] = "constexpr", 1
         else:
             signature[name] = "i32"
@@ -102,6 +107,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n1", type=int, default=None, help="states across lanes (default: the launcher's)")
     ap.add_argument("--deterministic", action="store_true",
                     help="backward: per-block slices for the sums over channels instead of atomic adds")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="activations and their gradients contiguous along channels (the layer's layout)")
     ap.add_argument("--sass", default=None, help="write the whole disassembly here")
     args = ap.parse_args(argv)
 
@@ -120,7 +127,7 @@ def main(argv=None) -> int:
     else:
         fn = kernels.scan_bwd_kernel
         constants = dict(common, HAS_DHT=False, ATOMIC_SUMS=not args.deterministic)
-    result = analyse(compile_sm90(fn, constants, warps, args.dtype))
+    result = analyse(compile_sm90(fn, constants, warps, args.dtype, args.channels_last))
     per_thread = n2 * cfg.T
     print(f"{args.kernel} kernel, {'event' if args.event else 'standard'} mode, {args.dtype}, {args.method}, "
           f"BLOCK_D {block_d}, {warps} warp(s), Triton {triton.__version__}, sm_90")

@@ -206,6 +206,20 @@ def test_strided_inputs_as_the_layer_passes_them():
     assert rel(y, y_c) < 1e-6 and rel(h, h_c) < 1e-6
 
 
+def test_gradients_come_back_laid_out_like_the_inputs():
+    """With u, delta and z as the layer passes them (channels innermost), their gradients are laid out the same
+    way (what the layer does with them next reads them without a copy) and equal the float64 reference."""
+    batch, dim, L, N = (2, 96, 500, 16) if CUDA else (2, 20, 41, 16)
+    p = problem(batch, dim, L, N, True, True, False, seed=31)
+    for name in ("u", "delta", "z"):  # the same values, stored as transposed (B, L, D) buffers
+        p[name] = p[name].transpose(1, 2).contiguous().transpose(1, 2)
+    run_and_compare(p, "zoh", None, tol_y=1e-5, tol_g=1e-4, seed=31)
+    q = leaves(p)
+    selective_scan_triton(**q, discretization="zoh").sum().backward()
+    for name in ("u", "delta", "z"):
+        assert q[name].grad.stride() == q[name].stride(), name
+
+
 @pytest.mark.skipif(CUDA, reason="the GPU always runs the associative-scan path")
 def test_associative_scan_path_under_the_interpreter(monkeypatch):
     """The GPU's tl.associative_scan formulation (forward, flipped reverse and shift scans), on a tiny case."""

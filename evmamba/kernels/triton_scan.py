@@ -135,6 +135,13 @@ def _alloc(*shape: int, dtype: torch.dtype, device) -> torch.Tensor:
     return torch.empty(*shape, dtype=dtype, device=device)
 
 
+def _alloc_td(batch: int, dim: int, L: int, dtype: torch.dtype, device, channels_last: bool) -> torch.Tensor:
+    """A ``(B, D, L)`` buffer from :func:`_alloc`, channels innermost (a transposed ``(B, L, D)``) or time."""
+    if channels_last:
+        return _alloc(batch, L, dim, dtype=dtype, device=device).transpose(1, 2)
+    return _alloc(batch, dim, L, dtype=dtype, device=device)
+
+
 def _alloc_like(t: torch.Tensor) -> torch.Tensor:
     """Output buffer with ``t``'s shape, dtype and strides (``empty_like`` keeps a dense tensor's layout)."""
     return torch.empty_like(t, memory_format=torch.preserve_format)
@@ -313,10 +320,14 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     # Sums over channels for B and C: one buffer that every channel block adds into, or one slice per block.
     n_slices = 1 if atomic else n_dblocks
     part = torch.zeros if atomic else _alloc
-    du = _alloc(batch, dim, L, device=dev, dtype=u.dtype)
-    ddelta = (_alloc(batch, dim, L, device=dev, dtype=delta.dtype) if needs_delta
+    # du, ddelta and dz are laid out like u: channels innermost when u has them innermost (the layer's views of
+    # its projections), so that what the layer does with them next (an add, the projections' backward, the
+    # convolution's backward) reads them without a copy or a change of layout.
+    channels_last = u.stride(1) < u.stride(2)
+    du = _alloc_td(batch, dim, L, u.dtype, dev, channels_last)
+    ddelta = (_alloc_td(batch, dim, L, delta.dtype, dev, channels_last) if needs_delta
               else torch.zeros(batch, dim, L, device=dev, dtype=delta.dtype))
-    dz = _alloc(batch, dim, L, device=dev, dtype=z.dtype) if z is not None else _dummy(u)
+    dz = _alloc_td(batch, dim, L, z.dtype, dev, channels_last) if z is not None else _dummy(u)
     dB_part = part(n_slices, batch, n, L, **f32)
     dC_part = part(n_slices, batch, n, L, **f32)
     dts_part = _alloc(n_dblocks, batch, L, **f32) if event else _dummy(u)
@@ -343,7 +354,7 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
             du, ddelta, dz, dB_part, dC_part, dts_part, dA_part, dD_part, dbias_part, drate_part, dh0,
             L, dim, n, n_chunks, per_seg, n_segs, batch, seg_offset,
             *u.stride(), *delta.stride(), *_strides3(z), *B.stride(), *C.stride(),
-            *((0, 0) if dt is None else dt.stride()), *dy.stride(), *A.stride(),
+            *((0, 0) if dt is None else dt.stride()), *dy.stride(), *A.stride(), *du.stride(),
         )
 
     flags = dict(

@@ -356,6 +356,7 @@ def scan_bwd_kernel(
     s_ts_b, s_ts_l,
     s_dy_b, s_dy_d, s_dy_l,
     s_A_d, s_A_n,
+    s_o_b, s_o_d, s_o_l,
     T: tl.constexpr, BLOCK_D: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr,
     METHOD: tl.constexpr, EVENT: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr,
@@ -366,7 +367,8 @@ def scan_bwd_kernel(
     the adjoint message each segment sends to the one before it when nothing enters it from behind, and the
     product of the segment's decays.
 
-    Outputs are contiguous: ``du``/``ddelta``/``dz`` ``(B, D, L)`` in the inputs' dtypes; ``dB``/``dC``
+    Outputs: ``du``/``ddelta``/``dz`` ``(B, D, L)`` in the inputs' dtypes, with strides ``s_o_*`` (laid out
+    like ``u``); the rest contiguous: ``dB``/``dC``
     ``(1, B, N, L)`` zero-filled for ``ATOMIC_SUMS``, else ``(n_dblocks, B, N, L)``, and ``dts``
     ``(n_dblocks, B, L)`` per channel block; ``dA`` ``(n_segs, B, D, N)``
     and ``dD``/``dbias``/``drate`` ``(n_segs, B, D)`` per batch row and segment; ``dh0`` ``(B, D, N)``."""
@@ -434,8 +436,8 @@ def scan_bwd_kernel(
     ts_b = ts_ptr + b * s_ts_b
     dy_b = dy_ptr + b * s_dy_b
     st_b = states_ptr + (b * n_chunks) * DIM * N
-    # Outputs (contiguous).
-    o_td = b * DIM * L + idd[None, :] * L + it[:, None]  # (T, BD) offsets at t0 = 0
+    # du, ddelta, dz: one layout, strides s_o_*; the other outputs are contiguous.
+    o_td = b * s_o_b + idd[None, :] * s_o_d + it[:, None] * s_o_l  # (T, BD) offsets at t0 = 0
     if ATOMIC_SUMS:
         blk = b  # every channel block adds into one (B, N, L) buffer
     else:
@@ -522,7 +524,7 @@ def scan_bwd_kernel(
                 else:
                     pre = y_ssm
                 dz = g_y * pre * dsz
-                tl.store(dz_ptr + o_td + t0, dz, mask=in_range[:, None] & md[None, :])
+                tl.store(dz_ptr + o_td + t0 * s_o_l, dz, mask=in_range[:, None] & md[None, :])
             # C's gradient needs this block's states; take it now so that H is dead before the adjoint.
             dC_part = tl.sum(dpre4 * H, axis=2)  # (N2, T, N1)
             _store_sum(dC_ptr + o_nt + t0, dC_part, in_range[None, :, None] & mn3, ATOMIC_SUMS)
@@ -562,7 +564,7 @@ def scan_bwd_kernel(
                     ddtB = _sum_states(df * r * r)
                     dA_acc += tl.sum(df * (0.5 * f * f), axis=1)
             du += dv * valid[:, None]
-            tl.store(du_ptr + o_td + t0, du, mask=in_range[:, None] & md[None, :])
+            tl.store(du_ptr + o_td + t0 * s_o_l, du, mask=in_range[:, None] & md[None, :])
 
             # ---- time steps, rate and delta
             ddtA = ddtA * valid[:, None]
@@ -579,7 +581,7 @@ def scan_bwd_kernel(
                     ddelta = ddtB
                 ddelta = ddelta * md[None, :].to(tl.float32)
                 dbias_acc += ddelta * in_range[:, None].to(tl.float32)
-                tl.store(ddelta_ptr + o_td + t0, ddelta, mask=in_range[:, None] & md[None, :])
+                tl.store(ddelta_ptr + o_td + t0 * s_o_l, ddelta, mask=in_range[:, None] & md[None, :])
 
         u, dtr, z, Bm, Cm, ts, dy = u_n, dtr_n, z_n, B_n, C_n, ts_n, dy_n
         if FULL:
