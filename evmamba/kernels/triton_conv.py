@@ -9,8 +9,9 @@ activations by default (see :func:`~evmamba.kernels.backends.conv_backend`).
   ``K - 1`` steps before its tile (the halo) as ``K`` shifted loads of the tile (the overlap comes from the
   cache) and accumulates in float32.
 * Backward: the pre-activation is recomputed, not stored. ``dx[t] = sum_j weight[K-1-j] * dpre[t + j]`` needs
-  ``dpre`` on the tile and ``K - 1`` steps after it, so each program recomputes ``dpre`` at the ``K`` shifts.
-  ``dweight`` and ``dbias`` are summed per program over its span of tiles into a float32 partial buffer
+  ``dpre`` on the tile and ``K - 1`` steps after it, so each program reads ``x`` at the ``2K - 1`` shifts
+  those need (once each) and recomputes ``dpre`` at the ``K`` shifts. ``dweight`` and ``dbias`` are summed
+  element-wise over the program's span of tiles, then over time once, into a float32 partial buffer
   ``(B * splits, Di, K)`` that a ``torch.sum`` reduces: no atomics, so the result is deterministic.
 
 ``x`` and the output gradient may have any strides (the layer passes a transposed view of ``in_proj``'s
@@ -81,7 +82,11 @@ def conv_silu_bwd_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_part_ptr, db_pa
                          BLOCK_T: tl.constexpr, WIDE: tl.constexpr):
     """Grid ``(B * n_split, cdiv(Di, BLOCK_C))``: program ``(b * n_split + s, j)`` writes ``dx`` on time tiles
     ``s * tiles_per_prog ...`` (up to ``tiles_per_prog`` of them) of channel block ``j`` of sequence ``b``, and
-    its sums of ``dweight`` / ``dbias`` over those tiles into row ``b * n_split + s`` of the partial buffers."""
+    its sums of ``dweight`` / ``dbias`` over those tiles into row ``b * n_split + s`` of the partial buffers.
+
+    Per tile, ``x`` is read once at each of the ``2K - 1`` shifts that ``dpre`` on the tile and the ``K - 1``
+    steps after it need (a tuple of tiles), and the ``dweight`` / ``dbias`` products are summed element-wise
+    over the program's tiles and over time once at its end."""
     pid = tl.program_id(0)
     b = (pid // n_split).to(tl.int64)
     s = pid % n_split
@@ -90,39 +95,57 @@ def conv_silu_bwd_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_part_ptr, db_pa
         c = c.to(tl.int64)
     c_ok = c < Di
     xb_ptr = x_ptr + b * sx_b
-    kk = tl.arange(0, K_PAD)
-    dw_acc = tl.zeros((BLOCK_C, K_PAD), dtype=tl.float32)
-    db_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    dyb_ptr = dy_ptr + b * sd_b
+    # Weights (K of (BLOCK_C,)), the bias, and the element-wise accumulators of dweight (K) and dbias.
+    ws = ()
+    dw_accs = ()
+    for k in tl.static_range(K):
+        ws = ws + (tl.load(w_ptr + c * K + k, mask=c_ok, other=0.0).to(tl.float32),)
+        dw_accs = dw_accs + (tl.zeros((BLOCK_C, BLOCK_T), dtype=tl.float32),)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_C, BLOCK_T), dtype=tl.float32)
     for i in range(tiles_per_prog):
         t = (s * tiles_per_prog + i) * BLOCK_T + tl.arange(0, BLOCK_T)
         if WIDE:
             t = t.to(tl.int64)
+        # xs[m] = x at steps t + m - (K - 1), m = 0 .. 2K - 2 (zero outside [0, L)).
+        xs = ()
+        for m in tl.static_range(2 * K - 1):
+            ts = t + (m - (K - 1))
+            mk = c_ok[:, None] & ((ts >= 0) & (ts < L))[None, :]
+            xs = xs + (tl.load(xb_ptr + c[:, None] * sx_c + ts[None, :] * sx_t, mask=mk, other=0.0).to(tl.float32),)
         dx_acc = tl.zeros((BLOCK_C, BLOCK_T), dtype=tl.float32)
         for j in tl.static_range(K):
             # dpre at steps t + j reaches dx[t] through weight[K - 1 - j]; steps at or past L carry no gradient.
+            pre = bias[:, None] + ws[0][:, None] * xs[j]
+            for k in tl.static_range(1, K):
+                pre += ws[k][:, None] * xs[j + k]
             tj = t + j
-            pre = _preactivation(xb_ptr, w_ptr, b_ptr, c, tj, c_ok, sx_c, sx_t, L, K, HAS_BIAS, BLOCK_C, BLOCK_T)
             m = c_ok[:, None] & (tj < L)[None, :]
-            g = tl.load(dy_ptr + b * sd_b + c[:, None] * sd_c + tj[None, :] * sd_t, mask=m, other=0.0)
+            g = tl.load(dyb_ptr + c[:, None] * sd_c + tj[None, :] * sd_t, mask=m, other=0.0).to(tl.float32)
             sig = tl.sigmoid(pre)
-            dpre = g.to(tl.float32) * sig * (1.0 + pre * (1.0 - sig))  # d silu(p) / dp = s (1 + p (1 - s))
-            w_back = tl.load(w_ptr + c * K + (K - 1 - j), mask=c_ok, other=0.0).to(tl.float32)
-            dx_acc += w_back[:, None] * dpre
+            dpre = g * sig * (1.0 + pre * (1.0 - sig))  # d silu(p) / dp = s (1 + p (1 - s))
+            dx_acc += ws[K - 1 - j][:, None] * dpre
             if j == 0:  # the tile's own dpre: its share of dweight and dbias
-                db_acc += tl.sum(dpre, axis=1)
+                db_acc += dpre
+                new = ()
                 for k in tl.static_range(K):
-                    ts = t - (K - 1) + k
-                    mk = c_ok[:, None] & ((ts >= 0) & (ts < L))[None, :]
-                    xv = tl.load(xb_ptr + c[:, None] * sx_c + ts[None, :] * sx_t, mask=mk, other=0.0)
-                    dwk = tl.sum(dpre * xv.to(tl.float32), axis=1)
-                    dw_acc += tl.where(kk[None, :] == k, dwk[:, None], 0.0)
+                    new = new + (dw_accs[k] + dpre * xs[k],)
+                dw_accs = new
         m = c_ok[:, None] & (t < L)[None, :]
         tl.store(dx_ptr + b * sdx_b + c[:, None] * sdx_c + t[None, :] * sdx_t,
                  dx_acc.to(dx_ptr.dtype.element_ty), mask=m)
     row = (b * n_split + s) * Di
-    tl.store(dw_part_ptr + (row + c[:, None]) * K + kk[None, :], dw_acc, mask=c_ok[:, None] & (kk < K)[None, :])
+    kk = tl.arange(0, K_PAD)
+    dw = tl.zeros((BLOCK_C, K_PAD), dtype=tl.float32)
+    for k in tl.static_range(K):
+        dw += tl.where(kk[None, :] == k, tl.sum(dw_accs[k], axis=1)[:, None], 0.0)
+    tl.store(dw_part_ptr + (row + c[:, None]) * K + kk[None, :], dw, mask=c_ok[:, None] & (kk < K)[None, :])
     if HAS_BIAS:
-        tl.store(db_part_ptr + row + c, db_acc, mask=c_ok)
+        tl.store(db_part_ptr + row + c, tl.sum(db_acc, axis=1), mask=c_ok)
 
 
 # ----------------------------------------------------------------------------------------- launchers
@@ -144,11 +167,21 @@ CONFIG_OVERRIDE: ConvLaunchConfig | None = None
 TARGET_BWD_PROGRAMS = 2048
 
 
-def launch_config(dim: int, L: int) -> ConvLaunchConfig:
-    """Tile for ``dim`` channels and ``L`` steps: up to 64 x 64 (4 warps, 16 elements per thread); narrower
-    when the problem is smaller. Not tuned on a GPU yet."""
+#: Backward tile override (``None``: :func:`launch_config`'s choice), for tile sweeps.
+BWD_CONFIG_OVERRIDE: ConvLaunchConfig | None = None
+
+
+def launch_config(dim: int, L: int, kind: str = "fwd") -> ConvLaunchConfig:
+    """Tile for ``dim`` channels and ``L`` steps, for the ``"fwd"`` or ``"bwd"`` kernel; narrower when the
+    problem is smaller. The forward's is up to 64 x 64 (4 warps, 16 elements per thread). The backward holds
+    ``2K - 1`` shifted copies of its tile and ``K + 2`` accumulators, so its tile is smaller: 32 x 16 (4 warps,
+    4 elements per thread), the fastest of six tiles on an H200 at the layer's shapes (docs/benchmarks.md)."""
+    if kind == "bwd" and BWD_CONFIG_OVERRIDE is not None:
+        return BWD_CONFIG_OVERRIDE
     if CONFIG_OVERRIDE is not None:
         return CONFIG_OVERRIDE
+    if kind == "bwd":
+        return ConvLaunchConfig(block_c=min(32, next_pow2(dim)), block_t=min(16, next_pow2(L)))
     return ConvLaunchConfig(block_c=min(64, next_pow2(dim)), block_t=min(64, next_pow2(L)))
 
 
@@ -208,7 +241,7 @@ def conv_silu_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
     bias) in float32, summed over the batch and time."""
     batch, dim, L = x.shape
     K = weight.shape[1]
-    cfg = launch_config(dim, L)
+    cfg = launch_config(dim, L, "bwd")
     n_t, n_c = _cdiv(L, cfg.block_t), _cdiv(dim, cfg.block_c)
     tiles = cfg.tiles_per_prog or max(1, min(n_t, (batch * n_c * n_t) // TARGET_BWD_PROGRAMS))
     n_split = _cdiv(n_t, tiles)
