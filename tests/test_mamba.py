@@ -223,6 +223,7 @@ def test_bad_d_model():
     [
         (torch.full((2, 5), float("nan")), ValueError),
         (torch.full((2, 5), float("inf")), ValueError),
+        (torch.tensor([[1.0, 2.0, -float("inf"), 0.0, 1.0]] * 2), ValueError),
         (-torch.ones(2, 5), ValueError),
         (torch.ones(2, 4), ValueError),
         (torch.ones(2, 5, 1), ValueError),
@@ -234,6 +235,30 @@ def test_bad_integration_timesteps(bad, exc):
     layer = make_layer("mamba")
     with pytest.raises(exc, match="integration_timesteps"):
         layer(torch.randn(2, 5, D_MODEL), integration_timesteps=bad)
+
+
+def test_timestep_values_name_what_is_wrong():
+    layer = make_layer("mamba")
+    x = torch.randn(2, 5, D_MODEL)
+    with pytest.raises(ValueError, match="must be finite"):
+        layer(x, integration_timesteps=torch.tensor([[1.0, float("nan"), 1.0, 1.0, 1.0]] * 2))
+    with pytest.raises(ValueError, match=r"non-negative .* got min -2.5"):
+        layer(x, integration_timesteps=torch.tensor([[1.0, -2.5, 1.0, 0.0, 1.0]] * 2))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the check is remembered for CUDA tensors only")
+def test_checked_cuda_timesteps_are_checked_again_after_an_in_place_change():
+    """The layers of a model share one time-step tensor; its values are checked once (each check waits for the
+    GPU), and again after any in-place change."""
+    layer = make_layer("mamba").cuda()
+    x = torch.randn(2, 5, D_MODEL, device="cuda")
+    ts = torch.rand(2, 5, device="cuda")
+    layer(x, integration_timesteps=ts)
+    layer(x, integration_timesteps=ts)  # remembered: not read again
+    ts[1, 3] = -1.0
+    with pytest.raises(ValueError, match="non-negative"):
+        layer(x, integration_timesteps=ts)
 
 
 def test_bad_step_timesteps():

@@ -8,6 +8,7 @@ by the project's specification; see the class docstring. The discretization form
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import torch
@@ -40,6 +41,25 @@ class EventRate(nn.Module):
 
 def _positive_float(value: Any, name: str, allow_zero: bool = False) -> float:
     return check_number(value, name, 0.0, open_min=not allow_zero)
+
+
+#: CUDA time-step tensors whose values passed the check, by id: (weak reference, version counter then). The
+#: layers of a model receive the same tensor; each check waits for the GPU, so it is done once per tensor and
+#: again only after an in-place change (which advances the version counter). CPU tensors are always checked
+#: (their memory can change outside torch, e.g. through a NumPy view, without advancing the counter).
+_CHECKED_TIMESTEPS: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def _checked_before(dt: torch.Tensor) -> bool:
+    entry = _CHECKED_TIMESTEPS.get(id(dt))
+    return entry is not None and entry[0]() is dt and not dt.is_inference() and entry[1] == dt._version
+
+
+def _remember_checked(dt: torch.Tensor) -> None:
+    if dt.is_cuda and not dt.is_inference():  # inference tensors have no version counter
+        key = id(dt)
+        _CHECKED_TIMESTEPS[key] = (weakref.ref(dt, lambda _ref, key=key: _CHECKED_TIMESTEPS.pop(key, None)),
+                                   dt._version)
 
 
 class Mamba(nn.Module):
@@ -220,11 +240,13 @@ class Mamba(nn.Module):
             raise ValueError(f"{name} must have shape (B, L) = ({batch}, {seqlen}); got {tuple(dt.shape)}")
         # Checking values reads them on the host. forward() does it once per sequence; step() does it only for
         # CPU tensors, since on a GPU it would synchronise every token (and cannot run inside a CUDA graph).
-        if not (dt.is_cuda and seqlen is None):
-            if not bool(torch.isfinite(dt).all()):
-                raise ValueError(f"{name} must be finite; got NaN or inf")
-            if bool((dt < 0).any()):
+        if not (dt.is_cuda and seqlen is None) and not _checked_before(dt):
+            # One reduction, so one wait for the GPU: NaN and -inf fail `>= 0`, +inf fails `< inf`.
+            if not bool(((dt >= 0) & (dt < math.inf)).all()):
+                if not bool(torch.isfinite(dt).all()):
+                    raise ValueError(f"{name} must be finite; got NaN or inf")
                 raise ValueError(f"{name} must be non-negative (gaps between elements); got min {float(dt.min())}")
+            _remember_checked(dt)
         return dt
 
     def _check_cache(self, cache: Any, batch: int) -> None:
