@@ -10,6 +10,7 @@ The kernels compute in float32: ``float64`` inputs are refused (the reference se
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -199,8 +200,15 @@ def _backward_segments(programs: int, n_chunks: int, want: int, cfg: LaunchConfi
     cheapest it takes the one with programs nearest ``want``, then the one with fewer segments."""
     regs = getattr(props, "regs_per_multiprocessor", 65536)
     slots = props.multi_processor_count * max(1, regs // (BWD_REGISTERS * 32 * cfg.num_warps))
+    return _plan_by_waves(programs, n_chunks, want, slots)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_by_waves(programs: int, n_chunks: int, want: int, slots: int) -> int:
+    # Splits past four times the warp target only add segments; the bound keeps long sequences' search short.
+    most = max(1, min(n_chunks // MIN_CHUNKS_PER_SEGMENT, 4 * _cdiv(want, programs)))
     plans = []  # (cost in chunk-times, distance from want, segments, chunks per segment)
-    for split in range(1, max(1, n_chunks // MIN_CHUNKS_PER_SEGMENT) + 1):
+    for split in range(1, most + 1):
         per_seg = _cdiv(n_chunks, split)
         n_segs = _cdiv(n_chunks, per_seg)
         cost = per_seg * (_cdiv(programs * n_segs, slots) + BWD_CARRY_COST * _cdiv(programs * (n_segs - 1), slots))
@@ -253,6 +261,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dt, rate, 
         seg_E = seg_P = _dummy(u)
     event = dt is not None
     d = _dummy(u)
+
     def args(chunks_per_seg: int, segs: int, carry_split: int) -> tuple:
         return (
             u, delta, A, B, C, d if D is None else D, d if z is None else z,
