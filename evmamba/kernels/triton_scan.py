@@ -181,7 +181,7 @@ def segment_plan(batch: int, dim: int, L: int, cfg: LaunchConfig, device: torch.
     else:
         props = torch.cuda.get_device_properties(device)
         programs = batch * _cdiv(dim, cfg.block_d)
-        want = _cdiv(props.multi_processor_count * TARGET_WARPS_PER_SM[kind], cfg.num_warps)
+        want = _program_target(props, cfg, kind)
         if kind == "bwd":
             per_seg = _backward_segments(programs, n_chunks, want, cfg, props)
         else:
@@ -189,6 +189,11 @@ def segment_plan(batch: int, dim: int, L: int, cfg: LaunchConfig, device: torch.
             per_seg = _cdiv(n_chunks, n_segs)
     per_seg = max(1, per_seg)
     return _cdiv(n_chunks, per_seg), per_seg
+
+
+def _program_target(props, cfg: LaunchConfig, kind: str) -> int:
+    """Programs that keep ``TARGET_WARPS_PER_SM[kind]`` warps on every multiprocessor."""
+    return _cdiv(props.multi_processor_count * TARGET_WARPS_PER_SM[kind], cfg.num_warps)
 
 
 def _backward_segments(programs: int, n_chunks: int, want: int, cfg: LaunchConfig, props) -> int:
@@ -230,8 +235,7 @@ def carry_plan(batch: int, dim: int, n_chunks: int, n_segs: int, per_seg: int, c
     elif INTERPRETING:
         split = 1
     else:
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        want = _cdiv(sms * TARGET_WARPS_PER_SM["fwd"], cfg.num_warps)
+        want = _program_target(torch.cuda.get_device_properties(device), cfg, "fwd")
         carry_programs = batch * _cdiv(dim, cfg.block_d) * (n_segs - 1)
         split = min(_cdiv(want, carry_programs), per_seg // MIN_CHUNKS_PER_SEGMENT)
     split = max(1, min(split, per_seg))
