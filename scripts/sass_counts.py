@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import os
 import re
 import subprocess
@@ -29,7 +30,7 @@ from triton.compiler import ASTSource
 
 from evmamba.kernels import triton_scan_kernels as kernels
 from evmamba.kernels.discretization import METHOD_CODES
-from evmamba.kernels.triton_scan import launch_config
+from evmamba.kernels.triton_scan import lane_sums_apply, launch_config
 
 #: Activations in the inputs' dtype; every other pointer is float32 (states, partial sums) or int64 (lengths).
 _ACTIVATIONS = {"u_ptr", "delta_ptr", "z_ptr", "B_ptr", "C_ptr", "dy_ptr", "y_ptr", "du_ptr", "ddelta_ptr", "dz_ptr"}
@@ -107,6 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n1", type=int, default=None, help="states across lanes (default: the launcher's)")
     ap.add_argument("--deterministic", action="store_true",
                     help="backward: per-block slices for the sums over channels instead of atomic adds")
+    ap.add_argument("--tl-sum", action="store_true",
+                    help="backward: sum B's and C's gradients over channels with tl.sum, not the reduce-scatter")
     ap.add_argument("--channels-last", action="store_true",
                     help="activations and their gradients contiguous along channels (the layer's layout)")
     ap.add_argument("--sass", default=None, help="write the whole disassembly here")
@@ -126,7 +129,9 @@ def main(argv=None) -> int:
         constants = dict(common, HAS_H0=False, SAVE_STATES=True, WRITE_FINAL=True)
     else:
         fn = kernels.scan_bwd_kernel
-        constants = dict(common, HAS_DHT=False, ATOMIC_SUMS=not args.deterministic)
+        constants = dict(common, HAS_DHT=False, ATOMIC_SUMS=not args.deterministic,
+                         LANE_SUMS=not args.tl_sum and lane_sums_apply(
+                             dataclasses.replace(cfg, block_d=block_d, n1=n1, n2=n2, num_warps=warps), 16))
     result = analyse(compile_sm90(fn, constants, warps, args.dtype, args.channels_last))
     per_thread = n2 * cfg.T
     print(f"{args.kernel} kernel, {'event' if args.event else 'standard'} mode, {args.dtype}, {args.method}, "

@@ -147,6 +147,30 @@ def test_both_ways_of_summing_over_channels(monkeypatch, atomic):
         assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
+@pytest.mark.skipif(not CUDA, reason="the lane sums are inline PTX: compiled kernels only")
+@pytest.mark.parametrize("atomic", [False, True], ids=["slices", "atomic"])
+@pytest.mark.parametrize("event", [False, True], ids=["standard", "event"])
+def test_lane_sums_of_B_and_C_gradients(monkeypatch, atomic, event):
+    """The backward's reduce-scatter over a program's channel lanes (the default tile at N = 16): a partial last
+    channel block (D = 109), sequences that end inside a chunk and inside the 4 steps a lane writes
+    (L = 1001, lengths 1001 / 998 / 3), three rows: B's and C's gradients equal the float64 reference and the
+    plain tl.sum path."""
+    assert triton_scan.lane_sums_apply(triton_scan.launch_config(109, 16, "bwd"), 16)
+    monkeypatch.setattr(triton_scan, "ATOMIC_CHANNEL_SUMS", atomic)
+    p = problem(3, 109, 1001, 16, event, True, True, seed=37)
+    lengths = torch.tensor([1001, 998, 3], device=DEVICE)
+    run_and_compare(p, "zoh", lengths, tol_y=1e-5, tol_g=1e-4, seed=37)
+    grads = {}
+    for lane_sums in (True, False):
+        monkeypatch.setattr(triton_scan, "LANE_SUMS", lane_sums)
+        q = leaves(p)
+        y = selective_scan_triton(**q, discretization="zoh", lengths=lengths)
+        (y * torch.linspace(-1, 1, y.shape[-1], device=DEVICE)).sum().backward()
+        grads[lane_sums] = [q[k].grad for k in ("B", "C")]
+    for a, b in zip(grads[True], grads[False]):
+        assert a.shape == b.shape and rel(a, b) < 1e-6
+
+
 @pytest.mark.parametrize("split", [2, 3])
 def test_forward_carry_pieces(monkeypatch, split):
     """The forward's carry pass cut into pieces (each segment's carry composed from several shorter ones; the

@@ -311,6 +311,19 @@ def use_atomic_sums() -> bool:
     return not torch.are_deterministic_algorithms_enabled()
 
 
+#: Whether the backward may sum the gradients of ``B`` and ``C`` over a program's channels with its
+#: reduce-scatter (``_lane_sums_store``) where the tile allows it; ``False`` keeps ``tl.sum`` (tests, A/B timing).
+LANE_SUMS = True
+
+
+def lane_sums_apply(cfg: LaunchConfig, n: int) -> bool:
+    """Whether the backward's channel sums use the reduce-scatter: compiled kernels (inline PTX) on the one tile
+    whose thread layout it is written for -- one warp, 8 channels x 4 state lanes, 4 x 8 values a thread,
+    exactly 16 states (no padded ones)."""
+    return (LANE_SUMS and not INTERPRETING and n == 16 and cfg.num_warps == 1
+            and (cfg.T, cfg.block_d, cfg.n1, cfg.n2) == (8, 8, 4, 4))
+
+
 def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, dt, rate, method,
                   lengths, states):
     """Launch the backward kernel (after its carry pass when split into segments) and reduce its partial sums.
@@ -330,7 +343,10 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     needs_delta = not (event and method == "dirac")
 
     atomic = use_atomic_sums()
-    # Sums over channels for B and C: one buffer that every channel block adds into, or one slice per block.
+    lane_sums = lane_sums_apply(cfg, n)
+    # Sums over channels for B and C: one buffer that every channel block adds into, or one slice per block;
+    # rows of whole chunks (the lane sums write 4 steps at a time), cut back to L below.
+    L_part = n_chunks * cfg.T
     n_slices = 1 if atomic else n_dblocks
     part = torch.zeros if atomic else _alloc
     # du, ddelta and dz are laid out like u: channels innermost when u has them innermost (the layer's views of
@@ -341,8 +357,8 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     ddelta = (_alloc_td(batch, dim, L, delta.dtype, dev, channels_last) if needs_delta
               else torch.zeros(batch, dim, L, device=dev, dtype=delta.dtype))
     dz = _alloc_td(batch, dim, L, z.dtype, dev, channels_last) if z is not None else _dummy(u)
-    dB_part = part(n_slices, batch, n, L, **f32)
-    dC_part = part(n_slices, batch, n, L, **f32)
+    dB_part = part(n_slices, batch, n, L_part, **f32)
+    dC_part = part(n_slices, batch, n, L_part, **f32)
     dts_part = _alloc(n_dblocks, batch, L, **f32) if event else _dummy(u)
     dA_part = _alloc(n_segs, batch, dim, n, **f32)
     dD_part = _alloc(n_segs, batch, dim, **f32) if D is not None else _dummy(u)
@@ -365,7 +381,7 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
             d if rate is None else rate, d if lengths is None else lengths,
             states, dy, d if dhT is None else dhT, seg_P, seg_W,
             du, ddelta, dz, dB_part, dC_part, dts_part, dA_part, dD_part, dbias_part, drate_part, dh0,
-            L, dim, n, n_chunks, per_seg, n_segs, batch, seg_offset,
+            L, dim, n, n_chunks, per_seg, n_segs, batch, seg_offset, L_part,
             *u.stride(), *delta.stride(), *_strides3(z), *B.stride(), *C.stride(),
             *((0, 0) if dt is None else dt.stride()), *dy.stride(), *A.stride(), *du.stride(),
         )
@@ -374,15 +390,15 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
         T=cfg.T, BLOCK_D=cfg.block_d, N1=cfg.n1, N2=cfg.n2,
         METHOD=METHOD_CODES[method], EVENT=event, SOFTPLUS=bool(delta_softplus),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        HAS_LEN=lengths is not None, HAS_DHT=dhT is not None, ATOMIC_SUMS=atomic,
+        HAS_LEN=lengths is not None, HAS_DHT=dhT is not None, ATOMIC_SUMS=atomic, LANE_SUMS=lane_sums,
         NATIVE=(not INTERPRETING) or FORCE_NATIVE_SCAN, FAST=not INTERPRETING, num_warps=cfg.num_warps,
     )
     if n_segs > 1:
         # Segments 1..S-1 send messages; segment 0 would send to nothing before it.
         scan_bwd_kernel[(n_dblocks, batch, n_segs - 1)](*args(1), CARRY_ONLY=True, **flags)
     scan_bwd_kernel[(n_dblocks, batch, n_segs)](*args(0), CARRY_ONLY=False, **flags)
-    dB = (dB_part[0] if atomic else dB_part.sum(0)).to(B.dtype)
-    dC = (dC_part[0] if atomic else dC_part.sum(0)).to(C.dtype)
+    dB = (dB_part[0] if atomic else dB_part.sum(0))[..., :L].to(B.dtype)
+    dC = (dC_part[0] if atomic else dC_part.sum(0))[..., :L].to(C.dtype)
     dA = dA_part.sum((0, 1)).to(A.dtype)
     dD = None if D is None else dD_part.sum((0, 1)).to(D.dtype)
     dbias = None if delta_bias is None else dbias_part.sum((0, 1)).to(delta_bias.dtype)

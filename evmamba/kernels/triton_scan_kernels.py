@@ -111,6 +111,51 @@ def _take(x, FAST: tl.constexpr):
         return x
 
 
+# ------------------------------------------------------------------------- sums over channel lanes
+def _lane_sums_asm(atomic: bool) -> str:
+    """PTX for :func:`_lane_sums_store`: operands ``$0..$31`` the thread's 32 values (outputs tied to the
+    inputs ``$32..$63``, so the rounds work in place), ``$64..$95`` copies of the lane's destination address."""
+    lines = ["{", ".reg .pred q<3>;", ".reg .b32 lane, bit, s;", "mov.u32 lane, %laneid;"]
+    for k, mask in enumerate((4, 8, 16)):
+        lines += [f"and.b32 bit, lane, {mask};", f"setp.ne.u32 q{k}, bit, 0;"]
+    # Halving rounds: the lanes that differ in `mask` (channel bit 2, 1, 0) trade halves of what they hold;
+    # a lane with the bit set keeps the upper half. The kept half ends in slots 0 .. half - 1.
+    for half, mask, q in ((16, 16, "q2"), (8, 8, "q1"), (4, 4, "q0")):
+        for i in range(half):
+            lo, hi = f"${i}", f"${i + half}"
+            lines += [f"selp.b32 s, {lo}, {hi}, {q};", f"selp.b32 {lo}, {hi}, {lo}, {q};",
+                      f"shfl.sync.bfly.b32 s, s, {mask}, 31, -1;", f"add.f32 {lo}, {lo}, s;"]
+    op = "red.global.gpu.relaxed.add.v4.f32" if atomic else "st.global.v4.f32"
+    lines += [f"{op} [$64], {{$0, $1, $2, $3}};", "}"]
+    return "\n".join(lines)
+
+
+_LANE_SUMS_ADD = tl.constexpr(_lane_sums_asm(True))
+_LANE_SUMS_STORE = tl.constexpr(_lane_sums_asm(False))
+_LANE_SUMS_CONSTRAINTS = tl.constexpr(",".join(["=r"] * 32 + [str(i) for i in range(32)] + ["l"] * 32))
+
+
+@triton.jit
+def _lane_sums_store(x, ptr, ATOMIC: tl.constexpr):
+    """Sum of ``x`` ``(N2, T, BLOCK_D, N1) = (4, 8, 8, 4)`` over its channel axis, added into (``ATOMIC``) or
+    stored at a ``(N2, T, N1)`` row-major block with rows ``L_part`` apart, written as a reduce-scatter.
+
+    ``tl.sum`` over the channel lanes gives every lane all 32 sums (3 butterfly rounds of 32 shuffles), and
+    the store then changes layout through shared memory. Here the 8 lanes of a state trade halves instead
+    (16 + 8 + 4 shuffles) and each ends with 4 of the sums -- 4 consecutive steps of one state -- written with
+    one vector instruction. It relies on the backward's one-warp layout of this tile (Triton's blocked layout:
+    lane = channel * 4 + state lane, a thread's 32 values in order ``n2 * T + t``), so the launcher enables it
+    only for that tile; the lane with channel bits ``(c2 c1 c0)`` holds ``n2 = 2 c2 + c1`` and steps
+    ``4 c0 .. 4 c0 + 3``: ``ptr`` ``(1, 1, BLOCK_D, N1)`` must point there (see the caller)."""
+    ptr4 = tl.broadcast_to(ptr.to(tl.int64), x.shape)
+    if ATOMIC:
+        tl.inline_asm_elementwise(_LANE_SUMS_ADD, _LANE_SUMS_CONSTRAINTS, [x, ptr4], dtype=tl.float32,
+                                  is_pure=False, pack=32)
+    else:
+        tl.inline_asm_elementwise(_LANE_SUMS_STORE, _LANE_SUMS_CONSTRAINTS, [x, ptr4], dtype=tl.float32,
+                                  is_pure=False, pack=32)
+
+
 # ------------------------------------------------------------------------------- shared arithmetic
 @triton.jit
 def _sum_states(x):
@@ -347,7 +392,7 @@ def scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ts_ptr, rate_ptr, len_ptr, states_ptr,
     dy_ptr, dhT_ptr, seg_P_ptr, seg_W_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dts_ptr, dA_ptr, dD_ptr, dbias_ptr, drate_ptr, dh0_ptr,
-    L, DIM, N, n_chunks, chunks_per_seg, n_segs, n_batch, seg_offset,
+    L, DIM, N, n_chunks, chunks_per_seg, n_segs, n_batch, seg_offset, L_part,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
     s_z_b, s_z_d, s_z_l,
@@ -361,15 +406,16 @@ def scan_bwd_kernel(
     METHOD: tl.constexpr, EVENT: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr,
     HAS_DHT: tl.constexpr, CARRY_ONLY: tl.constexpr, NATIVE: tl.constexpr, FAST: tl.constexpr,
-    ATOMIC_SUMS: tl.constexpr,
+    ATOMIC_SUMS: tl.constexpr, LANE_SUMS: tl.constexpr,
 ):
     """Gradients, or with ``CARRY_ONLY`` the segment carry pass: writes ``W`` and ``P`` ``(B, n_segs, D, N)``,
     the adjoint message each segment sends to the one before it when nothing enters it from behind, and the
     product of the segment's decays.
 
     Outputs: ``du``/``ddelta``/``dz`` ``(B, D, L)`` in the inputs' dtypes, with strides ``s_o_*`` (laid out
-    like ``u``); the rest contiguous: ``dB``/``dC``
-    ``(1, B, N, L)`` zero-filled for ``ATOMIC_SUMS``, else ``(n_dblocks, B, N, L)``, and ``dts``
+    like ``u``); the rest contiguous: ``dB``/``dC`` ``(1, B, N, L_part)`` zero-filled for ``ATOMIC_SUMS``, else
+    ``(n_dblocks, B, N, L_part)``, with ``L_part`` the chunks' steps (``L`` rounded up to ``T``; ``LANE_SUMS``
+    writes whole chunks, see :func:`_lane_sums_store`), and ``dts``
     ``(n_dblocks, B, L)`` per channel block; ``dA`` ``(n_segs, B, D, N)``
     and ``dD``/``dbias``/``drate`` ``(n_segs, B, D)`` per batch row and segment; ``dh0`` ``(B, D, N)``."""
     pid_d = tl.program_id(0)
@@ -442,7 +488,11 @@ def scan_bwd_kernel(
         blk = b  # every channel block adds into one (B, N, L) buffer
     else:
         blk = pid_d * n_batch + b  # one slice per channel block
-    o_nt = blk * N * L + n3 * L + it[None, :, None]  # (N2, T, N1)
+    o_nt = blk * N * L_part + n3 * L_part + it[None, :, None]  # (N2, T, N1)
+    if LANE_SUMS:
+        # Where each lane's 4 sums go (_lane_sums_store): state (dd // 2) * N1 + n1, steps 4 (dd % 2) + 0..3.
+        dd = tl.arange(0, BLOCK_D)[None, None, :, None]
+        o_lane = (blk * N + (dd // 2) * N1 + tl.arange(0, N1)[None, None, None, :]) * L_part + (dd % 2) * 4
     # The time steps' gradient always goes to per-block slices: all of a row's channel blocks reach the same
     # few addresses at about the same time (measured once with atomic adds here too: event mode 4-13 % slower).
     o_t = (pid_d * n_batch + b) * L + it
@@ -526,8 +576,11 @@ def scan_bwd_kernel(
                 dz = g_y * pre * dsz
                 tl.store(dz_ptr + o_td + t0 * s_o_l, dz, mask=in_range[:, None] & md[None, :])
             # C's gradient needs this block's states; take it now so that H is dead before the adjoint.
-            dC_part = tl.sum(dpre4 * H, axis=2)  # (N2, T, N1)
-            _store_sum(dC_ptr + o_nt + t0, dC_part, in_range[None, :, None] & mn3, ATOMIC_SUMS)
+            if LANE_SUMS:
+                _lane_sums_store(dpre4 * H, dC_ptr + o_lane + t0, ATOMIC_SUMS)
+            else:
+                dC_part = tl.sum(dpre4 * H, axis=2)  # (N2, T, N1)
+                _store_sum(dC_ptr + o_nt + t0, dC_part, in_range[None, :, None] & mn3, ATOMIC_SUMS)
 
             # ---- adjoint recurrence, backwards: g[t] = dh[t] + Abar[t+1] g[t+1]; the carry w = Abar[T] g[T]
             dh = tl.where(last, dpre4 * Cm4 + w, dpre4 * Cm4)
@@ -541,8 +594,11 @@ def scan_bwd_kernel(
 
             # ---- gradients through Bbar u = f * v * B
             GB = G * Bm4
-            dB_part = tl.sum(G * (f * v4), axis=2)  # (N2, T, N1): sum over this block's channels
-            _store_sum(dB_ptr + o_nt + t0, dB_part, in_range[None, :, None] & mn3, ATOMIC_SUMS)
+            if LANE_SUMS:
+                _lane_sums_store(G * (f * v4), dB_ptr + o_lane + t0, ATOMIC_SUMS)
+            else:
+                dB_part = tl.sum(G * (f * v4), axis=2)  # (N2, T, N1): sum over this block's channels
+                _store_sum(dB_ptr + o_nt + t0, dB_part, in_range[None, :, None] & mn3, ATOMIC_SUMS)
             if METHOD == 0:
                 sGB = _sum_states(GB)  # (T, BD)
                 dv = sGB * dtB
