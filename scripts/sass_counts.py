@@ -35,10 +35,11 @@ from evmamba.kernels.triton_scan import lane_sums_apply, launch_config
 #: Activations in the inputs' dtype; every other pointer is float32 (states, partial sums) or int64 (lengths).
 _ACTIVATIONS = {"u_ptr", "delta_ptr", "z_ptr", "B_ptr", "C_ptr", "dy_ptr", "y_ptr", "du_ptr", "ddelta_ptr", "dz_ptr"}
 #: Strides that are 1 for contiguous inputs (Triton specialises them away, as it does at run time).
-_UNIT = {"s_u_l", "s_dt_l", "s_z_l", "s_B_l", "s_C_l", "s_ts_l", "s_y_l", "s_dy_l", "s_A_n", "s_h0_n", "s_o_l"}
+_UNIT = {"s_u_l", "s_dt_l", "s_z_l", "s_B_l", "s_C_l", "s_ts_l", "s_y_l", "s_dy_l", "s_A_n", "s_h0_n", "s_o_l",
+         "s_dz_l"}
 #: With --channels-last: the (B, D, L) activations and gradients are transposed (B, L, D) buffers, as in the layer.
 _CHANNELS_LAST = {"s_u_l": "s_u_d", "s_dt_l": "s_dt_d", "s_z_l": "s_z_d", "s_y_l": "s_y_d", "s_dy_l": "s_dy_d",
-                  "s_o_l": "s_o_d"}
+                  "s_o_l": "s_o_d", "s_dz_l": "s_dz_d"}
 
 
 def compile_sm90(fn, constants: dict, num_warps: int, dtype: str, channels_last: bool = False):

@@ -235,17 +235,19 @@ def conv_silu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return out
 
 
-def conv_silu_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+def conv_silu_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       dx_out: torch.Tensor | None = None):
     """Launch the backward kernel for output gradient ``dy`` ``(B, Di, L)`` (any strides). Returns ``(dx,
-    dweight, dbias)``: ``dx`` like ``x``; ``dweight`` ``(Di, K)`` and ``dbias`` ``(Di,)`` (``None`` without a
-    bias) in float32, summed over the batch and time."""
+    dweight, dbias)``: ``dx`` like ``x`` (or written into ``dx_out``, a ``(B, Di, L)`` tensor of ``x``'s dtype
+    with any strides); ``dweight`` ``(Di, K)`` and ``dbias`` ``(Di,)`` (``None`` without a bias) in float32,
+    summed over the batch and time."""
     batch, dim, L = x.shape
     K = weight.shape[1]
     cfg = launch_config(dim, L, "bwd")
     n_t, n_c = _cdiv(L, cfg.block_t), _cdiv(dim, cfg.block_c)
     tiles = cfg.tiles_per_prog or max(1, min(n_t, (batch * n_c * n_t) // TARGET_BWD_PROGRAMS))
     n_split = _cdiv(n_t, tiles)
-    dx = _alloc_like_x(x)
+    dx = _alloc_like_x(x) if dx_out is None else dx_out
     dw_part = _alloc(batch * n_split, dim, K, dtype=torch.float32, device=x.device)
     db_part = _alloc(batch * n_split, dim, dtype=torch.float32, device=x.device) if bias is not None else None
     grid = (batch * n_split, n_c)

@@ -325,10 +325,11 @@ def lane_sums_apply(cfg: LaunchConfig, n: int) -> bool:
 
 
 def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, dt, rate, method,
-                  lengths, states):
+                  lengths, states, dz_out=None):
     """Launch the backward kernel (after its carry pass when split into segments) and reduce its partial sums.
     Returns gradients in the inputs' dtypes: ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, ddt, drate,
-    dinitial_state)`` (the last in float32)."""
+    dinitial_state)`` (the last in float32). ``dz_out``: a ``(B, D, L)`` tensor of ``z``'s dtype (any strides)
+    that receives ``dz`` (the layer's fused path passes half of its input projection's gradient buffer)."""
     batch, dim, L = u.shape
     n = A.shape[1]
     cfg = launch_config(dim, n, "bwd")
@@ -356,7 +357,10 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     du = _alloc_td(batch, dim, L, u.dtype, dev, channels_last)
     ddelta = (_alloc_td(batch, dim, L, delta.dtype, dev, channels_last) if needs_delta
               else torch.zeros(batch, dim, L, device=dev, dtype=delta.dtype))
-    dz = _alloc_td(batch, dim, L, z.dtype, dev, channels_last) if z is not None else _dummy(u)
+    if z is None:
+        dz = _dummy(u)
+    else:
+        dz = dz_out if dz_out is not None else _alloc_td(batch, dim, L, z.dtype, dev, channels_last)
     dB_part = part(n_slices, batch, n, L_part, **f32)
     dC_part = part(n_slices, batch, n, L_part, **f32)
     dts_part = _alloc(n_dblocks, batch, L, **f32) if event else _dummy(u)
@@ -384,6 +388,7 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
             L, dim, n, n_chunks, per_seg, n_segs, batch, seg_offset, L_part,
             *u.stride(), *delta.stride(), *_strides3(z), *B.stride(), *C.stride(),
             *((0, 0) if dt is None else dt.stride()), *dy.stride(), *A.stride(), *du.stride(),
+            *(dz.stride() if z is not None else (0, 0, 0)),
         )
 
     flags = dict(

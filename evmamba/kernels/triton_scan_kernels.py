@@ -402,6 +402,7 @@ def scan_bwd_kernel(
     s_dy_b, s_dy_d, s_dy_l,
     s_A_d, s_A_n,
     s_o_b, s_o_d, s_o_l,
+    s_dz_b, s_dz_d, s_dz_l,
     T: tl.constexpr, BLOCK_D: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr,
     METHOD: tl.constexpr, EVENT: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr,
@@ -412,12 +413,13 @@ def scan_bwd_kernel(
     the adjoint message each segment sends to the one before it when nothing enters it from behind, and the
     product of the segment's decays.
 
-    Outputs: ``du``/``ddelta``/``dz`` ``(B, D, L)`` in the inputs' dtypes, with strides ``s_o_*`` (laid out
-    like ``u``); the rest contiguous: ``dB``/``dC`` ``(1, B, N, L_part)`` zero-filled for ``ATOMIC_SUMS``, else
+    Outputs: ``du``/``ddelta`` ``(B, D, L)`` in the inputs' dtypes, with strides ``s_o_*`` (laid out like
+    ``u``), and ``dz`` with strides ``s_dz_*`` (the caller may place it in a buffer of its own); the rest
+    contiguous: ``dB``/``dC`` ``(1, B, N, L_part)`` zero-filled for ``ATOMIC_SUMS``, else
     ``(n_dblocks, B, N, L_part)``, with ``L_part`` the chunks' steps (``L`` rounded up to ``T``; ``LANE_SUMS``
-    writes whole chunks, see :func:`_lane_sums_store`), and ``dts``
-    ``(n_dblocks, B, L)`` per channel block; ``dA`` ``(n_segs, B, D, N)``
-    and ``dD``/``dbias``/``drate`` ``(n_segs, B, D)`` per batch row and segment; ``dh0`` ``(B, D, N)``."""
+    writes whole chunks, see :func:`_lane_sums_store`); ``dts`` ``(n_dblocks, B, L)`` per channel block;
+    ``dA`` ``(n_segs, B, D, N)`` and ``dD``/``dbias``/``drate`` ``(n_segs, B, D)`` per batch row and segment;
+    ``dh0`` ``(B, D, N)``."""
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     seg = tl.program_id(2) + seg_offset
@@ -482,8 +484,9 @@ def scan_bwd_kernel(
     ts_b = ts_ptr + b * s_ts_b
     dy_b = dy_ptr + b * s_dy_b
     st_b = states_ptr + (b * n_chunks) * DIM * N
-    # du, ddelta, dz: one layout, strides s_o_*; the other outputs are contiguous.
+    # du, ddelta: one layout, strides s_o_*; dz: strides s_dz_*; the other outputs are contiguous.
     o_td = b * s_o_b + idd[None, :] * s_o_d + it[:, None] * s_o_l  # (T, BD) offsets at t0 = 0
+    o_dz = b * s_dz_b + idd[None, :] * s_dz_d + it[:, None] * s_dz_l
     if ATOMIC_SUMS:
         blk = b  # every channel block adds into one (B, N, L) buffer
     else:
@@ -574,7 +577,7 @@ def scan_bwd_kernel(
                 else:
                     pre = y_ssm
                 dz = g_y * pre * dsz
-                tl.store(dz_ptr + o_td + t0 * s_o_l, dz, mask=in_range[:, None] & md[None, :])
+                tl.store(dz_ptr + o_dz + t0 * s_dz_l, dz, mask=in_range[:, None] & md[None, :])
             # C's gradient needs this block's states; take it now so that H is dead before the adjoint.
             if LANE_SUMS:
                 _lane_sums_store(dpre4 * H, dC_ptr + o_lane + t0, ATOMIC_SUMS)

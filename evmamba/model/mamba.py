@@ -16,11 +16,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.checks import check_int, check_number
-from ..kernels import DISCRETIZATIONS, conv_backend, mamba_step, selective_scan
+from ..kernels import DISCRETIZATIONS, conv_backend, mamba_step, scan_backend, selective_scan
 from ..kernels.discretization import check_discretization
 
 # Keys of a layer's inference cache.
 CACHE_KEYS = ("conv_state", "lrnn_state", "seqlen_offset")
+
+#: Training forwards on the Triton kernels run conv, projections and scan as one autograd node
+#: (:mod:`~evmamba.model.mamba_inner`); ``False`` composes them from separate nodes (tests, A/B timing).
+INNER_IN_ONE_NODE = True
 
 
 class EventRate(nn.Module):
@@ -311,6 +315,14 @@ class Mamba(nn.Module):
         xz = self.in_proj(hidden_states)  # (B, L, 2 Di)
         x, z = xz.split(self.d_inner, dim=-1)
         x = x.transpose(1, 2)  # (B, Di, L)
+        if inference_cache is None and self._inner_in_one_node(x, dt, lengths):
+            from .mamba_inner import mamba_inner  # imports Triton: only where its kernels serve
+
+            y = mamba_inner(xz, self.conv1d.weight[:, 0, :], self.conv1d.bias, self.x_proj.weight,
+                            self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D, self.dtA_proj.bias, dt,
+                            None if lengths is None else lengths.contiguous(), self.dt_rank, self.d_state,
+                            self.discretization)
+            return self.out_proj(y)
         conv_state = None if inference_cache is None else inference_cache["conv_state"]
         xc = self._conv_silu(x, conv_state, lengths)  # (B, Di, L)
 
@@ -345,6 +357,20 @@ class Mamba(nn.Module):
         else:
             y = result
         return self.out_proj(y.transpose(1, 2))
+
+    def _inner_in_one_node(self, x: torch.Tensor, dt: torch.Tensor | None, lengths: torch.Tensor | None) -> bool:
+        """Whether this training forward runs conv, projections and scan as one autograd node
+        (:mod:`~evmamba.model.mamba_inner`): with gradients on, when the Triton kernels serve both the
+        convolution and the scan of ``x`` ``(B, Di, L)`` and the time steps and lengths are on ``x``'s device in
+        a dtype they read (otherwise the general path below runs, and its kernels' checks speak)."""
+        if not (INNER_IN_ONE_NODE and torch.is_grad_enabled()):
+            return False
+        if conv_backend(x, self.backend, self.d_conv) != "triton" or scan_backend(x, self.backend) != "triton":
+            return False
+        if dt is not None and (dt.device != x.device or dt.dtype not in (torch.float32, torch.bfloat16,
+                                                                          torch.float16)):
+            return False
+        return lengths is None or lengths.device == x.device
 
     def _conv_silu(self, x: torch.Tensor, conv_state: torch.Tensor | None, lengths: torch.Tensor | None):
         """``silu`` of :meth:`_causal_conv`. Without a cache (training, whole sequences) on CUDA activations, one
