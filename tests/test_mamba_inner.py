@@ -128,3 +128,28 @@ def test_training_forward_on_the_gpu_takes_one_node(monkeypatch):
     assert "MambaInnerFunctionBackward" in graph_nodes(layer(x))
     monkeypatch.setattr(mamba_module, "INNER_IN_ONE_NODE", False)
     assert "MambaInnerFunctionBackward" not in graph_nodes(layer(x))
+
+
+def test_which_forwards_take_one_node(monkeypatch):
+    """The node serves training forwards whose tensors its kernels read; anything else takes the general path
+    (where the kernels' own checks name what is wrong)."""
+    monkeypatch.setattr(mamba_module, "conv_backend", lambda x, backend, k: "triton")
+    monkeypatch.setattr(mamba_module, "scan_backend", lambda x, backend: "triton")
+    layer = Mamba(16)
+    x = torch.randn(2, 16, 10)  # (B, Di, L) as the layer passes it
+    ok = layer._inner_in_one_node
+    assert ok(x, None, None)
+    assert ok(x, torch.rand(2, 10), torch.tensor([10, 4]))
+    assert not ok(x, torch.rand(2, 10, dtype=torch.float64), None)  # the kernels read 16/32-bit time steps
+    assert not ok(x, torch.rand(2, 10, device="meta"), None)  # time steps on another device
+    assert not ok(x, None, torch.tensor([10, 4], device="meta"))
+    with torch.no_grad():
+        assert not ok(x, None, None)
+    layer.requires_grad_(False)
+    assert not ok(x, None, None)  # nothing wants a gradient
+    assert ok(x.requires_grad_(), None, None)
+    monkeypatch.setattr(mamba_module, "INNER_IN_ONE_NODE", False)
+    assert not ok(x, None, None)
+    monkeypatch.setattr(mamba_module, "INNER_IN_ONE_NODE", True)
+    monkeypatch.setattr(mamba_module, "scan_backend", lambda x, backend: "numba")
+    assert not ok(x, None, None)

@@ -323,6 +323,12 @@ def run(args: argparse.Namespace) -> int:
             print("evmamba bench layer: --conv triton needs Triton (it does not import); nothing measured")
             return 2
     print(f"our causal conv + SiLU: {_CONV_WORDS[args.conv]}")
+    from evmamba.model import mamba as mamba_module
+
+    # The training path of our layer (docs/mamba.md): one autograd node needs the Triton convolution.
+    one_node = mamba_module.INNER_IN_ONE_NODE and args.conv == "triton"
+    record["training_path"] = "one autograd node (mamba_inner)" if one_node else "separate autograd nodes"
+    print(f"our layer's training forward: {record['training_path']}")
     if args.reps < 20:
         print(f"note: --reps {args.reps} is below the 20 runs the numbers are meant to be a median of")
     shapes = LAYER_SHAPES[:1] if args.quick else LAYER_SHAPES

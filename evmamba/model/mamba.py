@@ -360,11 +360,14 @@ class Mamba(nn.Module):
 
     def _inner_in_one_node(self, x: torch.Tensor, dt: torch.Tensor | None, lengths: torch.Tensor | None) -> bool:
         """Whether this training forward runs conv, projections and scan as one autograd node
-        (:mod:`~evmamba.model.mamba_inner`): with gradients on, when the Triton kernels serve both the
-        convolution and the scan of ``x`` ``(B, Di, L)`` and the time steps and lengths are on ``x``'s device in
-        a dtype they read (otherwise the general path below runs, and its kernels' checks speak)."""
+        (:mod:`~evmamba.model.mamba_inner`): with gradients on and wanted (``x`` or a parameter requires one),
+        when the Triton kernels serve both the convolution and the scan of ``x`` ``(B, Di, L)`` and the time
+        steps and lengths are on ``x``'s device in a dtype they read (otherwise the general path below runs, and
+        its kernels' checks speak)."""
         if not (INNER_IN_ONE_NODE and torch.is_grad_enabled()):
             return False
+        if not (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return False  # nothing to differentiate: the general path saves nothing for a backward
         if conv_backend(x, self.backend, self.d_conv) != "triton" or scan_backend(x, self.backend) != "triton":
             return False
         if dt is not None and (dt.device != x.device or dt.dtype not in (torch.float32, torch.bfloat16,
