@@ -32,7 +32,8 @@ from .step_ref import mamba_step_ref
 
 SCAN_BACKENDS = ("reference", "numba", "triton")
 STEP_BACKENDS = ("reference", "triton")
-_LOW_PRECISION = (torch.float32, torch.bfloat16, torch.float16)
+#: The dtypes the fast kernels (Triton, numba) read; float64 runs on the reference.
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def triton_available() -> bool:
@@ -47,19 +48,19 @@ def triton_available() -> bool:
 def _triton_serves(t: torch.Tensor) -> bool:
     from .triton_primitives import INTERPRETING  # the CPU interpreter serves CPU tensors (tests)
 
-    return (t.is_cuda or INTERPRETING) and t.dtype in _LOW_PRECISION
+    return (t.is_cuda or INTERPRETING) and t.dtype in KERNEL_DTYPES
 
 
 def _choose(t: torch.Tensor, backend: str, known: tuple[str, ...], what: str) -> str:
     if not isinstance(backend, str) or (backend != "auto" and backend not in known):
         raise ValueError(f"{what}: backend must be 'auto' or one of {known}; got {backend!r}")
     if backend == "auto":
-        if t.is_cuda and t.dtype in _LOW_PRECISION and triton_available():
+        if t.is_cuda and t.dtype in KERNEL_DTYPES and triton_available():
             return "triton"
-        if "numba" in known and t.device.type == "cpu" and t.dtype in _LOW_PRECISION:
+        if "numba" in known and t.device.type == "cpu" and t.dtype in KERNEL_DTYPES:
             return "numba"
         return "reference"
-    if backend == "numba" and not (t.device.type == "cpu" and t.dtype in _LOW_PRECISION):
+    if backend == "numba" and not (t.device.type == "cpu" and t.dtype in KERNEL_DTYPES):
         raise ValueError(f"{what}: backend 'numba' serves float32/bfloat16/float16 CPU tensors; got {t.dtype} "
                          f"on {t.device}")
     if backend == "triton" and not (triton_available() and _triton_serves(t)):

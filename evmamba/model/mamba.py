@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..core.checks import check_int, check_number
 from ..kernels import DISCRETIZATIONS, conv_backend, mamba_step, scan_backend, selective_scan
+from ..kernels.backends import KERNEL_DTYPES
 from ..kernels.discretization import check_discretization
 
 # Keys of a layer's inference cache.
@@ -25,6 +26,14 @@ CACHE_KEYS = ("conv_state", "lrnn_state", "seqlen_offset")
 #: Training forwards on the Triton kernels run conv, projections and scan as one autograd node
 #: (:mod:`~evmamba.model.mamba_inner`); ``False`` composes them from separate nodes (tests, A/B timing).
 INNER_IN_ONE_NODE = True
+
+
+def scan_inputs(x_dbl: torch.Tensor, dt_proj_weight: torch.Tensor, dt_rank: int, d_state: int):
+    """``(delta, B, C)`` for the scan from ``x_proj``'s output ``x_dbl`` ``(B, L, R + 2N)``: ``delta = dt_low
+    W_dt^T`` ``(B, Di, L)`` (``dt_proj``'s bias is added inside the scan) and ``B``, ``C`` ``(B, N, L)`` views."""
+    dt_low, Bm, Cm = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=-1)
+    delta = (dt_low @ dt_proj_weight.t()).transpose(1, 2)
+    return delta, Bm.transpose(1, 2), Cm.transpose(1, 2)
 
 
 class EventRate(nn.Module):
@@ -327,16 +336,15 @@ class Mamba(nn.Module):
         xc = self._conv_silu(x, conv_state, lengths)  # (B, Di, L)
 
         x_dbl = self.x_proj(xc.transpose(1, 2))  # (B, L, R + 2N)
-        dt_low, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = (dt_low @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, Di, L); the bias is added in the scan
+        delta, Bt, Ct = scan_inputs(x_dbl, self.dt_proj.weight, self.dt_rank, self.d_state)
         A = -torch.exp(self.A_log.float())
         ssm_state = None if inference_cache is None else inference_cache["lrnn_state"]
         result = selective_scan(
             xc,
             delta,
             A,
-            Bm.transpose(1, 2),
-            Cm.transpose(1, 2),
+            Bt,
+            Ct,
             self.D,
             z=z.transpose(1, 2),
             delta_bias=self.dt_proj.bias,
@@ -370,8 +378,7 @@ class Mamba(nn.Module):
             return False  # nothing to differentiate: the general path saves nothing for a backward
         if conv_backend(x, self.backend, self.d_conv) != "triton" or scan_backend(x, self.backend) != "triton":
             return False
-        if dt is not None and (dt.device != x.device or dt.dtype not in (torch.float32, torch.bfloat16,
-                                                                          torch.float16)):
+        if dt is not None and (dt.device != x.device or dt.dtype not in KERNEL_DTYPES):
             return False
         return lengths is None or lengths.device == x.device
 

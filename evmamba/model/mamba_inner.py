@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..kernels.triton_conv import conv_silu_backward, conv_silu_forward
 from ..kernels.triton_scan import scan_backward, scan_forward
+from .mamba import scan_inputs
 
 
 class MambaInnerFunction(torch.autograd.Function):
@@ -35,12 +36,10 @@ class MambaInnerFunction(torch.autograd.Function):
         x = xz[..., :d_inner].transpose(1, 2)  # (B, Di, L), channels innermost
         z = xz[..., d_inner:].transpose(1, 2)
         xc = conv_silu_forward(x, conv_weight, conv_bias)  # (B, Di, L), laid out like x
-        # F.linear and @ here as in the general path, so autocast casts them alike.
+        # The same products as the general path (F.linear is nn.Linear's), so autocast casts them alike.
         x_dbl = F.linear(xc.transpose(1, 2), x_proj_weight)  # (B, L, R + 2N)
-        dt_low, Bm, Cm = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=-1)
-        delta = (dt_low @ dt_proj_weight.t()).transpose(1, 2)  # (B, Di, L)
+        delta, Bt, Ct = scan_inputs(x_dbl, dt_proj_weight, dt_rank, d_state)  # (B, Di, L), (B, N, L) x 2
         A = -torch.exp(A_log.float())
-        Bt, Ct = Bm.transpose(1, 2), Cm.transpose(1, 2)
         y, _, states = scan_forward(xc, delta, A, Bt, Ct, D, z, dt_bias, True, dt, rate, method, None, lengths,
                                     want_final=False, save_states=True)
         ctx.save_for_backward(xz, conv_weight, conv_bias, xc, x_dbl, delta, x_proj_weight, dt_proj_weight, dt_bias,
