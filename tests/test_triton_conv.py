@@ -201,6 +201,24 @@ def test_opt_in_context_restores_the_variable(monkeypatch):
     assert backends.triton_conv_opted_in()
 
 
+def count_conv_kernel_calls(monkeypatch) -> list:
+    """A list that gets an entry each time the layer runs the Triton convolution's forward kernel, through either
+    training path: the general one (``causal_conv1d_silu``) or the one-node one (:mod:`evmamba.model.mamba_inner`,
+    which calls the launcher directly)."""
+    from evmamba.model import mamba_inner
+
+    calls = []
+    launcher = triton_conv.conv_silu_forward
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return launcher(*args, **kwargs)
+
+    monkeypatch.setattr(triton_conv, "conv_silu_forward", counted)
+    monkeypatch.setattr(mamba_inner, "conv_silu_forward", counted)
+    return calls
+
+
 def _layer_grads(layer, x, ts):
     x = x.detach().clone().requires_grad_()
     layer.zero_grad()
@@ -212,9 +230,7 @@ def _layer_grads(layer, x, ts):
 
 @pytest.mark.parametrize("event", [False, True], ids=["standard", "event"])
 def test_mamba_forward_and_backward_equal_the_pytorch_conv_path(event, monkeypatch):
-    calls = []
-    kernel = triton_conv.causal_conv1d_silu
-    monkeypatch.setattr(triton_conv, "causal_conv1d_silu", lambda *a: calls.append(1) or kernel(*a))
+    calls = count_conv_kernel_calls(monkeypatch)
     torch.manual_seed(stable_seed("layer", event))
     layer = Mamba(6, d_state=4, discretization="zoh").to(DEVICE)  # Di = 12, K = 4
     with torch.no_grad():
@@ -264,9 +280,7 @@ def test_other_gpu_shapes_and_contiguous_x(shape):
 @GPU_ONLY
 def test_mamba_default_on_the_gpu_equals_the_pytorch_conv(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # compare with cuDNN's exact float32
-    calls = []
-    kernel = triton_conv.causal_conv1d_silu
-    monkeypatch.setattr(triton_conv, "causal_conv1d_silu", lambda *a: calls.append(1) or kernel(*a))
+    calls = count_conv_kernel_calls(monkeypatch)
     torch.manual_seed(0)
     layer = Mamba(768).to(DEVICE)
     x = torch.randn(4, 512, 768, device=DEVICE)
