@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_launch import dummy, launch
 from .triton_primitives import INTERPRETING, next_pow2
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
@@ -77,12 +78,13 @@ def conv_silu_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, Di, L, n_t,
 
 @triton.jit
 def conv_silu_bwd_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_part_ptr, db_part_ptr, Di, L, n_split,
-                         tiles_per_prog, sx_b, sx_c, sx_t, sd_b, sd_c, sd_t, sdx_b, sdx_c, sdx_t,
+                         tiles_per_prog, s_part, sx_b, sx_c, sx_t, sd_b, sd_c, sd_t, sdx_b, sdx_c, sdx_t,
                          K: tl.constexpr, K_PAD: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr,
                          BLOCK_T: tl.constexpr, WIDE: tl.constexpr):
     """Grid ``(B * n_split, cdiv(Di, BLOCK_C))``: program ``(b * n_split + s, j)`` writes ``dx`` on time tiles
     ``s * tiles_per_prog ...`` (up to ``tiles_per_prog`` of them) of channel block ``j`` of sequence ``b``, and
-    its sums of ``dweight`` / ``dbias`` over those tiles into row ``b * n_split + s`` of the partial buffers.
+    its sums of ``dweight`` ``(Di, K)`` / ``dbias`` ``(Di,)`` over those tiles into row ``b * n_split + s`` of
+    the partial buffers (rows ``s_part`` elements apart).
 
     Per tile, ``x`` is read once at each of the ``2K - 1`` shifts that ``dpre`` on the tile and the ``K - 1``
     steps after it need (a tuple of tiles), and the ``dweight`` / ``dbias`` products are summed element-wise
@@ -138,12 +140,12 @@ def conv_silu_bwd_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_part_ptr, db_pa
         m = c_ok[:, None] & (t < L)[None, :]
         tl.store(dx_ptr + b * sdx_b + c[:, None] * sdx_c + t[None, :] * sdx_t,
                  dx_acc.to(dx_ptr.dtype.element_ty), mask=m)
-    row = (b * n_split + s) * Di
+    row = (b * n_split + s) * s_part
     kk = tl.arange(0, K_PAD)
     dw = tl.zeros((BLOCK_C, K_PAD), dtype=tl.float32)
     for k in tl.static_range(K):
         dw += tl.where(kk[None, :] == k, tl.sum(dw_accs[k], axis=1)[:, None], 0.0)
-    tl.store(dw_part_ptr + (row + c[:, None]) * K + kk[None, :], dw, mask=c_ok[:, None] & (kk < K)[None, :])
+    tl.store(dw_part_ptr + row + c[:, None] * K + kk[None, :], dw, mask=c_ok[:, None] & (kk < K)[None, :])
     if HAS_BIAS:
         tl.store(db_part_ptr + row + c, tl.sum(db_acc, axis=1), mask=c_ok)
 
@@ -213,10 +215,6 @@ def _wide(*tensors: torch.Tensor) -> bool:
     return FORCE_WIDE_OFFSETS or span + 1 >= 2**31
 
 
-def _dummy(ref: torch.Tensor) -> torch.Tensor:
-    return torch.empty(1, device=ref.device, dtype=torch.float32)
-
-
 def conv_silu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Launch the forward kernel: ``x`` ``(B, Di, L)`` any strides, ``weight`` ``(Di, K)`` contiguous, ``bias``
     ``(Di,)`` contiguous or ``None``. Returns ``(B, Di, L)`` in ``x``'s dtype (no validation: see
@@ -226,12 +224,11 @@ def conv_silu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     cfg = launch_config(dim, L)
     out = _alloc_like_x(x)
     n_t = _cdiv(L, cfg.block_t)
-    grid = (batch * n_t, _cdiv(dim, cfg.block_c))
-    conv_silu_fwd_kernel[grid](
-        x, weight, bias if bias is not None else _dummy(x), out, dim, L, n_t, *x.stride(), *out.stride(),
-        K=K, HAS_BIAS=bias is not None, BLOCK_C=cfg.block_c, BLOCK_T=cfg.block_t, WIDE=_wide(x, out),
-        num_warps=cfg.num_warps,
-    )
+    grid = (batch * n_t, _cdiv(dim, cfg.block_c), 1)
+    launch(conv_silu_fwd_kernel, grid,
+           (x, weight, bias if bias is not None else dummy(x), out, dim, L, n_t, *x.stride(), *out.stride()),
+           cfg.num_warps, K=K, HAS_BIAS=bias is not None, BLOCK_C=cfg.block_c, BLOCK_T=cfg.block_t,
+           WIDE=_wide(x, out))
     return out
 
 
@@ -248,17 +245,17 @@ def conv_silu_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
     tiles = cfg.tiles_per_prog or max(1, min(n_t, (batch * n_c * n_t) // TARGET_BWD_PROGRAMS))
     n_split = _cdiv(n_t, tiles)
     dx = _alloc_like_x(x) if dx_out is None else dx_out
-    dw_part = _alloc(batch * n_split, dim, K, dtype=torch.float32, device=x.device)
-    db_part = _alloc(batch * n_split, dim, dtype=torch.float32, device=x.device) if bias is not None else None
-    grid = (batch * n_split, n_c)
-    conv_silu_bwd_kernel[grid](
-        x, weight, bias if bias is not None else _dummy(x), dy, dx, dw_part,
-        db_part if db_part is not None else _dummy(x), dim, L, n_split, tiles,
-        *x.stride(), *dy.stride(), *dx.stride(),
-        K=K, K_PAD=next_pow2(K), HAS_BIAS=bias is not None, BLOCK_C=cfg.block_c, BLOCK_T=cfg.block_t,
-        WIDE=_wide(x, dy, dx), num_warps=cfg.num_warps,
-    )
-    return dx, dw_part.sum(0), None if db_part is None else db_part.sum(0)
+    # The weight's and the bias's partial sums side by side in the rows of one buffer: one reduction for both.
+    cols = dim * K + (dim if bias is not None else 0)
+    part = _alloc(batch * n_split, cols, dtype=torch.float32, device=x.device)
+    grid = (batch * n_split, n_c, 1)
+    launch(conv_silu_bwd_kernel, grid,
+           (x, weight, bias if bias is not None else dummy(x), dy, dx, part, part[:, dim * K:] if bias is not None
+            else dummy(x), dim, L, n_split, tiles, cols, *x.stride(), *dy.stride(), *dx.stride()),
+           cfg.num_warps, K=K, K_PAD=next_pow2(K), HAS_BIAS=bias is not None, BLOCK_C=cfg.block_c,
+           BLOCK_T=cfg.block_t, WIDE=_wide(x, dy, dx))
+    sums = part.sum(0)
+    return dx, sums[:dim * K].view(dim, K), None if bias is None else sums[dim * K:]
 
 
 # ----------------------------------------------------------------------------------------- autograd

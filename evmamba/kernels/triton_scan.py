@@ -11,11 +11,13 @@ The kernels compute in float32: ``float64`` inputs are refused (the reference se
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
 
 from .discretization import METHOD_CODES, check_discretization
+from .triton_launch import dummy, launch
 from .triton_primitives import INTERPRETING, next_pow2
 from .triton_scan_kernels import scan_bwd_kernel, scan_fwd_kernel
 
@@ -127,10 +129,6 @@ def _strides3(t):
     return (0, 0, 0) if t is None else tuple(t.stride())
 
 
-def _dummy(ref: torch.Tensor) -> torch.Tensor:
-    return torch.empty(1, device=ref.device, dtype=torch.float32)
-
-
 def _alloc(*shape: int, dtype: torch.dtype, device) -> torch.Tensor:
     """Every buffer a kernel writes comes from here (tests fill them with NaN to catch unwritten elements)."""
     return torch.empty(*shape, dtype=dtype, device=device)
@@ -141,6 +139,17 @@ def _alloc_td(batch: int, dim: int, L: int, dtype: torch.dtype, device, channels
     if channels_last:
         return _alloc(batch, L, dim, dtype=dtype, device=device).transpose(1, 2)
     return _alloc(batch, dim, L, dtype=dtype, device=device)
+
+
+def _views(buf: torch.Tensor, *shapes: tuple[int, ...]) -> list[torch.Tensor]:
+    """Consecutive contiguous views of ``buf`` (1-D) with the given shapes: one allocation for several scratch
+    buffers (each allocation costs host time, which bounds the layer's speed in bfloat16)."""
+    out, at = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        out.append(buf[at:at + size].view(shape))
+        at += size
+    return out
 
 
 def _alloc_like(t: torch.Tensor) -> torch.Tensor:
@@ -179,7 +188,7 @@ def segment_plan(batch: int, dim: int, L: int, cfg: LaunchConfig, device: torch.
     elif INTERPRETING:
         per_seg = MIN_CHUNKS_PER_SEGMENT
     else:
-        props = torch.cuda.get_device_properties(device)
+        props = _device_properties(device)
         programs = batch * _cdiv(dim, cfg.block_d)
         want = _program_target(props, cfg, kind)
         if kind == "bwd":
@@ -189,6 +198,16 @@ def segment_plan(batch: int, dim: int, L: int, cfg: LaunchConfig, device: torch.
             per_seg = _cdiv(n_chunks, n_segs)
     per_seg = max(1, per_seg)
     return _cdiv(n_chunks, per_seg), per_seg
+
+
+def _device_properties(device: torch.device):
+    """``torch.cuda.get_device_properties`` of a CUDA device, looked up once per device index."""
+    return _properties_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _properties_of(index: int):
+    return torch.cuda.get_device_properties(index)
 
 
 def _program_target(props, cfg: LaunchConfig, kind: str) -> int:
@@ -235,7 +254,7 @@ def carry_plan(batch: int, dim: int, n_chunks: int, n_segs: int, per_seg: int, c
     elif INTERPRETING:
         split = 1
     else:
-        want = _program_target(torch.cuda.get_device_properties(device), cfg, "fwd")
+        want = _program_target(_device_properties(device), cfg, "fwd")
         carry_programs = batch * _cdiv(dim, cfg.block_d) * (n_segs - 1)
         split = min(_cdiv(want, carry_programs), per_seg // MIN_CHUNKS_PER_SEGMENT)
     split = max(1, min(split, per_seg))
@@ -256,15 +275,18 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dt, rate, 
     n_segs, per_seg, split = carry_plan(batch, dim, n_chunks, n_segs, per_seg, cfg, u.device)
     dev = u.device
     y = _alloc_like(u)
-    hT = _alloc(batch, dim, n, device=dev, dtype=torch.float32) if want_final else _dummy(u)
-    states = _alloc(batch, n_chunks, dim, n, device=dev, dtype=torch.float32) if save_states else _dummy(u)
-    if n_segs > 1:
-        seg_E = _alloc(batch, n_segs * split, dim, n, device=dev, dtype=torch.float32)
-        seg_P = _alloc(batch, n_segs * split, dim, n, device=dev, dtype=torch.float32)
-    else:
-        seg_E = seg_P = _dummy(u)
+    hT = _alloc(batch, dim, n, device=dev, dtype=torch.float32) if want_final else dummy(u)
+    # The chunk states and the segments' carries: one float32 allocation.
+    n_states = batch * n_chunks * dim * n if save_states else 0
+    n_carry = batch * n_segs * split * dim * n if n_segs > 1 else 0
+    scratch = _alloc(n_states + 2 * n_carry, device=dev, dtype=torch.float32) if n_states + n_carry else None
+    states = seg_E = seg_P = dummy(u)
+    if save_states:
+        states = scratch[:n_states].view(batch, n_chunks, dim, n)
+    if n_carry:
+        seg_E, seg_P = _views(scratch[n_states:], (batch, n_segs * split, dim, n), (batch, n_segs * split, dim, n))
     event = dt is not None
-    d = _dummy(u)
+    d = dummy(u)
 
     def args(chunks_per_seg: int, segs: int, carry_split: int) -> tuple:
         return (
@@ -283,17 +305,15 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dt, rate, 
         METHOD=METHOD_CODES[method], EVENT=event, SOFTPLUS=bool(delta_softplus),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         HAS_H0=initial_state is not None, HAS_LEN=lengths is not None,
-        NATIVE=(not INTERPRETING) or FORCE_NATIVE_SCAN, FAST=not INTERPRETING, num_warps=cfg.num_warps,
+        NATIVE=(not INTERPRETING) or FORCE_NATIVE_SCAN, FAST=not INTERPRETING,
     )
     n_dblocks = _cdiv(dim, cfg.block_d)
     if n_segs > 1:
         # The last segment's carry is never used; each other segment's comes in `split` pieces.
-        scan_fwd_kernel[(n_dblocks, batch, (n_segs - 1) * split)](
-            *args(per_seg // split, n_segs * split, 1), SAVE_STATES=False, WRITE_FINAL=False, CARRY_ONLY=True,
-            **flags)
-    scan_fwd_kernel[(n_dblocks, batch, n_segs)](
-        *args(per_seg, n_segs, split), SAVE_STATES=save_states, WRITE_FINAL=want_final, CARRY_ONLY=False,
-        **flags)
+        launch(scan_fwd_kernel, (n_dblocks, batch, (n_segs - 1) * split), args(per_seg // split, n_segs * split, 1),
+               cfg.num_warps, **flags, SAVE_STATES=False, WRITE_FINAL=False, CARRY_ONLY=True)
+    launch(scan_fwd_kernel, (n_dblocks, batch, n_segs), args(per_seg, n_segs, split), cfg.num_warps, **flags,
+           SAVE_STATES=save_states, WRITE_FINAL=want_final, CARRY_ONLY=False)
     return y, (hT if want_final else None), (states if save_states else None)
 
 
@@ -325,11 +345,13 @@ def lane_sums_apply(cfg: LaunchConfig, n: int) -> bool:
 
 
 def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, dt, rate, method,
-                  lengths, states, dz_out=None):
+                  lengths, states, dz_out=None, bc_float32: bool = False):
     """Launch the backward kernel (after its carry pass when split into segments) and reduce its partial sums.
     Returns gradients in the inputs' dtypes: ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, ddt, drate,
     dinitial_state)`` (the last in float32). ``dz_out``: a ``(B, D, L)`` tensor of ``z``'s dtype (any strides)
-    that receives ``dz`` (the layer's fused path passes half of its input projection's gradient buffer)."""
+    that receives ``dz`` (the layer's fused path passes half of its input projection's gradient buffer).
+    ``bc_float32``: ``dB`` and ``dC`` as the float32 sums (views, rows ``L`` rounded up to whole chunks apart),
+    for a caller that copies them on anyway."""
     batch, dim, L = u.shape
     n = A.shape[1]
     cfg = launch_config(dim, n, "bwd")
@@ -349,7 +371,8 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     # rows of whole chunks (the lane sums write 4 steps at a time), cut back to L below.
     L_part = n_chunks * cfg.T
     n_slices = 1 if atomic else n_dblocks
-    part = torch.zeros if atomic else _alloc
+    bc_part = (torch.zeros if atomic else _alloc)(2, n_slices, batch, n, L_part, **f32)
+    dB_part, dC_part = bc_part[0], bc_part[1]
     # du, ddelta and dz are laid out like u: channels innermost when u has them innermost (the layer's views of
     # its projections), so that what the layer does with them next (an add, the projections' backward, the
     # convolution's backward) reads them without a copy or a change of layout.
@@ -358,25 +381,32 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     ddelta = (_alloc_td(batch, dim, L, delta.dtype, dev, channels_last) if needs_delta
               else torch.zeros(batch, dim, L, device=dev, dtype=delta.dtype))
     if z is None:
-        dz = _dummy(u)
+        dz = dummy(u)
     else:
         dz = dz_out if dz_out is not None else _alloc_td(batch, dim, L, z.dtype, dev, channels_last)
-    dB_part = part(n_slices, batch, n, L_part, **f32)
-    dC_part = part(n_slices, batch, n, L_part, **f32)
-    dts_part = _alloc(n_dblocks, batch, L, **f32) if event else _dummy(u)
-    dA_part = _alloc(n_segs, batch, dim, n, **f32)
-    dD_part = _alloc(n_segs, batch, dim, **f32) if D is not None else _dummy(u)
-    # Without a bias (or when delta is unused) nothing writes it and its gradient is zero.
-    dbias_part = (_alloc(n_segs, batch, dim, **f32) if needs_delta and delta_bias is not None
-                  else torch.zeros(n_segs, batch, dim, **f32))
-    drate_part = _alloc(n_segs, batch, dim, **f32) if event else _dummy(u)
-    dh0 = _alloc(batch, dim, n, **f32)
-    if n_segs > 1:
-        seg_W = _alloc(batch, n_segs, dim, n, **f32)
-        seg_P = _alloc(batch, n_segs, dim, n, **f32)
-    else:
-        seg_W = seg_P = _dummy(u)
-    d = _dummy(u)
+    # The float32 scratch in one allocation. Each program writes one row of the sums over time: dA (D x N),
+    # then dD, the delta bias's and the rate's (D each, those that are computed), so that one reduction over
+    # the rows (segments x batch) gives them all.
+    has_bias_grad = needs_delta and delta_bias is not None
+    col = {}  # column of each per-channel sum that this backward computes
+    for name, present in (("D", D is not None), ("bias", has_bias_grad), ("rate", event)):
+        if present:
+            col[name] = dim * n + len(col) * dim
+    row = dim * n + len(col) * dim
+    n_seg_buf = n_segs if n_segs > 1 else 0
+    part, dh0, seg_W, seg_P, dts_part = _views(
+        _alloc(n_segs * batch * row + batch * dim * n + 2 * batch * n_seg_buf * dim * n
+               + (n_dblocks * batch * L if event else 0), **f32),
+        (n_segs * batch, row), (batch, dim, n), (batch, n_seg_buf, dim, n), (batch, n_seg_buf, dim, n),
+        (n_dblocks, batch, L) if event else (0,))
+    dA_part = part[:, :dim * n]
+    dD_part, dbias_part, drate_part = (part[:, col[k]:col[k] + dim] if k in col else dummy(u)
+                                       for k in ("D", "bias", "rate"))
+    if n_segs <= 1:
+        seg_W = seg_P = dummy(u)
+    if not event:
+        dts_part = dummy(u)
+    d = dummy(u)
 
     def args(seg_offset: int) -> tuple:
         return (
@@ -385,7 +415,7 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
             d if rate is None else rate, d if lengths is None else lengths,
             states, dy, d if dhT is None else dhT, seg_P, seg_W,
             du, ddelta, dz, dB_part, dC_part, dts_part, dA_part, dD_part, dbias_part, drate_part, dh0,
-            L, dim, n, n_chunks, per_seg, n_segs, batch, seg_offset, L_part,
+            L, dim, n, n_chunks, per_seg, n_segs, batch, seg_offset, L_part, row,
             *u.stride(), *delta.stride(), *_strides3(z), *B.stride(), *C.stride(),
             *((0, 0) if dt is None else dt.stride()), *dy.stride(), *A.stride(), *du.stride(),
             *(dz.stride() if z is not None else (0, 0, 0)),
@@ -396,19 +426,28 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
         METHOD=METHOD_CODES[method], EVENT=event, SOFTPLUS=bool(delta_softplus),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         HAS_LEN=lengths is not None, HAS_DHT=dhT is not None, ATOMIC_SUMS=atomic, LANE_SUMS=lane_sums,
-        NATIVE=(not INTERPRETING) or FORCE_NATIVE_SCAN, FAST=not INTERPRETING, num_warps=cfg.num_warps,
+        NATIVE=(not INTERPRETING) or FORCE_NATIVE_SCAN, FAST=not INTERPRETING,
     )
     if n_segs > 1:
         # Segments 1..S-1 send messages; segment 0 would send to nothing before it.
-        scan_bwd_kernel[(n_dblocks, batch, n_segs - 1)](*args(1), CARRY_ONLY=True, **flags)
-    scan_bwd_kernel[(n_dblocks, batch, n_segs)](*args(0), CARRY_ONLY=False, **flags)
-    dB = (dB_part[0] if atomic else dB_part.sum(0))[..., :L].to(B.dtype)
-    dC = (dC_part[0] if atomic else dC_part.sum(0))[..., :L].to(C.dtype)
-    dA = dA_part.sum((0, 1)).to(A.dtype)
-    dD = None if D is None else dD_part.sum((0, 1)).to(D.dtype)
-    dbias = None if delta_bias is None else dbias_part.sum((0, 1)).to(delta_bias.dtype)
+        launch(scan_bwd_kernel, (n_dblocks, batch, n_segs - 1), args(1), cfg.num_warps, **flags, CARRY_ONLY=True)
+    launch(scan_bwd_kernel, (n_dblocks, batch, n_segs), args(0), cfg.num_warps, **flags, CARRY_ONLY=False)
+    sums = part.sum(0)  # (row,): dA, then the per-channel sums
+    dA = sums[:dim * n].view(dim, n).to(A.dtype)
+    dD = None if D is None else sums[col["D"]:col["D"] + dim].to(D.dtype)
+    if delta_bias is None:
+        dbias = None
+    elif has_bias_grad:
+        dbias = sums[col["bias"]:col["bias"] + dim].to(delta_bias.dtype)
+    else:  # delta takes no part (event mode, dirac): its bias has a zero gradient
+        dbias = torch.zeros_like(delta_bias)
+    drate = sums[col["rate"]:col["rate"] + dim].to(rate.dtype) if event else None
+    dB_sum, dC_sum = bc_part[:, 0] if atomic else bc_part.sum(1)
+    if bc_float32:
+        dB, dC = dB_sum[..., :L], dC_sum[..., :L]
+    else:
+        dB, dC = dB_sum[..., :L].to(B.dtype), dC_sum[..., :L].to(C.dtype)
     dts = dts_part.sum(0).to(dt.dtype) if event else None
-    drate = drate_part.sum((0, 1)).to(rate.dtype) if event else None
     return du, ddelta, dA, dB, dC, dD, (dz if z is not None else None), dbias, dts, drate, dh0
 
 

@@ -392,7 +392,7 @@ def scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ts_ptr, rate_ptr, len_ptr, states_ptr,
     dy_ptr, dhT_ptr, seg_P_ptr, seg_W_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dts_ptr, dA_ptr, dD_ptr, dbias_ptr, drate_ptr, dh0_ptr,
-    L, DIM, N, n_chunks, chunks_per_seg, n_segs, n_batch, seg_offset, L_part,
+    L, DIM, N, n_chunks, chunks_per_seg, n_segs, n_batch, seg_offset, L_part, s_part,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
     s_z_b, s_z_d, s_z_l,
@@ -418,8 +418,9 @@ def scan_bwd_kernel(
     contiguous: ``dB``/``dC`` ``(1, B, N, L_part)`` zero-filled for ``ATOMIC_SUMS``, else
     ``(n_dblocks, B, N, L_part)``, with ``L_part`` the chunks' steps (``L`` rounded up to ``T``; ``LANE_SUMS``
     writes whole chunks, see :func:`_lane_sums_store`); ``dts`` ``(n_dblocks, B, L)`` per channel block;
-    ``dA`` ``(n_segs, B, D, N)`` and ``dD``/``dbias``/``drate`` ``(n_segs, B, D)`` per batch row and segment;
-    ``dh0`` ``(B, D, N)``."""
+    the sums over time per segment and batch row in rows ``s_part`` apart (row ``seg * B + b``): ``dA``
+    ``(D, N)`` and ``dD``/``dbias``/``drate`` ``(D,)`` (the launcher places them side by side in one row, so
+    that one reduction sums them all); ``dh0`` ``(B, D, N)``."""
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     seg = tl.program_id(2) + seg_offset
@@ -650,10 +651,10 @@ def scan_bwd_kernel(
         _store_dn(seg_W_ptr + seg_base + (seg + zero64) * DIM * N, w, idd, n3, m_dn, N)
         _store_dn(seg_P_ptr + seg_base + (seg + zero64) * DIM * N, P, idd, n3, m_dn, N)
     else:
-        o_sdn = (seg * n_batch + b) * DIM * N
-        tl.store(dA_ptr + o_sdn + idd[None, :, None] * N + n3, dA_acc, mask=m_dn)
+        o_row = (seg * n_batch + b) * s_part  # this program's row of the sums over time
+        tl.store(dA_ptr + o_row + idd[None, :, None] * N + n3, dA_acc, mask=m_dn)
         _store_dn(dh0_ptr + b * DIM * N, w, idd, n3, m_dn & (seg == 0), N)
-        o_sd = (seg * n_batch + b) * DIM + idd
+        o_sd = o_row + idd
         if HAS_D:
             tl.store(dD_ptr + o_sd, tl.sum(dD_acc, axis=0), mask=md)
         if NEEDS_DELTA and HAS_BIAS:
