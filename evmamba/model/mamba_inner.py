@@ -36,21 +36,26 @@ class MambaInnerFunction(torch.autograd.Function):
         x = xz[..., :d_inner].transpose(1, 2)  # (B, Di, L), channels innermost
         z = xz[..., d_inner:].transpose(1, 2)
         xc = conv_silu_forward(x, conv_weight, conv_bias)  # (B, Di, L), laid out like x
-        # The same products as the general path (F.linear is nn.Linear's), so autocast casts them alike.
-        x_dbl = F.linear(xc.transpose(1, 2), x_proj_weight)  # (B, L, R + 2N)
-        delta, Bt, Ct = scan_inputs(x_dbl, dt_proj_weight, dt_rank, d_state)  # (B, Di, L), (B, N, L) x 2
+        # The same products as the general path (F.linear is nn.Linear's), in the dtype autocast gives them; the
+        # weights are cast here, once, and kept for the backward (which runs outside autocast).
+        dev_type = xz.device.type
+        cdt = torch.get_autocast_dtype(dev_type) if torch.is_autocast_enabled(dev_type) else x_proj_weight.dtype
+        w_x, w_dt = x_proj_weight.to(cdt), dt_proj_weight.to(cdt)
+        x_dbl = F.linear(xc.transpose(1, 2), w_x)  # (B, L, R + 2N)
+        delta, Bt, Ct = scan_inputs(x_dbl, w_dt, dt_rank, d_state)  # (B, Di, L), (B, N, L) x 2
         A = -torch.exp(A_log.float())
         y, _, states = scan_forward(xc, delta, A, Bt, Ct, D, z, dt_bias, True, dt, rate, method, None, lengths,
                                     want_final=False, save_states=True)
-        ctx.save_for_backward(xz, conv_weight, conv_bias, xc, x_dbl, delta, x_proj_weight, dt_proj_weight, dt_bias,
-                              A, D, rate, dt, lengths, states)
+        ctx.save_for_backward(xz, conv_weight, conv_bias, xc, x_dbl, delta, w_x, w_dt, dt_bias, A, D, rate, dt,
+                              lengths, states)
+        ctx.param_dtypes = (x_proj_weight.dtype, dt_proj_weight.dtype)
         ctx.dims = (dt_rank, d_state, method)
         return y.transpose(1, 2)  # (B, L, Di)
 
     @staticmethod
     def backward(ctx, dy_t):
-        (xz, conv_weight, conv_bias, xc, x_dbl, delta, x_proj_weight, dt_proj_weight, dt_bias, A, D, rate, dt,
-         lengths, states) = ctx.saved_tensors
+        (xz, conv_weight, conv_bias, xc, x_dbl, delta, w_x, w_dt, dt_bias, A, D, rate, dt, lengths,
+         states) = ctx.saved_tensors
         dt_rank, d_state, method = ctx.dims
         batch, L, two_di = xz.shape
         d_inner = two_di // 2
@@ -62,24 +67,26 @@ class MambaInnerFunction(torch.autograd.Function):
         dxz = torch.empty_like(xz, memory_format=torch.contiguous_format)  # (B, L, 2 Di): [dx | dz]
         du, ddelta, dA, dB, dC, dD, _, dbias, ddt, drate, _ = scan_backward(
             dy_t.transpose(1, 2), None, xc, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2), D, z, dt_bias, True,
-            dt, rate, method, lengths, states, dz_out=dxz[..., d_inner:].transpose(1, 2))
+            dt, rate, method, lengths, states, dz_out=dxz[..., d_inner:].transpose(1, 2), bc_float32=True)
 
         # dt_proj: delta = dt_low W_dt^T. ddelta is laid out like xc (channels innermost): its transpose is a
         # contiguous (B, L, Di).
         cdt = x_dbl.dtype  # the projections' compute dtype (the autocast dtype under autocast)
         ddelta_t = ddelta.transpose(1, 2).reshape(-1, d_inner)
-        d_dt_low = ddelta_t @ dt_proj_weight.to(cdt)  # (B L, R)
+        d_dt_low = ddelta_t @ w_dt  # (B L, R)
         d_dt_proj_w = ddelta_t.t() @ dt_low.reshape(-1, dt_rank)  # (Di, R)
         # x_proj: x_dbl = xc W_x^T; its input gradient is added into the scan's du in place (du is this node's).
-        dx_dbl = torch.cat([d_dt_low.to(cdt), dB.transpose(1, 2).reshape(-1, d_state).to(cdt),
-                            dC.transpose(1, 2).reshape(-1, d_state).to(cdt)], dim=1)  # (B L, R + 2N)
+        # One copy gathers x_dbl's gradient: dt_low's, and B's and C's float32 sums (transposed, cast).
+        dx_dbl = torch.empty(batch, L, dt_rank + 2 * d_state, device=xz.device, dtype=cdt)
+        torch.cat([d_dt_low.view(batch, L, dt_rank), dB.transpose(1, 2), dC.transpose(1, 2)], dim=2, out=dx_dbl)
+        dx_dbl = dx_dbl.view(-1, dt_rank + 2 * d_state)  # (B L, R + 2N)
         xc_t = xc.transpose(1, 2).reshape(-1, d_inner)
         d_x_proj_w = dx_dbl.t() @ xc_t.to(cdt)  # (R + 2N, Di)
         du_t = du.transpose(1, 2)  # (B, L, Di) contiguous: du is laid out like xc
         if du_t.is_contiguous() and du.dtype == cdt:
-            dxc = du_t.view(-1, d_inner).addmm_(dx_dbl, x_proj_weight.to(cdt)).view(batch, L, d_inner)
+            dxc = du_t.view(-1, d_inner).addmm_(dx_dbl, w_x).view(batch, L, d_inner)
         else:
-            dxc = du_t + (dx_dbl @ x_proj_weight.to(cdt)).view(batch, L, d_inner).to(du.dtype)
+            dxc = du_t + (dx_dbl @ w_x).view(batch, L, d_inner).to(du.dtype)
         # The convolution's backward writes dx into the other half of dxz.
         _, dconv_w, dconv_b = conv_silu_backward(dxc.transpose(1, 2), x, conv_weight, conv_bias,
                                                  dx_out=dxz[..., :d_inner].transpose(1, 2))
@@ -91,8 +98,8 @@ class MambaInnerFunction(torch.autograd.Function):
             dxz if g[0] else None,
             dconv_w.to(conv_weight.dtype) if g[1] else None,
             dconv_b.to(conv_bias.dtype) if conv_bias is not None and g[2] else None,
-            d_x_proj_w.to(x_proj_weight.dtype) if g[3] else None,
-            d_dt_proj_w.to(dt_proj_weight.dtype) if g[4] else None,
+            d_x_proj_w.to(ctx.param_dtypes[0]) if g[3] else None,
+            d_dt_proj_w.to(ctx.param_dtypes[1]) if g[4] else None,
             dbias.to(dt_bias.dtype) if g[5] else None,
             (dA * A).to(torch.float32) if g[6] else None,  # A = -exp(A_log): dA/dA_log = A
             dD if g[7] else None,
