@@ -151,7 +151,11 @@ def test_bench_case_compares_and_times_every_pair_on_the_cpu():
         assert r["agree"] == "ok" and r["y_rel_diff"] < 1e-4 and r["dx_rel_diff"] < 1e-4, r
         assert r["fwd_speedup"] == 1.0 and r["fwd_bwd_speedup"] == 1.0
     assert rows[("evmamba event", "mamba_ssm standard")]["agree"].startswith("n/a")
-    assert "evmamba event" in layer_bench.table([case])
+    # Every side's host time for one forward + backward, measured for real (the stand-in timer does not touch it).
+    assert all(t["host_fwd_bwd_ms"] > 0 for t in case["times"].values())
+    assert all(r["ours_host_ms"] > 0 and r["peer_host_ms"] > 0 for r in case["rows"])
+    text = layer_bench.table([case])
+    assert "evmamba event" in text and "host f+b ours / peer" in text
 
 
 def test_bench_case_says_which_convolution_ran_and_restores_the_opt_in(monkeypatch):

@@ -15,6 +15,9 @@ the outputs and input gradients are compared (our standard mode with mamba_ssm's
 event mode with lrnnx's event mode; cuDNN's TF32 convolution off for the check only): the max relative difference
 is printed, a disagreement is reported in the row. Times are medians of ``--reps`` runs (CUDA events) after
 warm-up; forward under ``torch.no_grad``; forward + backward takes the gradients of the input and every parameter.
+Each side's *host* time for one forward + backward is measured too (issued with the GPU idle, :func:`host_ms`):
+where it reaches the forward + backward time, that side is bound by its host (Python, PyTorch's dispatch, the
+launches), which is so for both sides in bfloat16 on an H200 machine (docs/benchmarks.md).
 lrnnx's CUDA scan takes float32 inputs only, so it sits out bfloat16.
 
 ``--conv`` chooses our layer's causal convolution + SiLU: ``triton`` (default, the layer's own default on a GPU:
@@ -26,6 +29,8 @@ the kernel of :mod:`evmamba.kernels.triton_conv`) or ``torch`` (PyTorch's ``conv
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
@@ -129,10 +134,31 @@ def compare_outputs(ref_module, ref_side, ref_mode, other_module, other_side, ot
         return {"error": f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]}
 
 
+def host_ms(fn: Callable[[], Any], reps: int) -> float:
+    """Median host time in ms of one call of ``fn`` issued with the GPU idle (synchronised before each call, not
+    after): how long the host takes to launch the work. Near or above the device time, the host sets the pace."""
+    import torch
+
+    times = []
+    for _ in range(reps):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return 1e3 * statistics.median(times)
+
+
+#: Calls behind each host-time median (after the timed runs, so everything is compiled and cached).
+HOST_REPS = 10
+
+
 def time_variant(module, side: str, mode: str, x, dt, dy, dtype_name: str, reps: int,
                  timer: Callable[[Callable[[], Any], int], float]) -> dict[str, Any]:
-    """Forward (no grad) and forward + backward (gradients of ``x`` and every parameter) times in ms, or
-    ``{"error"}``."""
+    """Forward (no grad) and forward + backward (gradients of ``x`` and every parameter) times in ms, and the
+    host time of one forward + backward (:func:`host_ms`), or ``{"error"}``."""
     import torch
 
     try:
@@ -148,7 +174,9 @@ def time_variant(module, side: str, mode: str, x, dt, dy, dtype_name: str, reps:
                 y = _call(module, side, mode, xg, dt)
             torch.autograd.grad(y, leaves, dy.to(y.dtype), allow_unused=True)
 
-        return {"fwd_ms": timer(fwd, reps), "fwd_bwd_ms": timer(fwd_bwd, reps)}
+        out = {"fwd_ms": timer(fwd, reps), "fwd_bwd_ms": timer(fwd_bwd, reps)}
+        out["host_fwd_bwd_ms"] = host_ms(fwd_bwd, min(reps, HOST_REPS))
+        return out
     except Exception as exc:  # noqa: BLE001 - reported in the row
         return {"error": f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]}
 
@@ -247,6 +275,7 @@ def _rows(case: dict[str, Any], modules: dict[str, Any]) -> list[dict[str, Any]]
                                    ours_fwd_ms=ours_t.get("fwd_ms"), ours_fwd_bwd_ms=ours_t.get("fwd_bwd_ms"))
         peer_t = case["times"].get(f"{side} {peer_mode}", {})
         row["peer_fwd_ms"], row["peer_fwd_bwd_ms"] = peer_t.get("fwd_ms"), peer_t.get("fwd_bwd_ms")
+        row["ours_host_ms"], row["peer_host_ms"] = ours_t.get("host_fwd_bwd_ms"), peer_t.get("host_fwd_bwd_ms")
         for k in ("fwd", "fwd_bwd"):
             o, p = row[f"ours_{k}_ms"], row[f"peer_{k}_ms"]
             row[f"{k}_speedup"] = p / o if o and p else None
@@ -277,17 +306,18 @@ def table(cases: list[dict[str, Any]]) -> str:
             for mode in ("standard", "event"):
                 t = c["times"].get(f"evmamba {mode}", {})
                 rows.append([shape, c["dtype"], c.get("conv", ""), f"evmamba {mode}", "-",
-                             _fmt(t.get("fwd_ms"), ".4g"), "", "", _fmt(t.get("fwd_bwd_ms"), ".4g"), "", "", "",
-                             t.get("error", "")[:60]])
+                             _fmt(t.get("fwd_ms"), ".4g"), "", "", _fmt(t.get("fwd_bwd_ms"), ".4g"), "", "",
+                             _fmt(t.get("host_fwd_bwd_ms"), ".3g"), "", t.get("error", "")[:60]])
         for r in c["rows"]:
             diff = "" if "y_rel_diff" not in r else f"y {r['y_rel_diff']:.1e} dx {r['dx_rel_diff']:.1e}"
             rows.append([shape, c["dtype"], c.get("conv", ""), r["ours"], r["peer"], _fmt(r["ours_fwd_ms"], ".4g"),
                          _fmt(r.get("peer_fwd_ms"), ".4g"), _fmt(r.get("fwd_speedup"), ".2f") + "x",
                          _fmt(r["ours_fwd_bwd_ms"], ".4g"), _fmt(r.get("peer_fwd_bwd_ms"), ".4g"),
-                         _fmt(r.get("fwd_bwd_speedup"), ".2f") + "x", diff,
+                         _fmt(r.get("fwd_bwd_speedup"), ".2f") + "x",
+                         f"{_fmt(r.get('ours_host_ms'), '.3g')} / {_fmt(r.get('peer_host_ms'), '.3g')}", diff,
                          r.get("agree", "") + ("" if "error" not in r else " ERROR: " + r["error"][:60])])
     return format_table(["batch x L, d_model", "dtype", "our conv", "ours", "peer", "ours fwd", "peer fwd", "speed-up",
-                         "ours f+b", "peer f+b", "speed-up", "rel diff", "agree"], rows)
+                         "ours f+b", "peer f+b", "speed-up", "host f+b ours / peer", "rel diff", "agree"], rows)
 
 
 _CONV_WORDS = {"torch": "PyTorch conv1d + silu (EVMAMBA_TRITON_CONV=0)",
@@ -346,7 +376,8 @@ def run(args: argparse.Namespace) -> int:
             what = agr.get("error") or (f"y {agr['y_rel_diff']:.2g}, dx {agr['dx_rel_diff']:.2g}: {agr['agree']}")
             print(f"  {batch}x{L} d{d_model} {dtype_name} {key}: rel diff {what}", flush=True)
         for key, t in case["times"].items():
-            what = t.get("error") or f"fwd {t['fwd_ms']:.4g} ms, fwd+bwd {t['fwd_bwd_ms']:.4g} ms"
+            what = t.get("error") or (f"fwd {t['fwd_ms']:.4g} ms, fwd+bwd {t['fwd_bwd_ms']:.4g} ms (host "
+                                      f"{t['host_fwd_bwd_ms']:.3g} ms)")
             print(f"  {batch}x{L} d{d_model} {dtype_name} {key}: {what}", flush=True)
         record["cases"] = cases
         write_json(args.json, record)  # what is measured so far survives a time limit
@@ -355,5 +386,7 @@ def run(args: argparse.Namespace) -> int:
           " autocast over float32 parameters; mamba_ssm has no event mode: our event mode is set beside its"
           f" standard mode; our conv: {_CONV_WORDS[args.conv]})")
     print(table(cases))
+    print("host f+b: the host's time to issue one forward + backward with the GPU idle (median of "
+          f"{HOST_REPS}); where it is near or above f+b, that side is bound by its host, not its kernels")
     write_json(args.json, record)
     return 0
