@@ -19,6 +19,8 @@ so a new sequence length or stride costs one ordinary launch and a cache entry; 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .triton_primitives import INTERPRETING
@@ -29,16 +31,18 @@ FAST_LAUNCH = True
 CACHE_SIZE = 1024
 
 _cache: dict[tuple, tuple] = {}
-_runtime_knobs = []  # [triton.knobs.runtime], filled at the first cached launch
+
+
+@functools.cache
+def _runtime_knobs():
+    from triton import knobs
+
+    return knobs.runtime
 
 
 def _hooks() -> tuple:
     """Triton's launch hooks ``(enter, exit)`` (a profiler's; usually ``None``), passed on as Triton does."""
-    if not _runtime_knobs:
-        from triton import knobs
-
-        _runtime_knobs.append(knobs.runtime)
-    rt = _runtime_knobs[0]
+    rt = _runtime_knobs()
     return rt.launch_enter_hook, rt.launch_exit_hook
 
 
