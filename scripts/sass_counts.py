@@ -113,6 +113,8 @@ def main(argv=None) -> int:
                     help="backward: sum B's and C's gradients over channels with tl.sum, not the reduce-scatter")
     ap.add_argument("--channels-last", action="store_true",
                     help="activations and their gradients contiguous along channels (the layer's layout)")
+    ap.add_argument("--no-states", action="store_true",
+                    help="forward: without saving the chunk states (inference; as `bench kernels` times the forward)")
     ap.add_argument("--sass", default=None, help="write the whole disassembly here")
     args = ap.parse_args(argv)
 
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
                   NATIVE=True, FAST=True)
     if args.kernel == "fwd":
         fn = kernels.scan_fwd_kernel
-        constants = dict(common, HAS_H0=False, SAVE_STATES=True, WRITE_FINAL=True)
+        constants = dict(common, HAS_H0=False, SAVE_STATES=not args.no_states, WRITE_FINAL=True)
     else:
         fn = kernels.scan_bwd_kernel
         constants = dict(common, HAS_DHT=False, ATOMIC_SUMS=not args.deterministic,
