@@ -2,7 +2,10 @@
 # The whole peer comparison in one call on the GPU machine: build the peers (scripts/peers/build.sh), then
 # `evmamba bench kernels --peers --scan-only` and `evmamba bench layer --peers`, each under `timeout` so that
 # the whole stays within $PEERS_TOTAL seconds (default 590), and print the tables at the end. causal-conv1d took
-# 321-334 s on an H200 machine (16 cores, 2026-12-01), so the build budget defaults to 390 s.
+# 321-334 s on an H200 machine (16 cores, 2026-12-01), so the build budget defaults to 390 s. lrnnx takes longer
+# than what that budget leaves it (7 of its 22 compile steps in 169 s, built alone): for its rows, run
+# `bash scripts/peers/build.sh 590` in one call and this script in a second one on the still-warm machine, where
+# the packages already built are skipped and lrnnx's build resumes.
 #
 #   bash scripts/peers/gpu_run.sh [OUT_DIR]      # from anywhere; OUT_DIR defaults to $OUT, else /tmp/peers-out
 #
