@@ -276,15 +276,16 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dt, rate, 
     dev = u.device
     y = _alloc_like(u)
     hT = _alloc(batch, dim, n, device=dev, dtype=torch.float32) if want_final else dummy(u)
-    # The chunk states and the segments' carries: one float32 allocation.
-    n_states = batch * n_chunks * dim * n if save_states else 0
-    n_carry = batch * n_segs * split * dim * n if n_segs > 1 else 0
-    scratch = _alloc(n_states + 2 * n_carry, device=dev, dtype=torch.float32) if n_states + n_carry else None
-    states = seg_E = seg_P = dummy(u)
-    if save_states:
-        states = scratch[:n_states].view(batch, n_chunks, dim, n)
-    if n_carry:
-        seg_E, seg_P = _views(scratch[n_states:], (batch, n_segs * split, dim, n), (batch, n_segs * split, dim, n))
+    # The chunk states and the segments' carries: one float32 allocation (an absent one takes no room).
+    states_shape = (batch, n_chunks, dim, n) if save_states else (0,)
+    carry_shape = (batch, n_segs * split, dim, n) if n_segs > 1 else (0,)
+    states, seg_E, seg_P = _views(
+        _alloc(math.prod(states_shape) + 2 * math.prod(carry_shape), device=dev, dtype=torch.float32),
+        states_shape, carry_shape, carry_shape)
+    if not save_states:
+        states = dummy(u)
+    if n_segs <= 1:
+        seg_E = seg_P = dummy(u)
     event = dt is not None
     d = dummy(u)
 
