@@ -52,8 +52,10 @@ def graph_nodes(y: torch.Tensor) -> list[str]:
     return names
 
 
-def run(layer, x, dt, lengths, dy, one_node: bool, monkeypatch, autocast: torch.dtype | None = None):
-    """Output and gradients (input, time steps, every parameter) of one forward + backward on either path."""
+def run(layer, x, dt, lengths, dy, one_node: bool, monkeypatch, autocast: torch.dtype | None = None,
+        dt_grad: bool = True):
+    """Output and gradients (input, time steps unless ``dt_grad`` is false, every parameter) of one forward +
+    backward on either path."""
     if one_node:
         # Off a GPU the layer would pick the CPU backends; the node itself runs on the interpreter.
         monkeypatch.setattr(Mamba, "_inner_in_one_node", lambda self, x, dt, lengths: True)
@@ -61,13 +63,14 @@ def run(layer, x, dt, lengths, dy, one_node: bool, monkeypatch, autocast: torch.
         monkeypatch.setattr(mamba_module, "INNER_IN_ONE_NODE", False)
     layer.zero_grad(set_to_none=True)
     xg = x.clone().requires_grad_()
-    dtg = None if dt is None else dt.clone().requires_grad_()
+    dtg = None if dt is None else dt.clone().requires_grad_(dt_grad)
     with torch.autocast("cuda", dtype=autocast, enabled=autocast is not None):
         y = layer(xg, integration_timesteps=dtg, lengths=lengths)
     names = [n for n, _ in layer.named_parameters()]
     nodes = graph_nodes(y)
     (y.float() * dy).sum().backward()
-    grads = {"x": xg.grad, **({"dt": dtg.grad} if dtg is not None else {})}
+    grads = {"x": xg.grad, **({"dt": dtg.grad} if dtg is not None and dt_grad else {})}
+    assert dt_grad or dtg is None or dtg.grad is None
     grads.update({n: p.grad for n, p in zip(names, layer.parameters())})
     monkeypatch.undo()
     return y, grads, nodes
@@ -99,6 +102,24 @@ def test_one_node_equals_the_general_path(monkeypatch, disc, event, with_lengths
             assert float(g1[name].norm()) == 0.0, name  # e.g. the event rate in standard mode
         else:
             assert rel(g1[name], g0[name]) < 1e-4, f"{name}: {rel(g1[name], g0[name]):.2e}"
+
+
+@pytest.mark.parametrize("disc", ["mamba", "zoh"])
+def test_one_node_with_time_steps_as_data(monkeypatch, disc):
+    """Event mode with time steps that need no gradient (data, as in training: the node's backward then skips
+    their gradient): the input's and every parameter's gradient still equal the general path's."""
+    batch, L, d_model = CASES[-1]
+    layer = make_layer(d_model, disc, seed=13)
+    g = torch.Generator().manual_seed(17)
+    x = torch.randn(batch, L, d_model, generator=g).to(DEVICE)
+    dt = (torch.rand(batch, L, generator=g) * 3).to(DEVICE)
+    dy = torch.randn(batch, L, d_model, generator=g).to(DEVICE)
+    y0, g0, _ = run(layer, x, dt, None, dy, False, monkeypatch, dt_grad=False)
+    y1, g1, nodes1 = run(layer, x, dt, None, dy, True, monkeypatch, dt_grad=False)
+    assert "MambaInnerFunctionBackward" in nodes1 and "dt" not in g1
+    assert rel(y1, y0) < 1e-5 and g0.keys() == g1.keys()
+    for name in g0:
+        assert rel(g1[name], g0[name]) < 1e-4, f"{name}: {rel(g1[name], g0[name]):.2e}"
 
 
 @pytest.mark.skipif(not CUDA, reason="autocast bfloat16 on the GPU")

@@ -147,6 +147,39 @@ def test_both_ways_of_summing_over_channels(monkeypatch, atomic):
         assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
+@pytest.mark.parametrize("disc", ["zoh", "dirac"])
+def test_time_steps_that_need_no_gradient_are_skipped(monkeypatch, disc):
+    """Event mode with time steps given as data (no gradient wanted, as in training): the backward skips their
+    gradient (the kernel is launched without it) and every other gradient is bit for bit the one computed
+    when the time steps do want a gradient; with ``dt`` a leaf its gradient still equals the reference."""
+    monkeypatch.setattr(triton_scan, "ATOMIC_CHANNEL_SUMS", False)  # reproducible sums, to compare bitwise
+    flags = []
+    real_launch = triton_scan.launch
+
+    def recording_launch(kernel, *args, **kw):
+        if kernel is triton_scan.scan_bwd_kernel:
+            flags.append(kw["WANT_DTS"])
+        return real_launch(kernel, *args, **kw)
+
+    monkeypatch.setattr(triton_scan, "launch", recording_launch)
+    shape = (3, 40, 70, 16) if CUDA else (2, 20, 27, 16)
+    p = problem(*shape, True, True, True, seed=29)
+    run_and_compare(p, disc, None, tol_y=1e-5, tol_g=1e-4, seed=29)  # dt a leaf: its gradient is computed
+    assert flags and all(flags)
+    grads = {}
+    for want in (True, False):
+        q = leaves(p)
+        q["dt"].requires_grad_(want)
+        flags.clear()
+        y = selective_scan_triton(**q, discretization=disc)
+        (y * torch.linspace(-1, 1, y.shape[-1], device=DEVICE)).sum().backward()
+        assert flags and set(flags) == {want}
+        assert (q["dt"].grad is not None) == want
+        grads[want] = {k: q[k].grad for k in NAMES if k != "dt" and q[k] is not None}
+    for k, g in grads[True].items():
+        assert torch.equal(g, grads[False][k]), k
+
+
 @pytest.mark.skipif(not CUDA, reason="the lane sums are inline PTX: compiled kernels only")
 @pytest.mark.parametrize("atomic", [False, True], ids=["slices", "atomic"])
 @pytest.mark.parametrize("event", [False, True], ids=["standard", "event"])

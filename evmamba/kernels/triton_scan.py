@@ -346,13 +346,14 @@ def lane_sums_apply(cfg: LaunchConfig, n: int) -> bool:
 
 
 def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, dt, rate, method,
-                  lengths, states, dz_out=None, bc_float32: bool = False):
+                  lengths, states, dz_out=None, bc_float32: bool = False, want_ddt: bool = True):
     """Launch the backward kernel (after its carry pass when split into segments) and reduce its partial sums.
     Returns gradients in the inputs' dtypes: ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, ddt, drate,
     dinitial_state)`` (the last in float32). ``dz_out``: a ``(B, D, L)`` tensor of ``z``'s dtype (any strides)
     that receives ``dz`` (the layer's fused path passes half of its input projection's gradient buffer).
     ``bc_float32``: ``dB`` and ``dC`` as the float32 sums (views, rows ``L`` rounded up to whole chunks apart),
-    for a caller that copies them on anyway."""
+    for a caller that copies them on anyway. ``want_ddt=False`` (event mode, time steps that need no gradient:
+    data, as in training) skips their gradient, a sum over channels per step, and returns ``None`` for it."""
     batch, dim, L = u.shape
     n = A.shape[1]
     cfg = launch_config(dim, n, "bwd")
@@ -365,6 +366,7 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     f32 = dict(device=dev, dtype=torch.float32)
     event = dt is not None
     needs_delta = not (event and method == "dirac")
+    want_dts = event and want_ddt
 
     atomic = use_atomic_sums()
     lane_sums = lane_sums_apply(cfg, n)
@@ -397,15 +399,15 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     n_seg_buf = n_segs if n_segs > 1 else 0
     part, dh0, seg_W, seg_P, dts_part = _views(
         _alloc(n_segs * batch * row + batch * dim * n + 2 * batch * n_seg_buf * dim * n
-               + (n_dblocks * batch * L if event else 0), **f32),
+               + (n_dblocks * batch * L if want_dts else 0), **f32),
         (n_segs * batch, row), (batch, dim, n), (batch, n_seg_buf, dim, n), (batch, n_seg_buf, dim, n),
-        (n_dblocks, batch, L) if event else (0,))
+        (n_dblocks, batch, L) if want_dts else (0,))
     dA_part = part[:, :dim * n]
     dD_part, dbias_part, drate_part = (part[:, col[k]:col[k] + dim] if k in col else dummy(u)
                                        for k in ("D", "bias", "rate"))
     if n_segs <= 1:
         seg_W = seg_P = dummy(u)
-    if not event:
+    if not want_dts:
         dts_part = dummy(u)
     d = dummy(u)
 
@@ -427,7 +429,7 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
         METHOD=METHOD_CODES[method], EVENT=event, SOFTPLUS=bool(delta_softplus),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         HAS_LEN=lengths is not None, HAS_DHT=dhT is not None, ATOMIC_SUMS=atomic, LANE_SUMS=lane_sums,
-        NATIVE=(not INTERPRETING) or FORCE_NATIVE_SCAN, FAST=not INTERPRETING,
+        WANT_DTS=want_dts, NATIVE=(not INTERPRETING) or FORCE_NATIVE_SCAN, FAST=not INTERPRETING,
     )
     if n_segs > 1:
         # Segments 1..S-1 send messages; segment 0 would send to nothing before it.
@@ -448,7 +450,7 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
         dB, dC = dB_sum[..., :L], dC_sum[..., :L]
     else:
         dB, dC = dB_sum[..., :L].to(B.dtype), dC_sum[..., :L].to(C.dtype)
-    dts = dts_part.sum(0).to(dt.dtype) if event else None
+    dts = dts_part.sum(0).to(dt.dtype) if want_dts else None
     return du, ddelta, dA, dB, dC, dD, (dz if z is not None else None), dbias, dts, drate, dh0
 
 
@@ -475,15 +477,15 @@ class SelectiveScanFunction(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias, dt, rate, lengths, states = ctx.saved_tensors
         if dy is None:
             dy = torch.zeros_like(u)
+        g = ctx.needs_input_grad
         du, ddelta, dA, dB, dC, dD, dz, dbias, dts, drate, dh0 = scan_backward(
             dy, dhT, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, dt, rate, ctx.method,
-            lengths, states,
+            lengths, states, want_ddt=g[8],
         )
         if rate is not None and drate is None:  # standard mode: the rate takes part with a zero gradient
             drate = torch.zeros_like(rate)
         if delta_bias is not None and dbias is None:
             dbias = torch.zeros_like(delta_bias)
-        g = ctx.needs_input_grad
         pick = lambda i, t: t if g[i] else None  # noqa: E731
         return (
             pick(0, du),

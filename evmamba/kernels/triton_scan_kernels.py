@@ -407,7 +407,7 @@ def scan_bwd_kernel(
     METHOD: tl.constexpr, EVENT: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr,
     HAS_DHT: tl.constexpr, CARRY_ONLY: tl.constexpr, NATIVE: tl.constexpr, FAST: tl.constexpr,
-    ATOMIC_SUMS: tl.constexpr, LANE_SUMS: tl.constexpr,
+    ATOMIC_SUMS: tl.constexpr, LANE_SUMS: tl.constexpr, WANT_DTS: tl.constexpr = True,
 ):
     """Gradients, or with ``CARRY_ONLY`` the segment carry pass: writes ``W`` and ``P`` ``(B, n_segs, D, N)``,
     the adjoint message each segment sends to the one before it when nothing enters it from behind, and the
@@ -417,7 +417,8 @@ def scan_bwd_kernel(
     ``u``), and ``dz`` with strides ``s_dz_*`` (the caller may place it in a buffer of its own); the rest
     contiguous: ``dB``/``dC`` ``(1, B, N, L_part)`` zero-filled for ``ATOMIC_SUMS``, else
     ``(n_dblocks, B, N, L_part)``, with ``L_part`` the chunks' steps (``L`` rounded up to ``T``; ``LANE_SUMS``
-    writes whole chunks, see :func:`_lane_sums_store`); ``dts`` ``(n_dblocks, B, L)`` per channel block;
+    writes whole chunks, see :func:`_lane_sums_store`); ``dts`` ``(n_dblocks, B, L)`` per channel block
+    (not written without ``WANT_DTS``: time steps that need no gradient, the usual case for data);
     the sums over time per segment and batch row in rows ``s_part`` apart (row ``seg * B + b``): ``dA``
     ``(D, N)`` and ``dD``/``dbias``/``drate`` ``(D,)`` (the launcher places them side by side in one row, so
     that one reduction sums them all); ``dh0`` ``(B, D, N)``."""
@@ -630,8 +631,9 @@ def scan_bwd_kernel(
             ddtA = ddtA * valid[:, None]
             if EVENT:
                 drate_acc += ddtA * (ts * valid)[:, None]
-                dts_part = tl.sum(ddtA * sp_rate[None, :], axis=1)  # (T,)
-                tl.store(dts_ptr + o_t + t0, dts_part, mask=in_range)
+                if WANT_DTS:
+                    dts_part = tl.sum(ddtA * sp_rate[None, :], axis=1)  # (T,): a sum across the threads
+                    tl.store(dts_ptr + o_t + t0, dts_part, mask=in_range)
             else:
                 ddtB = ddtB + ddtA
             if NEEDS_DELTA:

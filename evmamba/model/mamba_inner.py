@@ -63,11 +63,13 @@ class MambaInnerFunction(torch.autograd.Function):
         z = xz[..., d_inner:].transpose(1, 2)
         dt_low, Bm, Cm = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=-1)
         event = dt is not None
+        g = ctx.needs_input_grad
 
         dxz = torch.empty_like(xz, memory_format=torch.contiguous_format)  # (B, L, 2 Di): [dx | dz]
         du, ddelta, dA, dB, dC, dD, _, dbias, ddt, drate, _ = scan_backward(
             dy_t.transpose(1, 2), None, xc, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2), D, z, dt_bias, True,
-            dt, rate, method, lengths, states, dz_out=dxz[..., d_inner:].transpose(1, 2), bc_float32=True)
+            dt, rate, method, lengths, states, dz_out=dxz[..., d_inner:].transpose(1, 2), bc_float32=True,
+            want_ddt=event and g[9])
 
         # dt_proj: delta = dt_low W_dt^T. ddelta is laid out like xc (channels innermost): its transpose is a
         # contiguous (B, L, Di).
@@ -91,7 +93,6 @@ class MambaInnerFunction(torch.autograd.Function):
         _, dconv_w, dconv_b = conv_silu_backward(dxc.transpose(1, 2), x, conv_weight, conv_bias,
                                                  dx_out=dxz[..., :d_inner].transpose(1, 2))
 
-        g = ctx.needs_input_grad
         if rate is not None and drate is None:  # standard mode: the rate takes part with a zero gradient
             drate = torch.zeros_like(rate)
         return (
