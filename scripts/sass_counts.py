@@ -49,7 +49,10 @@ def compile_sm90(fn, constants: dict, num_warps: int, dtype: str, channels_last:
     signature, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(fn.arg_names):
         if fn.params[i].is_constexpr:
-            signature[name], constexprs[name] = "constexpr", constants[name]
+            if name not in constants and not fn.params[i].has_default:
+                raise KeyError(f"compile_sm90: no value for {fn.__name__}'s constexpr {name}")
+            signature[name] = "constexpr"
+            constexprs[name] = constants[name] if name in constants else fn.params[i].default
         elif name.endswith("_ptr"):
             kind = dtype if name in _ACTIVATIONS else ("i64" if name == "len_ptr" else "fp32")
             signature[name], attrs[(i,)] = "*" + kind, [["tt.divisibility", 16]]
@@ -111,6 +114,8 @@ def main(argv=None) -> int:
                     help="backward: per-block slices for the sums over channels instead of atomic adds")
     ap.add_argument("--tl-sum", action="store_true",
                     help="backward: sum B's and C's gradients over channels with tl.sum, not the reduce-scatter")
+    ap.add_argument("--no-dts", action="store_true",
+                    help="backward, event mode: time steps as data (their gradient not computed, as in training)")
     ap.add_argument("--channels-last", action="store_true",
                     help="activations and their gradients contiguous along channels (the layer's layout)")
     ap.add_argument("--no-states", action="store_true",
@@ -133,6 +138,7 @@ def main(argv=None) -> int:
     else:
         fn = kernels.scan_bwd_kernel
         constants = dict(common, HAS_DHT=False, ATOMIC_SUMS=not args.deterministic,
+                         WANT_DTS=not args.no_dts,
                          LANE_SUMS=not args.tl_sum and lane_sums_apply(
                              dataclasses.replace(cfg, block_d=block_d, n1=n1, n2=n2, num_warps=warps), 16))
     result = analyse(compile_sm90(fn, constants, warps, args.dtype, args.channels_last))
