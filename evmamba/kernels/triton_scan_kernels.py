@@ -184,7 +184,7 @@ def _steps(dt_raw, bias, ts, sp_rate, valid, SOFTPLUS: tl.constexpr, HAS_BIAS: t
     else:
         dtB = pre
     if EVENT:
-        dtA = (ts * valid)[:, None] * sp_rate[None, :]
+        dtA = (ts * valid[:, None]) * sp_rate[None, :]
     else:
         dtA = dtB * valid[:, None]
     return dtB, dtA, pre
@@ -330,7 +330,7 @@ def scan_fwd_kernel(
     z1 = _load_td_opt(z_b + t1 * s_z_l, s_z_l, s_z_d, it, idd, m1, md, LOAD_Z)
     B1 = _load_ntn(B_b + t1 * s_B_l, s_B_l, s_B_n, it, n3, m1, mn3)
     C1 = _load_ntn_opt(C_b + t1 * s_C_l, s_C_l, s_C_n, it, n3, m1, mn3, LOAD_C)
-    ts1 = _load_t_opt(ts_b + t1 * s_ts_l, s_ts_l, it, m1, EVENT)
+    ts1 = _load_td_opt(ts_b + t1 * s_ts_l, s_ts_l, 0, it, idd, m1, md, EVENT)
     t2 = t1 + T
     m2 = (t2 + it < L) & (c_begin + 1 < c_end)
     u2 = _load_td(u_b + t2 * s_u_l, s_u_l, s_u_d, it, idd, m2, md)
@@ -338,7 +338,7 @@ def scan_fwd_kernel(
     z2 = _load_td_opt(z_b + t2 * s_z_l, s_z_l, s_z_d, it, idd, m2, md, LOAD_Z)
     B2 = _load_ntn(B_b + t2 * s_B_l, s_B_l, s_B_n, it, n3, m2, mn3)
     C2 = _load_ntn_opt(C_b + t2 * s_C_l, s_C_l, s_C_n, it, n3, m2, mn3, LOAD_C)
-    ts2 = _load_t_opt(ts_b + t2 * s_ts_l, s_ts_l, it, m2, EVENT)
+    ts2 = _load_td_opt(ts_b + t2 * s_ts_l, s_ts_l, 0, it, idd, m2, md, EVENT)
     for c in range(c_begin, c_end):
         t0 = (c + zero64) * T
         t3 = t0 + 2 * T
@@ -348,7 +348,7 @@ def scan_fwd_kernel(
         z3 = _load_td_opt(z_b + t3 * s_z_l, s_z_l, s_z_d, it, idd, m3, md, LOAD_Z)
         B3 = _load_ntn(B_b + t3 * s_B_l, s_B_l, s_B_n, it, n3, m3, mn3)
         C3 = _load_ntn_opt(C_b + t3 * s_C_l, s_C_l, s_C_n, it, n3, m3, mn3, LOAD_C)
-        ts3 = _load_t_opt(ts_b + t3 * s_ts_l, s_ts_l, it, m3, EVENT)
+        ts3 = _load_td_opt(ts_b + t3 * s_ts_l, s_ts_l, 0, it, idd, m3, md, EVENT)
 
         if SAVE_STATES:
             _store_dn(st_b + (c + zero64) * DIM * N, h, idd, n3, m_dn, N)
@@ -511,7 +511,7 @@ def scan_bwd_kernel(
     z = _load_td_opt(z_b + t_last * s_z_l, s_z_l, s_z_d, it, idd, m_last, md, HAS_Z)
     Bm = _load_ntn_opt(B_b + t_last * s_B_l, s_B_l, s_B_n, it, n3, m_last, mn3, FULL)
     Cm = _load_ntn(C_b + t_last * s_C_l, s_C_l, s_C_n, it, n3, m_last, mn3)
-    ts = _load_t_opt(ts_b + t_last * s_ts_l, s_ts_l, it, m_last, EVENT)
+    ts = _load_td_opt(ts_b + t_last * s_ts_l, s_ts_l, 0, it, idd, m_last, md, EVENT)
     dy = _load_td(dy_b + t_last * s_dy_l, s_dy_l, s_dy_d, it, idd, m_last, md)
     # The state saved at each chunk's start is prefetched with the chunk's inputs: loaded where it is used,
     # its memory latency stood in every chunk's dependent chain.
@@ -527,7 +527,7 @@ def scan_bwd_kernel(
         z_n = _load_td_opt(z_b + tp * s_z_l, s_z_l, s_z_d, it, idd, mp, md, HAS_Z)
         B_n = _load_ntn_opt(B_b + tp * s_B_l, s_B_l, s_B_n, it, n3, mp, mn3, FULL)
         C_n = _load_ntn(C_b + tp * s_C_l, s_C_l, s_C_n, it, n3, mp, mn3)
-        ts_n = _load_t_opt(ts_b + tp * s_ts_l, s_ts_l, it, mp, EVENT)
+        ts_n = _load_td_opt(ts_b + tp * s_ts_l, s_ts_l, 0, it, idd, mp, md, EVENT)
         dy_n = _load_td(dy_b + tp * s_dy_l, s_dy_l, s_dy_d, it, idd, mp, md)
         if FULL:
             h_start_n = _load_dn3(st_b + (c - 1 + zero64) * DIM * N, idd, n3, m_dn & (c - 1 >= c_begin), N)
@@ -630,7 +630,7 @@ def scan_bwd_kernel(
             # ---- time steps, rate and delta
             ddtA = ddtA * valid[:, None]
             if EVENT:
-                drate_acc += ddtA * (ts * valid)[:, None]
+                drate_acc += ddtA * (ts * valid[:, None])
                 if WANT_DTS:
                     dts_part = tl.sum(ddtA * sp_rate[None, :], axis=1)  # (T,): a sum across the threads
                     tl.store(dts_ptr + o_t + t0, dts_part, mask=in_range)
