@@ -70,11 +70,6 @@ def _load_ntn(ptr, s_l, s_n, it, n3, mt, mn3):
 
 
 @triton.jit
-def _load_t(ptr, s_l, it, mt):
-    return tl.load(ptr + it * s_l, mask=mt, other=0.0).to(tl.float32)
-
-
-@triton.jit
 def _load_td_opt(ptr, s_l, s_d, it, idd, mt, md, HAS: tl.constexpr):
     """Like :func:`_load_td`; zeros (never read) when the tensor is absent."""
     if HAS:
@@ -89,14 +84,6 @@ def _load_ntn_opt(ptr, s_l, s_n, it, n3, mt, mn3, HAS: tl.constexpr):
         return _load_ntn(ptr, s_l, s_n, it, n3, mt, mn3)
     else:
         return tl.zeros([n3.shape[0], it.shape[0], n3.shape[2]], tl.float32)
-
-
-@triton.jit
-def _load_t_opt(ptr, s_l, it, mt, HAS: tl.constexpr):
-    if HAS:
-        return _load_t(ptr, s_l, it, mt)
-    else:
-        return tl.zeros([it.shape[0]], tl.float32)
 
 
 @triton.jit
@@ -172,7 +159,8 @@ def _first_step_mask(it):
 @triton.jit
 def _steps(dt_raw, bias, ts, sp_rate, valid, SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr,
            EVENT: tl.constexpr, NEEDS_DELTA: tl.constexpr, FAST: tl.constexpr):
-    """``(dtB, dtA, dtB pre-activation)`` on a ``(T, BLOCK_D)`` tile; ``dtA`` is zero on padding."""
+    """``(dtB, dtA, dtB pre-activation)`` on a ``(T, BLOCK_D)`` tile; ``dtA`` is zero on padding. ``ts``: the time
+    steps as a ``(T, BLOCK_D)`` tile (equal across channels)."""
     pre = dt_raw
     if HAS_BIAS:
         pre = pre + bias[None, :]
@@ -330,6 +318,8 @@ def scan_fwd_kernel(
     z1 = _load_td_opt(z_b + t1 * s_z_l, s_z_l, s_z_d, it, idd, m1, md, LOAD_Z)
     B1 = _load_ntn(B_b + t1 * s_B_l, s_B_l, s_B_n, it, n3, m1, mn3)
     C1 = _load_ntn_opt(C_b + t1 * s_C_l, s_C_l, s_C_n, it, n3, m1, mn3, LOAD_C)
+    # The time steps are one value per step, but loaded as a (T, BLOCK_D) tile with stride 0 across channels:
+    # in delta's layout the decay step needs no change of layout (a (T,) vector cost ~17 more instructions a chunk).
     ts1 = _load_td_opt(ts_b + t1 * s_ts_l, s_ts_l, 0, it, idd, m1, md, EVENT)
     t2 = t1 + T
     m2 = (t2 + it < L) & (c_begin + 1 < c_end)
