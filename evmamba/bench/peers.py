@@ -199,7 +199,9 @@ def _load_lrnnx(peers: Peers, lrnnx_dir: str | None) -> None:
             ext = sys.modules.get("selective_scan_cuda")
             ext_file = getattr(ext, "__file__", "?")
             if mamba_ext is not None and ext is mamba_ext:
-                msg.append("lrnnx: imported mamba_ssm's selective_scan_cuda instead of its own; lrnnx not timed")
+                msg.append("lrnnx: imported mamba_ssm's selective_scan_cuda instead of its own; lrnnx not timed in "
+                           "this process (time it in one of its own: --peers SITE/lrnnx-site, as "
+                           "scripts/peers/gpu_run.sh does)")
             else:
                 peers.lrnnx_scan = mods[0].selective_scan_fn
                 peers.lrnnx_layer = mods[1].Mamba

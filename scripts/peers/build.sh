@@ -4,8 +4,10 @@
 #
 #   bash scripts/peers/build.sh [BUDGET_SECONDS]      # from anywhere; default budget 360 s
 #
-# Reads .devout/peers/*.tar.gz (downloaded by scripts/peers/fetch.sh where there is network). Installs
-# causal-conv1d and mamba-ssm into $PEERS_SITE (default /tmp/peers-site) and lrnnx into $PEERS_SITE/lrnnx-site
+# Reads .devout/peers/*.tar.gz (downloaded by scripts/peers/fetch.sh where there is network), and first unpacks
+# .devout/peers/prebuilt-site.tar.xz when there is one (scripts/peers/prebuild.sh: built on another machine).
+# Installs causal-conv1d and mamba-ssm into $PEERS_SITE (default /tmp/peers-site) and lrnnx into
+# $PEERS_SITE/lrnnx-site
 # (its compiled scan is a top-level module `selective_scan_cuda`, like mamba_ssm's: they cannot share a folder).
 # Nothing of theirs is edited: scripts/peers/setup_runner.py runs each setup.py with the nvcc flags narrowed to
 # $PEERS_GENCODE and, where torch's headers need it, -std=c++20 (it prints what it changed).
@@ -39,6 +41,16 @@ say() { echo "[peers +$(( $(date +%s) - T0 ))s] $*"; }
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 mkdir -p "$SITE" "$LRNNX_SITE" "$WORK"
 rm -f "$WORK"/*.result  # a result line is this call's, never an earlier one's
+# Packages built on another machine for this one's torch and Python (scripts/peers/prebuild.sh): unpacked
+# first; each is then imported like a package built here, and compiled here only if that import fails.
+PREBUILT=${PEERS_PREBUILT:-$SRC/prebuilt-site.tar.xz}
+if [ -f "$PREBUILT" ]; then
+    if tar xJf "$PREBUILT" -C "$SITE"; then
+        say "unpacked $PREBUILT into $SITE: $(cd "$SITE" && find . -maxdepth 2 -name '.peers-built-*' | sed 's|.*/.peers-built-||' | tr '\n' ' ')"
+    else
+        say "could not unpack $PREBUILT: building everything here"
+    fi
+fi
 
 # ---------------------------------------------------------------- the machine
 say "budget ${BUDGET}s; sdists from $SRC; install to $SITE (lrnnx: $LRNNX_SITE); work in $WORK"

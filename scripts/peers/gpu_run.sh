@@ -5,13 +5,17 @@
 # 321-334 s on an H200 machine (16 cores, 2026-12-01), so the build budget defaults to 390 s. lrnnx takes longer
 # than what that budget leaves it (7 of its 22 compile steps in 169 s, built alone): for its rows, run
 # `bash scripts/peers/build.sh 590` in one call and this script in a second one on the still-warm machine, where
-# the packages already built are skipped and lrnnx's build resumes.
+# the packages already built are skipped and lrnnx's build resumes. Or build them beforehand on a machine
+# without a GPU (scripts/peers/prebuild.sh, into .devout/peers/prebuilt-site.tar.xz): build.sh unpacks that
+# first, and what it holds is not compiled again.
 #
 #   bash scripts/peers/gpu_run.sh [OUT_DIR]      # from anywhere; OUT_DIR defaults to $OUT, else /tmp/peers-out
 #
 # Needs .devout/peers/*.tar.gz (scripts/peers/fetch.sh) and evmamba importable (PYTHONPATH). Writes to OUT_DIR:
-# peers_build.txt, kernels_peers.{txt,json}, layer_peers.{txt,json}. Each step's failure is reported and the
-# next step runs; the benchmarks write their JSON after every case, so a time limit keeps what was measured.
+# peers_build.txt, kernels_peers.{txt,json}, layer_peers.{txt,json}, and with lrnnx built,
+# kernels_lrnnx.{txt,json} and layer_lrnnx.{txt,json} (lrnnx in processes of its own, see below). Each step's
+# failure is reported and the next step runs; the benchmarks write their JSON after every case, so a time limit
+# keeps what was measured.
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -40,7 +44,11 @@ if [ $t -ge 30 ]; then
 else
     say "bench kernels skipped: ${t}s left for it"
 fi
-t=$(( $(left) - 10 ))
+# lrnnx in processes of its own after the others (its compiled scan has mamba_ssm's module name; in one process
+# with mamba_ssm the benchmarks find the name taken and leave lrnnx out): 150 s kept for it when it is built.
+LRNNX_SITE=$SITE/lrnnx-site
+if ls "$LRNNX_SITE"/.peers-built-lrnnx-* >/dev/null 2>&1; then RESERVE=150; else RESERVE=0; fi
+t=$(( $(left) - 10 - RESERVE ))
 if [ $t -ge 30 ]; then
     say "bench layer --peers (limit ${t}s)"
     timeout -k 5 $t python3 -m evmamba bench layer --peers "$SITE" --reps "$REPS" \
@@ -49,12 +57,27 @@ if [ $t -ge 30 ]; then
 else
     say "bench layer skipped: ${t}s left for it"
 fi
+if [ $RESERVE -gt 0 ]; then
+    # Without causal_conv1d on the path lrnnx's Mamba runs PyTorch's conv in both modes (its fused path, taken
+    # when causal_conv1d imports, fails on causal-conv1d 1.7.0's argument list in standard mode).
+    t=$(( ($(left) - 10) / 2 ))
+    say "bench kernels --peers $LRNNX_SITE --scan-only (lrnnx alone; limit ${t}s)"
+    timeout -k 5 $t python3 -m evmamba bench kernels --peers "$LRNNX_SITE" --scan-only --reps "$REPS" \
+        --json "$OUTD/kernels_lrnnx.json" > "$OUTD/kernels_lrnnx.txt" 2>&1
+    say "bench kernels (lrnnx) exit $?"
+    t=$(( $(left) - 10 ))
+    say "bench layer --peers $LRNNX_SITE --dtypes float32 (lrnnx alone; limit ${t}s)"
+    timeout -k 5 $t python3 -m evmamba bench layer --peers "$LRNNX_SITE" --reps "$REPS" --dtypes float32 \
+        --json "$OUTD/layer_lrnnx.json" > "$OUTD/layer_lrnnx.txt" 2>&1
+    say "bench layer (lrnnx) exit $?"
+fi
 
 # What the reply shows (its last 12 000 characters): build summary, then each benchmark's peers and table.
 echo; echo "================ build"
 grep -E "^\[peers .*(budget|nvcc|torch|ninja|building|compiled|stopped|resuming)|^  (python|torch|triton|setuptools|wheel|packaging|ninja|einops|transformers)|^peer |^    (error|last)>" "$OUTD/peers_build.txt" | cut -c1-300 | tail -n 60
-for b in kernels layer; do
-    f=$OUTD/${b}_peers.txt
+for b in kernels_peers layer_peers kernels_lrnnx layer_lrnnx; do
+    f=$OUTD/$b.txt
+    [ -f "$f" ] || case $b in *lrnnx) continue ;; esac
     echo; echo "================ bench $b ($f)"
     [ -f "$f" ] || { echo "(not run)"; continue; }
     grep -E "^peers:|^  (mamba_ssm|lrnnx|causal_conv1d|no peer|peers folder|lrnnx's)|needs a CUDA|Error|error|ERROR|DIFFERS" "$f" | grep -v "%|" | cut -c1-300 | head -n 25
