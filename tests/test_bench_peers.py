@@ -300,6 +300,8 @@ def test_peer_scans_map_our_arguments_onto_theirs(event):
         assert "error" not in row, row
         assert row["y_rel_diff"] < 1e-5 and row["grad_rel_diff"] < 1e-4 and row["agree"] == "ok", row
         assert row["fwd_speedup"] == 2.0 and row["fwd_bwd_speedup"] == 0.5
+        # The peer's host time for one forward + backward is measured for real (the stand-in timer does not).
+        assert row["peer_host_ms"] > 0 and row["ours_host_ms"] is None
 
 
 def test_a_failing_peer_scan_is_a_row_with_its_error():
@@ -318,12 +320,14 @@ def test_peer_table_prints_measured_skipped_and_failed_rows(capsys):
 
     scan = dict(shape=[16, 256, 8192, 16], dtype="float32", mode="standard", fwd_ms=0.5, fwd_bwd_ms=2.0, peers=[
         dict(peer="mamba_ssm", ours_fwd_ms=0.5, ours_fwd_bwd_ms=2.0, peer_fwd_ms=1.0, peer_fwd_bwd_ms=3.0,
-             fwd_speedup=2.0, fwd_bwd_speedup=1.5, y_rel_diff=1e-6, grad_rel_diff=2e-5, grad_worst="A", agree="ok"),
+             fwd_speedup=2.0, fwd_bwd_speedup=1.5, y_rel_diff=1e-6, grad_rel_diff=2e-5, grad_worst="A", agree="ok",
+             ours_host_ms=0.81, peer_host_ms=1.25),
         dict(peer="lrnnx", skipped="lrnnx's CUDA scan takes float32 inputs only", ours_fwd_ms=0.5,
              ours_fwd_bwd_ms=2.0),
         dict(peer="lrnnx", error="RuntimeError: boom", ours_fwd_ms=0.5, ours_fwd_bwd_ms=2.0)])
     print_peer_table([scan])
     out = capsys.readouterr().out
     assert "2.00x" in out and "1.50x" in out and "2.0e-05 (A) ok" in out
+    assert "host f+b ours/peer" in out and "0.81/1.25" in out
     assert "skipped: float32 only" in out and "ERROR: RuntimeError: boom" in out
     assert "(2x)" in _peer_line(scan, scan["peers"][0]) and "skipped" in _peer_line(scan, scan["peers"][1])

@@ -32,3 +32,24 @@ def load_average() -> float:
         return os.getloadavg()[0]
     except OSError:  # pragma: no cover - not on Linux
         return float("nan")
+
+
+def host_ms(fn: Callable[[], Any], reps: int) -> float:
+    """Median host time in ms of one call of ``fn`` issued with the GPU idle (synchronised before each call, not
+    after): how long the host takes to launch the work. Near or above the device time, the host sets the pace."""
+    import torch
+
+    times = []
+    for _ in range(reps):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return 1e3 * statistics.median(times)
+
+
+#: Calls behind each host-time median (after the timed runs, so everything is compiled and cached).
+HOST_REPS = 10

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.output import format_table, write_json
+from .common import HOST_REPS, host_ms
 
 SCAN_SHAPES = [(16, 256, 8192, 16), (8, 1536, 2048, 16), (64, 256, 2048, 16)]
 STEP_MODELS = [64, 128, 256]
@@ -163,6 +164,9 @@ def bench_scan(shape, dtype_name, event, reps, peers=None) -> dict[str, Any]:
         shape=list(shape), dtype=dtype_name, mode="event" if event else "standard",
         fwd_ms=fwd_ms, fwd_bytes=scan_bytes(batch, dim, L, n, elt, event, False, CHUNK),
         fwd_bwd_ms=fb_ms, fwd_bwd_bytes=scan_bytes(batch, dim, L, n, elt, event, True, CHUNK),
+        # At the smaller shapes the forward's kernels take about as long as the host needs to reach the
+        # backward's launch; a host time near fwd_bwd_ms says the figure is the host's.
+        host_fwd_bwd_ms=host_ms(fwd_bwd, min(reps, HOST_REPS)),
     )
     if peers is not None:
         with torch.no_grad():
@@ -175,7 +179,7 @@ def bench_scan(shape, dtype_name, event, reps, peers=None) -> dict[str, Any]:
                                             ours_fwd_bwd_ms=fb_ms))
                 continue
             record["peers"].append(_time_peer_scan(name, fn, p, pg, trainable, dy, y_ours, grads_ours, dtype_name,
-                                                   reps, fwd_ms, fb_ms))
+                                                   reps, fwd_ms, fb_ms, ours_host_ms=record["host_fwd_bwd_ms"]))
     return record
 
 
@@ -210,16 +214,17 @@ def peer_scans(peers, event: bool) -> list[tuple[str, Callable[..., Any]]]:
 
 
 def _time_peer_scan(name, fn, p, pg, trainable, dy, y_ours, grads_ours, dtype_name, reps, fwd_ms, fb_ms,
-                    timer=None):
+                    timer=None, ours_host_ms=None):
     """One peer on our inputs: agreement of the output and of every gradient, then its times (``timer(fn,
-    reps) -> ms``, CUDA events by default). Any error is recorded in the row (and printed), never raised."""
+    reps) -> ms``, CUDA events by default) and its host time for one forward + backward (:func:`host_ms`).
+    Any error is recorded in the row (and printed), never raised."""
     import torch
 
     from .peers import agreement, max_rel_diff
 
     timer = _median_ms if timer is None else timer
 
-    row: dict[str, Any] = dict(peer=name, ours_fwd_ms=fwd_ms, ours_fwd_bwd_ms=fb_ms)
+    row: dict[str, Any] = dict(peer=name, ours_fwd_ms=fwd_ms, ours_fwd_bwd_ms=fb_ms, ours_host_ms=ours_host_ms)
     try:
         with torch.no_grad():
             y_peer = fn(**p)
@@ -240,6 +245,7 @@ def _time_peer_scan(name, fn, p, pg, trainable, dy, y_ours, grads_ours, dtype_na
             torch.autograd.grad(fn(**pg), leaves, dy, allow_unused=True)
 
         row["peer_fwd_bwd_ms"] = timer(fwd_bwd, reps)
+        row["peer_host_ms"] = host_ms(fwd_bwd, min(reps, HOST_REPS))
         row["fwd_speedup"] = row["peer_fwd_ms"] / fwd_ms
         row["fwd_bwd_speedup"] = row["peer_fwd_bwd_ms"] / fb_ms
     except Exception as exc:  # noqa: BLE001 - a peer's failure is a result to report
@@ -474,12 +480,13 @@ def run(args: argparse.Namespace) -> int:
         r["fwd_bwd_target_ms"] = TARGETS.get(fb_key)
         rows.append([
             "x".join(map(str, r["shape"])), r["dtype"], r["mode"], r["fwd_ms"], r["fwd_bw_fraction"],
-            r["fwd_bwd_ms"], r["fwd_bwd_bw_fraction"],
+            r["fwd_bwd_ms"], r["fwd_bwd_bw_fraction"], r["host_fwd_bwd_ms"],
             "" if r["fwd_target_ms"] is None else f"{r['fwd_target_ms']}",
             "" if r["fwd_bwd_target_ms"] is None else f"{r['fwd_bwd_target_ms']}",
         ])
-    print("\nselective scan (Triton), median ms; bw = minimum bytes / time / copy bandwidth")
-    print(format_table(["B x D x L x N", "dtype", "mode", "fwd ms", "fwd bw", "fwd+bwd ms", "f+b bw",
+    print("\nselective scan (Triton), median ms; bw = minimum bytes / time / copy bandwidth; host f+b = the host's "
+          "time to issue one forward + backward with the GPU idle")
+    print(format_table(["B x D x L x N", "dtype", "mode", "fwd ms", "fwd bw", "fwd+bwd ms", "f+b bw", "host f+b",
                         "fwd target", "f+b target"], rows))
 
     if peers is not None:
@@ -549,15 +556,16 @@ def print_peer_table(scans: list[dict[str, Any]]) -> None:
         for p in r.get("peers", []):
             head = ["x".join(map(str, r["shape"])), r["dtype"], r["mode"], p["peer"]]
             if "skipped" in p:
-                rows.append(head + [r["fwd_ms"], "", "", r["fwd_bwd_ms"], "", "", "", "skipped: float32 only"])
+                rows.append(head + [r["fwd_ms"], "", "", r["fwd_bwd_ms"], "", "", "", "", "skipped: float32 only"])
                 continue
             if "error" in p:
-                rows.append(head + [r["fwd_ms"], "", "", r["fwd_bwd_ms"], "", "", "", "ERROR: " + p["error"][:60]])
+                rows.append(head + [r["fwd_ms"], "", "", r["fwd_bwd_ms"], "", "", "", "", "ERROR: " + p["error"][:60]])
                 continue
+            host = "/".join("?" if p.get(k) is None else f"{p[k]:.3g}" for k in ("ours_host_ms", "peer_host_ms"))
             rows.append(head + [p["ours_fwd_ms"], p["peer_fwd_ms"], f"{p['fwd_speedup']:.2f}x", p["ours_fwd_bwd_ms"],
-                                p["peer_fwd_bwd_ms"], f"{p['fwd_bwd_speedup']:.2f}x", f"{p['y_rel_diff']:.1e}",
+                                p["peer_fwd_bwd_ms"], f"{p['fwd_bwd_speedup']:.2f}x", host, f"{p['y_rel_diff']:.1e}",
                                 f"{p['grad_rel_diff']:.1e} ({p['grad_worst']}) {p['agree']}"])
     print("\nselective scan, ours vs peers on the same inputs (median ms; speed-up = peer / ours; rel diff = max|ours -"
           " peer| / max|peer|)")
     print(format_table(["B x D x L x N", "dtype", "mode", "peer", "ours fwd", "peer fwd", "speed-up", "ours f+b",
-                        "peer f+b", "speed-up", "y diff", "grad diff"], rows))
+                        "peer f+b", "speed-up", "host f+b ours/peer", "y diff", "grad diff"], rows))

@@ -29,13 +29,12 @@ the kernel of :mod:`evmamba.kernels.triton_conv`) or ``torch`` (PyTorch's ``conv
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
 from ..core.output import format_table, write_json
+from .common import HOST_REPS, host_ms
 
 # (batch, L, d_model)
 LAYER_SHAPES = [(16, 8192, 128), (8, 2048, 768), (64, 2048, 128)]
@@ -132,27 +131,6 @@ def compare_outputs(ref_module, ref_side, ref_mode, other_module, other_side, ot
         return res
     except Exception as exc:  # noqa: BLE001 - reported in the row
         return {"error": f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]}
-
-
-def host_ms(fn: Callable[[], Any], reps: int) -> float:
-    """Median host time in ms of one call of ``fn`` issued with the GPU idle (synchronised before each call, not
-    after): how long the host takes to launch the work. Near or above the device time, the host sets the pace."""
-    import torch
-
-    times = []
-    for _ in range(reps):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return 1e3 * statistics.median(times)
-
-
-#: Calls behind each host-time median (after the timed runs, so everything is compiled and cached).
-HOST_REPS = 10
 
 
 def time_variant(module, side: str, mode: str, x, dt, dy, dtype_name: str, reps: int,
