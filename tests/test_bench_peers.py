@@ -209,6 +209,64 @@ def test_import_bypassing_inits_reaches_a_module_under_a_broken_package(tmp_path
             del sys.modules[name]
 
 
+def _compile_named_module(source_dir, out_path, module: str, who: str) -> None:
+    """A compiled (pybind11) module ``module`` whose attribute ``who`` is ``who``, built with g++ against torch's
+    bundled pybind11 headers."""
+    import subprocess
+    import sysconfig
+
+    import torch.utils.cpp_extension as cpp
+
+    src = source_dir / f"{who}.cpp"
+    src.write_text(f'#include <pybind11/pybind11.h>\nPYBIND11_MODULE({module}, m) {{ m.attr("who") = "{who}"; }}\n')
+    includes = [f"-I{p}" for p in cpp.include_paths()[:1] + [sysconfig.get_paths()["include"]]]
+    subprocess.run(["g++", "-O0", "-shared", "-fPIC", "-std=c++17", *includes, str(src), "-o", str(out_path)],
+                   check=True, capture_output=True, timeout=300)
+
+
+@pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="needs a C++ compiler")
+def test_lrnnx_gets_its_own_extension_beside_mamba_ssms(tmp_path, monkeypatch):
+    """mamba_ssm's and lrnnx's compiled scans share the module name ``selective_scan_cuda``; a plain import of the
+    second, from another folder, gives back the first. Stand-in packages (with lrnnx's package __init__ importing
+    a missing S5 extension, as the real one does) each call their own compiled module: each must reach its own."""
+    import importlib.machinery
+
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    site = tmp_path / "site"
+    lrnnx_site = site / "lrnnx-site"
+    files = {
+        site / "mamba_ssm" / "__init__.py": "",
+        site / "mamba_ssm" / "ops" / "__init__.py": "",
+        site / "mamba_ssm" / "ops" / "selective_scan_interface.py":
+            "import selective_scan_cuda\n\ndef selective_scan_fn(*a, **k):\n    return selective_scan_cuda.who\n",
+        site / "mamba_ssm" / "modules" / "__init__.py": "",
+        site / "mamba_ssm" / "modules" / "mamba_simple.py": "causal_conv1d_fn = None\n\nclass Mamba:\n    pass\n",
+        lrnnx_site / "lrnnx" / "__init__.py": "",
+        lrnnx_site / "lrnnx" / "ops" / "__init__.py": "",
+        lrnnx_site / "lrnnx" / "ops" / "selective_scan.py":
+            "import selective_scan_cuda\n\ndef selective_scan_fn(*a, **k):\n    return selective_scan_cuda.who\n",
+        lrnnx_site / "lrnnx" / "models" / "__init__.py": "",
+        lrnnx_site / "lrnnx" / "models" / "ltv" / "__init__.py": "import simplified_scan_cuda_not_built\n",
+        lrnnx_site / "lrnnx" / "models" / "ltv" / "mamba.py": "class Mamba:\n    pass\n",
+    }
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    _compile_named_module(tmp_path, site / f"selective_scan_cuda{suffix}", "selective_scan_cuda", "mamba_ssm")
+    _compile_named_module(tmp_path, lrnnx_site / f"selective_scan_cuda{suffix}", "selective_scan_cuda", "lrnnx")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    try:
+        peers = load_peers(str(site))
+        assert peers.mamba_scan is not None and peers.lrnnx_scan is not None, peers.messages
+        assert peers.mamba_scan() == "mamba_ssm" and peers.lrnnx_scan() == "lrnnx"
+        assert sys.modules["selective_scan_cuda"].who == "mamba_ssm"  # the shared name is mamba_ssm's again
+        assert peers.versions["lrnnx_extension"].startswith(str(lrnnx_site))
+    finally:
+        for name in [m for m in sys.modules if m.split(".")[0] in
+                     ("mamba_ssm", "lrnnx", "selective_scan_cuda", "_evmamba_peer_lrnnx")]:
+            del sys.modules[name]
+
+
 def test_load_peers_says_plainly_what_is_missing(tmp_path):
     peers = load_peers(str(tmp_path / "nowhere"))
     text = "\n".join(peers.messages)

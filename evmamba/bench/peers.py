@@ -5,9 +5,12 @@ their source distributions on the GPU machine by ``scripts/peers/build.sh`` and 
 
 Where they are: ``build.sh`` installs causal-conv1d and mamba-ssm into one folder (default ``/tmp/peers-site``,
 or ``$EVMAMBA_PEERS_SITE``) and lrnnx into its sub-folder ``lrnnx-site``. lrnnx's compiled scan is a top-level
-module named ``selective_scan_cuda``, like mamba_ssm's, so the two cannot share a folder; :func:`load_peers`
-imports lrnnx's with its own folder first on the path and then puts mamba_ssm's module back, so each package
-keeps a reference to its own extension.
+module named ``selective_scan_cuda``, like mamba_ssm's, so the two cannot share a folder. Nor can a plain import
+load the second one in a process that holds the first: a compiled module imported again under the same name, from
+another file, comes back as the first one (seen with pybind11 modules on Python 3.12). :func:`load_peers`
+therefore loads lrnnx's extension from its file under a name of its own (its init function is found by the last
+part of the name), puts it in ``sys.modules`` under the shared name while lrnnx's modules import it, then puts
+mamba_ssm's back, so each package keeps a reference to its own extension.
 
 Nothing here fails: every import that does not work becomes a plain line in :attr:`Peers.messages`, and the
 benchmarks time whatever did import (evmamba alone when nothing did).
@@ -19,6 +22,7 @@ parameter names, which is how the layer benchmark gives both sides the same weig
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import re
@@ -186,11 +190,42 @@ def load_peers(site: str | None = None) -> Peers:
     return peers
 
 
+#: The name lrnnx's compiled scan is loaded under (see the module docstring); its last part is the real one.
+LRNNX_EXTENSION_ALIAS = "_evmamba_peer_lrnnx.selective_scan_cuda"
+
+
+def load_extension_as(name: str, path: str) -> types.ModuleType:
+    """The compiled module at ``path`` loaded under ``name`` (not entered in ``sys.modules``). A name of its own
+    makes Python load this file even when a module of the same last name, from another file, is loaded."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path} is not a loadable module")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _extension_file(folder: str, module: str) -> str | None:
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(folder, module + suffix)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
 def _load_lrnnx(peers: Peers, lrnnx_dir: str | None) -> None:
     msg = peers.messages
     mamba_ext = sys.modules.pop("selective_scan_cuda", None)
     if lrnnx_dir is not None:
         sys.path.insert(0, lrnnx_dir)
+        ext_path = _extension_file(lrnnx_dir, "selective_scan_cuda")
+        if ext_path is not None and mamba_ext is not None:
+            try:
+                import torch  # noqa: F401 - a torch extension needs torch's own libraries loaded first
+
+                sys.modules["selective_scan_cuda"] = load_extension_as(LRNNX_EXTENSION_ALIAS, ext_path)
+            except Exception as exc:  # noqa: BLE001 - reported; the import below then reports what it finds
+                msg.append(f"lrnnx: could not load its extension {ext_path}: {_error(exc)}")
     elif mamba_ext is not None:
         msg.append("lrnnx: no separate lrnnx folder; its extension would be mamba_ssm's module of the same name")
     try:

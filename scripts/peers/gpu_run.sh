@@ -13,7 +13,7 @@
 #
 # Needs .devout/peers/*.tar.gz (scripts/peers/fetch.sh) and evmamba importable (PYTHONPATH). Writes to OUT_DIR:
 # peers_build.txt, kernels_peers.{txt,json}, layer_peers.{txt,json}, and with lrnnx built,
-# kernels_lrnnx.{txt,json} and layer_lrnnx.{txt,json} (lrnnx in processes of its own, see below). Each step's
+# kernels_lrnnx.{txt,json} and layer_lrnnx.{txt,json} (lrnnx in processes of its own, when needed). Each step's
 # failure is reported and the next step runs; the benchmarks write their JSON after every case, so a time limit
 # keeps what was measured.
 set -u
@@ -44,8 +44,9 @@ if [ $t -ge 30 ]; then
 else
     say "bench kernels skipped: ${t}s left for it"
 fi
-# lrnnx in processes of its own after the others (its compiled scan has mamba_ssm's module name; in one process
-# with mamba_ssm the benchmarks find the name taken and leave lrnnx out): 150 s kept for it when it is built.
+# lrnnx's compiled scan has mamba_ssm's module name. The benchmarks load each under a name of its own
+# (evmamba/bench/peers.py); should lrnnx still be left out of a process that holds mamba_ssm ("not timed in this
+# process" in the output), it is timed in processes of its own afterwards: 150 s are kept for that when it is built.
 LRNNX_SITE=$SITE/lrnnx-site
 if ls "$LRNNX_SITE"/.peers-built-lrnnx-* >/dev/null 2>&1; then RESERVE=150; else RESERVE=0; fi
 t=$(( $(left) - 10 - RESERVE ))
@@ -57,7 +58,7 @@ if [ $t -ge 30 ]; then
 else
     say "bench layer skipped: ${t}s left for it"
 fi
-if [ $RESERVE -gt 0 ]; then
+if [ $RESERVE -gt 0 ] && grep -q "not timed in this process" "$OUTD/kernels_peers.txt" "$OUTD/layer_peers.txt" 2>/dev/null; then
     # Without causal_conv1d on the path lrnnx's Mamba runs PyTorch's conv in both modes (its fused path, taken
     # when causal_conv1d imports, fails on causal-conv1d 1.7.0's argument list in standard mode).
     t=$(( ($(left) - 10) / 2 ))
