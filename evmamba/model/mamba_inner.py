@@ -69,7 +69,7 @@ class MambaInnerFunction(torch.autograd.Function):
         du, ddelta, dA, dB, dC, dD, _, dbias, ddt, drate, _ = scan_backward(
             dy_t.transpose(1, 2), None, xc, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2), D, z, dt_bias, True,
             dt, rate, method, lengths, states, dz_out=dxz[..., d_inner:].transpose(1, 2), bc_float32=True,
-            want_ddt=event and g[9])
+            want_ddt=g[9])
 
         # dt_proj: delta = dt_low W_dt^T. ddelta is laid out like xc (channels innermost): its transpose is a
         # contiguous (B, L, Di).

@@ -60,7 +60,7 @@ else
 fi
 if [ $RESERVE -gt 0 ] && grep -q "not timed in this process" "$OUTD/kernels_peers.txt" "$OUTD/layer_peers.txt" 2>/dev/null; then
     # Without causal_conv1d on the path lrnnx's Mamba runs PyTorch's conv in both modes (its fused path, taken
-    # when causal_conv1d imports, fails on causal-conv1d 1.7.0's argument list in standard mode).
+    # when causal_conv1d imports, calls its own extension with mamba_ssm's argument list and fails in standard mode).
     t=$(( ($(left) - 10) / 2 ))
     say "bench kernels --peers $LRNNX_SITE --scan-only (lrnnx alone; limit ${t}s)"
     timeout -k 5 $t python3 -m evmamba bench kernels --peers "$LRNNX_SITE" --scan-only --reps "$REPS" \
