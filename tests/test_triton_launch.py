@@ -53,12 +53,7 @@ def fast_path(monkeypatch):
     """The fast path on, as on a GPU machine, with a stand-in current device and stream."""
     monkeypatch.setattr(triton_launch, "INTERPRETING", False)
     monkeypatch.setattr(triton_launch, "FAST_LAUNCH", True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-
-    class Stream:
-        cuda_stream = 1234
-
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(triton_launch, "_current_device_and_stream", lambda: (0, 1234))
     triton_launch.clear_cache()
     yield
     triton_launch.clear_cache()
@@ -185,3 +180,35 @@ def test_scan_and_conv_give_the_same_results_through_the_cache(monkeypatch):
     ref = run(1, True)
     for a, b in zip(mis, ref):
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU: the fast path launches compiled kernels")
+@pytest.mark.gpu
+def test_a_cached_launch_runs_on_the_callers_current_stream():
+    """Under ``torch.cuda.stream(side)`` a cached launch is queued on ``side``, as ``kernel[grid]`` queues it. The
+    side stream is held back by matrix products and then fills the scan's input; a launch queued on the default
+    stream would run first and read the zeros that the input held before."""
+    from evmamba.kernels.triton_scan import selective_scan_triton
+
+    triton_launch.clear_cache()
+    g = torch.Generator().manual_seed(5)
+    batch, dim, L, N = 2, 64, 512, 16
+    p = dict(u=torch.randn(batch, dim, L, generator=g).cuda(), delta=torch.randn(batch, dim, L, generator=g).cuda(),
+             A=-torch.rand(dim, N, generator=g).cuda(), B=torch.randn(batch, N, L, generator=g).cuda(),
+             C=torch.randn(batch, N, L, generator=g).cuda())
+    expected = selective_scan_triton(**p)
+    selective_scan_triton(**p)  # the launch's key is cached now
+    assert triton_launch._current_device_and_stream() == (torch.cuda.current_device(),
+                                                          torch.cuda.current_stream().cuda_stream)
+    u_late = torch.zeros_like(p["u"])
+    big = torch.randn(4096, 4096, device="cuda")
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        assert triton_launch._current_device_and_stream()[1] == side.cuda_stream
+        for _ in range(8):
+            big = big @ big / 4096 ** 0.5  # keeps the side stream busy
+        u_late.copy_(p["u"])
+        y = selective_scan_triton(**{**p, "u": u_late})
+    torch.cuda.current_stream().wait_stream(side)
+    assert torch.equal(y, expected)

@@ -46,14 +46,27 @@ def _hooks() -> tuple:
     return rt.launch_enter_hook, rt.launch_exit_hook
 
 
-def _spec(a):
-    # Triton specialises a tensor argument on its dtype and on 16-byte alignment, an integer on its value (and a
-    # bool, equal to 1 or 0 as a key, on its type too).
-    if type(a) is int:
-        return a
-    if isinstance(a, torch.Tensor):
-        return a.dtype, a.data_ptr() % 16 == 0
-    return type(a), a
+def _key_args(args: tuple) -> tuple:
+    """The part of the key that the arguments make. Triton specialises a tensor argument on its dtype and on 16-byte
+    alignment, an integer on its value (a bool, equal to 1 or 0 as a key, adds its type). One comprehension
+    rather than a function call per argument: the scan's kernels take 60-70 arguments, and building the key
+    with a call each took about 90 us of each launch's host time on the H200 machine (docs/benchmarks.md,
+    sixteenth session)."""
+    return tuple([a if type(a) is int
+                  else (a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor)
+                  else (type(a), a) for a in args])
+
+
+def _current_device_and_stream() -> tuple[int, int]:
+    """The current CUDA device's index and its current stream's handle -- what Triton's own launch reads (by the
+    same calls when this torch has them; ``torch.cuda.current_stream`` builds a Python stream object first)."""
+    get_device = getattr(torch._C, "_cuda_getDevice", None)
+    get_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if get_device is None or get_stream is None:
+        device = torch.cuda.current_device()
+        return device, torch.cuda.current_stream(device).cuda_stream
+    device = get_device()
+    return device, get_stream(device)
 
 
 def launch(kernel, grid: tuple[int, int, int], args: tuple, num_warps: int, **constexprs) -> None:
@@ -63,13 +76,12 @@ def launch(kernel, grid: tuple[int, int, int], args: tuple, num_warps: int, **co
     if not FAST_LAUNCH or INTERPRETING:
         kernel[grid](*args, **constexprs, num_warps=num_warps)
         return
-    device = torch.cuda.current_device()
-    key = (id(kernel), device, num_warps, tuple(constexprs.items()), tuple(map(_spec, args)))
+    device, stream = _current_device_and_stream()
+    key = (id(kernel), device, num_warps, tuple(constexprs.items()), _key_args(args))
     hit = _cache.get(key)
     if hit is not None:
         compiled, tail = hit
         enter, leave = _hooks()
-        stream = torch.cuda.current_stream(device).cuda_stream
         full = args + tail
         meta = compiled.launch_metadata(grid, stream, *full) if enter is not None else None
         compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, meta, enter,

@@ -63,6 +63,12 @@ def launch_config(dim: int, n: int, kind: str = "fwd") -> LaunchConfig:
     override = CONFIG_OVERRIDES.get(kind)
     if override is not None:
         return override
+    return _default_config(dim, n, kind)
+
+
+@functools.lru_cache(maxsize=256)
+def _default_config(dim: int, n: int, kind: str) -> LaunchConfig:
+    # Cached: every launcher call asks, and its host time is what bounds the layer in bfloat16.
     n_pad = next_pow2(max(1, n))
     n1 = min(n_pad, max(4, n_pad // 4))
     n2 = n_pad // n1
@@ -144,12 +150,14 @@ def _alloc_td(batch: int, dim: int, L: int, dtype: torch.dtype, device, channels
 def _views(buf: torch.Tensor, *shapes: tuple[int, ...]) -> list[torch.Tensor]:
     """Consecutive contiguous views of ``buf`` (1-D) with the given shapes: one allocation for several scratch
     buffers (each allocation costs host time, which bounds the layer's speed in bfloat16)."""
-    out, at = [], 0
-    for shape in shapes:
-        size = math.prod(shape)
-        out.append(buf[at:at + size].view(shape))
-        at += size
-    return out
+    sizes = [math.prod(shape) for shape in shapes]
+    pieces = buf.split_with_sizes(sizes + [buf.numel() - sum(sizes)])
+    return [piece.view(shape) for piece, shape in zip(pieces, shapes)]
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)``, without the call where ``t`` has that dtype already (each call costs host time)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _alloc_like(t: torch.Tensor) -> torch.Tensor:
@@ -375,7 +383,7 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     L_part = n_chunks * cfg.T
     n_slices = 1 if atomic else n_dblocks
     bc_part = (torch.zeros if atomic else _alloc)(2, n_slices, batch, n, L_part, **f32)
-    dB_part, dC_part = bc_part[0], bc_part[1]
+    dB_part, dC_part = bc_part.unbind(0)
     # du, ddelta and dz are laid out like u: channels innermost when u has them innermost (the layer's views of
     # its projections), so that what the layer does with them next (an add, the projections' backward, the
     # convolution's backward) reads them without a copy or a change of layout.
@@ -402,8 +410,8 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
                + (n_dblocks * batch * L if want_dts else 0), **f32),
         (n_segs * batch, row), (batch, dim, n), (batch, n_seg_buf, dim, n), (batch, n_seg_buf, dim, n),
         (n_dblocks, batch, L) if want_dts else (0,))
-    dA_part = part[:, :dim * n]
-    dD_part, dbias_part, drate_part = (part[:, col[k]:col[k] + dim] if k in col else dummy(u)
+    dA_part = part.narrow(1, 0, dim * n)
+    dD_part, dbias_part, drate_part = (part.narrow(1, col[k], dim) if k in col else dummy(u)
                                        for k in ("D", "bias", "rate"))
     if n_segs <= 1:
         seg_W = seg_P = dummy(u)
@@ -436,21 +444,22 @@ def scan_backward(dy, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
         launch(scan_bwd_kernel, (n_dblocks, batch, n_segs - 1), args(1), cfg.num_warps, **flags, CARRY_ONLY=True)
     launch(scan_bwd_kernel, (n_dblocks, batch, n_segs), args(0), cfg.num_warps, **flags, CARRY_ONLY=False)
     sums = part.sum(0)  # (row,): dA, then the per-channel sums
-    dA = sums[:dim * n].view(dim, n).to(A.dtype)
-    dD = None if D is None else sums[col["D"]:col["D"] + dim].to(D.dtype)
+    dA = _as(sums.narrow(0, 0, dim * n).view(dim, n), A.dtype)
+    dD = None if D is None else _as(sums.narrow(0, col["D"], dim), D.dtype)
     if delta_bias is None:
         dbias = None
     elif has_bias_grad:
-        dbias = sums[col["bias"]:col["bias"] + dim].to(delta_bias.dtype)
+        dbias = _as(sums.narrow(0, col["bias"], dim), delta_bias.dtype)
     else:  # delta takes no part (event mode, dirac): its bias has a zero gradient
         dbias = torch.zeros_like(delta_bias)
-    drate = sums[col["rate"]:col["rate"] + dim].to(rate.dtype) if event else None
-    dB_sum, dC_sum = bc_part[:, 0] if atomic else bc_part.sum(1)
-    if bc_float32:
-        dB, dC = dB_sum[..., :L], dC_sum[..., :L]
-    else:
-        dB, dC = dB_sum[..., :L].to(B.dtype), dC_sum[..., :L].to(C.dtype)
-    dts = dts_part.sum(0).to(dt.dtype) if want_dts else None
+    drate = _as(sums.narrow(0, col["rate"], dim), rate.dtype) if event else None
+    bc_sum = bc_part.select(1, 0) if atomic else bc_part.sum(1)  # (2, B, N, L_part)
+    if L_part != L:
+        bc_sum = bc_sum.narrow(3, 0, L)
+    dB, dC = bc_sum.unbind(0)
+    if not bc_float32:
+        dB, dC = _as(dB, B.dtype), _as(dC, C.dtype)
+    dts = _as(dts_part.sum(0), dt.dtype) if want_dts else None
     return du, ddelta, dA, dB, dC, dD, (dz if z is not None else None), dbias, dts, drate, dh0
 
 
