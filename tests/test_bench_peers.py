@@ -9,6 +9,8 @@ names and shapes, with its own plain Mamba-1 forward) are.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 
 import pytest
@@ -225,10 +227,11 @@ def _compile_named_module(source_dir, out_path, module: str, who: str) -> None:
 
 
 @pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="needs a C++ compiler")
-def test_lrnnx_gets_its_own_extension_beside_mamba_ssms(tmp_path, monkeypatch):
-    """mamba_ssm's and lrnnx's compiled scans share the module name ``selective_scan_cuda``; a plain import of the
-    second, from another folder, gives back the first. Stand-in packages (with lrnnx's package __init__ importing
-    a missing S5 extension, as the real one does) each call their own compiled module: each must reach its own."""
+def test_lrnnx_is_timed_alone_never_beside_mamba_ssm(tmp_path, monkeypatch):
+    """mamba_ssm's and lrnnx's compiled scans share the module name ``selective_scan_cuda``; in one process the
+    rows labelled mamba_ssm ran lrnnx's code. With stand-in packages (lrnnx's package __init__ importing a missing
+    extension, as the real one does): the site with both gives mamba_ssm, calling its own module, and leaves lrnnx
+    out with the words scripts/peers/gpu_run.sh looks for; lrnnx's own folder then gives lrnnx, calling its own."""
     import importlib.machinery
 
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
@@ -254,17 +257,31 @@ def test_lrnnx_gets_its_own_extension_beside_mamba_ssms(tmp_path, monkeypatch):
         path.write_text(text)
     _compile_named_module(tmp_path, site / f"selective_scan_cuda{suffix}", "selective_scan_cuda", "mamba_ssm")
     _compile_named_module(tmp_path, lrnnx_site / f"selective_scan_cuda{suffix}", "selective_scan_cuda", "lrnnx")
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    try:
-        peers = load_peers(str(site))
-        assert peers.mamba_scan is not None and peers.lrnnx_scan is not None, peers.messages
-        assert peers.mamba_scan() == "mamba_ssm" and peers.lrnnx_scan() == "lrnnx"
-        assert sys.modules["selective_scan_cuda"].who == "mamba_ssm"  # the shared name is mamba_ssm's again
-        assert peers.versions["lrnnx_extension"].startswith(str(lrnnx_site))
-    finally:
-        for name in [m for m in sys.modules if m.split(".")[0] in
-                     ("mamba_ssm", "lrnnx", "selective_scan_cuda", "_evmamba_peer_lrnnx")]:
+
+    path = list(sys.path)
+
+    def forget():  # as a new process would start: neither package loaded, neither folder on the path
+        for name in [m for m in sys.modules if m.split(".")[0] in ("mamba_ssm", "lrnnx", "selective_scan_cuda")]:
             del sys.modules[name]
+        monkeypatch.setattr(sys, "path", list(path))
+
+    monkeypatch.setattr(sys, "path", list(path))
+    try:
+        both = load_peers(str(site))
+        assert both.mamba_scan is not None and both.mamba_scan() == "mamba_ssm", both.messages
+        assert both.lrnnx_scan is None and "lrnnx" not in sys.modules
+        left_out = [m for m in both.messages if m.startswith("lrnnx:")]
+        assert len(left_out) == 1 and "not timed in this process" in left_out[0]
+        assert str(lrnnx_site) in left_out[0]  # the folder to time it from
+    finally:
+        forget()
+    # A process of its own (within this one the name would keep giving back the module loaded first).
+    code = ("import sys; from evmamba.bench.peers import load_peers; p = load_peers(sys.argv[1]); "
+            "print(p.mamba_scan is None, p.lrnnx_scan() if p.lrnnx_scan else p.messages, "
+            "p.versions.get('lrnnx_extension', '?').startswith(sys.argv[1]))")
+    out = subprocess.run([sys.executable, "-c", code, str(lrnnx_site)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)})
+    assert out.stdout.split() == ["True", "lrnnx", "True"], out.stdout + out.stderr
 
 
 def test_load_peers_says_plainly_what_is_missing(tmp_path):

@@ -5,12 +5,13 @@ their source distributions on the GPU machine by ``scripts/peers/build.sh`` and 
 
 Where they are: ``build.sh`` installs causal-conv1d and mamba-ssm into one folder (default ``/tmp/peers-site``,
 or ``$EVMAMBA_PEERS_SITE``) and lrnnx into its sub-folder ``lrnnx-site``. lrnnx's compiled scan is a top-level
-module named ``selective_scan_cuda``, like mamba_ssm's, so the two cannot share a folder. Nor can a plain import
-load the second one in a process that holds the first: a compiled module imported again under the same name, from
-another file, comes back as the first one (seen with pybind11 modules on Python 3.12). :func:`load_peers`
-therefore loads lrnnx's extension from its file under a name of its own (its init function is found by the last
-part of the name), puts it in ``sys.modules`` under the shared name while lrnnx's modules import it, then puts
-mamba_ssm's back, so each package keeps a reference to its own extension.
+module named ``selective_scan_cuda``, like mamba_ssm's, so the two cannot share a folder, and they are not
+loaded into one process: a plain import of the second returns the first (a compiled module imported again under
+the same name, from another file, comes back as the first one), and loaded from its file under a name of its own,
+lrnnx's extension took over mamba_ssm's calls (on the H200 machine, 2026-12-02, the rows labelled mamba_ssm ran
+lrnnx's scan: its times, and its refusal of bfloat16 inputs). :func:`load_peers` therefore imports lrnnx only in
+a process without mamba_ssm's extension (``--peers SITE/lrnnx-site`` times lrnnx alone, as
+``scripts/peers/gpu_run.sh`` does) and says so in :attr:`Peers.messages` otherwise.
 
 Nothing here fails: every import that does not work becomes a plain line in :attr:`Peers.messages`, and the
 benchmarks time whatever did import (evmamba alone when nothing did).
@@ -190,21 +191,6 @@ def load_peers(site: str | None = None) -> Peers:
     return peers
 
 
-#: The name lrnnx's compiled scan is loaded under (see the module docstring); its last part is the real one.
-LRNNX_EXTENSION_ALIAS = "_evmamba_peer_lrnnx.selective_scan_cuda"
-
-
-def load_extension_as(name: str, path: str) -> types.ModuleType:
-    """The compiled module at ``path`` loaded under ``name`` (not entered in ``sys.modules``). A name of its own
-    makes Python load this file even when a module of the same last name, from another file, is loaded."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"{path} is not a loadable module")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _extension_file(folder: str, module: str) -> str | None:
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = os.path.join(folder, module + suffix)
@@ -213,43 +199,34 @@ def _extension_file(folder: str, module: str) -> str | None:
     return None
 
 
+#: What :func:`load_peers` says when lrnnx is left out beside mamba_ssm (scripts/peers/gpu_run.sh looks for the
+#: words "not timed in this process" and then times lrnnx in processes of its own).
+LRNNX_LEFT_OUT = ("lrnnx: not timed in this process: its compiled scan has the module name of mamba_ssm's "
+                  "(selective_scan_cuda), and with both loaded in one process mamba_ssm's calls ran lrnnx's code; "
+                  "time it in a process of its own: --peers {folder}")
+
+
 def _load_lrnnx(peers: Peers, lrnnx_dir: str | None) -> None:
     msg = peers.messages
-    mamba_ext = sys.modules.pop("selective_scan_cuda", None)
+    mamba_ext = sys.modules.get("selective_scan_cuda")
+    if mamba_ext is not None:
+        if lrnnx_dir is not None and _extension_file(lrnnx_dir, "selective_scan_cuda") is not None:
+            msg.append(LRNNX_LEFT_OUT.format(folder=lrnnx_dir))
+        elif lrnnx_dir is None and importlib.util.find_spec("lrnnx") is not None:
+            msg.append(LRNNX_LEFT_OUT.format(folder="FOLDER/lrnnx-site (scripts/peers/build.sh)"))
+        return
     if lrnnx_dir is not None:
         sys.path.insert(0, lrnnx_dir)
-        ext_path = _extension_file(lrnnx_dir, "selective_scan_cuda")
-        if ext_path is not None and mamba_ext is not None:
-            try:
-                import torch  # noqa: F401 - a torch extension needs torch's own libraries loaded first
-
-                sys.modules["selective_scan_cuda"] = load_extension_as(LRNNX_EXTENSION_ALIAS, ext_path)
-            except Exception as exc:  # noqa: BLE001 - reported; the import below then reports what it finds
-                msg.append(f"lrnnx: could not load its extension {ext_path}: {_error(exc)}")
-    elif mamba_ext is not None:
-        msg.append("lrnnx: no separate lrnnx folder; its extension would be mamba_ssm's module of the same name")
     try:
         mods = _import(["lrnnx.ops.selective_scan", "lrnnx.models.ltv.mamba"], "lrnnx", msg)
         if mods is not None:
-            ext = sys.modules.get("selective_scan_cuda")
-            ext_file = getattr(ext, "__file__", "?")
-            if mamba_ext is not None and ext is mamba_ext:
-                msg.append("lrnnx: imported mamba_ssm's selective_scan_cuda instead of its own; lrnnx not timed in "
-                           "this process (time it in one of its own: --peers SITE/lrnnx-site, as "
-                           "scripts/peers/gpu_run.sh does)")
-            else:
-                peers.lrnnx_scan = mods[0].selective_scan_fn
-                peers.lrnnx_layer = mods[1].Mamba
-                peers.versions["lrnnx"] = _version("lrnnx", sys.modules.get("lrnnx"))
-                peers.versions["lrnnx_extension"] = ext_file
+            peers.lrnnx_scan = mods[0].selective_scan_fn
+            peers.lrnnx_layer = mods[1].Mamba
+            peers.versions["lrnnx"] = _version("lrnnx", sys.modules.get("lrnnx"))
+            peers.versions["lrnnx_extension"] = getattr(sys.modules.get("selective_scan_cuda"), "__file__", "?")
     finally:
         if lrnnx_dir is not None and lrnnx_dir in sys.path:
             sys.path.remove(lrnnx_dir)
-        # lrnnx's modules keep their own reference to its extension; the name goes back to mamba_ssm's.
-        if mamba_ext is not None:
-            sys.modules["selective_scan_cuda"] = mamba_ext
-        else:
-            sys.modules.pop("selective_scan_cuda", None)
 
 
 def copy_parameters(src, dst, names: tuple[str, ...] = MAMBA_PARAMETERS, extra: tuple[str, ...] = ()) -> list[str]:

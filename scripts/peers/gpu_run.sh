@@ -44,9 +44,9 @@ if [ $t -ge 30 ]; then
 else
     say "bench kernels skipped: ${t}s left for it"
 fi
-# lrnnx's compiled scan has mamba_ssm's module name. The benchmarks load each under a name of its own
-# (evmamba/bench/peers.py); should lrnnx still be left out of a process that holds mamba_ssm ("not timed in this
-# process" in the output), it is timed in processes of its own afterwards: 150 s are kept for that when it is built.
+# lrnnx's compiled scan has mamba_ssm's module name, and in one process mamba_ssm's calls ran lrnnx's code
+# (evmamba/bench/peers.py), so the benchmarks leave lrnnx out beside mamba_ssm ("not timed in this process" in the
+# output) and it is timed in processes of its own afterwards: 150 s are kept for that when it is built.
 LRNNX_SITE=$SITE/lrnnx-site
 if ls "$LRNNX_SITE"/.peers-built-lrnnx-* >/dev/null 2>&1; then RESERVE=150; else RESERVE=0; fi
 t=$(( $(left) - 10 - RESERVE ))
